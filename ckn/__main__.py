@@ -1,0 +1,5 @@
+import sys
+
+from ckn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""CKN layers and networks as Flax NNX modules (channels last).
+
+A kernel layer maps a feature map x (N, H, W, C) to
+
+  psi(x) = P( rho * exp(alpha * <w_l, x~> + b_l) )_l  @  L
+
+where x~ = x / max(rho, eps) is the normalized sub-patch at each position,
+rho its norm, P the Gaussian pooling and L a (p, p) linear map. This one
+form covers both training methods:
+  Nystrom ([P3]):  alpha = 1/sigma^2, b_l = -1/sigma^2 (so the term is
+                   rho * kappa(<z_l, x~>)), L = (kappa(Z Z^T) + lam I)^{-1/2};
+  NIPS 2014 ([P2]): alpha = 2/sigma^2, b_l = log sqrt(eta_l) - (1 + ||w_l||^2)/sigma^2
+                   (so the term is rho sqrt(eta_l) exp(-||x~ - w_l||^2/sigma^2)), L = I.
+Pooling and L are linear and commute, so L is applied after pooling where
+the map is smallest (CKN_NOTES section 1.6).
+
+All arrays learned without gradients are ``Filters`` variables, so an
+optimizer built with ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` leaves them
+alone and ``nnx.state(model, Filters)`` selects them.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from ckn._src import ops
+from ckn._src.config import CKNConfig, LayerConfig
+
+PRECISIONS = {
+    "highest": lax.Precision.HIGHEST,  # true fp32 everywhere (TF32 off on GPUs)
+    "default": lax.Precision.DEFAULT,  # the backend's fastest (TF32/bf16 passes on GPUs)
+}
+
+
+class Filters(nnx.Variable):
+    """Arrays learned without gradients (k-means filters, Nystrom map, whitening)."""
+
+
+def kernel_layer_apply(
+    x: jax.Array,
+    *,
+    filters: jax.Array,
+    alpha: jax.Array,
+    bias: jax.Array,
+    linear: jax.Array,
+    preproc: jax.Array | None,
+    subpatch: int,
+    padding: str,
+    subsampling: int,
+    precision=None,
+) -> jax.Array:
+    """One kernel layer, as a pure function (see the module docstring).
+
+    Args:
+      x: (N, H, W, C) input map.
+      filters: (p, d) filters, d = subpatch^2 * C.
+      alpha: () scale of the dot products.
+      bias: (p,) offsets.
+      linear: (p, p) map applied after pooling.
+      preproc: (d, d) matrix applied to every sub-patch before normalization
+        (centring / whitening), or None.
+
+    Returns:
+      (N, H', W', p) output map.
+    """
+    c = x.shape[-1]
+    p = filters.shape[0]
+    if preproc is not None:
+        # Pre-processed sub-patch vectors at every position, then 1x1 products.
+        y = ops.conv(x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision)
+        rho = jnp.linalg.norm(y, axis=-1, keepdims=True)
+        zx = jnp.matmul(y, filters.T, precision=precision)
+    else:
+        # Z^T x at all positions is one convolution; ||x||^2 is a convolution
+        # of x^2 with a ones kernel.
+        zx = ops.conv(x, filters.T.reshape(subpatch, subpatch, c, p), padding, precision=precision)
+        ones = jnp.ones((subpatch, subpatch, c, 1), x.dtype)
+        rho = jnp.sqrt(jnp.maximum(ops.conv(x * x, ones, padding, precision=precision), 0.0))
+    u = zx / jnp.maximum(rho, ops.NORM_EPS)
+    phi = rho * jnp.exp(alpha * u + bias.reshape(1, 1, 1, p))
+    phi = ops.gaussian_pool(phi, subsampling, precision=precision)
+    return jnp.matmul(phi, linear, precision=precision)
+
+
+class KernelLayer(nnx.Module):
+    """A CKN layer: sub-patches, kernel embedding, Gaussian pooling, Nystrom map.
+
+    Args:
+      in_channels: C of the input map.
+      config: the layer's settings.
+      preprocess: optional (d, d) matrix applied to each sub-patch before
+        normalization (the centring / whitening of the first layer of
+        CKN-raw / CKN-white); learned at training for whitening.
+      rngs: random filters until the layer is trained.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        config: LayerConfig,
+        *,
+        preprocess: np.ndarray | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.config = config
+        self.in_channels = in_channels
+        d = config.subpatch**2 * in_channels
+        z = jax.random.normal(rngs.params(), (config.filters, d), jnp.float32)
+        z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+        sigma = 0.6 if config.sigma == "auto" else float(config.sigma)
+        self.filters = Filters(z)
+        self.alpha = Filters(jnp.asarray(1.0 / sigma**2, jnp.float32))
+        self.bias = Filters(jnp.full((config.filters,), -1.0 / sigma**2, jnp.float32))
+        self.linear = Filters(ops.nystrom_projection(z, sigma, config.lam))
+        self.preproc = None if preprocess is None else Filters(jnp.asarray(preprocess, jnp.float32))
+        self.precision = None
+
+    @property
+    def input_dim(self) -> int:
+        return self.config.subpatch**2 * self.in_channels
+
+    def set_nystrom(self, filters, sigma: float) -> None:
+        """Installs unit-norm filters (p, d) with the Nystrom map of bandwidth sigma."""
+        filters = jnp.asarray(filters, jnp.float32)
+        p = self.config.filters
+        self.filters.value = filters
+        self.alpha.value = jnp.asarray(1.0 / sigma**2, jnp.float32)
+        self.bias.value = jnp.full((p,), -1.0 / sigma**2, jnp.float32)
+        self.linear.value = ops.nystrom_projection(filters, sigma, self.config.lam)
+
+    def set_nips14(self, w, eta, sigma: float) -> None:
+        """Installs the NIPS 2014 layer: anchors w (p, d), weights eta (p,) >= 0."""
+        w = jnp.asarray(w, jnp.float32)
+        eta = jnp.asarray(eta, jnp.float32)
+        p = self.config.filters
+        # eta = 0 gives a dead unit: floor its log so the map stays finite.
+        log_sqrt_eta = 0.5 * jnp.log(jnp.maximum(eta, 1e-30))
+        self.filters.value = w
+        self.alpha.value = jnp.asarray(2.0 / sigma**2, jnp.float32)
+        self.bias.value = log_sqrt_eta - (1.0 + jnp.sum(w * w, axis=1)) / sigma**2
+        self.linear.value = jnp.eye(p, dtype=jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return kernel_layer_apply(
+            x,
+            filters=self.filters.value,
+            alpha=self.alpha.value,
+            bias=self.bias.value,
+            linear=self.linear.value,
+            preproc=None if self.preproc is None else self.preproc.value,
+            subpatch=self.config.subpatch,
+            padding=self.config.padding,
+            subsampling=self.config.subsampling,
+            precision=self.precision,
+        )
+
+
+class CKN(nnx.Module):
+    """A convolutional kernel network: input map then kernel layers.
+
+    Args:
+      config: architecture (see ``CKNConfig`` and the presets).
+      rngs: initial random filters (replaced by training).
+      precision: "highest" (fp32, default) or "default" (the backend's fastest,
+        e.g. TF32 on recent GPUs).
+
+    Input: (N, H, W) or (N, H, W, C) patches, uint8 (scaled to [0, 1]) or float.
+
+    Examples:
+      >>> model = CKN(get_preset("ckn-tiny"), rngs=nnx.Rngs(0))
+      >>> model.describe(jnp.zeros((2, 16, 16), jnp.uint8)).shape
+      (2, 128)
+    """
+
+    def __init__(self, config: CKNConfig, *, rngs: nnx.Rngs, precision: str = "highest"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.config = config
+        c = config.grad_orientations if config.input == "grad" else config.in_channels
+        layers = []
+        for i, lc in enumerate(config.layers):
+            pre = None
+            if i == 0 and config.input in ("raw", "white"):
+                pre = ops.centering_matrix(lc.subpatch, c)
+            layers.append(KernelLayer(c, lc, preprocess=pre, rngs=rngs))
+            c = lc.filters
+        self.layers = nnx.List(layers)
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        self.precision = PRECISIONS[precision]
+        for layer in self.layers:
+            layer.precision = self.precision
+
+    def input_map(self, patches: jax.Array) -> jax.Array:
+        """(N, H, W[, C]) patches -> (N, H', W', C') map that feeds the first kernel layer."""
+        cfg = self.config
+        x = ops.select_channels(ops.to_float(patches), cfg.channels)
+        if cfg.input == "grad":
+            x = ops.gradient_map(x, cfg.grad_orientations, cfg.grad_sigma)
+            x = ops.gaussian_pool(x, cfg.grad_subsampling, precision=self.precision)
+        return x
+
+    def map_before(self, patches: jax.Array, layer_index: int) -> jax.Array:
+        """The map that feeds kernel layer ``layer_index`` (0 = the input map)."""
+        x = self.input_map(patches)
+        for layer in self.layers[:layer_index]:
+            x = layer(x)
+        return x
+
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        """(N, H, W[, C]) patches -> (N, H', W', p) last map."""
+        return self.map_before(patches, len(self.layers))
+
+    def describe(self, patches: jax.Array) -> jax.Array:
+        """(N, H, W[, C]) patches -> (N, D) float32 descriptors, L2-normalized.
+
+        A flat patch gives the zero vector (finite, never NaN).
+        """
+        y = self(patches)
+        y = y.reshape(y.shape[0], -1)
+        norm = jnp.linalg.norm(y, axis=1, keepdims=True)
+        return (y / jnp.maximum(norm, 1e-12)).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply_describe(graphdef, state, patches):
+    """Jitted ``CKN.describe`` over a split model (compiled once per graph and shape)."""
+    return nnx.merge(graphdef, state).describe(patches)

@@ -1,0 +1,247 @@
+"""Pure, jit-able array functions of a convolutional kernel network.
+
+Everything is channels last: feature maps are (N, H, W, C). A sub-patch of
+size e at a position is the vector of the e x e x C values below it, flattened
+in (row, column, channel) order, so a matrix Z of shape (p, e*e*C) reshapes to
+a convolution kernel (e, e, C, p) without any transposition.
+
+References:
+  [P2] Mairal et al., Convolutional Kernel Networks, NIPS 2014.
+  [P3] Mairal, End-to-End Kernel Learning with Supervised CKNs, NIPS 2016,
+       section 3 (Nystrom form of a layer).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Below this norm a sub-patch is treated as empty (CKN_NOTES section 1.3).
+NORM_EPS = 1e-5
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x: jax.Array, kernel: jax.Array, padding: str = "same", *, precision=None) -> jax.Array:
+    """Stride-1 convolution of (N, H, W, C) with an (e, e, C, P) kernel -> (N, H', W', P)."""
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), padding.upper(), dimension_numbers=_DIMS, precision=precision
+    )
+
+
+def extract_patches(x: jax.Array, size: int, padding: str = "valid") -> jax.Array:
+    """All size x size sub-patches at stride 1.
+
+    Args:
+      x: (N, H, W, C) feature maps.
+      size: sub-patch side e.
+      padding: "valid" (only positions fully inside) or "same" (zero padding,
+        output keeps H x W; XLA puts the extra row/column of an even e at the end).
+
+    Returns:
+      (N, H', W', e*e*C) sub-patch vectors in (row, column, channel) order.
+    """
+    c = x.shape[-1]
+    d = size * size * c
+    kernel = jnp.eye(d, dtype=x.dtype).reshape(size, size, c, d)
+    return conv(x, kernel, padding, precision=lax.Precision.HIGHEST)
+
+
+def normalize_patches(x: jax.Array, eps: float = NORM_EPS) -> tuple[jax.Array, jax.Array]:
+    """rho = ||x|| over the last axis and x / max(rho, eps).
+
+    Returns:
+      (x normalized, same shape as x; rho with a trailing axis of size 1).
+    """
+    rho = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(rho, eps), rho
+
+
+def kappa(u: jax.Array, sigma: float | jax.Array) -> jax.Array:
+    """Exponential dot-product kernel on the sphere, exp((u - 1) / sigma^2).
+
+    For unit vectors x, y with u = <x, y> this equals exp(-||x - y||^2 / (2 sigma^2)).
+    """
+    return jnp.exp((u - 1.0) / (sigma * sigma))
+
+
+def inverse_sqrt_psd(k: jax.Array, floor: float = 1e-12) -> jax.Array:
+    """K^{-1/2} of a symmetric positive (semi-)definite matrix by eigendecomposition.
+
+    Eigenvalues are floored at ``floor`` times the largest one.
+    """
+    w, v = jnp.linalg.eigh(k)
+    w = jnp.maximum(w, floor * jnp.max(w))
+    return (v * lax.rsqrt(w)[None, :]) @ v.T
+
+
+def nystrom_projection(filters: jax.Array, sigma: float, lam: float = 1e-3) -> jax.Array:
+    """(kappa(Z Z^T) + lam I)^{-1/2}, the p x p linear map of a Nystrom layer.
+
+    Computed once after training, not per input.
+
+    Args:
+      filters: (p, d) unit-norm filters Z (one per row).
+      sigma: kernel bandwidth.
+      lam: ridge lambda added to the diagonal.
+
+    Returns:
+      (p, p) symmetric matrix.
+    """
+    p = filters.shape[0]
+    gram = kappa(filters @ filters.T, sigma)
+    return inverse_sqrt_psd(gram + lam * jnp.eye(p, dtype=gram.dtype))
+
+
+def gaussian_filter_1d(subsampling: int) -> np.ndarray:
+    """The 2s+1 taps of the pooling filter, std s / sqrt(2), summing to one."""
+    s = int(subsampling)
+    t = np.arange(-s, s + 1, dtype=np.float64)
+    g = np.exp(-(t * t) / (2.0 * (s / math.sqrt(2.0)) ** 2))
+    return g / g.sum()
+
+
+def pooling_matrix(n: int, subsampling: int) -> np.ndarray:
+    """Dense (n_out, n) matrix of 1-D Gaussian pooling with zero padding s and stride s.
+
+    Output i is centred on input i * s, so n_out = floor((n - 1) / s) + 1 = ceil(n / s).
+    """
+    s = int(subsampling)
+    g = gaussian_filter_1d(s)
+    n_out = (n - 1) // s + 1
+    m = np.zeros((n_out, n), dtype=np.float64)
+    for i in range(n_out):
+        for t in range(2 * s + 1):
+            j = i * s - s + t
+            if 0 <= j < n:
+                m[i, j] = g[t]
+    return m
+
+
+def pooled_size(n: int, subsampling: int) -> int:
+    """Spatial size after ``gaussian_pool`` with this subsampling."""
+    return n if subsampling == 1 else (n - 1) // subsampling + 1
+
+
+def gaussian_pool(x: jax.Array, subsampling: int, *, precision=None) -> jax.Array:
+    """Separable linear Gaussian pooling with subsampling s.
+
+    A 2s+1-tap Gaussian of std s/sqrt(2) along H then W, zero padding s,
+    stride s (CKN_NOTES section 1.6). s = 1 is the identity (no pooling).
+
+    Args:
+      x: (N, H, W, C).
+      subsampling: s >= 1.
+
+    Returns:
+      (N, ceil(H/s), ceil(W/s), C).
+    """
+    if subsampling == 1:
+        return x
+    ph = jnp.asarray(pooling_matrix(x.shape[1], subsampling), dtype=x.dtype)
+    pw = jnp.asarray(pooling_matrix(x.shape[2], subsampling), dtype=x.dtype)
+    x = jnp.einsum("ah,nhwc->nawc", ph, x, precision=precision)
+    return jnp.einsum("bw,nawc->nabc", pw, x, precision=precision)
+
+
+def centering_matrix(size: int, channels: int) -> np.ndarray:
+    """(d, d) symmetric matrix that subtracts the per-channel mean of a sub-patch.
+
+    Acting on row vectors in (row, column, channel) order: x_centred = x @ M.
+    """
+    d = size * size * channels
+    same_channel = np.tile(np.eye(channels), (size * size, size * size))
+    return np.eye(d) - same_channel / (size * size)
+
+
+def whitening_matrix(x: np.ndarray, rel_eps: float = 1e-8) -> np.ndarray:
+    """ZCA whitening (d, d) learned from centred sub-patches x (n, d).
+
+    W = U diag(1/sqrt(lambda)) U^T over the eigen-directions of the covariance
+    with lambda >= rel_eps * max(lambda); the others are dropped (mapped to 0).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    cov = x.T @ x / max(x.shape[0], 1)
+    w, u = np.linalg.eigh(cov)
+    keep = w >= rel_eps * w.max()
+    u = u[:, keep]
+    return (u / np.sqrt(w[keep])[None, :]) @ u.T
+
+
+def central_gradient(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Central-difference gradient of (N, H, W), one-sided at the borders (numpy.gradient).
+
+    Returns:
+      (gx, gy), each (N, H, W): derivative along columns (x) and rows (y).
+    """
+
+    def grad_axis(a, axis):
+        n = a.shape[axis]
+        if n < 2:
+            return jnp.zeros_like(a)
+        take = lambda lo, hi: lax.slice_in_dim(a, lo, hi, axis=axis)  # noqa: E731
+        first = take(1, 2) - take(0, 1)
+        last = take(n - 1, n) - take(n - 2, n - 1)
+        if n == 2:
+            return jnp.concatenate([first, last], axis=axis)
+        mid = (take(2, n) - take(0, n - 2)) * 0.5
+        return jnp.concatenate([first, mid, last], axis=axis)
+
+    return grad_axis(x, 2), grad_axis(x, 1)
+
+
+def gradient_map(x: jax.Array, orientations: int, sigma: float, eps: float = NORM_EPS) -> jax.Array:
+    """The CKN-grad input map: a smooth orientation histogram of gradients.
+
+    phi_k = rho * exp(-||g / rho - (cos t_k, sin t_k)||^2 / (2 sigma^2)) with
+    t_k = 2 pi k / K and rho = ||g||; 0 where rho = 0 (CKN_NOTES section 2).
+
+    Args:
+      x: (N, H, W, 1) single-channel images.
+      orientations: K.
+      sigma: bandwidth on the unit circle.
+
+    Returns:
+      (N, H, W, K).
+    """
+    gx, gy = central_gradient(x[..., 0])
+    rho = jnp.sqrt(gx * gx + gy * gy)
+    inv = 1.0 / jnp.maximum(rho, eps)
+    theta = 2.0 * np.pi * np.arange(orientations) / orientations
+    cos_t = jnp.asarray(np.cos(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
+    sin_t = jnp.asarray(np.sin(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
+    u = (gx * inv)[..., None] * cos_t + (gy * inv)[..., None] * sin_t
+    # ||a - b||^2 / (2 sigma^2) = (1 - <a, b>) / sigma^2 for unit a, b.
+    return rho[..., None] * kappa(u, sigma)
+
+
+def to_float(patches) -> jax.Array:
+    """uint8 (or any integer) -> float32 in [0, 1]; floats -> float32 unchanged."""
+    patches = jnp.asarray(patches)
+    if jnp.issubdtype(patches.dtype, jnp.integer):
+        return patches.astype(jnp.float32) / 255.0
+    return patches.astype(jnp.float32)
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def select_channels(x: jax.Array, mode: str) -> jax.Array:
+    """(N, H, W) or (N, H, W, C) -> (N, H, W, C') for mode gray (C'=1), green (C'=1), rgb (C'=3)."""
+    if x.ndim == 3:
+        x = x[..., None]
+    c = x.shape[-1]
+    if mode == "rgb":
+        if c != 3:
+            raise ValueError(f"channels='rgb' needs (N, H, W, 3) input, got {c} channel(s)")
+        return x
+    if c == 1:
+        return x
+    if mode == "gray":
+        return x @ jnp.asarray(_LUMA, dtype=x.dtype)[:, None]
+    if mode == "green":
+        return x[..., 1:2]
+    raise ValueError(f"unknown channels mode {mode!r}; expected gray, green or rgb")

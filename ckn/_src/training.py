@@ -1,0 +1,342 @@
+"""Unsupervised, greedy layer-by-layer training of a CKN (no labels).
+
+For each layer, on the outputs of the layers below (CKN_NOTES section 1):
+  1. sample sub-patches at random positions of random training maps;
+  2. centre / whiten them (first layer of CKN-raw / CKN-white);
+  3. drop those with norm < 1e-5 and normalize the rest;
+  4. sigma = the 0.1-quantile of distances between random pairs ("auto");
+  5. spherical k-means filters; then, by method,
+     "kmeans":         the Nystrom map of the k-means filters;
+     "kmeans+nystrom": Adam on the Nystrom residual, filters renormalized
+                       after each step;
+     "nips14":         the kernel-approximation objective of [P2] with Adam,
+                       W initialized by k-means, eta >= 0 by projection.
+Everything is deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax import lax
+from tqdm.auto import tqdm
+
+from ckn._src import ops
+from ckn._src.config import CKNConfig
+from ckn._src.errors import InputError
+from ckn._src.fileio import check_patches
+from ckn._src.kmeans import kmeans
+from ckn._src.layers import CKN, KernelLayer
+
+
+# --- Sampling ------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sample_batch(graphdef, state, layer_index, subpatch, patches, rows, cols):
+    """Sub-patches (B, r, d) of the maps feeding a layer, at top-left (rows, cols) (B, r)."""
+    m = nnx.merge(graphdef, state).map_before(patches, layer_index)
+    c = m.shape[-1]
+
+    def one_map(mi, r, cc):
+        take = lambda a, b: lax.dynamic_slice(mi, (a, b, 0), (subpatch, subpatch, c)).reshape(-1)  # noqa: E731
+        return jax.vmap(take)(r, cc)
+
+    return jax.vmap(one_map)(m, rows, cols)
+
+
+def map_shape(model: CKN, patch_shape: tuple[int, ...], layer_index: int) -> tuple[int, ...]:
+    """(H, W, C) of the map feeding ``layer_index`` for one patch of ``patch_shape``."""
+    spec = jax.ShapeDtypeStruct((1, *patch_shape), jnp.float32)
+    out = jax.eval_shape(lambda x: model.map_before(x, layer_index), spec)
+    return out.shape[1:]
+
+
+def sample_subpatches(
+    model: CKN,
+    layer_index: int,
+    patches: np.ndarray,
+    num: int,
+    *,
+    key: jax.Array,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Draws ``num`` sub-patches of the map feeding a layer, at random positions.
+
+    Images are drawn without replacement (all of them when ``num`` exceeds
+    their count, with several positions per image); positions are uniform
+    over the sub-patches fully inside the map (no zero padding).
+
+    Returns:
+      (num, subpatch^2 * C) float32 raw sub-patch vectors.
+    """
+    layer = model.layers[layer_index]
+    e = layer.config.subpatch
+    h, w, _ = map_shape(model, patches.shape[1:], layer_index)
+    n_img = patches.shape[0]
+    per = max(1, math.ceil(num / n_img))
+    k_img, k_pos = jax.random.split(key)
+    n_use = min(n_img, math.ceil(num / per))
+    images = np.sort(np.asarray(jax.random.permutation(k_img, n_img)[:n_use]))
+    kr, kc = jax.random.split(k_pos)
+    rows = np.asarray(jax.random.randint(kr, (n_use, per), 0, h - e + 1))
+    cols = np.asarray(jax.random.randint(kc, (n_use, per), 0, w - e + 1))
+    graphdef, state = nnx.split(model)
+    out = []
+    bs = min(batch_size, n_use)
+    it = range(0, n_use, bs)
+    for start in tqdm(it, desc=f"layer {layer_index + 1}: sampling", disable=not progress, leave=False):
+        idx = images[start : start + bs]
+        r, c = rows[start : start + bs], cols[start : start + bs]
+        pad = bs - idx.shape[0]
+        x = np.asarray(patches[idx])
+        if pad:  # fixed shapes: no recompilation for the last batch
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            r = np.concatenate([r, np.zeros((pad, per), r.dtype)])
+            c = np.concatenate([c, np.zeros((pad, per), c.dtype)])
+        sub = _sample_batch(graphdef, state, layer_index, e, jnp.asarray(x), jnp.asarray(r), jnp.asarray(c))
+        out.append(np.asarray(sub[: bs - pad]).reshape(-1, sub.shape[-1]))
+    return np.concatenate(out)[:num]
+
+
+def sigma_from_quantile(x: jax.Array, quantile: float = 0.1, *, key: jax.Array) -> float:
+    """The ``quantile`` of ||x_i - x_j|| over random pairs (i, j = perm(i)) of rows of x."""
+    j = jax.random.permutation(key, x.shape[0])
+    d = jnp.linalg.norm(x - x[j], axis=1)
+    d = d[j != jnp.arange(x.shape[0])]
+    return float(jnp.quantile(d, quantile))
+
+
+def _optax_promotion():
+    # optax's Adam computes `b1 ** count` (float ** int32), which strict dtype
+    # promotion rejects; allow standard promotion inside its update only.
+    return jax.numpy_dtype_promotion("standard")
+
+
+# --- Nystrom residual refinement ---------------------------------------------------
+
+
+def nystrom_residual(filters: jax.Array, x: jax.Array, sigma: float, lam: float = 1e-3) -> jax.Array:
+    """(1/2n) sum_i (1 - k_i^T (K + lam I)^{-1} k_i), k_i = kappa(Z x~_i), K = kappa(Z Z^T).
+
+    For unit x this is half the mean of K(x, x) - ||psi(x)||^2: the error of
+    the layer's kernel approximation on the diagonal.
+
+    Args:
+      filters: (p, d) unit-norm filters.
+      x: (n, d) unit-norm sub-patches.
+    """
+    p = filters.shape[0]
+    gram = ops.kappa(filters @ filters.T, sigma) + lam * jnp.eye(p, dtype=filters.dtype)
+    kx = ops.kappa(x @ filters.T, sigma)
+    sol = jnp.linalg.solve(gram, kx.T)
+    return 0.5 * jnp.mean(1.0 - jnp.sum(kx * sol.T, axis=1))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "lr", "sigma", "lam"))
+def refine_nystrom(key, filters, x, *, sigma, lam, steps, batch, lr):
+    """Adam on ``nystrom_residual`` over random minibatches; rows renormalized after each step.
+
+    Returns:
+      (filters (p, d), residual per step (steps,)).
+    """
+    tx = optax.adam(lr)
+
+    def step(carry, k):
+        z, opt = carry
+        xb = x[jax.random.randint(k, (batch,), 0, x.shape[0])]
+        loss, g = jax.value_and_grad(nystrom_residual)(z, xb, sigma, lam)
+        with _optax_promotion():
+            upd, opt = tx.update(g, opt, z)
+        z = optax.apply_updates(z, upd)
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return (z, opt), loss
+
+    (z, _), losses = lax.scan(step, (filters, tx.init(filters)), jax.random.split(key, steps))
+    return z, losses
+
+
+# --- The NIPS 2014 objective ------------------------------------------------------------
+
+
+def nips14_features(x: jax.Array, w: jax.Array, sigma: float) -> jax.Array:
+    """exp(-||x - w_l||^2 / sigma^2) for rows x (n, d) and anchors w (p, d) -> (n, p)."""
+    d2 = jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * x @ w.T + jnp.sum(w * w, axis=1)[None, :]
+    return jnp.exp(-jnp.maximum(d2, 0.0) / (sigma * sigma))
+
+
+def nips14_loss(params, x, y, sigma):
+    """Mean squared error of sum_l eta_l f_l(x) f_l(y) against exp(-||x - y||^2 / (2 sigma^2))."""
+    w, eta = params
+    model = (nips14_features(x, w, sigma) * nips14_features(y, w, sigma)) @ eta
+    target = jnp.exp(-jnp.sum((x - y) ** 2, axis=1) / (2.0 * sigma * sigma))
+    return jnp.mean((model - target) ** 2)
+
+
+def nips14_pairs(key, x, batch, candidates: int = 256):
+    """Pairs for the NIPS 2014 objective: half random pairs, half near pairs.
+
+    A near pair joins an anchor with the most similar of ``candidates`` random
+    rows, so that the targets cover the whole range of the kernel, not only
+    the near-zero values of random pairs. (A reconstruction: no source gives
+    the pair sampling.)
+    """
+    ka, kb, kc = jax.random.split(key, 3)
+    n = x.shape[0]
+    anchors = x[jax.random.randint(ka, (batch,), 0, n)]
+    half = batch // 2
+    rand = x[jax.random.randint(kb, (half,), 0, n)]
+    cand = x[jax.random.randint(kc, (batch - half, candidates), 0, n)]
+    sims = jnp.einsum("bd,bcd->bc", anchors[half:], cand)
+    # Exclude exact copies of the anchor (similarity 1) from being the "near" row.
+    sims = jnp.where(sims > 1.0 - 1e-6, -jnp.inf, sims)
+    near = jnp.take_along_axis(cand, jnp.argmax(sims, axis=1)[:, None, None], axis=1)[:, 0]
+    return anchors, jnp.concatenate([rand, near])
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "lr", "sigma"))
+def fit_nips14(key, w0, x, *, sigma, steps, batch, lr):
+    """Adam on ``nips14_loss`` over fresh pairs each step, eta projected onto eta >= 0.
+
+    eta is initialized by least squares on a first batch of pairs (clipped at 0).
+
+    Returns:
+      (w (p, d), eta (p,), loss per step (steps,)).
+    """
+    k0, kloop = jax.random.split(key)
+    xa, ya = nips14_pairs(k0, x, max(batch, 4 * w0.shape[0]))
+    feats = nips14_features(xa, w0, sigma) * nips14_features(ya, w0, sigma)
+    target = jnp.exp(-jnp.sum((xa - ya) ** 2, axis=1) / (2.0 * sigma * sigma))
+    eta0 = jnp.maximum(jnp.linalg.lstsq(feats, target)[0], 0.0)
+    tx = optax.adam(lr)
+    params = (w0, eta0)
+
+    def step(carry, k):
+        p, opt = carry
+        xb, yb = nips14_pairs(k, x, batch)
+        loss, g = jax.value_and_grad(nips14_loss)(p, xb, yb, sigma)
+        with _optax_promotion():
+            upd, opt = tx.update(g, opt, p)
+        w, eta = optax.apply_updates(p, upd)
+        return ((w, jnp.maximum(eta, 0.0)), opt), loss
+
+    ((w, eta), _), losses = lax.scan(step, (params, tx.init(params)), jax.random.split(kloop, steps))
+    return w, eta, losses
+
+
+# --- Whole network -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """What training measured for one layer."""
+
+    sigma: float
+    num_samples: int
+    num_dropped: int
+    kmeans_objective: list[float]
+    method_loss: list[float] | None
+    seconds: float
+
+
+def _prepare_layer_input(layer: KernelLayer, x: np.ndarray, cfg: CKNConfig) -> np.ndarray:
+    """Centres / whitens raw sub-patches of the first layer; learns the whitening."""
+    if layer.preproc is None:
+        return x
+    centre = ops.centering_matrix(layer.config.subpatch, layer.in_channels)
+    xc = x @ centre
+    if cfg.input == "white":
+        white = ops.whitening_matrix(xc, cfg.train.whiten_rel_eps)
+        layer.preproc.value = jnp.asarray(centre @ white, jnp.float32)
+        return (xc @ white).astype(np.float32)
+    layer.preproc.value = jnp.asarray(centre, jnp.float32)
+    return xc.astype(np.float32)
+
+
+def train(
+    config: CKNConfig,
+    patches: np.ndarray,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[CKN, list[LayerReport]]:
+    """Trains a CKN without labels, layer by layer.
+
+    Args:
+      config: architecture and training settings (``config.train``).
+      patches: (N, H, W) or (N, H, W, C) training patches, uint8 or float.
+      seed: the same seed gives the same model.
+      progress: show progress bars (stderr).
+
+    Returns:
+      (trained model, one LayerReport per layer).
+
+    Raises:
+      InputError: bad patches (NaN, empty, wrong shape) or patches smaller
+        than the network's receptive field.
+    """
+    check_patches(patches)
+    if config.channels == "rgb" and (patches.ndim != 4 or patches.shape[3] != 3):
+        raise InputError(f"channels='rgb' needs (N, H, W, 3) patches, got shape {patches.shape}")
+    config.output_shape(patches.shape[1], patches.shape[2])
+    tc = config.train
+    model = CKN(config, rngs=nnx.Rngs(seed))
+    key = jax.random.key(seed)
+    reports = []
+    for i, layer in enumerate(tqdm(model.layers, desc="training layers", disable=not progress)):
+        t0 = time.perf_counter()
+        key, k_sample, k_sigma, k_km, k_fit = jax.random.split(key, 5)
+        raw = sample_subpatches(
+            model, i, patches, tc.num_patches, key=k_sample, batch_size=tc.batch_size, progress=progress
+        )
+        x = _prepare_layer_input(layer, raw, config)
+        norms = np.linalg.norm(x, axis=1)
+        keep = norms >= ops.NORM_EPS
+        x = jnp.asarray(x[keep] / norms[keep, None])
+        p = layer.config.filters
+        if x.shape[0] < p:
+            raise InputError(
+                f"layer {i + 1}: only {x.shape[0]} non-flat sub-patches among {raw.shape[0]} sampled, "
+                f"fewer than its {p} filters (patches too flat or too few)"
+            )
+        if layer.config.sigma == "auto":
+            sigma = sigma_from_quantile(x, tc.sigma_quantile, key=k_sigma)
+            if not sigma > 0:
+                raise InputError(f"layer {i + 1}: the sigma rule gave {sigma} (all sub-patches alike)")
+        else:
+            sigma = float(layer.config.sigma)
+        z, history = kmeans(x, p, key=k_km, iters=tc.kmeans_iters, spherical=True)
+        method_loss = None
+        if tc.method == "nips14":
+            w, eta, losses = fit_nips14(
+                k_fit, z, x, sigma=sigma, steps=tc.nips14_steps, batch=tc.nips14_batch, lr=tc.nips14_lr
+            )
+            layer.set_nips14(w, eta, sigma)
+            method_loss = np.asarray(losses).tolist()
+        else:
+            if tc.method == "kmeans+nystrom":
+                z, losses = refine_nystrom(
+                    k_fit, z, x, sigma=sigma, lam=layer.config.lam,
+                    steps=tc.refine_steps, batch=tc.refine_batch, lr=tc.refine_lr,
+                )
+                method_loss = np.asarray(losses).tolist()
+            layer.set_nystrom(z, sigma)
+        reports.append(
+            LayerReport(
+                sigma=sigma,
+                num_samples=int(raw.shape[0]),
+                num_dropped=int((~keep).sum()),
+                kmeans_objective=np.asarray(history).tolist(),
+                method_loss=method_loss,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+    return model, reports

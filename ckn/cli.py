@@ -1,0 +1,49 @@
+"""The ``ckn`` command line (also ``python -m ckn``).
+
+Each sub-command lives in its own module with a ``register(subparsers)``
+function that adds its parser and sets ``func(args) -> int``. Errors from bad
+input (``InputError``, missing files) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ckn._src.errors import InputError
+
+# Modules that contribute sub-commands, in the order of `ckn --help`.
+_COMMAND_MODULES = (
+    "ckn._src.cli_core",  # train, describe
+    "retrieval._src.cli_patches",  # patches
+    "retrieval._src.cli_eval",  # eval-patches, reproduce
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckn",
+        description="Convolutional kernel networks for patch and image retrieval.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"ckn {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ckn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
