@@ -47,10 +47,18 @@ def _all_finite(a: np.ndarray, chunk: int = 4096) -> bool:
     return all(np.isfinite(a[i : i + chunk]).all() for i in range(0, a.shape[0], chunk))
 
 
-def load_patch_file(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+SPLITS = {"train": 0, "test": 1}
+
+
+def load_patch_file(
+    path: str | os.PathLike, *, mmap: bool = True, split: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Reads a patch file; returns (patches, labels or None).
 
     ``.npy`` files are memory-mapped (``mmap=True``) so large files stream.
+    ``split`` ("train", "test" or "all") keeps the rows of that split of an
+    .npz with a ``split`` array (0 or "train" = train, 1 or "test" = test);
+    "train"/"test" on a file without one is an error, None or "all" keeps all.
 
     Raises:
       InputError: missing, unreadable or corrupt file; wrong content.
@@ -68,7 +76,12 @@ def load_patch_file(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.n
                     raise InputError(f"{path}: .npz has no 'patches' array (keys: {', '.join(z.files) or 'none'})")
                 patches = z["patches"]
                 labels = z["labels"] if "labels" in z.files else None
+                rows = _split_rows(path, z["split"] if "split" in z.files else None, split)
+                if rows is not None:
+                    patches = patches[rows]
+                    labels = None if labels is None else labels[rows]
         elif path.suffix == ".npy":
+            _split_rows(path, None, split)
             patches = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         else:
             raise InputError(f"{path}: patch file must be .npy or .npz")
@@ -83,6 +96,22 @@ def load_patch_file(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.n
                 f"{path.name}: labels must be (N,) with N = {patches.shape[0]}, got shape {labels.shape}"
             )
     return patches, labels
+
+
+def _split_rows(path: Path, split_array: np.ndarray | None, split: str | None) -> np.ndarray | None:
+    if split in (None, "all"):
+        return None
+    if split not in SPLITS:
+        raise InputError(f"split must be train, test or all, got {split!r}")
+    if split_array is None:
+        raise InputError(f"{path}: has no 'split' array, cannot select the {split} split (use --split all)")
+    if split_array.dtype.kind in "US":
+        rows = split_array == split
+    else:
+        rows = split_array == SPLITS[split]
+    if not rows.any():
+        raise InputError(f"{path}: the {split} split is empty")
+    return rows
 
 
 def _first_line(e: BaseException) -> str:

@@ -82,6 +82,10 @@ def kernel_layer_apply(
         ones = jnp.ones((subpatch, subpatch, c, 1), x.dtype)
         rho = jnp.sqrt(jnp.maximum(ops.conv(x * x, ones, padding, precision=precision), 0.0))
     u = zx / jnp.maximum(rho, ops.NORM_EPS)
+    # Norms below eps are float rounding of a flat region (XLA fuses a*k - b*k
+    # into an FMA, so equal inputs need not cancel exactly): count them as 0,
+    # so that a flat patch gives exactly the zero descriptor.
+    rho = jnp.where(rho > ops.NORM_EPS, rho, 0.0)
     phi = rho * jnp.exp(alpha * u + bias.reshape(1, 1, 1, p))
     phi = ops.gaussian_pool(phi, subsampling, precision=precision)
     return jnp.matmul(phi, linear, precision=precision)
@@ -128,10 +132,10 @@ class KernelLayer(nnx.Module):
         """Installs unit-norm filters (p, d) with the Nystrom map of bandwidth sigma."""
         filters = jnp.asarray(filters, jnp.float32)
         p = self.config.filters
-        self.filters.value = filters
-        self.alpha.value = jnp.asarray(1.0 / sigma**2, jnp.float32)
-        self.bias.value = jnp.full((p,), -1.0 / sigma**2, jnp.float32)
-        self.linear.value = ops.nystrom_projection(filters, sigma, self.config.lam)
+        self.filters.set_value(filters)
+        self.alpha.set_value(jnp.asarray(1.0 / sigma**2, jnp.float32))
+        self.bias.set_value(jnp.full((p,), -1.0 / sigma**2, jnp.float32))
+        self.linear.set_value(ops.nystrom_projection(filters, sigma, self.config.lam))
 
     def set_nips14(self, w, eta, sigma: float) -> None:
         """Installs the NIPS 2014 layer: anchors w (p, d), weights eta (p,) >= 0."""
@@ -140,19 +144,19 @@ class KernelLayer(nnx.Module):
         p = self.config.filters
         # eta = 0 gives a dead unit: floor its log so the map stays finite.
         log_sqrt_eta = 0.5 * jnp.log(jnp.maximum(eta, 1e-30))
-        self.filters.value = w
-        self.alpha.value = jnp.asarray(2.0 / sigma**2, jnp.float32)
-        self.bias.value = log_sqrt_eta - (1.0 + jnp.sum(w * w, axis=1)) / sigma**2
-        self.linear.value = jnp.eye(p, dtype=jnp.float32)
+        self.filters.set_value(w)
+        self.alpha.set_value(jnp.asarray(2.0 / sigma**2, jnp.float32))
+        self.bias.set_value(log_sqrt_eta - (1.0 + jnp.sum(w * w, axis=1)) / sigma**2)
+        self.linear.set_value(jnp.eye(p, dtype=jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return kernel_layer_apply(
             x,
-            filters=self.filters.value,
-            alpha=self.alpha.value,
-            bias=self.bias.value,
-            linear=self.linear.value,
-            preproc=None if self.preproc is None else self.preproc.value,
+            filters=self.filters.get_value(),
+            alpha=self.alpha.get_value(),
+            bias=self.bias.get_value(),
+            linear=self.linear.get_value(),
+            preproc=None if self.preproc is None else self.preproc.get_value(),
             subpatch=self.config.subpatch,
             padding=self.config.padding,
             subsampling=self.config.subsampling,

@@ -46,6 +46,7 @@ def describe(
     *,
     batch_size: int = 256,
     progress: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Descriptors of many patches, in fixed-size jitted batches.
 
@@ -58,9 +59,12 @@ def describe(
       patches: (N, H, W) or (N, H, W, C), uint8 or float.
       batch_size: patches per jitted call.
       progress: show a progress bar (stderr) when there is more than one batch.
+      out: optional (N, D) float32 array to fill (e.g. a memory-mapped .npy),
+        so that neither input nor output has to fit in memory.
 
     Returns:
-      (N, D) float32, L2-normalized rows (zero rows for flat patches).
+      (N, D) float32, L2-normalized rows (zero rows for flat patches); ``out``
+      when given.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -69,7 +73,10 @@ def describe(
     bs = _batch_shape(n, batch_size)
     graphdef, state = nnx.split(model)
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
-    out = np.empty((n, h * w * c), np.float32)
+    if out is None:
+        out = np.empty((n, h * w * c), np.float32)
+    elif out.shape != (n, h * w * c) or out.dtype != np.float32:
+        raise InputError(f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}")
     starts = range(0, n, bs)
     for start in tqdm(starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3):
         x = np.asarray(patches[start : start + bs])
@@ -89,7 +96,7 @@ def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -
         for name in _ARRAYS:
             var = getattr(layer, name)
             if var is not None:
-                arrays[f"layers.{i}.{name}"] = np.asarray(var.value)
+                arrays[f"layers.{i}.{name}"] = np.asarray(var.get_value())
     meta = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "training": training or {}}
     with atomic_path(path, is_dir=True) as tmp:
         np.savez(tmp / "arrays.npz", **arrays)
@@ -136,11 +143,11 @@ def load(path: str | os.PathLike) -> CKN:
             if key not in arrays:
                 raise InputError(f"{arr_file}: missing array {key}")
             a = arrays[key]
-            if a.shape != var.value.shape or not np.isfinite(a).all():
+            if a.shape != var.get_value().shape or not np.isfinite(a).all():
                 raise InputError(
-                    f"{arr_file}: array {key} has shape {a.shape} (expected {var.value.shape}) or non-finite values"
+                    f"{arr_file}: array {key} has shape {a.shape} (expected {var.get_value().shape}) or non-finite values"
                 )
-            var.value = jnp.asarray(a, jnp.float32)
+            var.set_value(jnp.asarray(a, jnp.float32))
     return model
 
 

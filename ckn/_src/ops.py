@@ -197,7 +197,7 @@ def gradient_map(x: jax.Array, orientations: int, sigma: float, eps: float = NOR
     """The CKN-grad input map: a smooth orientation histogram of gradients.
 
     phi_k = rho * exp(-||g / rho - (cos t_k, sin t_k)||^2 / (2 sigma^2)) with
-    t_k = 2 pi k / K and rho = ||g||; 0 where rho = 0 (CKN_NOTES section 2).
+    t_k = 2 pi k / K and rho = ||g||; 0 where rho <= eps (CKN_NOTES section 2).
 
     Args:
       x: (N, H, W, 1) single-channel images.
@@ -210,6 +210,7 @@ def gradient_map(x: jax.Array, orientations: int, sigma: float, eps: float = NOR
     gx, gy = central_gradient(x[..., 0])
     rho = jnp.sqrt(gx * gx + gy * gy)
     inv = 1.0 / jnp.maximum(rho, eps)
+    rho = jnp.where(rho > eps, rho, 0.0)  # rounding noise of a flat region counts as flat
     theta = 2.0 * np.pi * np.arange(orientations) / orientations
     cos_t = jnp.asarray(np.cos(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
     sin_t = jnp.asarray(np.sin(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
@@ -219,10 +220,16 @@ def gradient_map(x: jax.Array, orientations: int, sigma: float, eps: float = NOR
 
 
 def to_float(patches) -> jax.Array:
-    """uint8 (or any integer) -> float32 in [0, 1]; floats -> float32 unchanged."""
+    """uint8 (or any integer) -> float32 in [0, 1]; floats -> float32 unchanged.
+
+    A multiplication, not a division: XLA's CPU backend may divide with a
+    vectorized approximation in some lanes and exactly in others, so equal
+    pixels could map to unequal floats and a flat patch would get a tiny
+    non-zero gradient (which the final L2 normalization then blows up).
+    """
     patches = jnp.asarray(patches)
     if jnp.issubdtype(patches.dtype, jnp.integer):
-        return patches.astype(jnp.float32) / 255.0
+        return patches.astype(jnp.float32) * np.float32(1.0 / 255.0)
     return patches.astype(jnp.float32)
 
 

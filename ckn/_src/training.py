@@ -255,9 +255,9 @@ def _prepare_layer_input(layer: KernelLayer, x: np.ndarray, cfg: CKNConfig) -> n
     xc = x @ centre
     if cfg.input == "white":
         white = ops.whitening_matrix(xc, cfg.train.whiten_rel_eps)
-        layer.preproc.value = jnp.asarray(centre @ white, jnp.float32)
+        layer.preproc.set_value(jnp.asarray(centre @ white, jnp.float32))
         return (xc @ white).astype(np.float32)
-    layer.preproc.value = jnp.asarray(centre, jnp.float32)
+    layer.preproc.set_value(jnp.asarray(centre, jnp.float32))
     return xc.astype(np.float32)
 
 

@@ -1,0 +1,189 @@
+"""``ckn train`` and ``ckn describe``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import numpy as np
+
+from ckn._src.config import INPUTS, METHODS, PRESETS, CKNConfig, LayerConfig, get_preset
+from ckn._src.errors import InputError
+from ckn._src.fileio import atomic_path, load_patch_file
+from ckn._src.model import describe, load, save
+from ckn._src.training import train
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return values
+
+
+def _sigma_list(text: str) -> list[float | str]:
+    out: list[float | str] = []
+    for v in text.split(","):
+        if v == "auto":
+            out.append("auto")
+            continue
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"sigma must be numbers or 'auto', got {text!r}") from None
+        if not f > 0:
+            raise argparse.ArgumentTypeError(f"sigma must be > 0, got {v}")
+        out.append(f)
+    return out
+
+
+def add_architecture_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that override a preset's architecture (shared by train and reproduce)."""
+    g = p.add_argument_group("architecture overrides (default: the preset's)")
+    g.add_argument("--input", choices=INPUTS, help="input map")
+    g.add_argument("--channels", choices=("gray", "green", "rgb"), help="input channels")
+    g.add_argument("--filters", type=_int_list, help="filters per layer, e.g. 64,256")
+    g.add_argument("--subpatch", type=_int_list, help="sub-patch side per layer, e.g. 3,3")
+    g.add_argument("--subsampling", type=_int_list, help="pooling factor per layer, e.g. 2,6")
+    g.add_argument("--sigma", type=_sigma_list, help="sigma per layer (number or auto), e.g. 0.6 or auto")
+    g.add_argument("--orientations", type=int, help="orientations K of the grad map")
+    t = p.add_argument_group("training overrides")
+    t.add_argument("--num-patches", type=int, help="sub-patches sampled per layer (default 100000)")
+    t.add_argument("--method", choices=METHODS, help="filter learning method (default kmeans)")
+    t.add_argument("--kmeans-iters", type=int, help="k-means iterations")
+
+
+def config_from_args(args: argparse.Namespace) -> CKNConfig:
+    """The preset with the command line's overrides applied.
+
+    Per-layer lists all have the number of layers (one value applies to
+    every layer); a list longer than the preset's adds layers that copy the
+    preset's last one before overrides.
+    """
+    cfg = get_preset(args.preset)
+    lists = {
+        "filters": args.filters,
+        "subpatch": args.subpatch,
+        "subsampling": args.subsampling,
+        "sigma": args.sigma,
+    }
+    given = {k: v for k, v in lists.items() if v is not None}
+    n = max([len(v) for v in given.values() if len(v) > 1] or [len(cfg.layers)])
+    for k, v in given.items():
+        if len(v) not in (1, n):
+            raise InputError(f"--{k} has {len(v)} values for a {n}-layer network")
+    layers = []
+    for i in range(n):
+        base = cfg.layers[min(i, len(cfg.layers) - 1)]
+        layers.append(
+            dataclasses.replace(base, **{k: (v[0] if len(v) == 1 else v[i]) for k, v in given.items()})
+        )
+    top = {}
+    if args.input is not None:
+        top["input"] = args.input
+    if args.channels is not None:
+        top["channels"] = args.channels
+    if args.orientations is not None:
+        top["grad_orientations"] = args.orientations
+    train_over = {}
+    for flag, field in (("num_patches", "num_patches"), ("method", "method"), ("kmeans_iters", "kmeans_iters")):
+        if getattr(args, flag) is not None:
+            train_over[field] = getattr(args, flag)
+    changed = bool(given or top or train_over)
+    return dataclasses.replace(
+        cfg,
+        name=cfg.name + ("+custom" if changed else ""),
+        layers=tuple(layers),
+        train=dataclasses.replace(cfg.train, **train_over),
+        **top,
+    )
+
+
+def _describe_layers(layers: tuple[LayerConfig, ...]) -> str:
+    return " | ".join(
+        f"{lc.subpatch}x{lc.subpatch} x{lc.filters} pool {lc.subsampling} sigma {lc.sigma}" for lc in layers
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    patches, _ = load_patch_file(args.patches, split=args.split)
+    h, w, c = cfg.output_shape(patches.shape[1], patches.shape[2])
+    print(
+        f"training {cfg.name} ({cfg.input} input; {_describe_layers(cfg.layers)}) on {patches.shape[0]} patches "
+        f"of {patches.shape[1]}x{patches.shape[2]}, method {cfg.train.method}, seed {args.seed}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    model, reports = train(cfg, patches, seed=args.seed, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    for i, r in enumerate(reports):
+        print(
+            f"layer {i + 1}: sigma {r.sigma:.4f}, {r.num_samples} sub-patches ({r.num_dropped} flat dropped), "
+            f"k-means objective {r.kmeans_objective[0]:.4f} -> {r.kmeans_objective[-1]:.4f}, {r.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    training = {
+        "seed": args.seed,
+        "num_train_patches": int(patches.shape[0]),
+        "seconds": seconds,
+        "layers": [dataclasses.asdict(r) for r in reports],
+    }
+    save(model, args.out, training=training)
+    print(f"saved {args.out}: descriptor dimension {h * w * c} ({h}x{w}x{c}), trained in {seconds:.1f} s")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    patches, _ = load_patch_file(args.patches, split=args.split)
+    n = patches.shape[0]
+    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
+    if not str(args.out).endswith(".npy"):
+        raise InputError(f"--out must be a .npy file, got {args.out}")
+    t0 = time.perf_counter()
+    with atomic_path(args.out) as tmp:
+        # Written straight into a memory-mapped .npy: bounded memory for large files.
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
+        describe(model, patches, batch_size=args.batch_size, progress=not args.quiet, out=out)
+        out.flush()
+        del out
+    seconds = time.perf_counter() - t0
+    print(f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s ({n / seconds:.0f} patches/s)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a CKN without labels on a patch file",
+        description="Trains a CKN layer by layer without labels and saves it to a directory.",
+    )
+    p.add_argument("--preset", required=True, help=f"architecture preset: {', '.join(PRESETS)}")
+    p.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--split", choices=("train", "test", "all"), default=None,
+        help="rows of an .npz with a 'split' array (default: all rows)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_architecture_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    d = sub.add_parser(
+        "describe",
+        help="describe patches with a trained model",
+        description="Writes (N, D) float32 L2-normalized descriptors to a .npy file.",
+    )
+    d.add_argument("--model", required=True, help="model directory written by `ckn train`")
+    d.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
+    d.add_argument("--out", required=True, help="output .npy file")
+    d.add_argument("--batch-size", type=int, default=256, help="patches per jitted batch (default 256)")
+    d.add_argument("--split", choices=("train", "test", "all"), default=None, help="rows of an .npz split")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_describe)
