@@ -266,3 +266,48 @@ def test_precision_recall_curve_pooled_and_per_query():
     np.testing.assert_allclose(pq[0], [1, 1, 2 / 3])
     assert np.isnan(pq[1]).all()
     np.testing.assert_array_equal(levels, [0.0, 0.5, 1.0])
+
+
+# --------------------------------------------------------------------------- one-pass summary
+
+
+@pytest.mark.parametrize("block", [None, 7])
+def test_retrieval_summary_equals_separate_metrics(block):
+    rng = np.random.default_rng(5)
+    # Small integer entries: many ties; labels include singletons (skipped).
+    x = rng.integers(-2, 3, size=(60, 3)).astype(np.float32)
+    labels = rng.integers(0, 25, size=60)
+    levels = np.array([0.0, 0.1, 1 / 3, 0.5, 0.9, 1.0])
+    summ = M.retrieval_summary(x, labels, recall_levels=levels, block_size=block)
+    ref = M.patch_retrieval_map(x, labels, return_per_query=True)
+    assert summ.mean_ap == ref.mean_ap
+    assert summ.mean_ap_trapezoid == M.patch_retrieval_map(x, labels, mode="trapezoid").mean_ap
+    assert (summ.num_queries, summ.num_skipped) == (ref.num_queries, ref.num_skipped)
+    assert summ.num_skipped > 0
+    np.testing.assert_array_equal(summ.per_query_ap, ref.per_query)
+    assert summ.nn_accuracy == M.nn_matching_accuracy(x, labels)
+    # Mean PR curve = mean over queries of precision_recall_curve(per_query=True).
+    s = x @ x.T
+    n = x.shape[0]
+    others = ~np.eye(n, dtype=bool)
+    scores = s[others].reshape(n, n - 1)
+    rel = (labels[:, None] == labels[None, :])[others].reshape(n, n - 1)
+    pq, _ = M.precision_recall_curve(scores, rel, per_query=True, recall_levels=levels)
+    np.testing.assert_allclose(summ.mean_precision, np.nanmean(pq, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(summ.recall_levels, levels)
+
+
+def test_retrieval_summary_constant_descriptor_and_no_query():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4])
+    x = np.full((13, 4), 0.5, dtype=np.float32)
+    summ = M.retrieval_summary(x, labels, recall_levels=[0.5, 1.0])
+    assert summ.mean_ap == pytest.approx(17 / 132, abs=1e-15)
+    assert summ.nn_accuracy == 0.0
+    # Relevant items at ranks 11 and 12 of 12: precision 1/11 then 2/12.
+    np.testing.assert_allclose(summ.mean_precision, [2 / 12, 2 / 12])
+    # No two items share a label: nothing to evaluate, said by the counts.
+    none = M.retrieval_summary(np.eye(3, dtype=np.float32), [0, 1, 2])
+    assert (none.num_queries, none.num_skipped) == (0, 3)
+    assert np.isnan(none.mean_ap) and np.isnan(none.mean_precision).all()
+    with pytest.raises(InputError, match="recall_levels"):
+        M.retrieval_summary(x, labels, recall_levels=[1.5])

@@ -254,6 +254,7 @@ class _PassResult(NamedTuple):
     ap_trapezoid: np.ndarray  # (N,)
     nn_correct: np.ndarray  # (N,) bool, False where no relevant item
     has_relevant: np.ndarray  # (N,) bool
+    precision_at: np.ndarray | None  # (N, L) interpolated precision at recall levels, NaN rows
 
 
 def _group_index(labels: np.ndarray):
@@ -267,7 +268,8 @@ def _group_index(labels: np.ndarray):
 
 
 def _retrieval_pass(descriptors: np.ndarray, labels: np.ndarray, *,
-                    block_size: int | None = None, count_method: str = "auto") -> _PassResult:
+                    block_size: int | None = None, count_method: str = "auto",
+                    recall_levels: np.ndarray | None = None) -> _PassResult:
     """All-vs-all retrieval, blocked over queries; validated inputs.
 
     For each query the k-th relevant item (by decreasing score) has rank
@@ -285,6 +287,7 @@ def _retrieval_pass(descriptors: np.ndarray, labels: np.ndarray, *,
     ap = np.full(n, np.nan)
     ap_t = np.full(n, np.nan)
     nn_ok = np.zeros(n, dtype=bool)
+    prec_at = None if recall_levels is None else np.full((n, recall_levels.size), np.nan)
     xt = np.ascontiguousarray(x.T)
     for b0 in range(0, n, block_size):
         b1 = min(n, b0 + block_size)
@@ -323,7 +326,29 @@ def _retrieval_pass(descriptors: np.ndarray, labels: np.ndarray, *,
         ap_t[qsel] = np.bincount(q_rep - b0, weights=_ap_terms(k, rank, "trapezoid"),
                                  minlength=nb)[qsel - b0] / r_q
         nn_ok[qsel] = rank[np.cumsum(r_q) - r_q] == 1  # top relevant item ranked first
-    return _PassResult(ap, ap_t, nn_ok, nrel > 0)
+        if prec_at is not None:
+            prec_at[qsel] = _interpolated_precision(k, rank, r_q, recall_levels)
+    return _PassResult(ap, ap_t, nn_ok, nrel > 0, prec_at)
+
+
+def _interpolated_precision(k: np.ndarray, rank: np.ndarray, r_q: np.ndarray,
+                            levels: np.ndarray) -> np.ndarray:
+    """(Q, L) interpolated precision of Q queries at recall ``levels``.
+
+    ``k``, ``rank``: (P,) 1-based position and rank of each relevant item,
+    grouped by query (``r_q[q]`` consecutive entries each, k ascending). The
+    interpolated precision at level l is the largest precision at a recall
+    ``k / R >= l``, found at the ``max(1, ceil(l R))``-th relevant item.
+    """
+    prec = k / rank.astype(np.float64)
+    nq = r_q.size
+    first = np.cumsum(r_q) - r_q
+    # Reverse cumulative max within each query: offsets of 2 (> any precision)
+    # per query, growing in traversal order, keep the max from crossing queries.
+    offset = 2.0 * np.repeat(np.arange(nq)[::-1], r_q)
+    best = np.maximum.accumulate((prec + offset)[::-1])[::-1] - offset
+    pos = np.maximum(1, np.ceil(levels[None, :] * r_q[:, None] - 1e-9)).astype(np.int64) - 1
+    return best[first[:, None] + np.minimum(pos, r_q[:, None] - 1)]
 
 
 def _count_at_least(s: np.ndarray, thr: np.ndarray, q_local: np.ndarray, k: np.ndarray,
@@ -427,6 +452,75 @@ def patch_retrieval_map(descriptors, labels, *, mode: str = "noninterpolated",
     return RetrievalResult(mean, nq, x.shape[0] - nq, per_q if return_per_query else None)
 
 
+class RetrievalSummary(NamedTuple):
+    """Result of :func:`retrieval_summary` (one all-vs-all pass).
+
+    Attributes:
+      mean_ap: mean non-interpolated AP over the evaluated queries (reported).
+      mean_ap_trapezoid: the same with the Oxford trapezoid AP.
+      nn_accuracy: fraction of evaluated queries whose nearest neighbour is relevant.
+      num_queries: queries evaluated (with at least one relevant item).
+      num_skipped: queries skipped: no other item shares their label.
+      recall_levels: (L,) recall levels of the precision-recall summary.
+      mean_precision: (L,) interpolated precision at each level, averaged
+        over the evaluated queries (a mean precision-recall curve).
+      per_query_ap: (N,) non-interpolated AP of each query, NaN if skipped.
+    """
+
+    mean_ap: float
+    mean_ap_trapezoid: float
+    nn_accuracy: float
+    num_queries: int
+    num_skipped: int
+    recall_levels: np.ndarray
+    mean_precision: np.ndarray
+    per_query_ap: np.ndarray
+
+
+def retrieval_summary(descriptors, labels, *, recall_levels=None,
+                      block_size: int | None = None) -> RetrievalSummary:
+    """mAP (both AP definitions), NN accuracy and a mean PR curve in one pass.
+
+    Same protocol as :func:`patch_retrieval_map` (query excluded, ties against
+    the relevant items, singleton labels skipped and counted), computing the
+    N x N similarities once instead of once per metric.
+
+    Args:
+      descriptors: (N, D) float descriptors, L2-normalized.
+      labels: (N,) ids; equal label = relevant.
+      recall_levels: (L,) levels in [0, 1] of the precision-recall summary
+        (default 0, 0.05, ..., 1).
+      block_size: number of queries per block (memory vs speed).
+
+    Returns:
+      A :class:`RetrievalSummary`; the means are NaN when no query has a
+      relevant item (``num_queries == 0``).
+    """
+    x = _check_descriptors(descriptors)
+    lab = _check_labels(labels, x.shape[0])
+    levels = _check_levels(recall_levels)
+    if block_size is not None and int(block_size) < 1:
+        raise InputError(f"block_size must be >= 1, got {block_size}")
+    res = _retrieval_pass(x, lab, block_size=block_size, recall_levels=levels)
+    has = res.has_relevant
+    nq = int(has.sum())
+
+    def mean(v):
+        return float(np.mean(v[has])) if nq else float("nan")
+
+    mean_prec = res.precision_at[has].mean(axis=0) if nq else np.full(levels.size, np.nan)
+    return RetrievalSummary(mean(res.ap), mean(res.ap_trapezoid), mean(res.nn_correct), nq,
+                            x.shape[0] - nq, levels, mean_prec, res.ap)
+
+
+def _check_levels(recall_levels) -> np.ndarray:
+    levels = np.linspace(0.0, 1.0, 21) if recall_levels is None else np.asarray(recall_levels, float)
+    if levels.ndim != 1 or levels.size == 0 or not np.isfinite(levels).all() or (
+            (levels < 0) | (levels > 1)).any():
+        raise InputError("recall_levels must be a non-empty 1-D array in [0, 1]")
+    return levels
+
+
 def nn_matching_accuracy(descriptors, labels, *, block_size: int | None = None) -> float:
     """Fraction of queries whose nearest neighbour has the same label.
 
@@ -483,9 +577,7 @@ def precision_recall_curve(scores, relevant, *, per_query: bool = False,
         return hits / ranks, hits / hits[-1]
     if s.ndim != 2:
         raise InputError(f"per_query=True needs scores (Q, M), got shape {s.shape}")
-    levels = np.linspace(0.0, 1.0, 21) if recall_levels is None else np.asarray(recall_levels, float)
-    if levels.ndim != 1 or levels.size == 0 or ((levels < 0) | (levels > 1)).any():
-        raise InputError("recall_levels must be a non-empty 1-D array in [0, 1]")
+    levels = _check_levels(recall_levels)
     out = np.full((s.shape[0], levels.size), np.nan)
     for q in range(s.shape[0]):
         if not r[q].any():
