@@ -189,9 +189,21 @@ class Geometry(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Homography:
-    """x' ~ H (x, y, 1): a 3x3 homography from the reference image."""
+    """x' ~ H (x, y, 1): a 3x3 homography from the reference image.
+
+    H is defined up to scale, and some files store it with a negative scale
+    (Oxford ``leuven/H1to5p`` has ``H[2, 2] = -0.576``). The sign is fixed so
+    that the reference origin, a corner of the reference image, has ``w > 0``;
+    points with ``w <= 0`` lie beyond the horizon of the other view and map to NaN.
+    """
 
     H: np.ndarray
+
+    def __post_init__(self):
+        h = np.asarray(self.H, np.float64)
+        if h.shape != (3, 3):
+            raise InputError(f"homography must be 3x3, got shape {h.shape}")
+        object.__setattr__(self, "H", -h if h[2, 2] < 0 else h)
 
     def map(self, xy):
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
@@ -269,20 +281,31 @@ def map_regions(geometry: Geometry, regions: R.Regions) -> tuple[np.ndarray, np.
     """Predicts regions in another image: (centres (N, 2), sizes (N,), angles (N,) degrees)."""
     xy = geometry.map(regions.xy)
     jac = geometry.jacobian(regions.xy)
-    scale = np.sqrt(np.abs(np.linalg.det(jac)))
+    # Undefined maps (NaN) stay NaN without numpy's invalid-value warnings.
+    finite = np.isfinite(jac).all(axis=(1, 2))
+    scale = np.full(jac.shape[0], np.nan)
+    scale[finite] = np.sqrt(np.abs(np.linalg.det(jac[finite])))
+    jac = np.where(finite[:, None, None], jac, 0.0)
     a = np.deg2rad(regions.angle)
     d = np.einsum("nij,nj->ni", jac, np.stack([np.cos(a), np.sin(a)], 1))
-    angle = np.rad2deg(np.arctan2(d[:, 1], d[:, 0])) % 360.0
+    angle = np.where(finite, np.rad2deg(np.arctan2(d[:, 1], d[:, 0])) % 360.0, np.nan)
     return xy, regions.size * scale, angle
 
 
 def read_homography(path: str | os.PathLike) -> np.ndarray:
     """Reads a 3x3 ASCII homography; InputError if it does not parse, or is singular."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"homography file not found: {path}")
     try:
-        h = np.loadtxt(path, dtype=np.float64)
+        with warnings.catch_warnings():
+            # An empty file is a parse error here, not numpy's "no data" UserWarning.
+            warnings.simplefilter("ignore", UserWarning)
+            h = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as e:
         raise InputError(f"{path}: cannot parse homography ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    if h.size == 0:
+        raise InputError(f"{path}: homography file is empty")
     if h.shape != (3, 3):
         raise InputError(f"{path}: homography must be a 3x3 matrix, got shape {h.shape}")
     if not np.isfinite(h).all():
@@ -677,8 +700,80 @@ def build_sequences(
 # --------------------------------------------------------------------------------------
 
 
+_STEREO_LEFT = ("im0", "left")
+_STEREO_RIGHT = ("im1", "right")
+_STEREO_DISPARITY = ("disp0", "disp0gt", "disparity", "disp")
+_DISPARITY_EXTENSIONS = (".pfm", ".npy")
+
+
+def read_disparity(path: str | os.PathLike) -> np.ndarray:
+    """Reads a disparity map, (H, W) float32: ``.pfm`` (Middlebury; inf = unknown) or ``.npy``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"disparity file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{path}: cannot read disparity ({type(e).__name__}: {e})") from None
+    else:
+        d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if d is None:
+            raise InputError(f"{path}: cannot read disparity (unknown format or corrupt)")
+    d = np.asarray(d)
+    if d.ndim == 3 and d.shape[2] in (1, 3):
+        d = d[..., 0]
+    if d.ndim != 2 or not np.issubdtype(d.dtype, np.number):
+        raise InputError(f"{path}: disparity must be an (H, W) number array, got {d.dtype} {d.shape}")
+    return d.astype(np.float32)
+
+
+def _stereo_file(folder: Path, stems: Sequence[str], exts: Sequence[str]) -> Path | None:
+    for stem in stems:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.stem.lower() == stem and p.suffix.lower() in exts:
+                return p
+    return None
+
+
+def _stereo_pair_files(folder: Path) -> tuple[Path, Path, Path] | None:
+    left = _stereo_file(folder, _STEREO_LEFT, IMAGE_EXTENSIONS)
+    right = _stereo_file(folder, _STEREO_RIGHT, IMAGE_EXTENSIONS)
+    disp = _stereo_file(folder, _STEREO_DISPARITY, _DISPARITY_EXTENSIONS)
+    if left is None and right is None and disp is None:
+        return None
+    missing = [n for n, f in (("left image (im0.* / left.*)", left), ("right image (im1.* / right.*)", right),
+                              ("disparity (disp0.pfm / disparity.npy)", disp)) if f is None]
+    if missing:
+        raise InputError(f"stereo pair {folder}: missing {', '.join(missing)}")
+    return left, right, disp
+
+
+def read_stereo_pairs(root: str | os.PathLike) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Stereo pairs from a folder in the Middlebury layout.
+
+    ``root`` is one pair folder or a folder of pair folders; a pair folder
+    holds the rectified left and right images (``im0.png`` / ``im1.png``, or
+    ``left.*`` / ``right.*``) and the left disparity map (``disp0.pfm`` or
+    ``disparity.npy``, ``x_right = x_left - d``; inf, NaN or <= 0 = unknown).
+
+    Returns:
+      ``[(name, left (H, W, 3) uint8, right, disparity (H, W) float32)]``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"stereo folder not found: {root}" if not root.exists() else f"not a folder: {root}")
+    own = _stereo_pair_files(root)
+    folders = [(root.name, own)] if own is not None else [
+        (p.name, f) for p in sorted(root.iterdir()) if p.is_dir() and (f := _stereo_pair_files(p)) is not None
+    ]
+    if not folders:
+        raise InputError(f"no stereo pairs in {root} (expected <pair>/im0.png, im1.png, disp0.pfm)")
+    return [(name, read_image(l), read_image(r), read_disparity(d)) for name, (l, r, d) in folders]
+
+
 def build_stereo(
-    pairs: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]] | str | os.PathLike | None = None,
     *,
     config: PatchSetConfig | None = None,
     split_halves: bool | None = None,
@@ -689,8 +784,8 @@ def build_stereo(
 
     Args:
       pairs: ``(name, left, right, disparity)`` with ``x_right = x_left -
-        disparity[y, x]``; default: scikit-image's ``stereo_motorcycle``
-        (Middlebury 2014).
+        disparity[y, x]``, or a folder read by :func:`read_stereo_pairs`;
+        default: scikit-image's ``stereo_motorcycle`` (Middlebury 2014).
       split_halves: make two scenes of each pair, ``<name>-left-half`` and
         ``<name>-right-half``, whose reference patches lie entirely in the left
         or right half of the left image (so no patch of one overlaps the other
@@ -703,6 +798,8 @@ def build_stereo(
 
         left, right, disp = skdata.stereo_motorcycle()
         pairs = [("motorcycle", left, right, disp)]
+    elif isinstance(pairs, (str, os.PathLike)):
+        pairs = read_stereo_pairs(pairs)
     if split_halves is None:
         split_halves = len(pairs) == 1
     jobs = []
@@ -928,6 +1025,38 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CKN_CACHE") or Path.home() / ".cache" / "ckn")
 
 
+def default_config(quick: bool = False, **overrides) -> PatchSetConfig:
+    """The :class:`PatchSetConfig` of :func:`build_default` (quick: 40 regions per photo)."""
+    if quick:
+        overrides.setdefault("max_regions", 40)
+    return PatchSetConfig(**overrides)
+
+
+def _default_plan(quick, views, seed, config, view_params):
+    cfg = config or default_config(quick)
+    vp = view_params or ViewParams()
+    if quick:
+        names, test, max_side = DEFAULT_QUICK_TRAIN + DEFAULT_QUICK_TEST, DEFAULT_QUICK_TEST, 384
+    else:
+        names, test, max_side = DEFAULT_TRAIN + DEFAULT_TEST, DEFAULT_TEST, 640
+    key_src = json.dumps(
+        {"v": VERSION, "names": names, "test": test, "max_side": max_side, "views": views, "seed": seed,
+         "cfg": dataclasses.asdict(cfg), "vp": dataclasses.asdict(vp)},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = cache_dir() / "patchsets" / f"default{'-quick' if quick else ''}-{key}.npz"
+    return names, test, max_side, cfg, vp, path
+
+
+def default_cache_path(
+    *, quick: bool = False, views: int = 10, seed: int = 0,
+    config: PatchSetConfig | None = None, view_params: ViewParams | None = None,
+) -> Path:
+    """Where :func:`build_default` caches the set built with these arguments."""
+    return _default_plan(quick, views, seed, config, view_params)[-1]
+
+
 def build_default(
     *,
     quick: bool = False,
@@ -946,29 +1075,14 @@ def build_default(
     photo itself), up to 450 reference regions per photo: about 20,500 patches
     in groups of up to 10 (mean ~6.3), train and test about equal.
     ``quick=True``: 4 photos (``DEFAULT_QUICK_TRAIN`` / ``_TEST``), at most 40
-    regions each, long side 384 (about 700 patches, for tests and quick runs).
+    regions each (:func:`default_config`), long side 384 (about 1,000 patches,
+    for tests and quick runs).
 
     The result is cached in :func:`cache_dir` under a key of all parameters and
     :data:`VERSION` (written atomically); ``cache=False`` rebuilds without
     reading or writing the cache.
     """
-    cfg = config or PatchSetConfig()
-    vp = view_params or ViewParams()
-    if quick:
-        if config is None:
-            cfg = dataclasses.replace(cfg, max_regions=40)
-        names, max_side = DEFAULT_QUICK_TRAIN + DEFAULT_QUICK_TEST, 384
-        test = DEFAULT_QUICK_TEST
-    else:
-        names, max_side = DEFAULT_TRAIN + DEFAULT_TEST, 640
-        test = DEFAULT_TEST
-    key_src = json.dumps(
-        {"v": VERSION, "names": names, "test": test, "max_side": max_side, "views": views, "seed": seed,
-         "cfg": dataclasses.asdict(cfg), "vp": dataclasses.asdict(vp)},
-        sort_keys=True,
-    )
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    path = cache_dir() / "patchsets" / f"default{'-quick' if quick else ''}-{key}.npz"
+    names, test, max_side, cfg, vp, path = _default_plan(quick, views, seed, config, view_params)
     if cache and path.is_file():
         try:
             return load_patchset(path)
@@ -1071,6 +1185,87 @@ def load_patchset(path: str | os.PathLike, *, require_split: bool = False) -> Pa
     if ps.scene.min() < 0 or ps.scene.max() >= len(ps.scene_names):
         raise InputError(f"{path}: 'scene' indices out of range of 'scene_names'")
     return ps
+
+
+def _read_patch_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise InputError(f"cannot read patch image (unknown format or corrupt): {path}")
+    if img.dtype != np.uint8:
+        raise InputError(f"patch image must be 8-bit, got {img.dtype}: {path}")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def load_manual(path: str | os.PathLike) -> PatchSet:
+    """Pre-cut patches with group labels (e.g. the original RomePatches), as a PatchSet.
+
+    ``path`` is either
+
+    * a ``.npz`` patch file (``patches`` + ``labels``; the other keys of the
+      module docstring are optional), or a folder holding exactly one; or
+    * a folder of patch images, one sub-folder per group
+      (``<group>/<patch>.png``), optionally under ``train/`` and ``test/``
+      (``train/<group>/...``). Groups are numbered in sorted order (train
+      first); the scene of a patch is its split folder (or ``manual``). All
+      patches must have the same size; they are gray if every file is gray.
+      Unreadable images are skipped with a SkippedItemWarning.
+
+    Raises:
+      InputError: a missing path, no patches, mixed sizes, no labels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"manual patches not found: {path}")
+    if path.is_file():
+        return load_patchset(path)
+    npz = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".npz")
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    if npz:
+        if len(npz) > 1:
+            raise InputError(f"{path}: more than one .npz file ({', '.join(p.name for p in npz[:3])}); pass one")
+        return load_patchset(npz[0])
+    names = {p.name for p in subdirs}
+    if names and names <= set(SPLIT_NAMES):
+        roots = [(SPLIT_NAMES.index(p.name), p.name, p) for p in subdirs]
+        roots.sort()
+    else:
+        roots = [(TRAIN, "manual", path)]
+    patches, labels, split, scene, scene_names, label = [], [], [], [], [], 0
+    for sp, scene_name, root in roots:
+        groups = sorted(p for p in root.iterdir() if p.is_dir())
+        scene_names.append(scene_name)
+        for g in groups:
+            files = sorted(f for f in g.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            got = 0
+            for f in files:
+                try:
+                    patches.append(_read_patch_image(f))
+                except InputError as e:
+                    warnings.warn(f"{e}; skipped", SkippedItemWarning, stacklevel=2)
+                    continue
+                labels.append(label); split.append(sp); scene.append(len(scene_names) - 1)
+                got += 1
+            if got:
+                label += 1
+    if not patches:
+        raise InputError(f"no patch images in {path} (expected <group>/<patch>.png or [train|test]/<group>/<patch>.png)")
+    shapes = {p.shape[:2] for p in patches}
+    if len(shapes) > 1:
+        raise InputError(f"{path}: patches have different sizes: {sorted(shapes)[:3]}")
+    if any(p.ndim == 3 for p in patches):
+        patches = [p if p.ndim == 3 else np.repeat(p[:, :, None], 3, axis=2) for p in patches]
+    n = len(patches)
+    nan = np.full(n, np.nan, np.float32)
+    return PatchSet(
+        patches=np.stack(patches), labels=np.asarray(labels, np.int64), split=np.asarray(split, np.uint8),
+        scene=np.asarray(scene, np.int32), image=np.full(n, -1, np.int32), x=nan, y=nan.copy(),
+        scale=nan.copy(), angle=nan.copy(), scene_names=np.asarray(scene_names, dtype=str),
+        info={"version": VERSION, "source": "manual", "path": str(path)},
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 import cv2
@@ -91,20 +92,23 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-_SIFT_CACHE: dict[tuple, cv2.SIFT] = {}
+# One detector per thread: scenes are processed by a thread pool, and OpenCV does
+# not document cv2.SIFT.detect as safe to call concurrently on one object.
+_SIFT_CACHE = threading.local()
 
 
 def _sift(contrast_threshold: float, edge_threshold: float, sigma: float, n_octave_layers: int):
     key = (contrast_threshold, edge_threshold, sigma, n_octave_layers)
-    if key not in _SIFT_CACHE:
-        _SIFT_CACHE[key] = cv2.SIFT_create(
+    cache = _SIFT_CACHE.__dict__.setdefault("detectors", {})
+    if key not in cache:
+        cache[key] = cv2.SIFT_create(
             nfeatures=0,
             nOctaveLayers=n_octave_layers,
             contrastThreshold=contrast_threshold,
             edgeThreshold=edge_threshold,
             sigma=sigma,
         )
-    return _SIFT_CACHE[key]
+    return cache[key]
 
 
 def detect_regions(
