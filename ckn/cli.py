@@ -15,6 +15,8 @@ from ckn._src.errors import InputError
 # Modules that contribute sub-commands, in the order of `ckn --help`.
 _COMMAND_MODULES = (
     "ckn._src.cli_core",  # train, describe
+    "retrieval._src.cli_patches",  # patches
+    "retrieval._src.cli_eval",  # eval-patches
 )
 
 

@@ -562,7 +562,8 @@ def assemble(
         x=cat("x", np.float32), y=cat("y", np.float32),
         scale=cat("scale", np.float32), angle=cat("angle", np.float32),
         scene_names=np.asarray(names, dtype=str),
-        info={"version": VERSION, "config": dataclasses.asdict(cfg), **(info or {})},
+        # JSON-normalized (tuples -> lists), so that the info survives a save / load unchanged.
+        info=json.loads(json.dumps({"version": VERSION, "config": dataclasses.asdict(cfg), **(info or {})})),
     )
     return ps
 
@@ -967,6 +968,8 @@ def build_photos(
     have up to ``views`` patches. Unreadable images are skipped with a
     SkippedItemWarning; InputError when no image is readable.
     """
+    if views < 2:
+        raise InputError(f"views must be >= 2, got {views}")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"photos folder not found: {folder}" if not folder.exists() else f"not a folder: {folder}")
@@ -1284,6 +1287,17 @@ def _normalized(p: np.ndarray) -> np.ndarray:
     return p / np.maximum(n, np.float32(1e-6))
 
 
+def _pair_ncc(patches: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    # Each patch is normalized once (in chunks), then pairs are dotted in chunks: bounded memory.
+    z = np.empty((patches.shape[0], int(np.prod(patches.shape[1:3]))), np.float32)
+    for s in range(0, patches.shape[0], chunk):
+        z[s : s + chunk] = _normalized(patches[s : s + chunk])
+    out = np.empty(a.size, np.float32)
+    for s in range(0, a.size, chunk):
+        out[s : s + chunk] = np.einsum("ij,ij->i", z[a[s : s + chunk]], z[b[s : s + chunk]])
+    return out
+
+
 def ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalized cross-correlation of paired patches (N, H, W[, C]) -> (N,) in [-1, 1] (colour: gray mean)."""
     return np.sum(_normalized(a) * _normalized(b), axis=1)
@@ -1339,7 +1353,7 @@ def patchset_stats(ps: PatchSet, *, max_pairs: int = 20000, seed: int = 0) -> di
         if ia.size > max_pairs:
             pick = rng.choice(ia.size, max_pairs, replace=False)
             ia, ib = ia[pick], ib[pick]
-        stats["ncc_intra"] = float(ncc(ps.patches[ia], ps.patches[ib]).mean())
+        stats["ncc_intra"] = float(_pair_ncc(ps.patches, ia, ib).mean())
     else:
         stats["ncc_intra"] = float("nan")
     if n >= 2:
@@ -1347,7 +1361,7 @@ def patchset_stats(ps: PatchSet, *, max_pairs: int = 20000, seed: int = 0) -> di
         rb = rng.integers(0, n, size=2 * max_pairs)
         ok = ps.labels[ra] != ps.labels[rb]
         ra, rb = ra[ok][:max_pairs], rb[ok][:max_pairs]
-        stats["ncc_random"] = float(ncc(ps.patches[ra], ps.patches[rb]).mean()) if ra.size else float("nan")
+        stats["ncc_random"] = float(_pair_ncc(ps.patches, ra, rb).mean()) if ra.size else float("nan")
     else:
         stats["ncc_random"] = float("nan")
     stats["ncc_pairs"] = int(max_pairs)

@@ -39,6 +39,7 @@ exactly.
 Example::
 
     import retrieval, tensorflow_datasets as tfds
+    retrieval.CknPatches  # registers "ckn_patches" (loaded lazily by `retrieval`)
     src = tfds.data_source("ckn_patches/default", data_dir="/tmp/tfds")  # builds once
     src["train"][0]["patch"].shape  # (51, 51, 1)
     retrieval.export_npz("/tmp/tfds", "default.npz", config="default")
@@ -256,6 +257,7 @@ def write_tfds(
     config: str = "default",
     params: dict | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Writes an in-memory PatchSet as the TFDS data set ``ckn_patches/<config>`` under ``data_dir``.
 
@@ -267,6 +269,8 @@ def write_tfds(
         ``views``, ``seed``, ``quick``), so that a later
         ``tfds.data_source(..., builder_kwargs=params)`` finds this data set.
       overwrite: replace an existing data set of this config (else InputError).
+      progress: TFDS progress bars; False turns them off for the rest of the
+        process (``tfds.display_progress_bar`` is a global switch).
 
     Returns:
       The version folder (``<data_dir>/ckn_patches/<config>/<version>``).
@@ -280,6 +284,8 @@ def write_tfds(
     builder = CknPatches(config=config, data_dir=str(data_dir), patchset=ps, **params)
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    if not progress:
+        tfds.display_progress_bar(False)
     with contextlib.redirect_stdout(sys.stderr):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     return Path(builder.data_dir)

@@ -1,0 +1,248 @@
+"""``ckn patches``: build a RomePatches-style patch set and print its group statistics.
+
+Examples::
+
+    ckn patches --default --out default.npz --contact-sheet default.png
+    ckn patches --sequences ../shared/data/oxford_affine --out oxford.npz
+    ckn patches --photos my_photos/ --views 10 --seed 1 --out photos.npz --tfds ~/tensorflow_datasets
+    ckn patches --stereo --out motorcycle.npz      # scikit-image's Middlebury pair
+
+Every output (``.npz``, contact sheet, stats JSON, TFDS folder) is written to a
+temporary sibling and renamed, so a failure leaves none of them half-written;
+the output folders are checked before the (long) build starts.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ckn._src.errors import InputError
+from ckn._src.fileio import atomic_path
+from retrieval._src import patchsets as P
+from retrieval._src.regions import PATCH_SIZE
+
+def _source(args: argparse.Namespace) -> str:
+    if args.default:
+        return "default"
+    if args.sequences is not None:
+        return "sequences"
+    if args.photos is not None:
+        return "photos"
+    return "stereo"
+
+
+def _check_output(path: str | None, suffix: str, flag: str) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.suffix.lower() != suffix:
+        raise InputError(f"{flag} must be a {suffix} file, got {path}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{flag}: output folder does not exist: {parent}")
+    if p.is_dir():
+        raise InputError(f"{flag}: is a folder: {path}")
+
+
+def _check_args(args: argparse.Namespace, source: str) -> None:
+    if args.size < 8:
+        raise InputError(f"--size must be >= 8, got {args.size}")
+    if args.quick and source != "default":
+        raise InputError("--quick applies to --default only")
+    if args.views is not None:
+        if source not in ("default", "photos"):
+            raise InputError("--views applies to --default and --photos only")
+        if args.views < 2:
+            raise InputError(f"--views must be >= 2, got {args.views}")
+    if args.test_scenes is not None and source == "default":
+        raise InputError("--test-scenes does not apply to --default (its split by photo is fixed)")
+    _check_output(args.out, ".npz", "--out")
+    _check_output(args.contact_sheet, ".png", "--contact-sheet")
+    _check_output(args.stats_json, ".json", "--stats-json")
+    if args.tfds is not None:
+        t = Path(args.tfds)
+        if t.exists() and not t.is_dir():
+            raise InputError(f"--tfds must be a folder, got the file {t}")
+        if not t.exists() and not (t.parent if str(t.parent) else Path(".")).is_dir():
+            raise InputError(f"--tfds: parent folder does not exist: {t.parent}")
+
+
+def build(args: argparse.Namespace, source: str) -> P.PatchSet:
+    """The patch set that the command line asks for."""
+    progress = not args.quiet
+    test = None if args.test_scenes is None else [s for s in args.test_scenes.split(",") if s]
+    views = 10 if args.views is None else args.views
+    if source == "default":
+        return P.build_default(
+            quick=args.quick, views=views, seed=args.seed,
+            config=P.default_config(args.quick, size=args.size), cache=not args.no_cache, progress=progress,
+        )
+    cfg = P.PatchSetConfig(size=args.size)
+    if source == "sequences":
+        return P.build_sequences(args.sequences, config=cfg, test_scenes=test, progress=progress)
+    if source == "photos":
+        return P.build_photos(args.photos, views=views, seed=args.seed, config=cfg, test_scenes=test,
+                              progress=progress)
+    return P.build_stereo(args.stereo or None, config=cfg, test_scenes=test, progress=progress)
+
+
+def _command(args: argparse.Namespace, source: str) -> str:
+    """The command line, canonical (every option that was given or matters)."""
+    parts = ["ckn", "patches"]
+    value = {"default": None, "sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}[source]
+    parts += [f"--{source}"] + ([value] if value else [])
+    if args.quick:
+        parts.append("--quick")
+    parts += ["--out", args.out, "--size", str(args.size), "--seed", str(args.seed)]
+    for flag, v in (("--views", args.views), ("--test-scenes", args.test_scenes),
+                    ("--contact-sheet", args.contact_sheet), ("--tfds", args.tfds),
+                    ("--stats-json", args.stats_json)):
+        if v is not None:
+            parts += [flag, str(v)]
+    parts += [f for f, on in (("--no-cache", args.no_cache), ("--quiet", args.quiet)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _machine() -> dict:
+    import cv2
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+    with contextlib.suppress(Exception):
+        import skimage
+
+        info["scikit-image"] = skimage.__version__
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    return info
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prog: str):
+    """Shows each SkippedItemWarning as one ``<prog>: warning: ...`` line on stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).splitlines()[0] if str(message) else category.__name__
+        print(f"{prog}: warning: {text} ({category.__name__})", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", P.SkippedItemWarning)
+        warnings.showwarning = show
+        yield
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    source = _source(args)
+    _check_args(args, source)
+    with _one_line_warnings("ckn patches"):
+        cached = source == "default" and not args.no_cache and P.default_cache_path(
+            quick=args.quick, views=10 if args.views is None else args.views, seed=args.seed,
+            config=P.default_config(args.quick, size=args.size),
+        ).is_file()
+        t0 = time.perf_counter()
+        ps = build(args, source)
+        seconds = time.perf_counter() - t0
+        stats = P.patchset_stats(ps, seed=args.seed)
+        if args.contact_sheet:
+            from retrieval._src.contact_sheet import contact_sheet
+
+            contact_sheet(ps, args.contact_sheet, seed=args.seed)
+        if args.tfds:
+            from retrieval._src.tfds_builder import write_tfds
+
+            params = {"size": args.size}
+            if source in ("default", "photos"):
+                params.update(views=10 if args.views is None else args.views, seed=args.seed)
+            if source == "default":
+                params["quick"] = args.quick
+            path = {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
+            if path:
+                params["path"] = str(Path(path).resolve())
+            made = not Path(args.tfds).exists()
+            Path(args.tfds).mkdir(exist_ok=True)
+            try:
+                tfds_dir = write_tfds(ps, args.tfds, config=source, params=params, overwrite=True,
+                                      progress=not args.quiet)
+            except BaseException:
+                if made:  # TFDS leaves no partial data set; do not leave our empty folder either
+                    shutil.rmtree(args.tfds, ignore_errors=True)
+                raise
+        P.save_patchset(ps, args.out)  # last: the main output appears only when all else worked
+    print(f"{source}: {len(ps)} patches in {stats['groups']} groups, built in {seconds:.1f} s"
+          f"{' (from the cache)' if cached else ''}; wrote {args.out}")
+    print(P.format_stats(stats))
+    if args.contact_sheet:
+        print(f"contact sheet: {args.contact_sheet}")
+    if args.tfds:
+        print(f"TFDS data set: {tfds_dir} (tfds.data_source('ckn_patches/{source}', data_dir={str(args.tfds)!r}))")
+    if args.stats_json:
+        record = {
+            "metadata": {
+                "command": _command(args, source),
+                "source": source,
+                "build_seconds": round(seconds, 2),
+                "from_cache": bool(cached),
+                "first_build_seconds": ps.info.get("build_seconds"),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": _machine(),
+                "patchset_version": P.VERSION,
+            },
+            "results": stats,
+        }
+        with atomic_path(args.stats_json) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"statistics: {args.stats_json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "patches",
+        help="build RomePatches-style patch groups (.npz, optional TFDS)",
+        description=(
+            "Detects SIFT regions independently in every image of a scene, groups those that the known "
+            "geometry maps onto each other, cuts normalized patches from each region's own detection, splits "
+            "train/test by scene, writes one .npz and prints the group statistics."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--default", action="store_true",
+                     help="the embedded default: synthetic views of 15 scikit-image photos (~20,000 patches, cached)")
+    src.add_argument("--sequences", metavar="DIR",
+                     help="homography sequences: <seq>/img1..N + H1toNp (Oxford) or <seq>/1..6.ppm + H_1_N (HPatches)")
+    src.add_argument("--photos", metavar="DIR", help="a folder of photos: synthetic views of each")
+    src.add_argument("--stereo", metavar="DIR", nargs="?", const="",
+                     help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's motorcycle")
+    p.add_argument("--out", required=True, help="output .npz (patches, labels, split, metadata)")
+    p.add_argument("--quick", action="store_true", help="with --default: 4 photos, ~1,000 patches")
+    p.add_argument("--size", type=int, default=PATCH_SIZE, help=f"patch side in pixels (default {PATCH_SIZE})")
+    p.add_argument("--views", type=int, default=None, help="views per photo for --default / --photos (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--test-scenes", metavar="A,B", help="scenes for the test split (default: balanced by patches)")
+    p.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG of a few groups, one row each")
+    p.add_argument("--tfds", metavar="DIR", help="also write the TFDS data set ckn_patches/<source> under DIR")
+    p.add_argument("--stats-json", metavar="FILE", help="also write the statistics and build metadata as JSON")
+    p.add_argument("--no-cache", action="store_true", help="with --default: rebuild, do not read or write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_patches)
