@@ -8,15 +8,19 @@ from retrieval._src import baselines as B
 
 
 @pytest.fixture(scope="module")
-def patches():
-    """(12, 51, 51) uint8 crops of scikit-image's camera photo."""
+def rgb_patches():
+    """(12, 51, 51, 3) uint8 crops, on a 3 x 4 grid, of scikit-image's astronaut photo."""
     import skimage.data
 
-    img = skimage.data.camera()
-    rng = np.random.default_rng(0)
-    ys = rng.integers(0, img.shape[0] - 51, 12)
-    xs = rng.integers(0, img.shape[1] - 51, 12)
-    return np.stack([img[y : y + 51, x : x + 51] for y, x in zip(ys, xs)])
+    img = skimage.data.astronaut()
+    return np.stack([img[60 + 120 * r : 111 + 120 * r, 40 + 110 * c : 91 + 110 * c]
+                     for r in range(3) for c in range(4)])
+
+
+@pytest.fixture(scope="module")
+def patches(rgb_patches):
+    """The same crops in gray, (12, 51, 51) uint8."""
+    return np.stack([cv2.cvtColor(p, cv2.COLOR_RGB2GRAY) for p in rgb_patches])
 
 
 @pytest.mark.parametrize("name, dim", [("sift", 128), ("rootsift", 128), ("pixels", 51 * 51)])
@@ -57,12 +61,12 @@ def test_rootsift_is_hellinger_of_sift(patches):
     np.testing.assert_allclose(root**2 / (root**2).sum(axis=1, keepdims=True), l1, atol=1e-6)
 
 
-def test_colour_is_converted_to_gray(patches):
-    rgb = np.repeat(patches[:4, :, :, None], 3, axis=3)
-    np.testing.assert_array_equal(B.describe_baseline("sift", rgb), B.describe_baseline("sift", patches[:4]))
+def test_colour_is_converted_to_gray(rgb_patches, patches):
+    np.testing.assert_array_equal(B.describe_baseline("sift", rgb_patches),
+                                  B.describe_baseline("sift", patches))
     np.testing.assert_array_equal(B.describe_baseline("sift", patches[:4, :, :, None]),
                                   B.describe_baseline("sift", patches[:4]))
-    assert B.describe_baseline("pixels", rgb).shape == (4, 51 * 51 * 3)
+    assert B.describe_baseline("pixels", rgb_patches).shape == (12, 51 * 51 * 3)
 
 
 def test_pixels_mean_subtracted_and_invariant_to_affine_intensity(patches):

@@ -109,7 +109,7 @@ def sift_descriptors(patches, *, keypoint_size: float | None = None, root: bool 
     keypoint = [cv2.KeyPoint((w - 1) / 2.0, (h - 1) / 2.0, size, 0.0, 0.0, 0)]
     out = np.empty((n, 128), np.float32)
     chunk = 1024  # bounded memory for memory-mapped input
-    bar = tqdm(total=n, desc="sift", unit="patch", disable=not progress)
+    bar = tqdm(total=n, desc="sift", unit="patch", disable=not progress or n < 2000)
     for c0 in range(0, n, chunk):
         gray = _gray_uint8(np.asarray(patches[c0 : c0 + chunk]))
         for i, p in enumerate(gray):

@@ -514,7 +514,7 @@ def retrieval_summary(descriptors, labels, *, recall_levels=None,
 
 
 def _check_levels(recall_levels) -> np.ndarray:
-    levels = np.linspace(0.0, 1.0, 21) if recall_levels is None else np.asarray(recall_levels, float)
+    levels = np.arange(21) / 20.0 if recall_levels is None else np.asarray(recall_levels, float)
     if levels.ndim != 1 or levels.size == 0 or not np.isfinite(levels).all() or (
             (levels < 0) | (levels > 1)).any():
         raise InputError("recall_levels must be a non-empty 1-D array in [0, 1]")
