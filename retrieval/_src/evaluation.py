@@ -94,7 +94,8 @@ def evaluate_descriptors(descriptors, labels, *, max_pairs: int = 100_000, seed:
     lab = M._check_labels(labels, x.shape[0])
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1:
         raise InputError(f"max_pairs must be a positive integer, got {max_pairs!r}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # Norms in float64: squares of large float32 entries would overflow.
+    norms = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64))[:, None]
     x = np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
     pairs = M.sample_pairs(lab, max_positive=int(max_pairs), seed=seed)  # raises if no query
     summary = M.retrieval_summary(x, lab, recall_levels=recall_levels)
