@@ -67,7 +67,10 @@ def _search_chunk(queries, db_blocks, db_sqnorms, n_valid, query_offset, *, k: i
     def step(carry, xs):
         best_s, best_i = carry
         xb, xb_sq, b = xs
-        s = jax.lax.dot_general(queries, xb, (((1,), (1,)), ((), ())))  # (Qc, S)
+        # HIGHEST: full float32 products on GPUs too (TF32 by default there), so
+        # scores and ties equal the brute-force ones.
+        s = jax.lax.dot_general(queries, xb, (((1,), (1,)), ((), ())),
+                                precision=jax.lax.Precision.HIGHEST)  # (Qc, S)
         if metric == "l2":
             s = 2.0 * s - q_sq[:, None] - xb_sq[None, :]
         s = jnp.where(s == 0.0, jnp.float32(0.0), s)  # one zero (-0.0 == +0.0 for ties)
