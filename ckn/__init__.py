@@ -27,6 +27,7 @@ from ckn._src.ops import (
     kappa,
     normalize_patches,
     nystrom_projection,
+    pooling_matrix,
     whitening_matrix,
 )
 from ckn._src.training import (
@@ -46,7 +47,7 @@ __all__ = [
     "central_gradient", "centering_matrix", "check_patches", "describe", "extract_patches",
     "fit_nips14", "gaussian_filter_1d", "gaussian_pool", "get_preset", "gradient_map", "kappa",
     "kernel_layer_apply", "kmeans", "kmeans_init", "kmeans_objective", "kmeans_step", "load",
-    "load_patch_file", "normalize_patches", "nips14_loss", "nystrom_projection", "nystrom_residual",
+    "load_patch_file", "normalize_patches", "nips14_loss", "nystrom_projection", "nystrom_residual", "pooling_matrix",
     "read_training_report", "refine_nystrom", "sample_subpatches", "save", "sigma_from_quantile",
     "train", "whitening_matrix",
 ]

@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "ckn._src.cli_core",  # train, describe
     "retrieval._src.cli_patches",  # patches
     "retrieval._src.cli_eval",  # eval-patches
+    "retrieval._src.reproduce",  # reproduce
 )
 
 

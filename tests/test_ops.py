@@ -128,6 +128,37 @@ def test_gaussian_pool(rng, s):
     np.testing.assert_allclose(got, ref, **TOL["sum"])
 
 
+@pytest.mark.parametrize("n, s, std", [(13, 4, 1.0), (26, 2, None), (10, 3, 0.7), (7, 7, 2.0)])
+def test_centered_pooling(rng, n, s, std):
+    m = ckn.pooling_matrix(n, s, mode="centered", std=std)
+    n_out = -(-n // s)
+    std = s / np.sqrt(2) if std is None else std
+    # Plain reference: cell centres, Gaussian weights within distance s, zero padding.
+    ref = np.zeros((n_out, n))
+    for i in range(n_out):
+        c = (i + 0.5) * n / n_out - 0.5
+        taps = [t for t in range(int(np.floor(c - s)), int(np.ceil(c + s)) + 1) if abs(t - c) <= s]
+        w = np.array([np.exp(-((t - c) ** 2) / (2 * std**2)) for t in taps])
+        for t, wt in zip(taps, w / w.sum()):
+            if 0 <= t < n:
+                ref[i, t] = wt
+    np.testing.assert_allclose(m, ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(m, m[::-1, ::-1], atol=1e-12)  # symmetric layout
+    x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
+    got = ckn.gaussian_pool(jnp.asarray(x), s, mode="centered", std=std)
+    want = np.einsum("ah,bw,nhwc->nabc", ref, ref, x.astype(np.float64))
+    np.testing.assert_allclose(got, want, **TOL["sum"])
+
+
+def test_pooling_mode_errors():
+    with pytest.raises(ValueError, match="pooling mode"):
+        ckn.pooling_matrix(5, 2, mode="max")
+    with pytest.raises(ckn.InputError, match="pooling"):
+        ckn.LayerConfig(pooling="max")
+    with pytest.raises(ckn.InputError, match="pool_std"):
+        ckn.LayerConfig(pool_std=0.0)
+
+
 def test_gaussian_filter_taps():
     for s in (1, 2, 5):
         g = ckn.gaussian_filter_1d(s)

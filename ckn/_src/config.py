@@ -13,11 +13,18 @@ import json
 from dataclasses import dataclass, field
 
 from ckn._src.errors import InputError
-from ckn._src.ops import pooled_size
+from ckn._src.ops import POOLINGS, pooled_size
 
 INPUTS = ("raw", "white", "grad")
 METHODS = ("kmeans", "kmeans+nystrom", "nips14")
 CHANNELS = ("gray", "green", "rgb")
+
+
+def _check_pooling(mode: str, std: float | None) -> None:
+    if mode not in POOLINGS:
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {mode!r}")
+    if std is not None and not std > 0:
+        raise InputError(f"pool_std must be > 0 or None, got {std!r}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,11 @@ class LayerConfig:
       sigma: kernel bandwidth, or "auto" for the 0.1-quantile rule at training.
       lam: ridge lambda of the Nystrom map (kappa(Z^T Z) + lam I)^{-1/2}.
       padding: "same" (zero padding, keeps the map size) or "valid".
+      pooling: "strided" (the papers': output i centred on input i*s) or
+        "centered" (outputs at the centres of equal cells tiling the map, as
+        SIFT's 4x4 cells; a reconstruction that measured better, see README).
+      pool_std: std of the pooling Gaussian in input-map pixels (None: s/sqrt(2),
+        the papers').
     """
 
     subpatch: int = 3
@@ -39,6 +51,8 @@ class LayerConfig:
     sigma: float | str = "auto"
     lam: float = 1e-3
     padding: str = "same"
+    pooling: str = "strided"
+    pool_std: float | None = None
 
     def __post_init__(self):
         if self.subpatch < 1 or self.filters < 1 or self.subsampling < 1:
@@ -49,6 +63,7 @@ class LayerConfig:
             raise InputError(f"lam must be >= 0, got {self.lam}")
         if self.padding not in ("same", "valid"):
             raise InputError(f"padding must be 'same' or 'valid', got {self.padding!r}")
+        _check_pooling(self.pooling, self.pool_std)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class CKNConfig:
       grad_orientations: K orientation bins of the grad map.
       grad_sigma: bandwidth of the grad map on the unit circle.
       grad_subsampling: Gaussian pooling of the grad map.
+      grad_pooling, grad_pool_std: its geometry (see ``LayerConfig``).
       patch_size: the patch side the preset is designed for (informative).
       train: unsupervised training settings.
     """
@@ -116,6 +132,8 @@ class CKNConfig:
     grad_orientations: int = 12
     grad_sigma: float = 0.4
     grad_subsampling: int = 2
+    grad_pooling: str = "strided"
+    grad_pool_std: float | None = None
     patch_size: int = 51
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -130,6 +148,7 @@ class CKNConfig:
             raise InputError("a network needs at least one kernel layer")
         if self.grad_orientations < 2 or self.grad_sigma <= 0 or self.grad_subsampling < 1:
             raise InputError("grad_orientations >= 2, grad_sigma > 0 and grad_subsampling >= 1 are required")
+        _check_pooling(self.grad_pooling, self.grad_pool_std)
 
     @property
     def in_channels(self) -> int:

@@ -52,6 +52,8 @@ def kernel_layer_apply(
     subpatch: int,
     padding: str,
     subsampling: int,
+    pooling: str = "strided",
+    pool_std: float | None = None,
     precision=None,
 ) -> jax.Array:
     """One kernel layer, as a pure function (see the module docstring).
@@ -87,7 +89,7 @@ def kernel_layer_apply(
     # so that a flat patch gives exactly the zero descriptor.
     rho = jnp.where(rho > ops.NORM_EPS, rho, 0.0)
     phi = rho * jnp.exp(alpha * u + bias.reshape(1, 1, 1, p))
-    phi = ops.gaussian_pool(phi, subsampling, precision=precision)
+    phi = ops.gaussian_pool(phi, subsampling, mode=pooling, std=pool_std, precision=precision)
     return jnp.matmul(phi, linear, precision=precision)
 
 
@@ -160,6 +162,8 @@ class KernelLayer(nnx.Module):
             subpatch=self.config.subpatch,
             padding=self.config.padding,
             subsampling=self.config.subsampling,
+            pooling=self.config.pooling,
+            pool_std=self.config.pool_std,
             precision=self.precision,
         )
 
@@ -207,7 +211,9 @@ class CKN(nnx.Module):
         x = ops.select_channels(ops.to_float(patches), cfg.channels)
         if cfg.input == "grad":
             x = ops.gradient_map(x, cfg.grad_orientations, cfg.grad_sigma)
-            x = ops.gaussian_pool(x, cfg.grad_subsampling, precision=self.precision)
+            x = ops.gaussian_pool(
+                x, cfg.grad_subsampling, mode=cfg.grad_pooling, std=cfg.grad_pool_std, precision=self.precision
+            )
         return x
 
     def map_before(self, patches: jax.Array, layer_index: int) -> jax.Array:

@@ -104,20 +104,40 @@ def gaussian_filter_1d(subsampling: int) -> np.ndarray:
     return g / g.sum()
 
 
-def pooling_matrix(n: int, subsampling: int) -> np.ndarray:
-    """Dense (n_out, n) matrix of 1-D Gaussian pooling with zero padding s and stride s.
+POOLINGS = ("strided", "centered")
 
-    Output i is centred on input i * s, so n_out = floor((n - 1) / s) + 1 = ceil(n / s).
+
+def pooling_matrix(n: int, subsampling: int, *, mode: str = "strided", std: float | None = None) -> np.ndarray:
+    """Dense (n_out, n) matrix of 1-D Gaussian pooling, n_out = ceil(n / s).
+
+    Modes:
+      "strided" (the papers'): output i is centred on input i * s, taps at
+        integer offsets -s..s (2s+1 taps), zero padding s, stride s.
+      "centered" (a reconstruction, see ``LayerConfig.pooling``): the n_out
+        outputs are the centres of n_out equal cells tiling the input,
+        c_i = (i + 1/2) n / n_out - 1/2, so no output sits on the border
+        with half its window in the zero padding (the layout of SIFT's cells).
+
+    Weights exp(-d^2 / (2 std^2)) for inputs within distance s of the centre,
+    normalized as if the input continued with zeros (border rows lose mass),
+    std = s / sqrt(2) unless given.
     """
+    if mode not in POOLINGS:
+        raise ValueError(f"pooling mode must be one of {POOLINGS}, got {mode!r}")
     s = int(subsampling)
-    g = gaussian_filter_1d(s)
+    std = s / math.sqrt(2.0) if std is None else float(std)
     n_out = (n - 1) // s + 1
+    if mode == "strided":
+        centres = np.arange(n_out, dtype=np.float64) * s
+    else:
+        centres = (np.arange(n_out, dtype=np.float64) + 0.5) * n / n_out - 0.5
     m = np.zeros((n_out, n), dtype=np.float64)
-    for i in range(n_out):
-        for t in range(2 * s + 1):
-            j = i * s - s + t
-            if 0 <= j < n:
-                m[i, j] = g[t]
+    for i, c in enumerate(centres):
+        t = np.arange(math.ceil(c - s - 1e-9), math.floor(c + s + 1e-9) + 1)
+        g = np.exp(-((t - c) ** 2) / (2.0 * std**2))
+        g /= g.sum()
+        inside = (t >= 0) & (t < n)
+        m[i, t[inside]] = g[inside]
     return m
 
 
@@ -126,11 +146,15 @@ def pooled_size(n: int, subsampling: int) -> int:
     return n if subsampling == 1 else (n - 1) // subsampling + 1
 
 
-def gaussian_pool(x: jax.Array, subsampling: int, *, precision=None) -> jax.Array:
+def gaussian_pool(
+    x: jax.Array, subsampling: int, *, mode: str = "strided", std: float | None = None, precision=None
+) -> jax.Array:
     """Separable linear Gaussian pooling with subsampling s.
 
-    A 2s+1-tap Gaussian of std s/sqrt(2) along H then W, zero padding s,
-    stride s (CKN_NOTES section 1.6). s = 1 is the identity (no pooling).
+    By default (``mode="strided"``) a 2s+1-tap Gaussian of std s/sqrt(2) along
+    H then W, zero padding s, stride s (CKN_NOTES section 1.6); see
+    :func:`pooling_matrix` for ``mode="centered"`` and ``std``. s = 1 is the
+    identity (no pooling).
 
     Args:
       x: (N, H, W, C).
@@ -141,8 +165,8 @@ def gaussian_pool(x: jax.Array, subsampling: int, *, precision=None) -> jax.Arra
     """
     if subsampling == 1:
         return x
-    ph = jnp.asarray(pooling_matrix(x.shape[1], subsampling), dtype=x.dtype)
-    pw = jnp.asarray(pooling_matrix(x.shape[2], subsampling), dtype=x.dtype)
+    ph = jnp.asarray(pooling_matrix(x.shape[1], subsampling, mode=mode, std=std), dtype=x.dtype)
+    pw = jnp.asarray(pooling_matrix(x.shape[2], subsampling, mode=mode, std=std), dtype=x.dtype)
     x = jnp.einsum("ah,nhwc->nawc", ph, x, precision=precision)
     return jnp.einsum("bw,nawc->nabc", pw, x, precision=precision)
 

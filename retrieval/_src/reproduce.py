@@ -1,0 +1,297 @@
+"""``ckn reproduce``: the Patch-CKN patch-retrieval table on RomePatches-style data.
+
+Builds the data (the embedded default, or Oxford-layout homography sequences),
+trains CKN-raw, CKN-white and CKN-grad without labels on the train split,
+describes every patch with them and with the baselines (SIFT, RootSIFT,
+normalized pixels), and reports all-vs-all patch-retrieval mAP per split in
+the paper's form (descriptor, coverage, dimension, train mAP, test mAP).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ckn
+from ckn._src.errors import InputError
+from ckn._src.fileio import atomic_path
+from retrieval._src import patchsets
+from retrieval._src.baselines import BASELINES, describe_baseline
+from retrieval._src.evaluation import evaluate_descriptors
+
+#: Patch retrieval mAP on RomePatches reported by [P1] (ICCV 2015 numbers as
+#: quoted by He, Lu, Sclaroff, CVPR 2018, Table 2; CKN_NOTES section 3).
+PAPER_ROMEPATCHES = {
+    "sift": {"coverage": "51x51", "dim": 128, "train_map": 91.6, "test_map": 87.9},
+    "alexnet-conv3": {"coverage": "99x99", "dim": 384, "train_map": 81.6, "test_map": 79.2},
+    "philippnet": {"coverage": "64x64", "dim": 512, "train_map": 86.1, "test_map": 81.4},
+    "ckn-grad": {"coverage": "51x51", "dim": 1024, "train_map": 92.5, "test_map": 88.1},
+}
+
+SPLITS = (("train", 0), ("test", 1))
+
+DEFAULT_DESCRIPTORS = ("ckn-raw", "ckn-white", "ckn-grad", "sift", "rootsift", "pixels")
+
+#: ``--quick``: fewer sub-patches and k-means iterations per layer (the
+#: architectures are the presets').
+QUICK_TRAIN = {"num_patches": 30_000, "kmeans_iters": 20}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    """Versions and hardware, for results files."""
+    import flax
+    import jax
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "commit": _git_commit(),
+    }
+
+
+def load_data(*, quick: bool, sequences: str | None, patches: str | None, seed: int, progress: bool):
+    """The patch set of the run: a given .npz, Oxford-layout sequences, or the embedded default."""
+    if patches is not None:
+        ps = patchsets.load_patchset(patches, require_split=True)
+        return ps, f"patch file {patches}"
+    if sequences is not None:
+        ps = patchsets.build_sequences(sequences, seed=seed, progress=progress)
+        return ps, f"homography sequences in {sequences}"
+    ps = patchsets.build_default(quick=quick, seed=seed, progress=progress)
+    return ps, "embedded default" + (" (quick)" if quick else "")
+
+
+def ckn_config(name: str, *, quick: bool, train_overrides: dict | None = None) -> ckn.CKNConfig:
+    cfg = ckn.get_preset(name)
+    over = dict(QUICK_TRAIN if quick else {})
+    over.update(train_overrides or {})
+    if over:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **over))
+    return cfg
+
+
+def reproduce(
+    *,
+    quick: bool = False,
+    sequences: str | None = None,
+    patches: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    descriptors: tuple[str, ...] = DEFAULT_DESCRIPTORS,
+    seed: int = 0,
+    configs: dict[str, ckn.CKNConfig] | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Runs the whole benchmark; returns the results dict (also written to ``out_dir``).
+
+    Args:
+      quick: the small default data set and lighter training (QUICK_TRAIN).
+      sequences: an Oxford/HPatches-layout folder instead of the default data.
+      patches: a RomePatches-style .npz (with ``split``) instead of building data.
+      out_dir: where results.json, results.png and the trained models go (None: nothing written).
+      descriptors: CKN preset names and baseline names, in table order.
+      seed: data and training seed.
+      configs: CKN configs by name, replacing the presets (used by tests and ablations).
+      batch_size: patches per jitted describe call.
+    """
+    t_start = time.perf_counter()
+    configs = dict(configs or {})
+    for name in descriptors:
+        if name not in configs and name not in BASELINES and name not in ckn.PRESETS:
+            known = ", ".join([*ckn.PRESETS, *BASELINES])
+            raise InputError(f"unknown descriptor {name!r}; expected one of {known}")
+    t0 = time.perf_counter()
+    ps, data_desc = load_data(quick=quick, sequences=sequences, patches=patches, seed=seed, progress=progress)
+    data_seconds = time.perf_counter() - t0
+    split = np.asarray(ps.split)
+    if not (split == 0).any() or not (split == 1).any():
+        raise InputError("the data set needs both a train and a test split")
+    stats = patchsets.patchset_stats(ps)
+    size = ps.patches.shape[1]
+    log(
+        f"data: {data_desc}: {len(ps)} patches of {size}x{size} in {stats['groups']} groups "
+        f"(train {int((split == 0).sum())}, test {int((split == 1).sum())}), {data_seconds:.1f} s"
+    )
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        (out / "models").mkdir(parents=True, exist_ok=True)
+    rows = []
+    curves = {}
+    for name in descriptors:
+        row: dict = {"descriptor": name, "coverage": f"{size}x{size}"}
+        t0 = time.perf_counter()
+        if name in BASELINES:
+            desc = describe_baseline(name, ps.patches)
+            row["train_seconds"] = 0.0
+        else:
+            cfg = configs.get(name) or ckn_config(name, quick=quick)
+            train_x = ps.patches[split == 0]
+            model, reports = ckn.train(cfg, train_x, seed=seed, progress=progress)
+            row["train_seconds"] = time.perf_counter() - t0
+            row["sigma"] = [r.sigma for r in reports]
+            row["config"] = cfg.to_dict()
+            if out is not None:
+                ckn.save(model, out / "models" / name, training={"seed": seed, "data": data_desc})
+            t0 = time.perf_counter()
+            desc = ckn.describe(model, ps.patches, batch_size=batch_size, progress=progress)
+        row["describe_seconds"] = time.perf_counter() - t0
+        row["dim"] = int(desc.shape[1])
+        for sname, sval in SPLITS:
+            sel = split == sval
+            ev = evaluate_descriptors(desc[sel], ps.labels[sel])
+            row[f"{sname}_map"] = 100.0 * ev["map"]
+            row[f"{sname}_metrics"] = ev
+            if sname == "test":
+                curves[name] = ev["precision_recall"]
+        log(
+            f"{name:>10}: dim {row['dim']:5d}  train mAP {row['train_map']:5.1f}  test mAP {row['test_map']:5.1f}  "
+            f"(train {row['train_seconds']:.1f} s, describe {row['describe_seconds']:.1f} s)"
+        )
+        rows.append(row)
+    results = {
+        "command": "ckn " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("ckn", "__main__.py") else None,
+        "data": {"description": data_desc, "seconds": data_seconds, "stats": stats, "info": ps.info},
+        "protocol": (
+            "all-vs-all patch retrieval within each split, query excluded, relevant = same group, "
+            "non-interpolated AP, ties broken against relevant items; mAP in percent"
+        ),
+        "quick": quick,
+        "seed": seed,
+        "rows": rows,
+        "paper_romepatches": PAPER_ROMEPATCHES,
+        "machine": machine_info(),
+        "seconds": time.perf_counter() - t_start,
+    }
+    if out is not None:
+        write_results(results, curves, out)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The paper's table: descriptor, coverage, dimension, train mAP, test mAP (+ the paper's)."""
+    lines = [
+        f"{'descriptor':<12} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   paper (RomePatches) train/test",
+    ]
+    for r in results["rows"]:
+        paper = PAPER_ROMEPATCHES.get(r["descriptor"])
+        ref = f"{paper['train_map']:.1f} / {paper['test_map']:.1f}" if paper else "-"
+        lines.append(
+            f"{r['descriptor']:<12} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} {r['test_map']:>9.1f}   {ref}"
+        )
+    return "\n".join(lines)
+
+
+def write_results(results: dict, curves: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(results, indent=2, default=_json_default))
+    _figure(results, curves, out / "results.png")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _figure(results: dict, curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["descriptor"] for r in rows]
+    xs = np.arange(len(rows))
+    axes[0].bar(xs - 0.2, [r["train_map"] for r in rows], 0.4, label="train")
+    axes[0].bar(xs + 0.2, [r["test_map"] for r in rows], 0.4, label="test")
+    axes[0].set_xticks(xs, names, rotation=30)
+    axes[0].set_ylabel("patch retrieval mAP (%)")
+    axes[0].set_title(results["data"]["description"])
+    axes[0].legend()
+    for name, c in curves.items():
+        if c is not None:
+            axes[1].plot(c["recall"], c["precision"], label=name)
+    axes[1].set_xlabel("recall")
+    axes[1].set_ylabel("precision")
+    axes[1].set_title("test split, pooled over queries")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+# ----- command line ---------------------------------------------------------------------------
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    descriptors = tuple(d.strip() for d in args.descriptors.split(",") if d.strip())
+    if args.sequences is not None and not Path(args.sequences).is_dir():
+        raise InputError(f"--sequences {args.sequences}: not a directory")
+    results = reproduce(
+        quick=args.quick,
+        sequences=args.sequences,
+        patches=args.patches,
+        out_dir=args.out,
+        descriptors=descriptors,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        log=lambda s: print(s, file=sys.stderr),
+    )
+    print(format_table(results))
+    print(f"total {results['seconds']:.0f} s; results in {args.out}/results.json and results.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="the Patch-CKN patch-retrieval table (train without labels, mAP per split)",
+        description=(
+            "Builds RomePatches-style data, trains ckn-raw, ckn-white and ckn-grad without labels on the train "
+            "split, and prints patch-retrieval mAP for them and the SIFT, RootSIFT and pixel baselines."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="small default data and lighter training (minutes)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sequences", help="Oxford/HPatches-layout folder of homography sequences")
+    src.add_argument("--patches", help="a RomePatches-style .npz with patches, labels and split")
+    p.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out)")
+    p.add_argument(
+        "--descriptors", default=",".join(DEFAULT_DESCRIPTORS),
+        help=f"comma-separated, in table order (default {','.join(DEFAULT_DESCRIPTORS)})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="patches per jitted describe call")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
