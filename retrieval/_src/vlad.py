@@ -1,0 +1,426 @@
+"""VLAD: codebooks, VLFeat-order encoding (single and batched), PCA-whitening.
+
+Given a codebook of k centres c_j (Euclidean k-means on training descriptors)
+and the local descriptors x_i of one image, every descriptor goes to its
+nearest centre (hard assignment, squared Euclidean distance; the lowest index
+wins a tie) and
+
+    v_j = sum over the x_i assigned to c_j of (x_i - c_j)        (k, d)
+
+The normalizations then run in the order of VLFeat's ``vl_vlad_encode``
+(``VL_VLAD_FLAG_NORMALIZE_MASS``, ``_SQUARE_ROOT``, ``_NORMALIZE_COMPONENTS``,
+then the global L2 unless ``_UNNORMALIZED``), each optional:
+
+1. mass normalization: v_j /= n_j, the number of descriptors assigned to c_j
+   (an empty centre keeps v_j = 0);
+2. signed power: v -> sign(v) |v|^power (power 0.5 is VLFeat's signed square
+   root; power 1 does nothing);
+3. intra-normalization (Arandjelovic & Zisserman, CVPR 2013): v_j /= max(||v_j||, 1e-12);
+4. global L2: v /= max(||v||, 1e-12).
+
+Residual normalization (Delhumeau et al., "Revisiting the VLAD image
+representation", ACM MM 2013; not in VLFeat) is an extra option that replaces
+each residual x_i - c_j by (x_i - c_j) / max(||x_i - c_j||, 1e-12) before the
+sum. The output is v flattened centre by centre, shape (k * d,).
+
+Residuals are formed explicitly (x_i - c_{a(i)}, then summed) rather than as
+VLFeat's ``sum_i x_i - n_j c_j``: the same value in exact arithmetic, without
+the cancellation that the second form suffers in float32.
+
+Trap (CKN_NOTES section 4): encoding the very vectors the codebook was fitted
+on gives tiny residuals wherever a centre sits on a single vector, and
+intra-normalization blows them up to unit norm. Codebooks are therefore tested
+on held-out vectors.
+
+PCA-whitening (Jegou & Chum, ECCV 2012) projects a VLAD on its top principal
+directions and divides each coordinate by the square root of its variance on
+the training vectors (variance with 1/n, so that the training vectors get unit
+variance exactly), then L2-normalizes. (faiss' ``PCAMatrix`` with
+``eigen_power=-0.5`` leaves a variance of 1/n instead of 1: harmless only when
+an L2 normalization follows. This module does not use it.)
+
+References:
+  H. Jegou et al., "Aggregating local descriptors into a compact image
+  representation", CVPR 2010. R. Arandjelovic and A. Zisserman, "All about
+  VLAD", CVPR 2013. A. Vedaldi and B. Fulkerson, VLFeat ``vl_vlad_encode``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ckn._src.errors import InputError
+from ckn._src.kmeans import kmeans
+from retrieval._src.metrics import check_matrix
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+#: Norm floor of intra- and global normalization (VLFeat's value).
+NORM_FLOOR = 1e-12
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_matrix(x, name: str, *, dim: int | None = None, dim_name: str = "") -> np.ndarray:
+    """(N, D) float32 (N = 0 allowed: the callers say what an empty set means)."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise InputError(f"{name} must be (N, D), got shape {a.shape}")
+    if dim is not None and a.shape[1] != dim:
+        raise InputError(f"{name} have dimension {a.shape[1]} but {dim_name} has dimension {dim}")
+    if a.shape[0] == 0:
+        return a.astype(np.float32)
+    return check_matrix(a, name)
+
+
+def _check_centers(centers) -> np.ndarray:
+    c = _check_matrix(centers, "centers")
+    if c.shape[0] == 0:
+        raise InputError("the codebook is empty (k = 0 centres)")
+    return c
+
+
+def _check_power(power: float) -> float:
+    power = float(power)
+    if not 0.0 < power <= 1.0:
+        raise InputError(f"power must be in (0, 1], got {power}")
+    return power
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def assign(x: jax.Array, centers: jax.Array) -> jax.Array:
+    """Index of the nearest centre (squared Euclidean) of each row, (n,) int32."""
+    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change the argmin.
+    dots = jnp.matmul(x, centers.T, precision=_HIGHEST)
+    d = jnp.sum(centers * centers, axis=1)[None, :] - 2.0 * dots
+    return jnp.argmin(d, axis=1).astype(jnp.int32)
+
+
+def vlad_core(
+    x: jax.Array,
+    mask: jax.Array,
+    centers: jax.Array,
+    *,
+    mass_norm=False,
+    power=1.0,
+    intra_norm=False,
+    l2_norm=True,
+    residual_norm=False,
+) -> jax.Array:
+    """VLAD of one padded set of descriptors; pure and jit-able.
+
+    Args:
+      x: (n, d) descriptors, padded rows allowed.
+      mask: (n,) bool, True for real rows; padded rows contribute nothing.
+      centers: (k, d) codebook.
+      mass_norm, power, intra_norm, l2_norm, residual_norm: see the module
+        docstring; Python values or traced scalars (bool, float32), so that
+        one compilation serves every combination.
+
+    Returns:
+      (k * d,) float32 VLAD vector.
+    """
+    k, d = centers.shape
+    a = assign(x, centers)
+    r = x - centers[a]
+    rn = r / jnp.maximum(jnp.linalg.norm(r, axis=1, keepdims=True), NORM_FLOOR)
+    r = jnp.where(residual_norm, rn, r)
+    w = mask.astype(x.dtype)
+    # One-hot (n, k) times (n, d): exact sums, and a matmul rather than a scatter.
+    onehot = (a[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]).astype(x.dtype) * w[:, None]
+    v = jnp.matmul(onehot.T, r, precision=_HIGHEST)  # (k, d)
+    counts = jnp.sum(onehot, axis=0)
+    v = jnp.where(mass_norm, v / jnp.maximum(counts, 1.0)[:, None], v)
+    # power == 1 keeps v bit for bit (pow(|v|, 1) need not be exact).
+    v = jnp.where(power == 1.0, v, jnp.sign(v) * jnp.power(jnp.abs(v), power))
+    v = jnp.where(intra_norm, v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), NORM_FLOOR), v)
+    v = v.reshape(k * d)
+    return jnp.where(l2_norm, v / jnp.maximum(jnp.linalg.norm(v), NORM_FLOOR), v)
+
+
+@jax.jit
+def _vlad_batch(x, mask, centers, flags):
+    """(B, n, d), (B, n), (k, d), flags dict of scalars -> (B, k * d)."""
+    return jax.vmap(lambda xi, mi: vlad_core(xi, mi, centers, **flags))(x, mask)
+
+
+def _bucket(n: int, minimum: int = 64) -> int:
+    """Padded length: the next power of two >= n (at least ``minimum``)."""
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+# --------------------------------------------------------------------------- public encoders
+
+
+def vlad_encode(
+    descriptors,
+    centers,
+    *,
+    mass_norm: bool = False,
+    power: float = 1.0,
+    intra_norm: bool = False,
+    l2_norm: bool = True,
+    residual_norm: bool = False,
+) -> np.ndarray:
+    """VLAD of the local descriptors of one image.
+
+    Args:
+      descriptors: (n, d) local descriptors, n >= 1.
+      centers: (k, d) codebook (e.g. from :func:`fit_codebook`).
+      mass_norm: divide each v_j by the number of descriptors assigned to c_j.
+      power: signed power exponent in (0, 1]; 0.5 = signed square root.
+      intra_norm: L2-normalize each v_j (floor 1e-12).
+      l2_norm: L2-normalize the whole vector (floor 1e-12).
+      residual_norm: L2-normalize each residual before summing.
+
+    Returns:
+      (k * d,) float32, ordered centre by centre (v_1, ..., v_k).
+
+    Raises:
+      InputError: no descriptors, wrong shapes, NaN values, a descriptor
+        dimension that differs from the codebook's.
+
+    Examples:
+      >>> v = vlad_encode(x, centers, power=0.5, intra_norm=True)  # x (n, d), centers (k, d)
+    """
+    c = _check_centers(centers)
+    x = _check_matrix(descriptors, "descriptors", dim=c.shape[1], dim_name="the codebook")
+    if x.shape[0] == 0:
+        raise InputError("descriptors is empty (n = 0): an image without local descriptors has no VLAD")
+    return vlad_encode_batch([x], c, mass_norm=mass_norm, power=power, intra_norm=intra_norm,
+                             l2_norm=l2_norm, residual_norm=residual_norm, batch_size=1)[0]
+
+
+def vlad_encode_batch(
+    descriptors: Sequence[np.ndarray],
+    centers,
+    *,
+    mass_norm: bool = False,
+    power: float = 1.0,
+    intra_norm: bool = False,
+    l2_norm: bool = True,
+    residual_norm: bool = False,
+    batch_size: int = 8,
+    pad_to: int | None = None,
+) -> np.ndarray:
+    """VLADs of many images with different descriptor counts, in jitted batches.
+
+    Each image's (n_i, d) descriptors are zero-padded to a common length L with
+    a validity mask, and images go through in batches of ``batch_size`` (the
+    last batch padded with empty images), so a whole call compiles once, and
+    later calls with the same (L, batch_size, k, d) compile nothing, whatever
+    the flags (traced scalars, not static arguments): L
+    is ``pad_to`` if given, else the next power of two of the largest n_i
+    (at least 64).
+
+    Args:
+      descriptors: sequence of B arrays (n_i, d), n_i >= 1.
+      centers: (k, d) codebook.
+      mass_norm, power, intra_norm, l2_norm, residual_norm: as :func:`vlad_encode`.
+      batch_size: images per jitted call.
+      pad_to: padded length L >= max n_i.
+
+    Returns:
+      (B, k * d) float32, row i equal to ``vlad_encode(descriptors[i], centers, ...)``.
+
+    Raises:
+      InputError: as :func:`vlad_encode`; the message names the image index.
+    """
+    c = _check_centers(centers)
+    k, d = c.shape
+    power = _check_power(power)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    xs = []
+    for i, x in enumerate(descriptors):
+        x = _check_matrix(x, f"descriptors of image {i}", dim=d, dim_name="the codebook")
+        if x.shape[0] == 0:
+            raise InputError(f"descriptors of image {i} is empty (n = 0): an image without local descriptors has no VLAD")
+        xs.append(x)
+    if not xs:
+        return np.zeros((0, k * d), np.float32)
+    longest = max(x.shape[0] for x in xs)
+    length = _bucket(longest) if pad_to is None else int(pad_to)
+    if length < longest:
+        raise InputError(f"pad_to = {length} is below the largest descriptor count {longest}")
+    flags = {
+        "mass_norm": jnp.asarray(bool(mass_norm)),
+        "power": jnp.asarray(power, jnp.float32),
+        "intra_norm": jnp.asarray(bool(intra_norm)),
+        "l2_norm": jnp.asarray(bool(l2_norm)),
+        "residual_norm": jnp.asarray(bool(residual_norm)),
+    }
+    cj = jnp.asarray(c)
+    out = np.empty((len(xs), k * d), np.float32)
+    for start in range(0, len(xs), batch_size):
+        chunk = xs[start : start + batch_size]
+        xb = np.zeros((batch_size, length, d), np.float32)
+        mb = np.zeros((batch_size, length), bool)
+        for j, x in enumerate(chunk):
+            xb[j, : x.shape[0]] = x
+            mb[j, : x.shape[0]] = True
+        v = _vlad_batch(jnp.asarray(xb), jnp.asarray(mb), cj, flags)
+        out[start : start + len(chunk)] = np.asarray(v[: len(chunk)])
+    return out
+
+
+# --------------------------------------------------------------------------- codebook
+
+
+def fit_codebook(
+    descriptors,
+    k: int,
+    *,
+    iters: int = 30,
+    max_samples: int | None = 100_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """A VLAD codebook: Euclidean k-means (``ckn.kmeans(spherical=False)``).
+
+    Args:
+      descriptors: (n, d) training descriptors (from images other than the
+        ones to encode when possible: see the module docstring's trap).
+      k: number of centres, 1 <= k <= n.
+      iters: Lloyd iterations.
+      max_samples: fit on this many descriptors drawn at random without
+        replacement (None: all).
+      seed: seeds the subsample and the k-means initialization.
+
+    Returns:
+      (k, d) float32 centres.
+
+    Raises:
+      InputError: wrong shape, NaN values, fewer than k descriptors.
+    """
+    x = _check_matrix(descriptors, "descriptors")
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise InputError(f"a codebook of k = {k} centres needs at least {k} training descriptors, got {n}")
+    if iters < 1:
+        raise InputError(f"iters must be >= 1, got {iters}")
+    if max_samples is not None and n > max_samples:
+        if max_samples < k:
+            raise InputError(f"max_samples = {max_samples} is below k = {k}")
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+        x = x[idx]
+    centers, _ = kmeans(jnp.asarray(x), k, key=seed, iters=iters, spherical=False, precision=_HIGHEST)
+    return np.asarray(centers, np.float32)
+
+
+# --------------------------------------------------------------------------- PCA-whitening
+
+
+class PCAWhitening(NamedTuple):
+    """A fitted PCA (+ whitening) of row vectors.
+
+    Attributes:
+      mean: (D,) float64 training mean.
+      components: (dim, D) float64 orthonormal principal directions, by
+        decreasing variance (sign fixed: the largest-magnitude entry is positive).
+      variances: (dim,) float64 variance of the training vectors along each
+        direction (1/n normalization).
+      scale: (dim,) float64 multiplier of each projected coordinate:
+        1 / sqrt(max(variance, eps * variances[0])) when whitening, else 1.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.components.shape[1])
+
+
+def fit_pca_whitening(
+    x,
+    dim: int,
+    *,
+    whiten: bool = True,
+    eps: float = 1e-9,
+    rank_tol: float = 1e-10,
+) -> PCAWhitening:
+    """Fits PCA to ``dim`` dimensions, with whitening by default.
+
+    Computed in float64 from the n x n Gram matrix when n < D (the usual case
+    for VLAD vectors), else from the D x D covariance.
+
+    Args:
+      x: (n, D) training vectors (VLADs of images other than the queries when
+        possible: whitening fitted on the evaluation set itself is
+        transductive, and with dim >= n - 1 it makes all centred training
+        vectors equidistant).
+      dim: output dimension, at most the rank of the centred training vectors.
+      whiten: divide each coordinate by its training standard deviation.
+      eps: variance floor, relative to the largest variance, for the whitening
+        scale (the training vectors get unit variance exactly on every
+        direction whose variance is above it).
+      rank_tol: directions with variance <= rank_tol * largest are rank-deficient.
+
+    Returns:
+      A :class:`PCAWhitening`; apply it with :func:`apply_pca_whitening`.
+
+    Raises:
+      InputError: bad shapes or values, dim < 1, or dim above the number of
+        directions the training vectors span (at most n - 1).
+    """
+    a = _check_matrix(x, "PCA training vectors").astype(np.float64)
+    n, big_d = a.shape
+    if dim < 1:
+        raise InputError(f"PCA dimension must be >= 1, got {dim}")
+    if n < 2:
+        raise InputError(f"PCA needs at least 2 training vectors, got {n}")
+    mean = a.mean(axis=0)
+    a -= mean
+    # Eigenvectors of the smaller of the n x n Gram and D x D covariance matrices.
+    small = a @ a.T / n if n < big_d else a.T @ a / n
+    lam, vec = np.linalg.eigh(small)
+    lam, vec = np.maximum(lam[::-1], 0.0), vec[:, ::-1]
+    rank = int(np.sum(lam > rank_tol * max(lam[0], 1e-300)))
+    if dim > rank:
+        raise InputError(
+            f"PCA to {dim} dimensions needs training vectors spanning {dim} directions; "
+            f"the {n} vectors given span {rank} (at most n - 1): use more vectors or a smaller dimension"
+        )
+    lam, vec = lam[:dim], vec[:, :dim]
+    # Gram eigenvector w gives the principal direction a^T w / sqrt(n lam).
+    comps = (a.T @ vec / np.sqrt(n * lam)[None, :]).T if n < big_d else vec.T
+    comps = comps / np.linalg.norm(comps, axis=1, keepdims=True)
+    big = np.argmax(np.abs(comps), axis=1)
+    comps *= np.sign(comps[np.arange(dim), big])[:, None]
+    if whiten:
+        scale = 1.0 / np.sqrt(np.maximum(lam, eps * lam[0]))
+    else:
+        scale = np.ones(dim)
+    return PCAWhitening(mean, comps, lam, scale)
+
+
+def apply_pca_whitening(pca: PCAWhitening, x, *, l2_norm: bool = True) -> np.ndarray:
+    """Projects (and whitens) row vectors, then L2-normalizes them by default.
+
+    Args:
+      pca: from :func:`fit_pca_whitening`.
+      x: (n, D) or (D,) vectors.
+      l2_norm: L2-normalize the outputs (floor 1e-12).
+
+    Returns:
+      (n, dim) or (dim,) float32.
+    """
+    a = np.asarray(x)
+    single = a.ndim == 1
+    a = _check_matrix(a[None] if single else a, "vectors", dim=pca.input_dim, dim_name="the PCA")
+    y = ((a.astype(np.float64) - pca.mean) @ pca.components.T) * pca.scale
+    if l2_norm:
+        y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_FLOOR)
+    y = y.astype(np.float32)
+    return y[0] if single else y
