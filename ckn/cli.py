@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "retrieval._src.cli_patches",  # patches
     "retrieval._src.cli_eval",  # eval-patches
     "retrieval._src.reproduce",  # reproduce
+    "retrieval._src.cli_images",  # eval-images
 )
 
 

@@ -23,6 +23,41 @@ from retrieval._src.patchsets import (
 )
 from retrieval._src.regions import Regions, detect_regions, sample_patch, sample_patches, select_regions
 
+# VLAD / image retrieval (retrieval._src.vlad / image_retrieval).
+from retrieval._src.image_retrieval import (
+    Describer,
+    ImageCollection,
+    ImageIndex,
+    ImageRetrievalResult,
+    LocalConfig,
+    LocalFeatures,
+    VladConfig,
+    VladEvaluation,
+    VladModel,
+    describe_images,
+    encode_images,
+    evaluate_rankings,
+    evaluate_scores,
+    evaluate_vlad,
+    fit_vlad,
+    image_retrieval_map,
+    list_images,
+    load_image_folder,
+    local_features,
+    make_describer,
+    make_index,
+    recall_at,
+)
+from retrieval._src.vlad import (
+    PCAWhitening,
+    apply_pca_whitening,
+    fit_codebook,
+    fit_pca_whitening,
+    vlad_core,
+    vlad_encode,
+    vlad_encode_batch,
+)
+
 # The TFDS builder imports tensorflow_datasets (~0.8 s): loaded on first use.
 # `from retrieval import CknPatches` registers "ckn_patches" with TFDS.
 _TFDS_NAMES = ("CknPatches", "export_npz", "tfds_to_patchset", "write_tfds")
@@ -63,6 +98,36 @@ __all__ = [
     "select_regions",
     "tfds_to_patchset",
     "write_tfds",
+    # VLAD / image retrieval
+    "Describer",
+    "ImageCollection",
+    "ImageIndex",
+    "ImageRetrievalResult",
+    "LocalConfig",
+    "LocalFeatures",
+    "PCAWhitening",
+    "VladConfig",
+    "VladEvaluation",
+    "VladModel",
+    "apply_pca_whitening",
+    "describe_images",
+    "encode_images",
+    "evaluate_rankings",
+    "evaluate_scores",
+    "evaluate_vlad",
+    "fit_codebook",
+    "fit_pca_whitening",
+    "fit_vlad",
+    "image_retrieval_map",
+    "list_images",
+    "load_image_folder",
+    "local_features",
+    "make_describer",
+    "make_index",
+    "recall_at",
+    "vlad_core",
+    "vlad_encode",
+    "vlad_encode_batch",
     # metrics, search, baselines, evaluation
     "AP_DEFINITION",
     "BASELINES",
