@@ -150,6 +150,30 @@ def test_centered_pooling(rng, n, s, std):
     np.testing.assert_allclose(got, want, **TOL["sum"])
 
 
+@pytest.mark.parametrize("std", [0.0, 0.8, 1.5, 4.0])
+def test_gaussian_blur(rng, std):
+    x = rng.normal(size=(2, 11, 9, 2)).astype(np.float32)
+    got = np.asarray(ckn.gaussian_blur(jnp.asarray(x), std))
+    if std == 0:
+        np.testing.assert_array_equal(got, x)
+        return
+    r = int(np.ceil(4 * std))
+    t = np.arange(-r, r + 1)
+    g = np.exp(-(t**2) / (2 * std**2))
+    g /= g.sum()
+    # Plain reference: mirror-pad (repeatedly for radii larger than the image) and correlate.
+    xp = x.astype(np.float64)
+    pad = lambda a, axis: np.take(a, [(k % (2 * a.shape[axis])) if (k % (2 * a.shape[axis])) < a.shape[axis]  # noqa: E731
+                                      else 2 * a.shape[axis] - 1 - (k % (2 * a.shape[axis]))
+                                      for k in range(-r, a.shape[axis] + r)], axis=axis)
+    xp = pad(pad(xp, 1), 2)
+    ref = sum(g[i] * xp[:, i : i + 11] for i in range(2 * r + 1))
+    ref = sum(g[j] * ref[:, :, j : j + 9] for j in range(2 * r + 1))
+    np.testing.assert_allclose(got, ref, **TOL["sum"])
+    flat = np.full((1, 11, 9, 1), 0.3, np.float32)
+    np.testing.assert_allclose(ckn.gaussian_blur(jnp.asarray(flat), std), flat, rtol=1e-6)
+
+
 def test_pooling_mode_errors():
     with pytest.raises(ValueError, match="pooling mode"):
         ckn.pooling_matrix(5, 2, mode="max")

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import ckn
 from ckn._src.layers import apply_describe
@@ -115,6 +116,24 @@ def test_trained_model(photo_patches, tiny_model):
     # uint8, float in [0, 1] and (N, H, W, 1) give the same descriptors.
     np.testing.assert_allclose(ckn.describe(model, x.astype(np.float32) / 255), d, atol=1e-5)
     np.testing.assert_allclose(ckn.describe(model, x[..., None]), d, atol=1e-6)
+
+
+def test_position_normalization_and_blur(photo_patches):
+    cfg = dataclasses.replace(ckn.get_preset("ckn-tiny"), normalize="position", blur=1.0)
+    model, _ = ckn.train(cfg, photo_patches[:200], seed=0)
+    x = photo_patches[200:220]
+    maps = np.asarray(model(jnp.asarray(x)), np.float64)
+    ref = maps / np.maximum(np.linalg.norm(maps, axis=-1, keepdims=True), 1e-12)
+    ref = ref.reshape(len(x), -1)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(ckn.describe(model, x), ref, atol=1e-6)
+    # The blur is part of the model: blurring the input of an unblurred copy is the same.
+    plain = ckn.CKN(dataclasses.replace(cfg, blur=0.0), rngs=nnx.Rngs(0))
+    nnx.update(plain, nnx.state(model))
+    xf = jnp.asarray(x, jnp.float32)[..., None] * np.float32(1 / 255)
+    np.testing.assert_allclose(
+        plain(ckn.gaussian_blur(xf, 1.0)), model(jnp.asarray(x)), atol=1e-5
+    )
 
 
 def test_describe_does_not_recompile(photo_patches, tiny_model):

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from ckn._src.config import INPUTS, METHODS, PRESETS, CKNConfig, LayerConfig, get_preset
+from ckn._src.config import INPUTS, METHODS, NORMALIZATIONS, PRESETS, CKNConfig, LayerConfig, get_preset
+from ckn._src.ops import POOLINGS
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, load_patch_file
 from ckn._src.model import describe, load, save
@@ -41,6 +42,30 @@ def _sigma_list(text: str) -> list[float | str]:
     return out
 
 
+def _pooling_list(text: str) -> list[str]:
+    values = text.split(",")
+    bad = [v for v in values if v not in POOLINGS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"pooling must be {' or '.join(POOLINGS)}, got {text!r}")
+    return values
+
+
+def _pool_std_list(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for v in text.split(","):
+        if v == "default":
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"pool std must be numbers or 'default', got {text!r}") from None
+        if not f > 0:
+            raise argparse.ArgumentTypeError(f"pool std must be > 0, got {v}")
+        out.append(f)
+    return out
+
+
 def add_architecture_flags(p: argparse.ArgumentParser) -> None:
     """Flags that override a preset's architecture (shared by train and reproduce)."""
     g = p.add_argument_group("architecture overrides (default: the preset's)")
@@ -50,6 +75,9 @@ def add_architecture_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subpatch", type=_int_list, help="sub-patch side per layer, e.g. 3,3")
     g.add_argument("--subsampling", type=_int_list, help="pooling factor per layer, e.g. 2,6")
     g.add_argument("--sigma", type=_sigma_list, help="sigma per layer (number or auto), e.g. 0.6 or auto")
+    g.add_argument("--pooling", type=_pooling_list, help="pooling geometry per layer: strided (papers') or centered")
+    g.add_argument("--pool-std", type=_pool_std_list, help="pooling std per layer in map pixels, or 'default' (s/sqrt2)")
+    g.add_argument("--normalize", choices=NORMALIZATIONS, help="descriptor normalization: global or position")
     g.add_argument("--orientations", type=int, help="orientations K of the grad map")
     t = p.add_argument_group("training overrides")
     t.add_argument("--num-patches", type=int, help="sub-patches sampled per layer (default 100000)")
@@ -70,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
         "subpatch": args.subpatch,
         "subsampling": args.subsampling,
         "sigma": args.sigma,
+        "pooling": args.pooling,
+        "pool_std": args.pool_std,
     }
     given = {k: v for k, v in lists.items() if v is not None}
     n = max([len(v) for v in given.values() if len(v) > 1] or [len(cfg.layers)])
@@ -87,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
         top["input"] = args.input
     if args.channels is not None:
         top["channels"] = args.channels
+    if args.normalize is not None:
+        top["normalize"] = args.normalize
     if args.orientations is not None:
         top["grad_orientations"] = args.orientations
     train_over = {}
@@ -105,7 +137,10 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
 
 def _describe_layers(layers: tuple[LayerConfig, ...]) -> str:
     return " | ".join(
-        f"{lc.subpatch}x{lc.subpatch} x{lc.filters} pool {lc.subsampling} sigma {lc.sigma}" for lc in layers
+        f"{lc.subpatch}x{lc.subpatch} x{lc.filters} pool {lc.subsampling}"
+        f"{'' if lc.pooling == 'strided' else ' ' + lc.pooling}{'' if lc.pool_std is None else f' std {lc.pool_std}'}"
+        f" sigma {lc.sigma}"
+        for lc in layers
     )
 
 

@@ -209,6 +209,7 @@ class CKN(nnx.Module):
         """(N, H, W[, C]) patches -> (N, H', W', C') map that feeds the first kernel layer."""
         cfg = self.config
         x = ops.select_channels(ops.to_float(patches), cfg.channels)
+        x = ops.gaussian_blur(x, cfg.blur, precision=self.precision)
         if cfg.input == "grad":
             x = ops.gradient_map(x, cfg.grad_orientations, cfg.grad_sigma)
             x = ops.gaussian_pool(
@@ -230,9 +231,15 @@ class CKN(nnx.Module):
     def describe(self, patches: jax.Array) -> jax.Array:
         """(N, H, W[, C]) patches -> (N, D) float32 descriptors, L2-normalized.
 
-        A flat patch gives the zero vector (finite, never NaN).
+        ``config.normalize == "position"`` L2-normalizes each position of the
+        last map before the global L2 normalization. A flat patch gives the
+        zero vector (finite, never NaN).
         """
         y = self(patches)
+        if self.config.normalize == "position":
+            # Each spatial cell of the last map to unit norm first (as SIFT's
+            # cells share one normalization, but without its clipping).
+            y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
         y = y.reshape(y.shape[0], -1)
         norm = jnp.linalg.norm(y, axis=1, keepdims=True)
         return (y / jnp.maximum(norm, 1e-12)).astype(jnp.float32)

@@ -171,6 +171,37 @@ def gaussian_pool(
     return jnp.einsum("bw,nawc->nabc", pw, x, precision=precision)
 
 
+def blur_matrix(n: int, std: float) -> np.ndarray:
+    """Dense (n, n) matrix of a 1-D Gaussian blur, radius ceil(4 std), symmetric border.
+
+    The border mirrors the edge pixel (numpy ``pad(mode="symmetric")``, OpenCV
+    ``BORDER_REFLECT``), so a flat patch stays flat. std = 0 is the identity.
+    """
+    if std == 0:
+        return np.eye(n)
+    r = max(1, math.ceil(4.0 * std))
+    t = np.arange(-r, r + 1)
+    g = np.exp(-(t * t) / (2.0 * std * std))
+    g /= g.sum()
+    m = np.zeros((n, n))
+    for i in range(n):
+        for k, w in zip(i + t, g):
+            # Mirror into [0, n): ... 1 0 | 0 1 ... n-1 | n-1 n-2 ...
+            k = k % (2 * n)
+            m[i, k if k < n else 2 * n - 1 - k] += w
+    return m
+
+
+def gaussian_blur(x: jax.Array, std: float, *, precision=None) -> jax.Array:
+    """Separable Gaussian blur of (N, H, W, C) with a mirrored border (see :func:`blur_matrix`)."""
+    if std == 0:
+        return x
+    bh = jnp.asarray(blur_matrix(x.shape[1], std), dtype=x.dtype)
+    bw = jnp.asarray(blur_matrix(x.shape[2], std), dtype=x.dtype)
+    x = jnp.einsum("ah,nhwc->nawc", bh, x, precision=precision)
+    return jnp.einsum("bw,nawc->nabc", bw, x, precision=precision)
+
+
 def centering_matrix(size: int, channels: int) -> np.ndarray:
     """(d, d) symmetric matrix that subtracts the per-channel mean of a sub-patch.
 
