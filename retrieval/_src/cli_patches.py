@@ -115,6 +115,21 @@ def _command(args: argparse.Namespace, source: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _commit() -> str | None:
+    """The git commit of this package's checkout (with ``+dirty``), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "retrieval", "ckn"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
 def _machine() -> dict:
     import cv2
 
@@ -130,6 +145,9 @@ def _machine() -> dict:
         import skimage
 
         info["scikit-image"] = skimage.__version__
+    with contextlib.suppress(OSError, AttributeError):
+        # Other jobs on the machine slow the build: keep the load next to the timing.
+        info["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -203,7 +221,8 @@ def cmd_patches(args: argparse.Namespace) -> int:
                 "source": source,
                 "build_seconds": round(seconds, 2),
                 "from_cache": bool(cached),
-                "first_build_seconds": ps.info.get("build_seconds"),
+                **({"first_build_seconds": ps.info.get("build_seconds")} if cached else {}),
+                "commit": _commit(),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": _machine(),
                 "patchset_version": P.VERSION,
