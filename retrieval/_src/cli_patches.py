@@ -116,14 +116,16 @@ def _command(args: argparse.Namespace, source: str) -> str:
 
 
 def _commit() -> str | None:
-    """The git commit of this package's checkout (with ``+dirty``), or None outside git."""
+    """The git commit of this checkout (``+dirty`` if the patch-set code is edited), or None outside git."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "retrieval", "ckn"],
+        # Only the files that make the patch sets count (others may be edited alongside).
+        files = [str(Path(__file__).with_name(n)) for n in ("regions.py", "patchsets.py", "cli_patches.py")]
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *files],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
