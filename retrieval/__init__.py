@@ -6,6 +6,7 @@ Public API; implementation modules under ``retrieval._src`` are private.
 from retrieval._src.contact_sheet import contact_sheet
 from retrieval._src.patchsets import (
     PatchSet,
+    EmptySplitWarning,
     PatchSetConfig,
     SkippedItemWarning,
     ViewParams,
@@ -83,6 +84,7 @@ __all__ = [
     "build_sequences",
     "build_stereo",
     "CknPatches",
+    "EmptySplitWarning",
     "contact_sheet",
     "default_config",
     "detect_regions",

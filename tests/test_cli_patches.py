@@ -87,7 +87,11 @@ def test_sequences_and_skipped_item_warning(tmp_path, sequence, capsys):
     rc = main(["patches", "--sequences", str(root), "--out", str(tmp_path / "s.npz"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 0
-    assert err == ["ckn patches: warning: sequence flat: no matching regions, skipped (SkippedItemWarning)"]
+    assert err == [
+        "ckn patches: warning: sequence flat: no matching regions, skipped (SkippedItemWarning)",
+        "ckn patches: warning: the test split is empty (1 scene: cam); a split by scene needs 2 or more "
+        "(EmptySplitWarning)",
+    ]
     assert list(P.load_patchset(tmp_path / "s.npz").scene_names) == ["cam"]
 
 

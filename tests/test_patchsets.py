@@ -75,7 +75,8 @@ def test_grouped_regions_lie_where_the_homography_maps_them(synthetic):
 
 def test_group_patches_are_more_alike_than_random_pairs(synthetic):
     _, res = synthetic
-    ps = P.assemble([res], SMALL)
+    with pytest.warns(P.EmptySplitWarning, match="the test split is empty"):
+        ps = P.assemble([res], SMALL)
     stats = P.patchset_stats(ps)
     assert stats["ncc_intra"] > 0.75
     assert stats["ncc_intra"] - stats["ncc_random"] > 0.4
@@ -185,7 +186,8 @@ def test_sequences_oxford_and_hpatches_layouts(seq_root):
         assert set(ps.image[m]) == {0, 1, 2}  # the negative-scale homography (image 3) matched too
         assert len(set(ps.split[m])) == 1
     assert set(ps.split) == {0, 1}
-    one = P.build_sequences(seq_root / "cam", config=SMALL)
+    with pytest.warns(P.EmptySplitWarning, match=r"test split is empty \(1 scene: cam\)"):
+        one = P.build_sequences(seq_root / "cam", config=SMALL)
     assert list(one.scene_names) == ["cam"]
 
 
@@ -231,7 +233,7 @@ def test_sequence_without_matches_is_skipped_with_a_warning(seq_root, tmp_path):
     for k in (1, 2):
         cv2.imwrite(str(flat / f"img{k}.png"), np.full((120, 160), 90, np.uint8))
     np.savetxt(flat / "H1to2p", np.eye(3))
-    with pytest.warns(P.SkippedItemWarning, match="sequence flat: no matching regions"):
+    with pytest.warns(P.EmptySplitWarning), pytest.warns(P.SkippedItemWarning, match="sequence flat: no match"):
         ps = P.build_sequences(tmp_path, config=SMALL)
     assert list(ps.scene_names) == ["astro"]
     with pytest.warns(P.SkippedItemWarning), pytest.raises(InputError, match="no groups"):
@@ -246,7 +248,8 @@ def test_oxford_leuven_negative_scale_homography():
     cfg = P.PatchSetConfig(max_regions=150)
     res = P.group_scene("leuven", [P._prepare(imgs[0], False), P._prepare(imgs[4], False)], [None, geoms[4]], cfg)
     assert res.n_groups > 50
-    stats = P.patchset_stats(P.assemble([res], cfg))
+    with pytest.warns(P.EmptySplitWarning):
+        stats = P.patchset_stats(P.assemble([res], cfg))
     assert stats["ncc_intra"] - stats["ncc_random"] > 0.4
 
 
@@ -259,7 +262,7 @@ def test_photos_folder_skips_unreadable_and_rejects_empty(tmp_path, photo):
     cv2.imwrite(str(d / "astro.jpg"), photo[..., ::-1])
     (d / "broken.png").write_bytes(b"\x89PNG garbage")
     (d / "notes.txt").write_text("not an image")
-    with pytest.warns(P.SkippedItemWarning, match="broken.png"):
+    with pytest.warns(P.EmptySplitWarning), pytest.warns(P.SkippedItemWarning, match="broken.png"):
         ps = P.build_photos(d, views=3, config=P.PatchSetConfig(max_regions=20), max_side=256)
     assert list(ps.scene_names) == ["astro"] and len(ps) > 0
     (tmp_path / "none").mkdir()

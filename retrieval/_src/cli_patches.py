@@ -43,6 +43,10 @@ def _source(args: argparse.Namespace) -> str:
     return "stereo"
 
 
+def _source_path(args: argparse.Namespace, source: str) -> str | None:
+    return {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
+
+
 def _check_output(path: str | None, suffix: str, flag: str) -> None:
     if path is None:
         return
@@ -101,7 +105,7 @@ def build(args: argparse.Namespace, source: str) -> P.PatchSet:
 def _command(args: argparse.Namespace, source: str) -> str:
     """The command line, canonical (every option that was given or matters)."""
     parts = ["ckn", "patches"]
-    value = {"default": None, "sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}[source]
+    value = _source_path(args, source)
     parts += [f"--{source}"] + ([value] if value else [])
     if args.quick:
         parts.append("--quick")
@@ -160,7 +164,7 @@ def _machine() -> dict:
 
 @contextlib.contextmanager
 def _one_line_warnings(prog: str):
-    """Shows each SkippedItemWarning as one ``<prog>: warning: ...`` line on stderr."""
+    """Shows each warning as one ``<prog>: warning: ... (Category)`` line on stderr."""
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = str(message).splitlines()[0] if str(message) else category.__name__
@@ -168,6 +172,7 @@ def _one_line_warnings(prog: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", P.SkippedItemWarning)
+        warnings.simplefilter("always", P.EmptySplitWarning)
         warnings.showwarning = show
         yield
 
@@ -196,7 +201,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
                 params.update(views=10 if args.views is None else args.views, seed=args.seed)
             if source == "default":
                 params["quick"] = args.quick
-            path = {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
+            path = _source_path(args, source)
             if path:
                 params["path"] = str(Path(path).resolve())
             made = not Path(args.tfds).exists()
@@ -215,7 +220,8 @@ def cmd_patches(args: argparse.Namespace) -> int:
     if args.contact_sheet:
         print(f"contact sheet: {args.contact_sheet}")
     if args.tfds:
-        print(f"TFDS data set: {tfds_dir} (tfds.data_source('ckn_patches/{source}', data_dir={str(args.tfds)!r}))")
+        print(f"TFDS data set: {tfds_dir} "
+              f"(tfds.data_source('ckn_patches/{source}', data_dir={str(args.tfds)!r}))")
     if args.stats_json:
         record = {
             "metadata": {
@@ -248,22 +254,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--default", action="store_true",
-                     help="the embedded default: synthetic views of 15 scikit-image photos (~20,000 patches, cached)")
-    src.add_argument("--sequences", metavar="DIR",
-                     help="homography sequences: <seq>/img1..N + H1toNp (Oxford) or <seq>/1..6.ppm + H_1_N (HPatches)")
+    src.add_argument(
+        "--default", action="store_true",
+        help="the embedded default: synthetic views of 15 scikit-image photos (~20,000 patches, cached)",
+    )
+    src.add_argument(
+        "--sequences", metavar="DIR",
+        help="homography sequences: <seq>/img1..N + H1toNp (Oxford) or <seq>/1..6.ppm + H_1_N (HPatches)",
+    )
     src.add_argument("--photos", metavar="DIR", help="a folder of photos: synthetic views of each")
-    src.add_argument("--stereo", metavar="DIR", nargs="?", const="",
-                     help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's motorcycle")
+    src.add_argument(
+        "--stereo", metavar="DIR", nargs="?", const="",
+        help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's motorcycle",
+    )
     p.add_argument("--out", required=True, help="output .npz (patches, labels, split, metadata)")
     p.add_argument("--quick", action="store_true", help="with --default: 4 photos, ~1,000 patches")
     p.add_argument("--size", type=int, default=PATCH_SIZE, help=f"patch side in pixels (default {PATCH_SIZE})")
     p.add_argument("--views", type=int, default=None, help="views per photo for --default / --photos (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--test-scenes", metavar="A,B", help="scenes for the test split (default: balanced by patches)")
+    p.add_argument("--test-scenes", metavar="A,B",
+                   help="scenes for the test split (default: balanced by patches)")
     p.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG of a few groups, one row each")
     p.add_argument("--tfds", metavar="DIR", help="also write the TFDS data set ckn_patches/<source> under DIR")
     p.add_argument("--stats-json", metavar="FILE", help="also write the statistics and build metadata as JSON")
-    p.add_argument("--no-cache", action="store_true", help="with --default: rebuild, do not read or write the cache")
+    p.add_argument("--no-cache", action="store_true",
+                   help="with --default: rebuild, do not read or write the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patches)

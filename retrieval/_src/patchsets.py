@@ -90,6 +90,10 @@ class SkippedItemWarning(UserWarning):
     """An input item (image, sequence, photo) was skipped; the message says which and why."""
 
 
+class EmptySplitWarning(UserWarning):
+    """The train or the test split of a patch set is empty (e.g. a single scene)."""
+
+
 # --------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------
@@ -548,6 +552,13 @@ def assemble(
         unknown = test - set(names)
         if unknown:
             warnings.warn(f"test scenes not in the data set: {', '.join(sorted(unknown))}", SkippedItemWarning, stacklevel=2)
+    for s, split_name in enumerate(SPLIT_NAMES):
+        if all((s == TEST) != (n in test) for n in names):
+            warnings.warn(
+                f"the {split_name} split is empty ({len(names)} scene{'s' * (len(names) > 1)}: "
+                f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); a split by scene needs 2 or more",
+                EmptySplitWarning, stacklevel=2,
+            )
     labels, offset = [], 0
     for r in results:
         labels.append(r.group + offset)

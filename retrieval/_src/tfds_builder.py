@@ -124,7 +124,8 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
         extra = sorted(set(self._params) - set(allowed))
         if extra:
             raise InputError(
-                f"config {self.builder_config.name!r} takes builder kwargs {', '.join(allowed)}; got {', '.join(extra)}"
+                f"config {self.builder_config.name!r} takes builder kwargs {', '.join(allowed)}; "
+                f"got {', '.join(extra)}"
             )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -159,7 +160,9 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
         reuse = mode in (None, tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
         if reuse and self._prepared():
             if self._patchset is not None:
-                raise InputError(f"{self.data_path} already exists; pass a new data_dir to write this patch set")
+                raise InputError(
+                    f"{self.data_path} already exists; pass a new data_dir to write this patch set"
+                )
             self._check_reused_params()
         super().download_and_prepare(**kwargs)
 
@@ -174,7 +177,8 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
         diff = {k: (stored.get(k), v) for k, v in self._params.items() if stored.get(k) != v}
         if diff:
             text = ", ".join(
-                f"{k}={'unknown' if old is None else repr(old)} (asked {new!r})" for k, (old, new) in sorted(diff.items())
+                f"{k}={'unknown' if old is None else repr(old)} (asked {new!r})"
+                for k, (old, new) in sorted(diff.items())
             )
             raise InputError(f"{self.data_path} was built with {text}; use another data_dir")
 
@@ -188,8 +192,8 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
             if not required:
                 return None
             raise InputError(
-                f"config {self.builder_config.name!r} needs builder_kwargs={{'path': DIR}} or a non-empty manual "
-                "dir (DownloadConfig(manual_dir=...); default <data_dir>/downloads/manual)"
+                f"config {self.builder_config.name!r} needs builder_kwargs={{'path': DIR}} or a "
+                "non-empty manual dir (DownloadConfig(manual_dir=...); default <data_dir>/downloads/manual)"
             ) from None
 
     def _build(self, dl_manager) -> P.PatchSet:
@@ -199,8 +203,9 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
             return P.load_manual(self._source_path(dl_manager, True))
         if name == "default":
             cfg = P.default_config(p.get("quick", False), size=p.get("size", P.R.PATCH_SIZE))
-            return P.build_default(quick=p.get("quick", False), views=p.get("views", 10), seed=p.get("seed", 0),
-                                   config=cfg)
+            return P.build_default(
+                quick=p.get("quick", False), views=p.get("views", 10), seed=p.get("seed", 0), config=cfg
+            )
         cfg = P.PatchSetConfig(size=p.get("size", P.R.PATCH_SIZE))
         if name == "sequences":
             return P.build_sequences(self._source_path(dl_manager, True), config=cfg)
@@ -330,7 +335,8 @@ def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> P
     if not need <= set(meta.keys()):
         raise InputError(f"{builder.data_dir}: not a {BUILDER_NAME} data set (metadata lacks {sorted(need)})")
     sources = builder.as_data_source()
-    rows: dict[str, list] = {k: [] for k in ("patch", "label", "index", "scene", "image", "x", "y", "scale", "angle")}
+    keys = ("patch", "label", "index", "scene", "image", "x", "y", "scale", "angle")
+    rows: dict[str, list] = {k: [] for k in keys}
     split = []
     for name, src in sources.items():
         s = P.SPLIT_NAMES.index(str(name))
