@@ -212,6 +212,12 @@ def test_whitening_matrix(rng):
     np.testing.assert_allclose(ev[-5:], 1.0, atol=1e-6)
     assert abs(ev[0]) < 1e-6
     np.testing.assert_allclose(w, w.T, atol=1e-10)
+    # Regularized: each eigenvalue lambda of the covariance becomes lambda / (lambda + reg * max).
+    lam = np.linalg.eigvalsh(x.T @ x / x.shape[0])
+    wr = ckn.whitening_matrix(x, reg=0.1)
+    evr = np.linalg.eigvalsh(wr @ (x.T @ x / x.shape[0]) @ wr)
+    want = np.sort(np.where(lam >= 1e-8 * lam.max(), lam / (lam + 0.1 * lam.max()), 0.0))
+    np.testing.assert_allclose(evr, want, atol=1e-6)
 
 
 def test_central_gradient(rng):

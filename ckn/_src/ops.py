@@ -212,18 +212,20 @@ def centering_matrix(size: int, channels: int) -> np.ndarray:
     return np.eye(d) - same_channel / (size * size)
 
 
-def whitening_matrix(x: np.ndarray, rel_eps: float = 1e-8) -> np.ndarray:
+def whitening_matrix(x: np.ndarray, rel_eps: float = 1e-8, reg: float = 0.0) -> np.ndarray:
     """ZCA whitening (d, d) learned from centred sub-patches x (n, d).
 
-    W = U diag(1/sqrt(lambda)) U^T over the eigen-directions of the covariance
-    with lambda >= rel_eps * max(lambda); the others are dropped (mapped to 0).
+    W = U diag(1/sqrt(lambda + reg * max(lambda))) U^T over the eigen-directions
+    of the covariance with lambda >= rel_eps * max(lambda); the others are
+    dropped (mapped to 0). reg = 0 is plain whitening (CKN_NOTES); reg > 0
+    damps the low-variance (noise) directions instead of blowing them up.
     """
     x = np.asarray(x, dtype=np.float64)
     cov = x.T @ x / max(x.shape[0], 1)
     w, u = np.linalg.eigh(cov)
     keep = w >= rel_eps * w.max()
     u = u[:, keep]
-    return (u / np.sqrt(w[keep])[None, :]) @ u.T
+    return (u / np.sqrt(w[keep] + reg * w.max())[None, :]) @ u.T
 
 
 def central_gradient(x: jax.Array) -> tuple[jax.Array, jax.Array]:

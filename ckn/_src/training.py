@@ -254,7 +254,7 @@ def _prepare_layer_input(layer: KernelLayer, x: np.ndarray, cfg: CKNConfig) -> n
     centre = ops.centering_matrix(layer.config.subpatch, layer.in_channels)
     xc = x @ centre
     if cfg.input == "white":
-        white = ops.whitening_matrix(xc, cfg.train.whiten_rel_eps)
+        white = ops.whitening_matrix(xc, cfg.train.whiten_rel_eps, cfg.train.whiten_reg)
         layer.preproc.set_value(jnp.asarray(centre @ white, jnp.float32))
         return (xc @ white).astype(np.float32)
     layer.preproc.set_value(jnp.asarray(centre, jnp.float32))
