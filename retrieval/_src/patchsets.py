@@ -7,11 +7,20 @@ build data of the same kind from real images whose geometry is known:
 
 * homography sequences (Oxford affine layout ``<seq>/img1..imgN`` +
   ``H1toNp``; HPatches layout ``1.ppm..6.ppm`` + ``H_1_N``): :func:`build_sequences`;
-* stereo pairs with a disparity map (``x_right = x_left - disparity``):
-  :func:`build_stereo`;
+* stereo pairs with a disparity map (``x_right = x_left - disparity``;
+  Middlebury folders ``im0.png``, ``im1.png``, ``disp0.pfm``): :func:`build_stereo`;
 * any folder of ordinary photos, under known random homographies and
   photometric changes: :func:`build_photos`; the embedded default set
-  (real photos shipped with scikit-image): :func:`build_default`.
+  (real photos shipped with scikit-image): :func:`build_default`;
+* pre-cut patches with group labels (e.g. the original RomePatches):
+  :func:`load_manual`.
+
+Bad input is an :class:`~ckn.InputError` with a one-line message (a missing or
+unreadable image, a homography that does not parse or is singular, a folder
+without images or sequences, no group at all), or, for an item that can be
+left out (one unreadable photo, one sequence without matches), a
+:class:`SkippedItemWarning` naming it; an empty train or test split gives an
+:class:`EmptySplitWarning`. Outputs are written atomically.
 
 Grouping, with real detector noise. Regions are detected independently in
 every image of a scene (SIFT / DoG, :mod:`retrieval._src.regions`). Reference
