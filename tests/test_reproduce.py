@@ -49,3 +49,21 @@ def test_reproduce_bad_input(tmp_path):
     np.savez(bad, patches=np.zeros((10, 51, 51), np.uint8), labels=np.arange(10) // 2)
     with pytest.raises(InputError):
         reproduce(patches=str(bad), descriptors=("sift",), progress=False, log=lambda s: None)
+
+
+def test_reproduce_on_homography_sequences(tmp_path):
+    """`--sequences`: an Oxford-layout folder of two real-photo sequences, one per split."""
+    import cv2
+    import skimage.data
+
+    from tests.test_patchsets import _write_sequence
+
+    for name, img in (("astro", skimage.data.astronaut()), ("coffee", skimage.data.coffee())):
+        _write_sequence(tmp_path / "seqs" / name, cv2.resize(img, (320, 320), interpolation=cv2.INTER_AREA))
+    res = reproduce(
+        sequences=str(tmp_path / "seqs"), descriptors=("ckn-grad", "sift"), configs={"ckn-grad": _tiny("ckn-grad")},
+        progress=False, log=lambda s: None,
+    )
+    assert res["data"]["description"].startswith("homography sequences")
+    assert [r["descriptor"] for r in res["rows"]] == ["ckn-grad", "sift"]
+    assert all(0 < r["test_map"] <= 100 for r in res["rows"])

@@ -79,7 +79,7 @@ def load_data(*, quick: bool, sequences: str | None, patches: str | None, seed: 
         ps = patchsets.load_patchset(patches, require_split=True)
         return ps, f"patch file {patches}"
     if sequences is not None:
-        ps = patchsets.build_sequences(sequences, seed=seed, progress=progress)
+        ps = patchsets.build_sequences(sequences, progress=progress)  # deterministic: no seed
         return ps, f"homography sequences in {sequences}"
     ps = patchsets.build_default(quick=quick, seed=seed, progress=progress)
     return ps, "embedded default" + (" (quick)" if quick else "")
@@ -195,13 +195,13 @@ def reproduce(
 def format_table(results: dict) -> str:
     """The paper's table: descriptor, coverage, dimension, train mAP, test mAP (+ the paper's)."""
     lines = [
-        f"{'descriptor':<12} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   paper (RomePatches) train/test",
+        f"{'descriptor':<15} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   paper (RomePatches) train/test",
     ]
     for r in results["rows"]:
         paper = PAPER_ROMEPATCHES.get(r["descriptor"])
         ref = f"{paper['train_map']:.1f} / {paper['test_map']:.1f}" if paper else "-"
         lines.append(
-            f"{r['descriptor']:<12} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} {r['test_map']:>9.1f}   {ref}"
+            f"{r['descriptor']:<15} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} {r['test_map']:>9.1f}   {ref}"
         )
     return "\n".join(lines)
 
