@@ -254,8 +254,10 @@ def test_cli_eval_images(image_dir, tmp_path, capsys):
     rc = main(["eval-images", "--images", str(image_dir), "--local", "sift", "--k", "8", "--pca", "16",
                "--max-regions", "150", "--json", str(out), "--figure", str(fig), "--quiet"])
     assert rc == 0
-    text = capsys.readouterr().out
+    cap = capsys.readouterr()
+    text = cap.out
     assert "fitted on the evaluated images themselves" in text and "over 6 queries" in text
+    assert "note: PCA-whitening to 16-D fitted on only 7 distinct images" in cap.err
     doc = json.loads(out.read_text())
     assert 0.0 < doc["map"] <= 1.0 and doc["num_queries"] == 6 and doc["num_distractors"] == 1
     assert len(doc["per_query"]) == 6 and doc["ap_definition"].startswith("non-interpolated")

@@ -93,6 +93,12 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     ev = IR.evaluate_vlad(feats, coll.labels, train=train, config=config, junk=coll.junk, names=names,
                           search=args.search)
     res = ev.result
+    n_fit = len(train) if train is not None else len(feats)
+    if config.pca_dim and n_fit <= config.pca_dim:
+        # Window VLADs of one image are strongly correlated: beyond about n_fit
+        # directions the whitening mostly amplifies window noise (see the benchmark).
+        print(f"note: PCA-whitening to {config.pca_dim}-D fitted on only {n_fit} distinct images; "
+              f"on collections this small it usually lowers mAP (--pca 0 disables it)", file=sys.stderr)
     for msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
     if res.num_queries == 0:

@@ -20,7 +20,10 @@ Pipeline, each step a function:
    training image's VLAD it uses the VLADs of ``pca_windows`` random windows
    per image (the descriptors whose centre lies in a random rectangle covering
    25-100% of the image) -- a reconstruction, no source gives a recipe for
-   small collections.
+   small collections. The windows of one image are strongly correlated, so
+   they do not replace distinct images: with fewer training images than PCA
+   dimensions, whitening mostly amplifies window noise and lowers mAP
+   (benchmarks/image_retrieval.py measures it).
 3. Search (:func:`make_index`): exact inner-product top-k
    (``retrieval.ExactIndex``: a jitted, blocked matmul) or faiss IVF-PQ
    (``retrieval.FaissIndex``) for large collections, behind one interface.
@@ -67,7 +70,7 @@ from retrieval._src import regions as R
 from retrieval._src import vlad as V
 from retrieval._src.evaluation import describe_with, descriptor_info, resolve_model
 from retrieval._src.metrics import check_matrix
-from retrieval._src.patchsets import IMAGE_EXTENSIONS, read_image
+from retrieval._src.patchsets import IMAGE_EXTENSIONS, _resize_max, read_image
 
 # --------------------------------------------------------------------------- local descriptors
 
@@ -140,7 +143,7 @@ def make_describer(spec: Any, *, batch_size: int = 256) -> Describer:
     else:
         size, color = what.config.patch_size, what.config.channels in ("rgb", "green")
         name = str(spec) if isinstance(spec, (str, os.PathLike)) else what.config.name
-    dim = descriptor_info(what, (size, size, 3 if color else 1) if color else (size, size))["dim"]
+    dim = descriptor_info(what, (size, size, 3) if color else (size, size))["dim"]
     return Describer(name, size, color, functools.partial(describe_with, what, batch_size=batch_size), dim)
 
 
@@ -160,14 +163,6 @@ class LocalFeatures(NamedTuple):
     image_shape: tuple[int, int]
     seconds_regions: float
     seconds_describe: float
-
-
-def _resize_max(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    if max_side is None or max(image.shape[:2]) <= max_side:
-        return image
-    f = max_side / max(image.shape[:2])
-    size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def local_features(image: np.ndarray, describer: Describer, *, config: LocalConfig = LocalConfig(),
