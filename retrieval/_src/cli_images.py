@@ -175,7 +175,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook-images", default=None,
                    help="fit the codebook and PCA on the images under this folder (default: on --images)")
     p.add_argument("--k", type=int, default=64, help="codebook size (default 64)")
-    p.add_argument("--pca", type=int, default=256, help="PCA-whitening dimension, 0 for none (default 256)")
+    p.add_argument(
+        "--pca", type=int, default=0,
+        help="PCA-whitening dimension, e.g. 256 (default 0: none; on small collections it lowered mAP in every measured setting)",
+    )
     p.add_argument("--no-whiten", action="store_true", help="plain PCA projection, no whitening")
     p.add_argument("--local-dim", type=int, default=128,
                    help="PCA of larger local descriptors to this dimension before VLAD, 0 to keep (default 128)")
