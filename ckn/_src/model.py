@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ckn._src import sharding
 from ckn._src.config import CKNConfig
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, check_patches
 from ckn._src.layers import CKN, apply_describe
+from ckn._src.ops import pooled_size
 
 FORMAT = "ckn-model"
 VERSION = 1
@@ -40,6 +44,42 @@ def _batch_shape(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, (n - 1).bit_length()))
 
 
+# On CPU each jitted call gives every device a group of rows whose largest
+# full-resolution map takes at most this many bytes, so that the maps stay in
+# cache. Measured with benchmarks/bench_encode.py (ckn-ref64, 1 MiB maps:
+# groups of 4, 10% faster than 64 at once; ckn-grad, 170 KiB: groups of 16,
+# 13% faster than 256).
+CPU_GROUP_BYTES = 4 << 20
+# The group never depends on the batch size: every call then runs the same
+# compiled code on the same shape, so a patch gets the same bits whatever the
+# batch size, N and the number of devices (XLA's code for 32 rows and for 64
+# rows may round differently). The cost: a small N is padded to one group.
+MAX_GROUP = 64
+
+
+def _largest_map_bytes(config: CKNConfig, height: int, width: int) -> int:
+    """Bytes per patch of the largest float32 map the network computes."""
+    h, w = height, width
+    sizes = []
+    if config.input == "grad":
+        sizes.append(h * w * config.grad_orientations)
+        h, w = pooled_size(h, config.grad_subsampling), pooled_size(w, config.grad_subsampling)
+    for layer in config.layers:
+        if layer.padding == "valid":
+            h, w = h - layer.subpatch + 1, w - layer.subpatch + 1
+        sizes.append(h * w * layer.filters)
+        h, w = pooled_size(h, layer.subsampling), pooled_size(w, layer.subsampling)
+    return 4 * max(sizes)
+
+
+def group_size(config: CKNConfig, height: int, width: int, platform: str = "cpu") -> int | None:
+    """Rows per device in one jitted call on CPU (None elsewhere: the whole batch)."""
+    if platform != "cpu":
+        return None
+    fit = CPU_GROUP_BYTES // max(_largest_map_bytes(config, height, width), 1)
+    return min(1 << max(0, fit.bit_length() - 1), MAX_GROUP)
+
+
 def describe(
     model: CKN,
     patches: np.ndarray,
@@ -47,20 +87,28 @@ def describe(
     batch_size: int = 256,
     progress: bool = False,
     out: np.ndarray | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> np.ndarray:
-    """Descriptors of many patches, in fixed-size jitted batches.
+    """Descriptors of many patches, in fixed-size jitted batches split over devices.
 
-    The input is read batch by batch (a memory-mapped .npy streams); the last
-    batch is zero-padded so every call with the same batch size reuses one
-    compiled function.
+    The input is read ``batch_size`` patches at a time (a memory-mapped .npy
+    streams; the next batch is read while the devices work on the current
+    one) and the last batch is zero-padded, so every call has the same shape
+    and reuses one compiled function. Each call is split evenly over
+    ``devices`` (a 1-D ``"batch"`` mesh; the rows padded to a multiple of the
+    device count) and every device runs the same program on its rows, so the
+    descriptors do not depend on the number of devices. On CPU a call gives
+    each device a small group of rows (``group_size``: the maps stay in cache).
 
     Args:
       model: a (trained) CKN.
       patches: (N, H, W) or (N, H, W, C), uint8 or float.
-      batch_size: patches per jitted call.
+      batch_size: patches read per step (on accelerators: per jitted call).
       progress: show a progress bar (stderr) when there is more than one batch.
       out: optional (N, D) float32 array to fill (e.g. a memory-mapped .npy),
         so that neither input nor output has to fit in memory.
+      devices: the devices to split the work over (default
+        ``jax.local_devices()``: all devices of this process).
 
     Returns:
       (N, D) float32, L2-normalized rows (zero rows for flat patches); ``out``
@@ -70,22 +118,48 @@ def describe(
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     _check_input(model, patches)
     n = patches.shape[0]
-    bs = _batch_shape(n, batch_size)
-    graphdef, state = nnx.split(model)
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
     if out is None:
         out = np.empty((n, h * w * c), np.float32)
     elif out.shape != (n, h * w * c) or out.dtype != np.float32:
         raise InputError(f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}")
+    mesh = sharding.batch_mesh(devices)
+    ndev = mesh.size
+    group = group_size(model.config, patches.shape[1], patches.shape[2], mesh.devices.flat[0].platform)
+    bs = _batch_shape(n, batch_size)
+    call = ndev * (group if group is not None else -(-bs // ndev))  # rows per jitted call
+    bs = sharding.padded_size(bs, call)
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, sharding.replicated(mesh))
+    if ndev == 1:
+        target, kw = mesh.devices.flat[0], {}
+    else:
+        target, kw = sharding.batch_sharding(mesh), {"mesh": mesh}
+
     starts = range(0, n, bs)
+    pending = None  # (start, rows, results) of the batch in flight
     for start in tqdm(starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3):
         x = np.asarray(patches[start : start + bs])
         m = x.shape[0]
         if m < bs:
             x = np.concatenate([x, np.zeros((bs - m, *x.shape[1:]), x.dtype)])
-        y = apply_describe(graphdef, state, jnp.asarray(x))
-        out[start : start + m] = np.asarray(y[:m])
+        # Dispatched asynchronously: the devices work while the host reads on.
+        ys = [apply_describe(graphdef, state, jax.device_put(x[j : j + call], target), **kw) for j in range(0, bs, call)]
+        if pending is not None:
+            _store(out, *pending)
+        pending = (start, m, ys)
+    if pending is not None:
+        _store(out, *pending)
     return out
+
+
+def _store(out: np.ndarray, start: int, m: int, ys: list) -> None:
+    for y in ys:
+        k = min(m, y.shape[0])
+        if k <= 0:
+            break
+        out[start : start + k] = np.asarray(y[:k])
+        start, m = start + k, m - k
 
 
 def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -> Path:

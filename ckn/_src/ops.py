@@ -32,6 +32,26 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str = "same", *, precision=No
     )
 
 
+def box_sum(x: jax.Array, size: int, padding: str = "same") -> jax.Array:
+    """Sum over every size x size window at stride 1 of (N, H, W, C), per channel.
+
+    The same windows (and zero padding) as :func:`conv` with an (e, e, C, C)
+    identity-per-channel kernel of ones, as 2(e-1) shifted adds.
+    """
+    for axis in (1, 2):
+        if padding.lower() == "same":
+            lo = (size - 1) // 2  # XLA's SAME: the extra row of an even e at the end
+            pads = [(0, 0, 0)] * x.ndim
+            pads[axis] = (lo, size - 1 - lo, 0)
+            x = lax.pad(x, np.zeros((), x.dtype), pads)
+        m = x.shape[axis] - size + 1
+        acc = lax.slice_in_dim(x, 0, m, axis=axis)
+        for k in range(1, size):
+            acc = acc + lax.slice_in_dim(x, k, k + m, axis=axis)
+        x = acc
+    return x
+
+
 def extract_patches(x: jax.Array, size: int, padding: str = "valid") -> jax.Array:
     """All size x size sub-patches at stride 1.
 
@@ -48,6 +68,18 @@ def extract_patches(x: jax.Array, size: int, padding: str = "valid") -> jax.Arra
     d = size * size * c
     kernel = jnp.eye(d, dtype=x.dtype).reshape(size, size, c, d)
     return conv(x, kernel, padding, precision=lax.Precision.HIGHEST)
+
+
+def extract_patches_shifted(x: jax.Array, size: int, padding: str = "valid") -> jax.Array:
+    """As :func:`extract_patches`, by e*e shifted slices (no convolution).
+
+    Faster on CPU when e*e*C is small (one input channel); same values exactly.
+    """
+    if padding.lower() == "same":
+        lo = (size - 1) // 2
+        x = jnp.pad(x, ((0, 0), (lo, size - 1 - lo), (lo, size - 1 - lo), (0, 0)))
+    h, w = x.shape[1] - size + 1, x.shape[2] - size + 1
+    return jnp.concatenate([x[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)], axis=-1)
 
 
 def normalize_patches(x: jax.Array, eps: float = NORM_EPS) -> tuple[jax.Array, jax.Array]:
@@ -96,11 +128,12 @@ def nystrom_projection(filters: jax.Array, sigma: float, lam: float = 1e-3) -> j
     return inverse_sqrt_psd(gram + lam * jnp.eye(p, dtype=gram.dtype))
 
 
-def gaussian_filter_1d(subsampling: int) -> np.ndarray:
-    """The 2s+1 taps of the pooling filter, std s / sqrt(2), summing to one."""
+def gaussian_filter_1d(subsampling: int, std: float | None = None) -> np.ndarray:
+    """The 2s+1 taps of the pooling filter, std s / sqrt(2) unless given, summing to one."""
     s = int(subsampling)
+    std = s / math.sqrt(2.0) if std is None else float(std)
     t = np.arange(-s, s + 1, dtype=np.float64)
-    g = np.exp(-(t * t) / (2.0 * (s / math.sqrt(2.0)) ** 2))
+    g = np.exp(-(t * t) / (2.0 * std**2))
     return g / g.sum()
 
 
@@ -165,10 +198,46 @@ def gaussian_pool(
     """
     if subsampling == 1:
         return x
-    ph = jnp.asarray(pooling_matrix(x.shape[1], subsampling, mode=mode, std=std), dtype=x.dtype)
-    pw = jnp.asarray(pooling_matrix(x.shape[2], subsampling, mode=mode, std=std), dtype=x.dtype)
-    x = jnp.einsum("ah,nhwc->nawc", ph, x, precision=precision)
-    return jnp.einsum("bw,nawc->nabc", pw, x, precision=precision)
+    if mode == "strided":
+        # A 2s+1-tap filter at stride s on a zero-padded map: 2s+1 strided
+        # slices summed in one elementwise fusion, which XLA can also fuse with
+        # the producer (the exp of a kernel layer). Measured 2-4x faster on CPU
+        # than the dense pooling matrices, which need a transpose per axis.
+        g = gaussian_filter_1d(subsampling, std)
+        return _strided_filter(_strided_filter(x, g, subsampling, 1), g, subsampling, 2)
+    ph = pooling_matrix(x.shape[1], subsampling, mode=mode, std=std)
+    pw = pooling_matrix(x.shape[2], subsampling, mode=mode, std=std)
+    return _matrix_along(_matrix_along(x, ph, 1, precision), pw, 2, precision)
+
+
+def _strided_filter(x: jax.Array, taps: np.ndarray, stride: int, axis: int) -> jax.Array:
+    """1-D correlation along ``axis`` with centred taps (2r+1), zero padding r, stride s."""
+    n = x.shape[axis]
+    r = (len(taps) - 1) // 2
+    n_out = (n - 1) // stride + 1
+    span = stride * (n_out - 1) + 1
+    pads = [(0, 0, 0)] * x.ndim
+    pads[axis] = (r, span + 2 * r - n - r, 0)
+    xp = lax.pad(x, np.zeros((), x.dtype), pads)
+    out = None
+    for k, w in enumerate(np.asarray(taps, np.float32)):
+        term = lax.slice_in_dim(xp, k, k + span, stride, axis=axis) * w.astype(x.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+def _matrix_along(x: jax.Array, m: np.ndarray, axis: int, precision=None) -> jax.Array:
+    """Applies (n_out, n) matrix m along ``axis`` of x, keeping the axis order.
+
+    A dot batched over the leading axes, with the result already in place: no
+    transpose of the map, unlike an einsum contracting a middle axis.
+    """
+    n_out, n = m.shape
+    lead = math.prod(x.shape[:axis])
+    tail = math.prod(x.shape[axis + 1 :])
+    mb = jnp.broadcast_to(jnp.asarray(m, x.dtype), (lead, n_out, n))
+    y = lax.dot_general(mb, x.reshape(lead, n, tail), (((2,), (1,)), ((0,), (0,))), precision=precision)
+    return y.reshape(*x.shape[:axis], n_out, *x.shape[axis + 1 :])
 
 
 def blur_matrix(n: int, std: float) -> np.ndarray:
