@@ -8,6 +8,7 @@ temporary directory and renamed, so a failed save leaves nothing behind.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import zipfile
 from collections.abc import Sequence
@@ -136,20 +137,27 @@ def describe(
     else:
         target, kw = sharding.batch_sharding(mesh), {"mesh": mesh}
 
+    # Memory-mapped input and output: the pages of rows done are dropped from
+    # this process's resident set (they stay in the page cache), so the peak
+    # RSS does not grow with N (benchmarks/bench_memory.py).
+    read_pages, written_pages = _MappedRows(patches), _MappedRows(out, writable=True)
     starts = range(0, n, bs)
     pending = None  # (start, rows, results) of the batch in flight
     for start in tqdm(starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3):
-        x = np.asarray(patches[start : start + bs])
+        x = np.array(patches[start : start + bs])
         m = x.shape[0]
+        read_pages.release(start + m)
         if m < bs:
             x = np.concatenate([x, np.zeros((bs - m, *x.shape[1:]), x.dtype)])
         # Dispatched asynchronously: the devices work while the host reads on.
         ys = [apply_describe(graphdef, state, jax.device_put(x[j : j + call], target), **kw) for j in range(0, bs, call)]
         if pending is not None:
             _store(out, *pending)
+            written_pages.release(pending[0] + pending[1])
         pending = (start, m, ys)
     if pending is not None:
         _store(out, *pending)
+        written_pages.release(n)
     return out
 
 
@@ -160,6 +168,45 @@ def _store(out: np.ndarray, start: int, m: int, ys: list) -> None:
             break
         out[start : start + k] = np.asarray(y[:k])
         start, m = start + k, m - k
+
+
+class _MappedRows:
+    """Drops the pages of the first rows of a memory-mapped array from the resident set.
+
+    ``madvise(MADV_DONTNEED)`` on a shared file mapping only unmaps the pages
+    from this process: read-only data is read again from the file if touched,
+    written data stays in the page cache and reaches the file. Does nothing
+    for arrays that are not C-contiguous ``np.memmap`` views in mode r, r+ or
+    w+ (copy-on-write "c" pages would lose their changes), or where the
+    platform has no madvise.
+    """
+
+    def __init__(self, a: np.ndarray, *, writable: bool = False):
+        self.mm = None
+        if not (isinstance(a, np.memmap) and hasattr(mmap, "MADV_DONTNEED") and a.flags.c_contiguous):
+            return
+        mm = getattr(a, "_mmap", None)
+        if mm is None or a.mode not in (("r+", "w+") if writable else ("r", "r+", "w+")):
+            return
+        base = np.frombuffer(mm, np.uint8)  # the mapping's address; released at once
+        self.offset = a.ctypes.data - base.ctypes.data
+        del base
+        self.mm, self.row, self.done = mm, a.strides[0] if a.ndim else a.itemsize, 0
+
+    def release(self, rows: int) -> None:
+        """Rows [0, rows) are done: drop every whole page below the end of row ``rows``."""
+        if self.mm is None:
+            return
+        page = mmap.PAGESIZE
+        lo = self.done // page * page
+        hi = (self.offset + rows * self.row) // page * page
+        if hi > lo:
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                self.mm = None
+                return
+            self.done = hi
 
 
 def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -> Path:

@@ -1,0 +1,111 @@
+"""Data parallelism: describe and k-means split over 4 simulated CPU devices (conftest.py)
+give the same bits as on one device."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ckn
+from ckn._src import sharding
+from ckn._src.kmeans import NUM_BLOCKS
+from ckn._src.layers import apply_describe
+
+
+@pytest.fixture(scope="module")
+def devices():
+    devs = jax.devices()
+    if len(devs) < 4:
+        pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest.py)")
+    return devs[:4]
+
+
+def unit_rows(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def test_batch_mesh(devices):
+    mesh = sharding.batch_mesh(devices)
+    assert mesh.axis_names == ("batch",) and mesh.size == 4
+    x = jax.device_put(np.arange(8.0, dtype=np.float32).reshape(8, 1), sharding.batch_sharding(mesh))
+    assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape == (2, 1)
+    assert sharding.padded_size(9, 4) == 12 and sharding.padded_size(8, 4) == 8
+    with pytest.raises(ValueError, match="at least one device"):
+        sharding.batch_mesh([])
+
+
+@pytest.mark.parametrize("n, batch_size", [(70, 32), (3, 256), (64, 16)])
+def test_describe_same_bits_on_1_and_4_devices(photo_patches, tiny_model, devices, n, batch_size):
+    model, _ = tiny_model
+    one = ckn.describe(model, photo_patches[:n], batch_size=batch_size, devices=devices[:1])
+    four = ckn.describe(model, photo_patches[:n], batch_size=batch_size, devices=devices)
+    np.testing.assert_array_equal(one, four)
+    # Nor do the batch size or the rows before a patch change its bits.
+    np.testing.assert_array_equal(ckn.describe(model, photo_patches[:n], batch_size=7, devices=devices), one)
+    np.testing.assert_array_equal(ckn.describe(model, photo_patches[1 : n + 1], devices=devices)[:-1], one[1:])
+
+
+def test_describe_sharded_call_puts_rows_on_every_device(photo_patches, tiny_model, devices):
+    model, _ = tiny_model
+    mesh = sharding.batch_mesh(devices)
+    graphdef, state = nnx.split(model)
+    x = jax.device_put(jnp.asarray(photo_patches[:8]), sharding.batch_sharding(mesh))
+    y = apply_describe(graphdef, state, x, mesh=mesh)
+    assert y.shape == (8, 128)
+    assert {s.device for s in y.addressable_shards} == set(devices)
+    # (Another row count per device than describe's groups: equal up to rounding.)
+    np.testing.assert_allclose(np.asarray(y), ckn.describe(model, photo_patches[:8], devices=devices[:1]), atol=1e-6)
+
+
+def test_describe_rgb_grad_and_raw_presets_on_4_devices(devices):
+    rng = np.random.default_rng(0)
+    for name, shape in (("ckn-raw", (5, 24, 24)), ("ckn-tiny", (6, 16, 16, 3))):
+        model = ckn.CKN(ckn.get_preset(name), rngs=nnx.Rngs(0))
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        one = ckn.describe(model, x, devices=devices[:1])
+        np.testing.assert_array_equal(one, ckn.describe(model, x, devices=devices))
+        assert np.isfinite(one).all()
+
+
+def clustered(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(20, d))
+    return jnp.asarray(unit_rows(c[rng.integers(0, 20, n)] + 0.7 * rng.normal(size=(n, d))), jnp.float32)
+
+
+@pytest.mark.parametrize("n", [2000, 1003])  # 1003: padded to a multiple of NUM_BLOCKS, masked
+@pytest.mark.parametrize("spherical", [True, False])
+def test_kmeans_same_bits_on_1_2_and_4_devices(devices, n, spherical):
+    x = clustered(n, 16)
+    ref = ckn.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devices[:1])
+    for devs in (devices[:2], devices):
+        got = ckn.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devs)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    hist = np.asarray(ref[1])
+    assert np.all(np.diff(hist) <= 1e-6 * hist[0])
+
+
+def test_kmeans_step_on_a_mesh_equals_one_device_step(devices):
+    x = clustered(8 * NUM_BLOCKS * 4, 8, seed=1)
+    mesh = sharding.batch_mesh(devices)
+    state = ckn.kmeans_init(jax.random.key(0), x, 6)
+    ref = ckn.kmeans_step(state, x)
+    got = ckn.kmeans_step(state, jax.device_put(x, sharding.batch_sharding(mesh)), mesh=mesh)
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="multiple of the device count"):
+        ckn.kmeans_step(state, x[:30], mesh=mesh)
+
+
+def test_kmeans_reseeds_empty_clusters_the_same_way_on_4_devices(devices):
+    # Duplicate initial centres leave clusters empty: each takes the r-th
+    # worst-fitted point, found across the devices as on one.
+    x = clustered(256, 4, seed=2)
+    centres = jnp.concatenate([x[:3], x[:3]])
+    state = ckn.KMeansState(centres, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
+    mesh = sharding.batch_mesh(devices)
+    ref = ckn.kmeans_step(state, x)
+    got = ckn.kmeans_step(state, jax.device_put(x, sharding.batch_sharding(mesh)), mesh=mesh)
+    assert int(ref.num_empty) == 3 == int(got.num_empty)
+    np.testing.assert_array_equal(got.centers, ref.centers)
