@@ -45,17 +45,20 @@ def _batch_shape(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, (n - 1).bit_length()))
 
 
-# On CPU each jitted call gives every device a group of rows whose largest
-# full-resolution map takes at most this many bytes, so that the maps stay in
-# cache. Measured with benchmarks/bench_encode.py (ckn-ref64, 1 MiB maps:
-# groups of 4, 10% faster than 64 at once; ckn-grad, 170 KiB: groups of 16,
-# 13% faster than 256).
-CPU_GROUP_BYTES = 4 << 20
+# Rows per device in one jitted call on CPU: up to MAX_GROUP, as long as the
+# call's largest map stays within CPU_CALL_BYTES (bigger calls give XLA more
+# parallel work per op); a network whose maps are too large for that uses
+# groups whose largest map fits CPU_CACHE_BYTES (they stay in cache).
+# Measured on the 2-core CPU (benchmarks/bench_encode.py, "kernel" rows):
+# ckn-grad (170 KiB per patch): 256 rows 1200 patches/s, 16 rows 990;
+# ckn-ref64 (1 MiB per patch): 8 rows 140 patches/s, 64 rows 131.
 # The group never depends on the batch size: every call then runs the same
 # compiled code on the same shape, so a patch gets the same bits whatever the
 # batch size, N and the number of devices (XLA's code for 32 rows and for 64
 # rows may round differently). The cost: a small N is padded to one group.
-MAX_GROUP = 64
+MAX_GROUP = 256
+CPU_CALL_BYTES = 64 << 20
+CPU_CACHE_BYTES = 8 << 20
 
 
 def _largest_map_bytes(config: CKNConfig, height: int, width: int) -> int:
@@ -77,8 +80,11 @@ def group_size(config: CKNConfig, height: int, width: int, platform: str = "cpu"
     """Rows per device in one jitted call on CPU (None elsewhere: the whole batch)."""
     if platform != "cpu":
         return None
-    fit = CPU_GROUP_BYTES // max(_largest_map_bytes(config, height, width), 1)
-    return min(1 << max(0, fit.bit_length() - 1), MAX_GROUP)
+    per_patch = max(_largest_map_bytes(config, height, width), 1)
+    if MAX_GROUP * per_patch <= CPU_CALL_BYTES:
+        return MAX_GROUP
+    fit = CPU_CACHE_BYTES // per_patch
+    return 1 << max(0, fit.bit_length() - 1)
 
 
 def describe(
@@ -99,7 +105,7 @@ def describe(
     ``devices`` (a 1-D ``"batch"`` mesh; the rows padded to a multiple of the
     device count) and every device runs the same program on its rows, so the
     descriptors do not depend on the number of devices. On CPU a call gives
-    each device a small group of rows (``group_size``: the maps stay in cache).
+    each device a fixed group of rows (``group_size``).
 
     Args:
       model: a (trained) CKN.
@@ -166,7 +172,7 @@ def _store(out: np.ndarray, start: int, m: int, ys: list) -> None:
         k = min(m, y.shape[0])
         if k <= 0:
             break
-        out[start : start + k] = np.asarray(y[:k])
+        out[start : start + k] = np.asarray(y)[:k]  # (slicing the jax.Array would dispatch an op)
         start, m = start + k, m - k
 
 
