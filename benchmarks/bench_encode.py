@@ -18,9 +18,9 @@ values), on seeded random uint8 patches of the preset's size:
 * compile time: ``lower().compile()`` of the call ``describe`` makes, apart;
   and describe's first call on one patch from a cold cache.
 
-The machine's limit is measured in the same run: a jitted float32 ``jnp.dot``
-of n x n matrices (precision HIGHEST), the best median over n in 1024, 2048,
-3072. Each rate is also given as GFLOP/s, with the FLOPs counted analytically
+The machine's limit is measured in the same run: float32 products of n x n
+matrices, jitted ``jnp.dot`` (precision HIGHEST) and NumPy's BLAS, the best
+median over both and over n in 1024, 2048, 3072. Each rate is also given as GFLOP/s, with the FLOPs counted analytically
 (``flops_per_patch``: 2 per multiply-add of every linear map -- filter
 products Z^T x, pre-processing, sub-patch norms, separable pooling taps,
 Nystrom map -- and nothing for the exponentials and divisions, so the
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     print(f"devices: {meta['devices']}; load average {meta['load_average_start']}", flush=True)
     mm = bc.matmul_rate()
     for r in mm["sizes"]:
-        print(f"matmul {r['n']}: {r['gflops']:.1f} GFLOP/s (best {r['gflops_best']:.1f})", flush=True)
+        print(f"matmul {r['impl']} {r['n']}: {r['gflops']:.1f} GFLOP/s (best {r['gflops_best']:.1f})", flush=True)
     print(f"machine limit (fp32 matmul): {mm['gflops']:.1f} GFLOP/s", flush=True)
 
     results = []
