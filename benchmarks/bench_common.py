@@ -115,11 +115,12 @@ def time_repeats(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> 
     return out
 
 
-def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7) -> dict:
+def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7, precision: str = "highest") -> dict:
     """The machine's float32 matrix-multiply rate, the best of two implementations.
 
     * XLA: jitted ``jnp.dot`` of n x n matrices, precision HIGHEST (true fp32 on
-      every backend, TF32 off on GPUs);
+      every backend, TF32 off on GPUs), or DEFAULT with ``precision="default"``
+      (the backend's fastest: TF32 on recent NVIDIA GPUs), to match the model's;
     * on CPU also NumPy's BLAS (``a @ b``, OpenBLAS in the PyPI wheel), so the
       limit is not only what XLA's own dot reaches.
 
@@ -134,7 +135,8 @@ def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7) -> dict:
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
         b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        f = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
+        prec = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
+        f = jax.jit(lambda a, b, prec=prec: jnp.dot(a, b, precision=prec))
         impls = [("xla", lambda: f(a, b).block_until_ready())]
         if jax.default_backend() == "cpu":
             an, bn = np.asarray(a), np.asarray(b)
@@ -144,7 +146,8 @@ def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7) -> dict:
             rows.append({"impl": impl, "n": n, "gflops": 2 * n**3 / s["median_s"] / 1e9,
                          "gflops_best": 2 * n**3 / s["min_s"] / 1e9, **s})
     best = max(rows, key=lambda r: r["gflops"])
-    return {"sizes": rows, "gflops": best["gflops"], "best": {"impl": best["impl"], "n": best["n"]}}
+    return {"sizes": rows, "gflops": best["gflops"], "best": {"impl": best["impl"], "n": best["n"]},
+            "precision": precision}
 
 
 def write_json(path: str | os.PathLike, meta: dict, results: list, **extra) -> Path:

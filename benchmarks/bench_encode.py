@@ -98,10 +98,11 @@ def flops_per_patch(config: ckn.CKNConfig, height: int, width: int) -> dict:
     return {"total": sum(parts.values()), "parts": parts}
 
 
-def bench_preset(name: str, *, n_patches: int | None, repeats: int, groups: list[int], matmul_gflops: float) -> dict:
+def bench_preset(name: str, *, n_patches: int | None, repeats: int, groups: list[int], matmul_gflops: float,
+                 precision: str = "highest") -> dict:
     cfg = ckn.get_preset(name)
     s = cfg.patch_size
-    model = ckn.CKN(cfg, rngs=nnx.Rngs(0))
+    model = ckn.CKN(cfg, rngs=nnx.Rngs(0), precision=precision)
     fl = flops_per_patch(cfg, s, s)
     gflop = fl["total"] / 1e9
     rng = np.random.default_rng(0)
@@ -165,6 +166,7 @@ def bench_preset(name: str, *, n_patches: int | None, repeats: int, groups: list
           f"compile {compile_s:.1f} s, first call {first_call_s:.1f} s", flush=True)
     return {
         "preset": name,
+        "precision": precision,
         "patch_size": s,
         "descriptor_dim": out.shape[1],
         "devices": ndev,
@@ -185,16 +187,22 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, nargs="*", default=None,
                     help="rows per device per jitted call to time (default 1 2 4 8 16 64, and 128 256 for 51 x 51 patches)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(bc.RESULTS / f"bench_encode_{jax.default_backend()}.json"))
+    ap.add_argument("--precision", choices=("highest", "default"), default="highest",
+                    help="matrix-product precision of the model (default: the library's default, fp32)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/bench_encode_<backend>[_<precision>].json)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.precision == "highest" else f"_{args.precision}"
+        args.out = str(bc.RESULTS / f"bench_encode_{jax.default_backend()}{suffix}.json")
 
     meta = bc.metadata()
     bc.check_load("start")
     print(f"devices: {meta['devices']}; load average {meta['load_average_start']}", flush=True)
-    mm = bc.matmul_rate()
+    mm = bc.matmul_rate(precision=args.precision)
     for r in mm["sizes"]:
         print(f"matmul {r['impl']} {r['n']}: {r['gflops']:.1f} GFLOP/s (best {r['gflops_best']:.1f})", flush=True)
-    print(f"machine limit (fp32 matmul): {mm['gflops']:.1f} GFLOP/s", flush=True)
+    print(f"machine limit ({args.precision} fp32 matmul): {mm['gflops']:.1f} GFLOP/s", flush=True)
 
     results = []
     for name in args.presets:
@@ -203,8 +211,8 @@ def main(argv=None) -> int:
         if groups is None:
             groups = [1, 2, 4, 8, 16, 64] + ([128, 256] if cfg.patch_size <= 51 else [])
         results.append(bench_preset(name, n_patches=args.patches, repeats=args.repeats, groups=groups,
-                                    matmul_gflops=mm["gflops"]))
-    mm_after = bc.matmul_rate(sizes=(2048,), repeats=5)
+                                    matmul_gflops=mm["gflops"], precision=args.precision))
+    mm_after = bc.matmul_rate(sizes=(2048,), repeats=5, precision=args.precision)
     print(f"matmul 2048 again at the end: {mm_after['gflops']:.1f} GFLOP/s", flush=True)
     bc.check_load("end")
     ref = next((r for r in results if r["preset"] == "ckn-ref64"), None)

@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module with a ``register(subparsers)``
 function that adds its parser and sets ``func(args) -> int``. Errors from bad
-input (``InputError``, missing files) print one line and exit with status 2.
+input (``InputError``, missing files) and from bad arguments (argparse's usage
+errors) print one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -23,8 +24,20 @@ _COMMAND_MODULES = (
 )
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``ckn CMD: error: ...``) and no usage dump."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckn",
         description="Convolutional kernel networks for patch and image retrieval.",
     )
@@ -36,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError:
+        return 2
     try:
         return int(args.func(args) or 0)
     except (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:

@@ -190,3 +190,18 @@ def test_python_m_ckn_exits_cleanly_on_bad_input(tmp_path):
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_describe_precision_flag(capsys, tmp_path, model_dir, patch_file):
+    # "default" is the backend's fastest matmul precision: TF32/bf16 passes on
+    # GPUs, fp32 on CPU, where it must then match "highest" to rounding.
+    outs = {}
+    for precision in ("highest", "default"):
+        outs[precision] = tmp_path / f"{precision}.npy"
+        assert main(["describe", "--model", str(model_dir), "--patches", str(patch_file),
+                     "--out", str(outs[precision]), "--precision", precision, "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(outs["default"]), np.load(outs["highest"]), atol=1e-6)
+    code, _, err = _run(capsys, "describe", "--model", str(model_dir), "--patches", str(patch_file),
+                        "--out", str(tmp_path / "d.npy"), "--precision", "bf16")
+    _assert_one_line_error(code, err, "--precision", "bf16")
+    assert not (tmp_path / "d.npy").exists()

@@ -12,6 +12,7 @@ from ckn._src.config import INPUTS, METHODS, NORMALIZATIONS, PRESETS, CKNConfig,
 from ckn._src.ops import POOLINGS
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, load_patch_file
+from ckn._src.layers import PRECISIONS
 from ckn._src.model import describe, load, save
 from ckn._src.training import train
 
@@ -83,6 +84,14 @@ def add_architecture_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--num-patches", type=int, help="sub-patches sampled per layer (default 100000)")
     t.add_argument("--method", choices=METHODS, help="filter learning method (default kmeans)")
     t.add_argument("--kmeans-iters", type=int, help="k-means iterations")
+
+
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="highest",
+        help="matrix-product precision of describe: highest (fp32, default) or default "
+        "(the backend's fastest: TF32/bf16 passes on GPUs; the same as highest on CPU)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> CKNConfig:
@@ -175,6 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     model = load(args.model)
+    model.set_precision(args.precision)
     patches, _ = load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
@@ -220,5 +230,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, help="output .npy file")
     d.add_argument("--batch-size", type=int, default=256, help="patches per jitted batch (default 256)")
     d.add_argument("--split", choices=("train", "test", "all"), default=None, help="rows of an .npz split")
+    add_precision_flag(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_describe)

@@ -198,8 +198,6 @@ class CKN(nnx.Module):
     """
 
     def __init__(self, config: CKNConfig, *, rngs: nnx.Rngs, precision: str = "highest"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.config = config
         c = config.grad_orientations if config.input == "grad" else config.in_channels
         layers = []
@@ -213,6 +211,9 @@ class CKN(nnx.Module):
         self.set_precision(precision)
 
     def set_precision(self, precision: str) -> None:
+        """Matrix-product precision of later calls: "highest" (fp32) or "default" (the backend's fastest)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = PRECISIONS[precision]
         for layer in self.layers:
             layer.precision = self.precision

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import ckn
+from ckn._src.cli_core import add_precision_flag
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path
 from retrieval._src import patchsets
@@ -104,6 +105,7 @@ def reproduce(
     seed: int = 0,
     configs: dict[str, ckn.CKNConfig] | None = None,
     batch_size: int = 256,
+    precision: str = "highest",
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -117,6 +119,9 @@ def reproduce(
       descriptors: CKN preset names and baseline names, in table order.
       seed: data and training seed.
       configs: CKN configs by name, replacing the presets (used by tests and ablations).
+      precision: matrix-product precision of the CKN descriptors, "highest"
+        (fp32) or "default" (the backend's fastest: TF32 / bf16 passes on
+        GPUs, the same as "highest" on CPU); training always runs in fp32.
       batch_size: patches per jitted describe call.
     """
     t_start = time.perf_counter()
@@ -158,6 +163,7 @@ def reproduce(
             if out is not None:
                 ckn.save(model, out / "models" / name, training={"seed": seed, "data": data_desc})
             t0 = time.perf_counter()
+            model.set_precision(precision)
             desc = ckn.describe(model, ps.patches, batch_size=batch_size, progress=progress)
         row["describe_seconds"] = time.perf_counter() - t0
         row["dim"] = int(desc.shape[1])
@@ -182,6 +188,7 @@ def reproduce(
         ),
         "quick": quick,
         "seed": seed,
+        "precision": precision,
         "rows": rows,
         "paper_romepatches": PAPER_ROMEPATCHES,
         "machine": machine_info(),
@@ -265,6 +272,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         descriptors=descriptors,
         seed=args.seed,
         batch_size=args.batch_size,
+        precision=args.precision,
         progress=not args.quiet,
         log=lambda s: print(s, file=sys.stderr),
     )
@@ -293,5 +301,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="patches per jitted describe call")
+    add_precision_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)
