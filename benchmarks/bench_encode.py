@@ -73,28 +73,23 @@ def flops_per_patch(config: ckn.CKNConfig, height: int, width: int) -> dict:
     """Analytic FLOPs of one patch through the network, by part (see module docstring)."""
     parts = {}
     h, w = height, width
-    c = config.in_channels
     if config.blur:
         taps = 2 * max(1, int(np.ceil(4 * config.blur))) + 1
-        parts["blur"] = 2 * 2 * taps * h * w * c
+        parts["blur"] = 2 * 2 * taps * h * w * config.in_channels
     if config.input == "grad":
         k = config.grad_orientations
         parts["grad_map"] = h * w * (4 + 3 * k)  # differences, norm, <g~, (cos, sin)> per orientation
         parts["grad_pool"] = _pool_flops(h, w, k, config.grad_subsampling, config.grad_pooling, config.grad_pool_std)
-        h, w, c = ops.pooled_size(h, config.grad_subsampling), ops.pooled_size(w, config.grad_subsampling), k
-    for i, layer in enumerate(config.layers):
+    for i, (layer, geo) in enumerate(zip(config.layers, config.layer_geometry(height, width))):
         e, p = layer.subpatch, layer.filters
-        if layer.padding == "valid":
-            h, w = h - e + 1, w - e + 1
-        positions, d = h * w, e * e * c
+        (h, w), d = geo.positions, e * e * geo.in_channels
+        positions = h * w
         if i == 0 and config.input in ("raw", "white"):
             parts[f"layer{i + 1}_preprocess"] = 2 * positions * d * d
         parts[f"layer{i + 1}_norms"] = 2 * positions * d
         parts[f"layer{i + 1}_filters"] = 2 * positions * d * p
         parts[f"layer{i + 1}_pool"] = _pool_flops(h, w, p, layer.subsampling, layer.pooling, layer.pool_std)
-        h, w = ops.pooled_size(h, layer.subsampling), ops.pooled_size(w, layer.subsampling)
-        parts[f"layer{i + 1}_nystrom"] = 2 * h * w * p * p
-        c = p
+        parts[f"layer{i + 1}_nystrom"] = 2 * geo.pooled[0] * geo.pooled[1] * p * p
     return {"total": sum(parts.values()), "parts": parts}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ckn._src.errors import InputError
 from ckn._src.ops import POOLINGS, pooled_size
@@ -26,6 +27,14 @@ def _check_pooling(mode: str, std: float | None) -> None:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {mode!r}")
     if std is not None and not std > 0:
         raise InputError(f"pool_std must be > 0 or None, got {std!r}")
+
+
+class LayerGeometry(NamedTuple):
+    """Sizes of one kernel layer's maps for a given patch size (``CKNConfig.layer_geometry``)."""
+
+    in_channels: int  # channels C of the map feeding the layer (sub-patch dimension e * e * C)
+    positions: tuple[int, int]  # (H, W) of the map of sub-patch embeddings, before pooling
+    pooled: tuple[int, int]  # (H, W) after pooling: the layer's output map
 
 
 @dataclass(frozen=True)
@@ -169,17 +178,20 @@ class CKNConfig:
     def in_channels(self) -> int:
         return 3 if self.channels == "rgb" else 1
 
-    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(H, W, C) of the last map for an input of height x width.
+    def layer_geometry(self, height: int, width: int) -> list[LayerGeometry]:
+        """Map sizes through each kernel layer for an input of height x width.
 
         Raises:
           InputError: the input is smaller than the network's receptive field.
         """
         h, w = height, width
+        c = self.in_channels
         if self.input == "grad":
             if min(h, w) < 2:
                 raise InputError(f"patches of {height}x{width} are too small for the gradient map (>= 2x2)")
             h, w = pooled_size(h, self.grad_subsampling), pooled_size(w, self.grad_subsampling)
+            c = self.grad_orientations
+        out = []
         for i, layer in enumerate(self.layers):
             if layer.padding == "valid":
                 h, w = h - layer.subpatch + 1, w - layer.subpatch + 1
@@ -188,8 +200,19 @@ class CKNConfig:
                     f"patches of {height}x{width} are too small for this network: layer {i + 1} "
                     f"({layer.subpatch}x{layer.subpatch} sub-patches) sees a {max(h, 0)}x{max(w, 0)} map"
                 )
-            h, w = pooled_size(h, layer.subsampling), pooled_size(w, layer.subsampling)
-        return h, w, self.layers[-1].filters
+            pooled = (pooled_size(h, layer.subsampling), pooled_size(w, layer.subsampling))
+            out.append(LayerGeometry(in_channels=c, positions=(h, w), pooled=pooled))
+            h, w = pooled
+            c = layer.filters
+        return out
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(H, W, C) of the last map for an input of height x width.
+
+        Raises:
+          InputError: the input is smaller than the network's receptive field.
+        """
+        return (*self.layer_geometry(height, width)[-1].pooled, self.layers[-1].filters)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

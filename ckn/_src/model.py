@@ -25,7 +25,6 @@ from ckn._src.config import CKNConfig
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, check_patches
 from ckn._src.layers import CKN, apply_describe
-from ckn._src.ops import pooled_size
 
 FORMAT = "ckn-model"
 VERSION = 1
@@ -63,16 +62,9 @@ CPU_CACHE_BYTES = 8 << 20
 
 def _largest_map_bytes(config: CKNConfig, height: int, width: int) -> int:
     """Bytes per patch of the largest float32 map the network computes."""
-    h, w = height, width
-    sizes = []
-    if config.input == "grad":
-        sizes.append(h * w * config.grad_orientations)
-        h, w = pooled_size(h, config.grad_subsampling), pooled_size(w, config.grad_subsampling)
-    for layer in config.layers:
-        if layer.padding == "valid":
-            h, w = h - layer.subpatch + 1, w - layer.subpatch + 1
-        sizes.append(h * w * layer.filters)
-        h, w = pooled_size(h, layer.subsampling), pooled_size(w, layer.subsampling)
+    sizes = [height * width * config.grad_orientations] if config.input == "grad" else []
+    for layer, geo in zip(config.layers, config.layer_geometry(height, width)):
+        sizes.append(geo.positions[0] * geo.positions[1] * layer.filters)
     return 4 * max(sizes)
 
 
