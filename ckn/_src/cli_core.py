@@ -27,20 +27,29 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _sigma_list(text: str) -> list[float | str]:
-    out: list[float | str] = []
-    for v in text.split(","):
-        if v == "auto":
-            out.append("auto")
-            continue
-        try:
-            f = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"sigma must be numbers or 'auto', got {text!r}") from None
-        if not f > 0:
-            raise argparse.ArgumentTypeError(f"sigma must be > 0, got {v}")
-        out.append(f)
-    return out
+def _positive_floats_or(keyword: str, value, what: str):
+    """An argparse type: comma-separated numbers > 0, or ``keyword`` (replaced by ``value``)."""
+
+    def parse(text: str) -> list:
+        out = []
+        for v in text.split(","):
+            if v == keyword:
+                out.append(value)
+                continue
+            try:
+                f = float(v)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{what} must be numbers or {keyword!r}, got {text!r}") from None
+            if not f > 0:
+                raise argparse.ArgumentTypeError(f"{what} must be > 0, got {v}")
+            out.append(f)
+        return out
+
+    return parse
+
+
+_sigma_list = _positive_floats_or("auto", "auto", "sigma")
+_pool_std_list = _positive_floats_or("default", None, "pool std")
 
 
 def _pooling_list(text: str) -> list[str]:
@@ -49,22 +58,6 @@ def _pooling_list(text: str) -> list[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"pooling must be {' or '.join(POOLINGS)}, got {text!r}")
     return values
-
-
-def _pool_std_list(text: str) -> list[float | None]:
-    out: list[float | None] = []
-    for v in text.split(","):
-        if v == "default":
-            out.append(None)
-            continue
-        try:
-            f = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"pool std must be numbers or 'default', got {text!r}") from None
-        if not f > 0:
-            raise argparse.ArgumentTypeError(f"pool std must be > 0, got {v}")
-        out.append(f)
-    return out
 
 
 def add_architecture_flags(p: argparse.ArgumentParser) -> None:

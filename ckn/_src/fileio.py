@@ -8,6 +8,7 @@ failure never leaves a half-written file or directory behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -153,3 +154,17 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False):
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def write_json(path: str | os.PathLike, doc) -> None:
+    """Writes ``doc`` as indented JSON, atomically (``atomic_path``).
+
+    Raises:
+      InputError: ``doc`` does not serialize as strict JSON (e.g. a NaN); nothing is written.
+    """
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise InputError(f"results are not valid JSON ({e})") from None
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -15,7 +15,6 @@ atomically: nothing is left behind on error.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn._src.errors import InputError
-from ckn._src.fileio import SPLITS, atomic_path, load_patch_file
+from ckn._src.fileio import SPLITS, load_patch_file, write_json
 from retrieval._src.baselines import BASELINES
 from retrieval._src.evaluation import (
     AP_DEFINITION,
@@ -132,12 +131,7 @@ def cmd_eval_patches(args: argparse.Namespace) -> int:
             "splits": results,
             "metadata": _metadata(),
         }
-        try:
-            text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-        except ValueError as e:
-            raise InputError(f"results are not valid JSON ({e})") from None
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(text)
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0
 

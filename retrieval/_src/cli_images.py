@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path
+from ckn._src.fileio import atomic_path, write_json
 from retrieval._src import image_retrieval as IR
 from retrieval._src.patchsets import read_image
 from retrieval._src.reproduce import machine_info
@@ -139,12 +138,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         "metadata": machine_info(),
     }
     if args.json is not None:
-        try:
-            text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-        except ValueError as e:
-            raise InputError(f"results are not valid JSON ({e})") from None
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(text)
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     if args.figure is not None:
         queries = figure_queries(coll.labels)
