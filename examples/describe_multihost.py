@@ -43,13 +43,12 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     part = out_dir / f"descriptors.{i}-of-{p}.npy"
-    tmp = out_dir / f".descriptors.{i}-of-{p}.tmp.npy"
     d = int(np.prod(model.config.output_shape(*patches.shape[1:3])))
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(hi - lo, d))
-    ckn.describe(model, patches[lo:hi], out=out)
-    out.flush()
-    del out
-    tmp.replace(part)
+    with ckn.atomic_path(part) as tmp:  # the part appears only once complete
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(hi - lo, d))
+        ckn.describe(model, patches[lo:hi], out=out)
+        out.flush()
+        del out
     print(f"process {i}/{p}: rows {lo}:{hi} on {len(jax.local_devices())} local device(s) -> {part}")
     jax.distributed.shutdown()
     return 0

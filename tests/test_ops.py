@@ -59,6 +59,8 @@ def test_extract_patches(rng, padding, e, c):
     x = rng.normal(size=(2, 7, 6, c)).astype(np.float32)
     got = ckn.extract_patches(jnp.asarray(x), e, padding)
     np.testing.assert_allclose(got, np_patches(x, e, padding), **TOL["exact"])
+    # The shifted-slice variant (used for small sub-patches) gives the same values exactly.
+    np.testing.assert_array_equal(ops.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding))
 
 
 def test_normalize_patches(rng):
