@@ -28,17 +28,26 @@ import ckn
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
-    ap.add_argument("patches", help=".npy file of (N, H, W) or (N, H, W, C) patches (memory-mapped)")
+    ap.add_argument("patches", help=".npy (memory-mapped) or .npz patch file, (N, H, W) or (N, H, W, C)")
     ap.add_argument("out_dir")
     ap.add_argument("--coordinator", help="host:port of process 0 (default: from the cluster environment)")
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
     args = ap.parse_args(argv)
 
+    # Bad input is one line and exit 2, as in the `ckn` command line. The patch
+    # file is checked first (NumPy only: jax.distributed wants to come first).
+    try:
+        patches, _ = ckn.load_patch_file(args.patches)  # a .npy is memory-mapped
+    except ckn.InputError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     i, p = jax.process_index(), jax.process_count()
-    model = ckn.load(args.model)
-    patches = np.load(args.patches, mmap_mode="r")
+    try:
+        model = ckn.load(args.model)
+        model.config.output_shape(*patches.shape[1:3])  # patches at least the receptive field
+    except ckn.InputError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     lo, hi = i * len(patches) // p, (i + 1) * len(patches) // p
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,3 +42,17 @@ def test_two_processes_give_the_one_process_descriptors(tmp_path, photo_patches)
     parts = [np.load(tmp_path / "out" / f"descriptors.{i}-of-2.npy") for i in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts), ckn.describe(model, patches))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["descriptors.0-of-2.npy", "descriptors.1-of-2.npy"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    np.save(tmp_path / "nan.npy", np.full((3, 16, 16), np.nan, np.float32))
+    for patches, needle in (("missing.npy", "patch file not found"), ("nan.npy", "NaN")):
+        r = subprocess.run(
+            [sys.executable, str(SCRIPT), str(tmp_path / "model"), str(tmp_path / patches), str(tmp_path / "out"),
+             "--coordinator", f"localhost:{free_port()}", "--num-processes", "1", "--process-id", "0"],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], r.stderr
+        assert not (tmp_path / "out").exists()
