@@ -49,11 +49,9 @@ from retrieval._src.image_retrieval import (
     make_index,
     recall_at,
 )
+from retrieval._src.postprocess import PCAWhitening, apply_pca_whitening, fit_pca_whitening
 from retrieval._src.vlad import (
-    PCAWhitening,
-    apply_pca_whitening,
     fit_codebook,
-    fit_pca_whitening,
     vlad_core,
     vlad_encode,
     vlad_encode_batch,

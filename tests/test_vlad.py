@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ckn import InputError
+from retrieval._src import postprocess as PP
 from retrieval._src import vlad as V
 
 RTOL, ATOL = 2e-5, 2e-6
@@ -165,8 +166,8 @@ def test_pca_whitening_unit_variance_on_training_set(n, big_d):
     # float32 input (what the PCA works from); the reference runs in float64 on the same values.
     x = (rng.normal(size=(n, big_d)) @ rng.normal(size=(big_d, big_d)) + 3.0).astype(np.float32).astype(np.float64)
     dim = 20
-    pca = V.fit_pca_whitening(x, dim)
-    y = V.apply_pca_whitening(pca, x, l2_norm=False).astype(np.float64)
+    pca = PP.fit_pca_whitening(x, dim)
+    y = PP.apply_pca_whitening(pca, x, l2_norm=False).astype(np.float64)
     assert y.shape == (n, dim)
     np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-5)
     # Unit variance (1/n) and decorrelated, up to the float32 output rounding.
@@ -177,19 +178,19 @@ def test_pca_whitening_unit_variance_on_training_set(n, big_d):
     np.testing.assert_allclose(pca.variances, s[:dim] ** 2 / n, rtol=1e-7)
     np.testing.assert_allclose(np.abs(pca.components @ vt[:dim].T), np.eye(dim), atol=1e-7)
     # With the default L2 after it, unit rows.
-    z = V.apply_pca_whitening(pca, x)
+    z = PP.apply_pca_whitening(pca, x)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-6)
     # Without whitening: plain projection with the training variances.
-    p = V.fit_pca_whitening(x, dim, whiten=False)
-    yp = V.apply_pca_whitening(p, x, l2_norm=False).astype(np.float64)
+    p = PP.fit_pca_whitening(x, dim, whiten=False)
+    yp = PP.apply_pca_whitening(p, x, l2_norm=False).astype(np.float64)
     np.testing.assert_allclose(yp.var(axis=0), s[:dim] ** 2 / n, rtol=1e-5)
 
 
 def test_pca_dimension_above_rank_is_refused():
     x = np.random.default_rng(5).normal(size=(30, 100))
-    V.fit_pca_whitening(x, 29)
+    PP.fit_pca_whitening(x, 29)
     with pytest.raises(InputError, match="span 29"):
-        V.fit_pca_whitening(x, 30)
-    pca = V.fit_pca_whitening(x, 5)
+        PP.fit_pca_whitening(x, 30)
+    pca = PP.fit_pca_whitening(x, 5)
     with pytest.raises(InputError, match="dimension 99 but the PCA has dimension 100"):
-        V.apply_pca_whitening(pca, x[:, :99])
+        PP.apply_pca_whitening(pca, x[:, :99])

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 from ckn._src.errors import InputError
 from retrieval._src import metrics as M
+from retrieval._src import postprocess as PP
 from retrieval._src import regions as R
 from retrieval._src import vlad as V
 from retrieval._src.evaluation import describe_with, descriptor_info, resolve_model
@@ -299,8 +300,8 @@ class VladModel(NamedTuple):
 
     config: VladConfig
     centers: np.ndarray
-    local_pca: V.PCAWhitening | None
-    pca: V.PCAWhitening | None
+    local_pca: PP.PCAWhitening | None
+    pca: PP.PCAWhitening | None
     info: dict
 
     @property
@@ -326,7 +327,7 @@ def _window_subsets(feats: LocalFeatures, count: int, rng: np.random.Generator, 
 def _reduce_local(model_local_pca, x: np.ndarray) -> np.ndarray:
     if model_local_pca is None:
         return x
-    return V.apply_pca_whitening(model_local_pca, x, l2_norm=False)
+    return PP.apply_pca_whitening(model_local_pca, x, l2_norm=False)
 
 
 def fit_vlad(train: Sequence[LocalFeatures], config: VladConfig = VladConfig(), *, batch_size: int = 8) -> VladModel:
@@ -355,8 +356,8 @@ def fit_vlad(train: Sequence[LocalFeatures], config: VladConfig = VladConfig(), 
     local_pca = None
     d = allx.shape[1]
     if config.local_dim is not None and d > config.local_dim:
-        local_pca = V.fit_pca_whitening(sample, config.local_dim, whiten=False)
-        sample = V.apply_pca_whitening(local_pca, sample, l2_norm=False)
+        local_pca = PP.fit_pca_whitening(sample, config.local_dim, whiten=False)
+        sample = PP.apply_pca_whitening(local_pca, sample, l2_norm=False)
     t1 = time.perf_counter()
     centers = V.fit_codebook(sample, config.k, iters=config.kmeans_iters, max_samples=None, seed=config.seed)
     t2 = time.perf_counter()
@@ -377,7 +378,7 @@ def fit_vlad(train: Sequence[LocalFeatures], config: VladConfig = VladConfig(), 
             for idx in _window_subsets(f, config.pca_windows, rng, min_count=max(5, config.k // 4)):
                 sets.append(xr[idx])
         vlads = V.vlad_encode_batch(sets, centers, batch_size=batch_size, **config.flags)
-        pca = V.fit_pca_whitening(vlads, config.pca_dim, whiten=config.pca_whiten, eps=config.pca_eps)
+        pca = PP.fit_pca_whitening(vlads, config.pca_dim, whiten=config.pca_whiten, eps=config.pca_eps)
         info["pca_train_vectors"] = int(vlads.shape[0])
         info["seconds_pca"] = time.perf_counter() - t2
     return VladModel(config, centers, local_pca, pca, info)
@@ -409,7 +410,7 @@ def encode_images(model: VladModel, features: Sequence[LocalFeatures | np.ndarra
         xs.append(_reduce_local(model.local_pca, x))
     v = V.vlad_encode_batch(xs, model.centers, batch_size=batch_size, **model.config.flags)
     if model.pca is not None:
-        v = V.apply_pca_whitening(model.pca, v)
+        v = PP.apply_pca_whitening(model.pca, v)
     return v
 
 
