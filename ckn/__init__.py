@@ -15,7 +15,7 @@ from ckn._src.config import (
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, check_patches, load_patch_file
 from ckn._src.kmeans import KMeansState, kmeans, kmeans_init, kmeans_objective, kmeans_step
-from ckn._src.layers import CKN, Filters, KernelLayer, kernel_layer_apply
+from ckn._src.layers import CKN, PRECISIONS, Filters, KernelLayer, LayerParams, kernel_layer_apply
 from ckn._src.model import describe, load, read_training_report, save
 from ckn._src.ops import (
     blur_matrix,
@@ -45,7 +45,7 @@ from ckn._src.training import (
 
 __all__ = [
     "CHANNELS", "INPUTS", "METHODS", "PRESETS", "CKN", "CKNConfig", "Filters", "InputError",
-    "KMeansState", "KernelLayer", "LayerConfig", "LayerReport", "TrainConfig", "atomic_path",
+    "KMeansState", "KernelLayer", "LayerParams", "PRECISIONS", "LayerConfig", "LayerReport", "TrainConfig", "atomic_path",
     "blur_matrix", "gaussian_blur",
     "central_gradient", "centering_matrix", "check_patches", "describe", "extract_patches",
     "fit_nips14", "gaussian_filter_1d", "gaussian_pool", "get_preset", "gradient_map", "kappa",

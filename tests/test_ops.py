@@ -106,15 +106,14 @@ def test_nystrom_map_is_exact_when_filters_are_the_data(rng):
     z = jnp.asarray(x, jnp.float32)
     out = ckn.kernel_layer_apply(
         jnp.asarray(x, jnp.float32).reshape(1, 1, n, d),
-        filters=z,
-        alpha=jnp.asarray(1 / sigma**2, jnp.float32),
-        bias=jnp.full((n,), -1 / sigma**2, jnp.float32),
-        linear=ckn.nystrom_projection(z, sigma, 1e-6),
-        preproc=None,
-        subpatch=1,
-        padding="valid",
-        subsampling=1,
-        precision=jax.lax.Precision.HIGHEST,
+        ckn.LayerParams(
+            filters=z,
+            alpha=jnp.asarray(1 / sigma**2, jnp.float32),
+            bias=jnp.full((n,), -1 / sigma**2, jnp.float32),
+            linear=ckn.nystrom_projection(z, sigma, 1e-6),
+        ),
+        ckn.LayerConfig(filters=n, subpatch=1, padding="valid", subsampling=1),
+        precision="highest",
     )
     psi = np.asarray(out, np.float64).reshape(n, n)
     exact = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * sigma**2))
@@ -270,15 +269,15 @@ def test_kernel_layer_against_numpy(rng, padding, s, centre):
     pre = ckn.centering_matrix(e, c) if centre else None
     got = ckn.kernel_layer_apply(
         jnp.asarray(x),
-        filters=jnp.asarray(z, jnp.float32),
-        alpha=jnp.asarray(1 / sigma**2, jnp.float32),
-        bias=jnp.full((pnum,), -1 / sigma**2, jnp.float32),
-        linear=ckn.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam),
-        preproc=None if pre is None else jnp.asarray(pre, jnp.float32),
-        subpatch=e,
-        padding=padding,
-        subsampling=s,
-        precision=jax.lax.Precision.HIGHEST,
+        ckn.LayerParams(
+            filters=jnp.asarray(z, jnp.float32),
+            alpha=jnp.asarray(1 / sigma**2, jnp.float32),
+            bias=jnp.full((pnum,), -1 / sigma**2, jnp.float32),
+            linear=ckn.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam),
+            preproc=None if pre is None else jnp.asarray(pre, jnp.float32),
+        ),
+        ckn.LayerConfig(filters=pnum, subpatch=e, padding=padding, subsampling=s),
+        precision="highest",
     )
     ref = np_layer(x, z, sigma, lam, e, padding, s, pre)
     assert np.isfinite(np.asarray(got)).all()

@@ -175,19 +175,16 @@ def test_raw_and_white_inputs(photo_patches, inp):
     assert np.isfinite(ckn.describe(model, photo_patches[:8])).all()
 
 
-def test_precision_setting_reaches_every_layer_and_is_checked(photo_patches, tiny_model):
+def test_precision_is_an_argument_with_one_vocabulary(photo_patches, tiny_model, tmp_path):
     model, _ = tiny_model
     a = ckn.describe(model, photo_patches[:40], batch_size=16)
-    try:
-        model.set_precision("default")
-        assert model.precision == jax.lax.Precision.DEFAULT
-        assert all(layer.precision == jax.lax.Precision.DEFAULT for layer in model.layers)
-        b = ckn.describe(model, photo_patches[:40], batch_size=16)
-    finally:
-        model.set_precision("highest")
+    b = ckn.describe(model, photo_patches[:40], batch_size=16, precision="default")
     np.testing.assert_allclose(b, a, atol=1e-6)  # CPU: "default" is fp32 too
+    assert model.precision == "highest"  # a call's precision does not change the model
+    ckn.save(model, tmp_path / "m")
+    assert ckn.load(tmp_path / "m", precision="default").precision == "default"
     with pytest.raises(ValueError, match="precision must be one of highest, default, got 'bf16'"):
-        model.set_precision("bf16")
+        ckn.describe(model, photo_patches[:4], precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         ckn.CKN(ckn.get_preset("ckn-tiny"), rngs=nnx.Rngs(0), precision="tf32")
 

@@ -176,8 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    model = load(args.model)
-    model.set_precision(args.precision)
+    model = load(args.model, precision=args.precision)
     patches, _ = load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])

@@ -202,9 +202,8 @@ def kmeans_objective(x: jax.Array, centers: jax.Array, *, spherical: bool = True
     return jnp.mean(_assign(x, centers, spherical, precision)[1])
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters", "spherical", "precision", "n_valid", "mesh"))
-def _kmeans_fit(key, x, mask, sq_norms, k, iters, spherical, precision, n_valid, mesh):
-    state = kmeans_init(key, x, k, n_valid=n_valid)
+@functools.partial(jax.jit, static_argnames=("iters", "spherical", "precision", "mesh"))
+def _kmeans_fit(state, x, mask, sq_norms, iters, spherical, precision, mesh):
     step = functools.partial(
         kmeans_step, x=x, spherical=spherical, precision=precision, mask=mask, sq_norms=sq_norms, mesh=mesh
     )
@@ -273,4 +272,9 @@ def kmeans(
     sq_norms = None if spherical else jnp.sum(x * x, axis=1)  # before the split: same bits on any device count
     if ndev > 1:
         x, mask, sq_norms = jax.device_put((x, mask, sq_norms), sharding.batch_sharding(mesh))
-    return _kmeans_fit(key, x, mask, sq_norms, k, iters, spherical, precision, n, None if ndev == 1 else mesh)
+    # The initial draw outside the compiled fit: the number of valid rows is not
+    # a compile-time constant, so a new n of the same padded size reuses it.
+    state = kmeans_init(key, x, k, n_valid=n)
+    return _kmeans_fit(
+        state, x, mask, sq_norms, iters, spherical, precision, None if ndev == 1 else mesh
+    )

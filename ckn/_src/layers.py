@@ -21,21 +21,29 @@ alone and ``nnx.state(model, Filters)`` selects them.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import lax
 
 from ckn._src import ops
 from ckn._src.sharding import BATCH
 from ckn._src.config import CKNConfig, LayerConfig
 
-PRECISIONS = {
-    "highest": lax.Precision.HIGHEST,  # true fp32 everywhere (TF32 off on GPUs)
-    "default": lax.Precision.DEFAULT,  # the backend's fastest (TF32/bf16 passes on GPUs)
-}
+# Matrix-product precisions, named as JAX names them (jnp/lax accept these strings).
+PRECISIONS = (
+    "highest",  # true fp32 everywhere (TF32 off on GPUs)
+    "default",  # the backend's fastest (TF32/bf16 passes on GPUs)
+)
+
+
+def check_precision(precision: str) -> str:
+    """Returns ``precision`` if it is one of ``PRECISIONS``, else raises ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 # Up to this sub-patch dimension e*e*C, sub-patches are gathered by shifted
@@ -47,35 +55,41 @@ class Filters(nnx.Variable):
     """Arrays learned without gradients (k-means filters, Nystrom map, whitening)."""
 
 
-def kernel_layer_apply(
-    x: jax.Array,
-    *,
-    filters: jax.Array,
-    alpha: jax.Array,
-    bias: jax.Array,
-    linear: jax.Array,
-    preproc: jax.Array | None,
-    subpatch: int,
-    padding: str,
-    subsampling: int,
-    pooling: str = "strided",
-    pool_std: float | None = None,
-    precision=None,
-) -> jax.Array:
-    """One kernel layer, as a pure function (see the module docstring).
+class LayerParams(NamedTuple):
+    """The arrays of one kernel layer (see the module docstring).
 
-    Args:
-      x: (N, H, W, C) input map.
+    Attributes:
       filters: (p, d) filters, d = subpatch^2 * C.
       alpha: () scale of the dot products.
       bias: (p,) offsets.
       linear: (p, p) map applied after pooling.
       preproc: (d, d) matrix applied to every sub-patch before normalization
         (centring / whitening), or None.
+    """
+
+    filters: jax.Array
+    alpha: jax.Array
+    bias: jax.Array
+    linear: jax.Array
+    preproc: jax.Array | None = None
+
+
+def kernel_layer_apply(
+    x: jax.Array, params: LayerParams, cfg: LayerConfig, *, precision: str | None = None
+) -> jax.Array:
+    """One kernel layer, as a pure function (see the module docstring).
+
+    Args:
+      x: (N, H, W, C) input map.
+      params: the layer's arrays.
+      cfg: the layer's settings (sub-patch, padding, subsampling, pooling); static under jit.
+      precision: matrix-product precision ("highest", "default") or None (JAX's default).
 
     Returns:
       (N, H', W', p) output map.
     """
+    filters, alpha, bias, linear, preproc = params
+    subpatch, padding = cfg.subpatch, cfg.padding
     c = x.shape[-1]
     p = filters.shape[0]
     if preproc is not None:
@@ -101,7 +115,9 @@ def kernel_layer_apply(
     # so that a flat patch gives exactly the zero descriptor.
     rho = jnp.where(rho > ops.NORM_EPS, rho, 0.0)
     phi = rho * jnp.exp(alpha * u + bias.reshape(1, 1, 1, p))
-    phi = ops.gaussian_pool(phi, subsampling, mode=pooling, std=pool_std, precision=precision)
+    phi = ops.gaussian_pool(
+        phi, cfg.subsampling, mode=cfg.pooling, std=cfg.pool_std, precision=precision
+    )
     return jnp.matmul(phi, linear, precision=precision)
 
 
@@ -136,7 +152,6 @@ class KernelLayer(nnx.Module):
         self.bias = Filters(jnp.full((config.filters,), -1.0 / sigma**2, jnp.float32))
         self.linear = Filters(ops.nystrom_projection(z, sigma, config.lam))
         self.preproc = None if preprocess is None else Filters(jnp.asarray(preprocess, jnp.float32))
-        self.precision = None
 
     @property
     def input_dim(self) -> int:
@@ -163,21 +178,19 @@ class KernelLayer(nnx.Module):
         self.bias.set_value(log_sqrt_eta - (1.0 + jnp.sum(w * w, axis=1)) / sigma**2)
         self.linear.set_value(jnp.eye(p, dtype=jnp.float32))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return kernel_layer_apply(
-            x,
-            filters=self.filters.get_value(),
-            alpha=self.alpha.get_value(),
-            bias=self.bias.get_value(),
-            linear=self.linear.get_value(),
-            preproc=None if self.preproc is None else self.preproc.get_value(),
-            subpatch=self.config.subpatch,
-            padding=self.config.padding,
-            subsampling=self.config.subsampling,
-            pooling=self.config.pooling,
-            pool_std=self.config.pool_std,
-            precision=self.precision,
+    @property
+    def params(self) -> LayerParams:
+        """The layer's current arrays."""
+        return LayerParams(
+            self.filters.get_value(),
+            self.alpha.get_value(),
+            self.bias.get_value(),
+            self.linear.get_value(),
+            None if self.preproc is None else self.preproc.get_value(),
         )
+
+    def __call__(self, x: jax.Array, *, precision: str | None = None) -> jax.Array:
+        return kernel_layer_apply(x, self.params, self.config, precision=precision)
 
 
 class CKN(nnx.Module):
@@ -208,47 +221,50 @@ class CKN(nnx.Module):
             layers.append(KernelLayer(c, lc, preprocess=pre, rngs=rngs))
             c = lc.filters
         self.layers = nnx.List(layers)
-        self.set_precision(precision)
+        self.precision = check_precision(precision)
 
-    def set_precision(self, precision: str) -> None:
-        """Matrix-product precision of later calls: "highest" (fp32) or "default" (the backend's fastest)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.precision = PRECISIONS[precision]
-        for layer in self.layers:
-            layer.precision = self.precision
-
-    def input_map(self, patches: jax.Array) -> jax.Array:
+    def input_map(self, patches: jax.Array, *, precision: str | None = None) -> jax.Array:
         """(N, H, W[, C]) patches -> (N, H', W', C') map that feeds the first kernel layer."""
         cfg = self.config
+        precision = precision or self.precision
         x = ops.select_channels(ops.to_float(patches), cfg.channels)
-        x = ops.gaussian_blur(x, cfg.blur, precision=self.precision)
+        x = ops.gaussian_blur(x, cfg.blur, precision=precision)
         if cfg.input == "grad":
             x = ops.gradient_map(x, cfg.grad_orientations, cfg.grad_sigma)
             x = ops.gaussian_pool(
-                x, cfg.grad_subsampling, mode=cfg.grad_pooling, std=cfg.grad_pool_std, precision=self.precision
+                x,
+                cfg.grad_subsampling,
+                mode=cfg.grad_pooling,
+                std=cfg.grad_pool_std,
+                precision=precision,
             )
         return x
 
-    def map_before(self, patches: jax.Array, layer_index: int) -> jax.Array:
+    def map_before(
+        self, patches: jax.Array, layer_index: int, *, precision: str | None = None
+    ) -> jax.Array:
         """The map that feeds kernel layer ``layer_index`` (0 = the input map)."""
-        x = self.input_map(patches)
+        precision = precision or self.precision
+        x = self.input_map(patches, precision=precision)
         for layer in self.layers[:layer_index]:
-            x = layer(x)
+            x = layer(x, precision=precision)
         return x
 
-    def __call__(self, patches: jax.Array) -> jax.Array:
-        """(N, H, W[, C]) patches -> (N, H', W', p) last map."""
-        return self.map_before(patches, len(self.layers))
+    def __call__(self, patches: jax.Array, *, precision: str | None = None) -> jax.Array:
+        """(N, H, W[, C]) patches -> (N, H', W', p) last map.
 
-    def describe(self, patches: jax.Array) -> jax.Array:
+        ``precision`` ("highest" or "default") overrides the model's for this call.
+        """
+        return self.map_before(patches, len(self.layers), precision=precision)
+
+    def describe(self, patches: jax.Array, *, precision: str | None = None) -> jax.Array:
         """(N, H, W[, C]) patches -> (N, D) float32 descriptors, L2-normalized.
 
         ``config.normalize == "position"`` L2-normalizes each position of the
         last map before the global L2 normalization. A flat patch gives the
         zero vector (finite, never NaN).
         """
-        y = self(patches)
+        y = self(patches, precision=precision)
         if self.config.normalize == "position":
             # Each spatial cell of the last map to unit norm first (as SIFT's
             # cells share one normalization, but without its clipping).
@@ -258,8 +274,8 @@ class CKN(nnx.Module):
         return (y / jnp.maximum(norm, 1e-12)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("mesh",))
-def apply_describe(graphdef, state, patches, *, mesh=None):
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("mesh", "precision"))
+def apply_describe(graphdef, state, patches, *, mesh=None, precision=None):
     """Jitted ``CKN.describe`` over a split model (compiled once per graph and shape).
 
     Args:
@@ -268,13 +284,14 @@ def apply_describe(graphdef, state, patches, *, mesh=None):
         count and the rows are split over the mesh's ``"batch"`` axis.
       mesh: a 1-D ``"batch"`` mesh (``ckn._src.sharding.batch_mesh``) or None
         (one device). Each device runs the same program on its N / devices rows.
+      precision: overrides the model's matrix-product precision, or None.
 
     Returns:
       (N, D) float32 descriptors (sharded like ``patches``).
     """
 
     def local(state, x):
-        return nnx.merge(graphdef, state).describe(x)
+        return nnx.merge(graphdef, state).describe(x, precision=precision)
 
     if mesh is None:
         return local(state, patches)

@@ -24,7 +24,7 @@ from ckn._src import sharding
 from ckn._src.config import CKNConfig
 from ckn._src.errors import InputError
 from ckn._src.fileio import atomic_path, check_patches
-from ckn._src.layers import CKN, apply_describe
+from ckn._src.layers import CKN, apply_describe, check_precision
 
 FORMAT = "ckn-model"
 VERSION = 1
@@ -87,6 +87,7 @@ def describe(
     progress: bool = False,
     out: np.ndarray | None = None,
     devices: Sequence[jax.Device] | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Descriptors of many patches, in fixed-size jitted batches split over devices.
 
@@ -108,6 +109,8 @@ def describe(
         so that neither input nor output has to fit in memory.
       devices: the devices to split the work over (default
         ``jax.local_devices()``: all devices of this process).
+      precision: matrix-product precision for this call, "highest" (fp32) or
+        "default" (the backend's fastest, e.g. TF32 on GPUs); None: the model's.
 
     Returns:
       (N, D) float32, L2-normalized rows (zero rows for flat patches); ``out``
@@ -115,6 +118,8 @@ def describe(
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if precision is not None:
+        check_precision(precision)
     _check_input(model, patches)
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
@@ -134,6 +139,7 @@ def describe(
         target, kw = mesh.devices.flat[0], {}
     else:
         target, kw = sharding.batch_sharding(mesh), {"mesh": mesh}
+    kw["precision"] = precision or model.precision
 
     # Memory-mapped input and output: the pages of rows done are dropped from
     # this process's resident set (they stay in the page cache), so the peak
@@ -148,7 +154,10 @@ def describe(
         if m < bs:
             x = np.concatenate([x, np.zeros((bs - m, *x.shape[1:]), x.dtype)])
         # Dispatched asynchronously: the devices work while the host reads on.
-        ys = [apply_describe(graphdef, state, jax.device_put(x[j : j + call], target), **kw) for j in range(0, bs, call)]
+        ys = [
+            apply_describe(graphdef, state, jax.device_put(x[j : j + call], target), **kw)
+            for j in range(0, bs, call)
+        ]
         if pending is not None:
             _store(out, *pending)
             written_pages.release(pending[0] + pending[1])
@@ -223,8 +232,12 @@ def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -
     return path
 
 
-def load(path: str | os.PathLike) -> CKN:
+def load(path: str | os.PathLike, *, precision: str = "highest") -> CKN:
     """Reads a model directory written by ``save``.
+
+    Args:
+      path: the model directory.
+      precision: matrix-product precision of the model ("highest" or "default").
 
     Raises:
       InputError: missing directory, files, arrays, or a corrupt file.
@@ -247,7 +260,10 @@ def load(path: str | os.PathLike) -> CKN:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{cfg_file}: corrupt model config ({type(e).__name__}: {e})") from None
-    model = CKN(config, rngs=nnx.Rngs(0))
+    check_precision(precision)
+    # The model's structure only (no random filters, no Nystrom eigh): every
+    # array is then set from the file.
+    model = nnx.eval_shape(lambda: CKN(config, rngs=nnx.Rngs(0), precision=precision))
     try:
         with np.load(arr_file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -261,10 +277,11 @@ def load(path: str | os.PathLike) -> CKN:
             key = f"layers.{i}.{name}"
             if key not in arrays:
                 raise InputError(f"{arr_file}: missing array {key}")
-            a = arrays[key]
-            if a.shape != var.get_value().shape or not np.isfinite(a).all():
+            a, expected = arrays[key], tuple(var.get_value().shape)
+            if a.shape != expected or not np.isfinite(a).all():
                 raise InputError(
-                    f"{arr_file}: array {key} has shape {a.shape} (expected {var.get_value().shape}) or non-finite values"
+                    f"{arr_file}: array {key} has shape {a.shape} (expected {expected}) "
+                    "or non-finite values"
                 )
             var.set_value(jnp.asarray(a, jnp.float32))
     return model

@@ -141,9 +141,12 @@ def nystrom_residual(filters: jax.Array, x: jax.Array, sigma: float, lam: float 
     return 0.5 * jnp.mean(1.0 - jnp.sum(kx * sol.T, axis=1))
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch", "lr", "sigma", "lam"))
+@functools.partial(jax.jit, static_argnames=("steps", "batch"))
 def refine_nystrom(key, filters, x, *, sigma, lam, steps, batch, lr):
     """Adam on ``nystrom_residual`` over random minibatches; rows renormalized after each step.
+
+    ``sigma``, ``lam`` and ``lr`` are traced: a new value (another layer) reuses
+    the compiled function; ``steps`` and ``batch`` fix shapes and are static.
 
     Returns:
       (filters (p, d), residual per step (steps,)).
@@ -202,9 +205,11 @@ def nips14_pairs(key, x, batch, candidates: int = 256):
     return anchors, jnp.concatenate([rand, near])
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch", "lr", "sigma"))
+@functools.partial(jax.jit, static_argnames=("steps", "batch"))
 def fit_nips14(key, w0, x, *, sigma, steps, batch, lr):
     """Adam on ``nips14_loss`` over fresh pairs each step, eta projected onto eta >= 0.
+
+    ``sigma`` and ``lr`` are traced (no recompilation for a new value).
 
     eta is initialized by least squares on a first batch of pairs (clipped at 0).
 

@@ -163,8 +163,9 @@ def reproduce(
             if out is not None:
                 ckn.save(model, out / "models" / name, training={"seed": seed, "data": data_desc})
             t0 = time.perf_counter()
-            model.set_precision(precision)
-            desc = ckn.describe(model, ps.patches, batch_size=batch_size, progress=progress)
+            desc = ckn.describe(
+                model, ps.patches, batch_size=batch_size, progress=progress, precision=precision
+            )
         row["describe_seconds"] = time.perf_counter() - t0
         row["dim"] = int(desc.shape[1])
         for sname, sval in SPLITS:
