@@ -17,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import ckn
 from ckn import LayerConfig as L
 from retrieval._src import patchsets
 from retrieval._src.metrics import patch_retrieval_map
-from retrieval._src.reproduce import machine_info
+from retrieval.cli import provenance
+
+# Taken when the script starts: the code that ran, not HEAD at the end.
+_META = provenance.start()
 
 C = "centered"
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         print(f"{m:6.2f}  {name}", flush=True)
     if args.json:
         out = {"command": "python " + " ".join(sys.argv), "protocol": __doc__.strip().splitlines()[2:8],
-               "rows": rows, "machine": machine_info()}
+               "rows": rows, "machine": provenance.finish(_META)}
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 

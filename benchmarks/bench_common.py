@@ -9,19 +9,16 @@ figure sits beside the machine's own limit measured in the same run:
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.cli import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -30,55 +27,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 BUSY_LOAD = 1.5
 
 
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+load_average = provenance.load_average
 
 
 def metadata(extra_versions: dict | None = None) -> dict:
-    """Commit, versions, devices, CPU and load average of this run."""
-    import flax
-    import jax
-    import jaxlib
-
-    versions = {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-    }
-    versions.update(extra_versions or {})
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "ckn", "benchmarks")
-    return {
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git("rev-parse", "HEAD"),
-        "ckn_or_benchmarks_modified": bool(dirty),
-        "versions": versions,
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_average_start": load_average(),
-    }
+    """The run's provenance (``retrieval.cli.provenance``: commit, dirty flag, versions,
+    devices, CPU, load average), taken at the start of the run."""
+    meta = provenance.start()
+    meta.pop("_t0", None)
+    meta["versions"].update(extra_versions or {})
+    return meta
 
 
 def check_load(label: str) -> None:

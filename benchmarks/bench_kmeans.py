@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
 import ckn  # noqa: E402
-from ckn._src import kmeans as K  # noqa: E402
 
 
 def synthetic_data(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -68,7 +67,6 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
 
     from flax import nnx
 
-    from ckn._src import ops, training
     from retrieval._src.patchsets import default_photos
 
     rng = np.random.default_rng(seed)
@@ -87,9 +85,9 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
     first, _ = ckn.train(dataclasses.replace(cfg, layers=cfg.layers[:1]), patches, seed=seed)
     model = ckn.CKN(cfg, rngs=nnx.Rngs(seed))
     nnx.update(model.layers[0], nnx.state(first.layers[0]))
-    raw = training.sample_subpatches(model, 1, patches, int(n * 1.1), key=jax.random.key(seed))
+    raw = ckn.sample_subpatches(model, 1, patches, int(n * 1.1), key=jax.random.key(seed))
     norms = np.linalg.norm(raw, axis=1)
-    keep = norms >= ops.NORM_EPS
+    keep = norms >= ckn.NORM_EPS
     x = (raw[keep] / norms[keep, None]).astype(np.float32)
     if x.shape[0] < n:
         raise RuntimeError(f"only {x.shape[0]} non-flat sub-patches, wanted {n}")
@@ -144,11 +142,7 @@ def main(argv=None) -> int:
     xj = jnp.asarray(x)
     key = jax.random.key(args.seed)
     t = time.perf_counter()
-    if n % K.NUM_BLOCKS == 0 and len(jax.local_devices()) == 1:
-        K._kmeans_fit.lower(key, xj, None, None, k, iters, True, None, n, None).compile()
-        compile_s = time.perf_counter() - t
-    else:
-        compile_s = None  # padded or sharded: timed as first fit minus steady state below
+    compile_s = None  # timed as the first fit minus steady state below
 
     def fit_jax():
         c, h = ckn.kmeans(xj, k, key=key, iters=iters, spherical=True)

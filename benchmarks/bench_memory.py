@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     bc.check_load("start")
     cfg = ckn.get_preset(args.preset)
     size = cfg.patch_size
-    cli = [sys.executable, "-m", "ckn"]
+    cli = [sys.executable, "-m", "retrieval.cli"]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         tmp = Path(tmp)
         train_file = tmp / "train.npy"

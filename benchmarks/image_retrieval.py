@@ -50,10 +50,13 @@ import numpy as np
 
 import ckn
 import retrieval
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import image_retrieval as IR
 from retrieval._src.patchsets import default_photos, read_image
-from retrieval._src.reproduce import machine_info
+from retrieval.cli import provenance
+
+# Taken when the script starts: the code that ran, not HEAD at the end.
+_META = provenance.start()
 
 SEQUENCES = ("bark", "bikes", "boat", "graf", "leuven", "trees", "ubc", "wall")
 DISTRACTORS = (
@@ -259,7 +262,7 @@ def main(argv=None) -> int:
                            "ckn_at_or_above_sift": other["map"] >= row["map"]})
     doc = {
         "metadata": {
-            **machine_info(),
+            **provenance.finish(_META),
             "command": "python benchmarks/image_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "seconds_total": time.perf_counter() - t_start,
             "models": models,

@@ -20,7 +20,10 @@ import ckn
 from retrieval._src import patchsets
 from retrieval._src.baselines import BASELINES, describe_baseline
 from retrieval._src.metrics import patch_retrieval_map
-from retrieval._src.reproduce import machine_info
+from retrieval.cli import provenance
+
+# Taken when the script starts: the code that ran, not HEAD at the end.
+_META = provenance.start()
 
 
 def main(argv=None) -> int:
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
         row = table[next(iter(table))][sc]
         print(f"{sc:<22} {row['split']:<6}" + "".join(f"{table[n][sc]['map']:>15.1f}" for n in table))
     if args.json:
-        out = {"command": "python " + " ".join(sys.argv), "per_scene": table, "machine": machine_info()}
+        out = {"command": "python " + " ".join(sys.argv), "per_scene": table, "machine": provenance.finish(_META)}
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 

@@ -22,7 +22,10 @@ from pathlib import Path
 import ckn
 from retrieval._src import patchsets
 from retrieval._src.metrics import patch_retrieval_map
-from retrieval._src.reproduce import machine_info
+from retrieval.cli import provenance
+
+# Taken when the script starts: the code that ran, not HEAD at the end.
+_META = provenance.start()
 
 BASE = ckn.get_preset("ckn-grad")
 L1, L2 = BASE.layers
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
               flush=True)
     if args.json:
         out = {"command": "python " + " ".join(sys.argv), "protocol": __doc__.strip().splitlines()[3:9],
-               "rows": rows, "machine": machine_info()}
+               "rows": rows, "machine": provenance.finish(_META)}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

@@ -1,37 +1,64 @@
 """Convolutional kernel networks (Patch-CKN) in JAX + Flax NNX.
 
-Public API; everything under ``ckn._src`` is private.
+Public API; everything under ``ckn._src`` is private. ``ckn`` is a library:
+it imports nothing from ``retrieval`` or the command line.
 """
+
 from ckn._src.config import (
     CHANNELS,
     INPUTS,
     METHODS,
+    NORMALIZATIONS,
     PRESETS,
     CKNConfig,
     LayerConfig,
+    LayerGeometry,
     TrainConfig,
     get_preset,
 )
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, check_patches, load_patch_file
-from ckn._src.kmeans import KMeansState, kmeans, kmeans_init, kmeans_objective, kmeans_step
-from ckn._src.layers import CKN, PRECISIONS, Filters, KernelLayer, LayerParams, kernel_layer_apply
-from ckn._src.model import describe, load, read_training_report, save
+from ckn._src.fileio import SPLITS, atomic_path, check_patches, load_patch_file, write_json
+from ckn._src.kmeans import (
+    NUM_BLOCKS,
+    KMeansState,
+    kmeans,
+    kmeans_init,
+    kmeans_objective,
+    kmeans_step,
+)
+from ckn._src.layers import (
+    CKN,
+    PRECISIONS,
+    Filters,
+    KernelLayer,
+    LayerParams,
+    apply_describe,
+    check_precision,
+    kernel_layer_apply,
+)
+from ckn._src.model import describe, group_size, load, read_training_report, save
 from ckn._src.ops import (
+    NORM_EPS,
+    POOLINGS,
     blur_matrix,
-    gaussian_blur,
-    central_gradient,
     centering_matrix,
+    central_gradient,
     extract_patches,
+    extract_patches_shifted,
+    gaussian_blur,
     gaussian_filter_1d,
     gaussian_pool,
     gradient_map,
     kappa,
     normalize_patches,
     nystrom_projection,
+    pooled_size,
     pooling_matrix,
+    select_channels,
+    to_float,
     whitening_matrix,
 )
+from ckn._src.sharding import batch_mesh, batch_sharding, padded_size, replicated
 from ckn._src.training import (
     LayerReport,
     fit_nips14,
@@ -43,14 +70,73 @@ from ckn._src.training import (
     train,
 )
 
+__version__ = "0.1.0"
+
 __all__ = [
-    "CHANNELS", "INPUTS", "METHODS", "PRESETS", "CKN", "CKNConfig", "Filters", "InputError",
-    "KMeansState", "KernelLayer", "LayerParams", "PRECISIONS", "LayerConfig", "LayerReport", "TrainConfig", "atomic_path",
-    "blur_matrix", "gaussian_blur",
-    "central_gradient", "centering_matrix", "check_patches", "describe", "extract_patches",
-    "fit_nips14", "gaussian_filter_1d", "gaussian_pool", "get_preset", "gradient_map", "kappa",
-    "kernel_layer_apply", "kmeans", "kmeans_init", "kmeans_objective", "kmeans_step", "load",
-    "load_patch_file", "normalize_patches", "nips14_loss", "nystrom_projection", "nystrom_residual", "pooling_matrix",
-    "read_training_report", "refine_nystrom", "sample_subpatches", "save", "sigma_from_quantile",
-    "train", "whitening_matrix",
+    "CHANNELS",
+    "CKN",
+    "CKNConfig",
+    "Filters",
+    "INPUTS",
+    "InputError",
+    "KMeansState",
+    "KernelLayer",
+    "LayerConfig",
+    "LayerGeometry",
+    "LayerParams",
+    "LayerReport",
+    "METHODS",
+    "NORMALIZATIONS",
+    "NORM_EPS",
+    "NUM_BLOCKS",
+    "POOLINGS",
+    "PRECISIONS",
+    "PRESETS",
+    "SPLITS",
+    "TrainConfig",
+    "apply_describe",
+    "atomic_path",
+    "batch_mesh",
+    "batch_sharding",
+    "blur_matrix",
+    "central_gradient",
+    "centering_matrix",
+    "check_patches",
+    "check_precision",
+    "describe",
+    "extract_patches",
+    "extract_patches_shifted",
+    "fit_nips14",
+    "gaussian_blur",
+    "gaussian_filter_1d",
+    "gaussian_pool",
+    "get_preset",
+    "gradient_map",
+    "group_size",
+    "kappa",
+    "kernel_layer_apply",
+    "kmeans",
+    "kmeans_init",
+    "kmeans_objective",
+    "kmeans_step",
+    "load",
+    "load_patch_file",
+    "nips14_loss",
+    "normalize_patches",
+    "nystrom_projection",
+    "nystrom_residual",
+    "padded_size",
+    "pooled_size",
+    "pooling_matrix",
+    "read_training_report",
+    "refine_nystrom",
+    "replicated",
+    "sample_subpatches",
+    "save",
+    "select_channels",
+    "sigma_from_quantile",
+    "to_float",
+    "train",
+    "whitening_matrix",
+    "write_json",
 ]

@@ -3,26 +3,22 @@
 Public API; implementation modules under ``retrieval._src`` are private.
 """
 # RomePatches-style patch data sets (retrieval._src.regions / patchsets / contact_sheet).
-from retrieval._src.contact_sheet import contact_sheet
-from retrieval._src.patchsets import (
-    PatchSet,
-    EmptySplitWarning,
-    PatchSetConfig,
-    SkippedItemWarning,
-    ViewParams,
-    build_default,
-    build_photos,
-    build_sequences,
-    build_stereo,
-    default_config,
-    format_stats,
-    load_manual,
-    load_patchset,
-    patchset_stats,
-    read_stereo_pairs,
-    save_patchset,
+# Patch metrics, baselines, evaluation, search, the reproduce pipeline.
+from retrieval._src.baselines import (
+    BASELINES,
+    describe_baseline,
+    pixel_descriptors,
+    sift_descriptors,
+    sift_keypoint_size,
 )
-from retrieval._src.regions import Regions, detect_regions, sample_patch, sample_patches, select_regions
+from retrieval._src.contact_sheet import contact_sheet
+from retrieval._src.evaluation import (
+    AP_DEFINITION,
+    describe_with,
+    descriptor_info,
+    evaluate_descriptors,
+    resolve_model,
+)
 
 # VLAD / image retrieval (retrieval._src.vlad / image_retrieval).
 from retrieval._src.image_retrieval import (
@@ -49,7 +45,50 @@ from retrieval._src.image_retrieval import (
     make_index,
     recall_at,
 )
+from retrieval._src.metrics import (
+    PairSet,
+    RetrievalResult,
+    RetrievalSummary,
+    average_precision,
+    average_precision_from_ranking,
+    fpr_at_recall,
+    nn_matching_accuracy,
+    pair_scores,
+    patch_retrieval_map,
+    precision_recall_curve,
+    retrieval_summary,
+    roc_auc,
+    roc_curve,
+    sample_pairs,
+)
+from retrieval._src.patchsets import (
+    EmptySplitWarning,
+    PatchSet,
+    PatchSetConfig,
+    SkippedItemWarning,
+    ViewParams,
+    build_default,
+    build_photos,
+    build_sequences,
+    build_stereo,
+    default_config,
+    format_stats,
+    load_manual,
+    load_patchset,
+    patchset_stats,
+    read_stereo_pairs,
+    save_patchset,
+)
 from retrieval._src.postprocess import PCAWhitening, apply_pca_whitening, fit_pca_whitening
+from retrieval._src.regions import (
+    Regions,
+    detect_regions,
+    sample_patch,
+    sample_patches,
+    select_regions,
+)
+from retrieval._src.reproduce import DEFAULT_DESCRIPTORS, PAPER_ROMEPATCHES, format_table, reproduce
+from retrieval._src.search import ExactIndex, FaissIndex, Index, exact_search
 from retrieval._src.vlad import (
     fit_codebook,
     vlad_core,
@@ -130,6 +169,10 @@ __all__ = [
     "vlad_encode_batch",
     # metrics, search, baselines, evaluation
     "AP_DEFINITION",
+    "DEFAULT_DESCRIPTORS",
+    "PAPER_ROMEPATCHES",
+    "format_table",
+    "reproduce",
     "BASELINES",
     "ExactIndex",
     "FaissIndex",

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import baselines as B
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ckn
-from ckn.cli import main
+from retrieval.cli.main import main
 
 TINY = ["--preset", "ckn-tiny", "--quiet"]
 
@@ -184,7 +184,7 @@ def test_bad_overrides_and_batch_size(capsys, tmp_path, patch_file, model_dir):
 def test_python_m_ckn_exits_cleanly_on_bad_input(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run(
-        [sys.executable, "-m", "ckn", "describe", "--model", str(tmp_path / "none"), "--patches",
+        [sys.executable, "-m", "retrieval.cli", "describe", "--model", str(tmp_path / "none"), "--patches",
          str(tmp_path / "none.npy"), "--out", str(tmp_path / "o.npy")],
         capture_output=True, text=True, env=env, timeout=120,
     )

@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from test_cli import _assert_one_line_error, _run  # the CLI helpers of the ckn core tests
 
 import ckn
-from ckn._src.errors import InputError
-from ckn.cli import main
+from ckn import InputError
 from retrieval._src import evaluation as E
 from retrieval._src.baselines import describe_baseline
-from test_cli import _assert_one_line_error, _run  # the CLI helpers of the ckn core tests
 
 
 def _eval(capsys, *argv):

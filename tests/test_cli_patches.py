@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ckn.cli import main
-from ckn._src.fileio import load_patch_file
+from ckn import load_patch_file
 from retrieval._src import patchsets as P
+from retrieval.cli.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,9 @@ def test_default_quick_writes_everything(tmp_path, capsys):
     assert cv2.imread(str(tmp_path / "q.png")) is not None
     record = json.loads((tmp_path / "q.json").read_text())
     assert record["metadata"]["command"].startswith("ckn patches --default --quick")
-    assert record["metadata"]["machine"]["cpu_count"] >= 1
+    meta = record["metadata"]
+    assert meta["cpu_count"] >= 1 and len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool)
+    assert meta["load_average_end"] is not None and meta["wall_seconds"] > 0
     ps = P.load_patchset(out)
     assert record["results"]["patches"] == len(ps) and record["results"]["groups"] == len(np.unique(ps.labels))
     from retrieval._src.tfds_builder import tfds_to_patchset
@@ -167,7 +169,7 @@ def test_bad_output_paths(argv, text, capsys):
 def test_real_entry_point_exit_code_and_no_traceback(tmp_path):
     out = tmp_path / "x.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "ckn", "patches", "--photos", str(tmp_path / "nope"), "--out", str(out)],
+        [sys.executable, "-m", "retrieval.cli", "patches", "--photos", str(tmp_path / "nope"), "--out", str(out)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from ckn.cli import main
 from retrieval._src import image_retrieval as IR
+from retrieval.cli.main import main
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
 

@@ -4,7 +4,7 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import metrics as M
 
 

@@ -1,17 +1,15 @@
-"""Each pure op of ckn._src.ops against a plain NumPy reference.
+"""Each pure op of ckn against a plain NumPy reference.
 
 Tolerances (float32 computations vs float64 references):
   exact rearrangements (patch extraction, gradients): atol 1e-6
   sums / products of O(1) values:                     rtol 1e-5, atol 1e-5
   matrix functions (inverse square roots):            atol 1e-4
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ckn
-from ckn._src import ops
 
 TOL = {"exact": dict(atol=1e-6, rtol=0), "sum": dict(atol=1e-5, rtol=1e-5), "matrix": dict(atol=1e-4, rtol=0)}
 
@@ -60,7 +58,7 @@ def test_extract_patches(rng, padding, e, c):
     got = ckn.extract_patches(jnp.asarray(x), e, padding)
     np.testing.assert_allclose(got, np_patches(x, e, padding), **TOL["exact"])
     # The shifted-slice variant (used for small sub-patches) gives the same values exactly.
-    np.testing.assert_array_equal(ops.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding))
+    np.testing.assert_array_equal(ckn.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding))
 
 
 def test_normalize_patches(rng):
@@ -286,14 +284,14 @@ def test_kernel_layer_against_numpy(rng, padding, s, centre):
 
 def test_select_channels():
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 4, 4, 3)), jnp.float32)
-    gray = ops.select_channels(x, "gray")
+    gray = ckn.select_channels(x, "gray")
     np.testing.assert_allclose(gray[..., 0], 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2], atol=1e-6)
-    np.testing.assert_array_equal(ops.select_channels(x, "green"), x[..., 1:2])
-    assert ops.select_channels(x[..., 0], "gray").shape == (2, 4, 4, 1)
+    np.testing.assert_array_equal(ckn.select_channels(x, "green"), x[..., 1:2])
+    assert ckn.select_channels(x[..., 0], "gray").shape == (2, 4, 4, 1)
     with pytest.raises(ValueError, match="rgb"):
-        ops.select_channels(x[..., :1], "rgb")
+        ckn.select_channels(x[..., :1], "rgb")
 
 
 def test_to_float():
-    assert np.allclose(ops.to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
-    assert ops.to_float(np.array([0.5], np.float64)).dtype == jnp.float32
+    assert np.allclose(ckn.to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
+    assert ckn.to_float(np.array([0.5], np.float64)).dtype == jnp.float32

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import load_patch_file
+from ckn import InputError, load_patch_file
 from retrieval._src import patchsets as P
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import regions as R
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ckn
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src.reproduce import PAPER_ROMEPATCHES, format_table, reproduce
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import search as S
 
 

@@ -7,9 +7,7 @@ import pytest
 from flax import nnx
 
 import ckn
-from ckn._src import sharding
-from ckn._src.kmeans import NUM_BLOCKS
-from ckn._src.layers import apply_describe
+from ckn import NUM_BLOCKS, apply_describe
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,13 @@ def unit_rows(a):
 
 
 def test_batch_mesh(devices):
-    mesh = sharding.batch_mesh(devices)
+    mesh = ckn.batch_mesh(devices)
     assert mesh.axis_names == ("batch",) and mesh.size == 4
-    x = jax.device_put(np.arange(8.0, dtype=np.float32).reshape(8, 1), sharding.batch_sharding(mesh))
+    x = jax.device_put(np.arange(8.0, dtype=np.float32).reshape(8, 1), ckn.batch_sharding(mesh))
     assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape == (2, 1)
-    assert sharding.padded_size(9, 4) == 12 and sharding.padded_size(8, 4) == 8
+    assert ckn.padded_size(9, 4) == 12 and ckn.padded_size(8, 4) == 8
     with pytest.raises(ValueError, match="at least one device"):
-        sharding.batch_mesh([])
+        ckn.batch_mesh([])
 
 
 @pytest.mark.parametrize("n, batch_size", [(70, 32), (3, 256), (64, 16)])
@@ -47,9 +45,9 @@ def test_describe_same_bits_on_1_and_4_devices(photo_patches, tiny_model, device
 
 def test_describe_sharded_call_puts_rows_on_every_device(photo_patches, tiny_model, devices):
     model, _ = tiny_model
-    mesh = sharding.batch_mesh(devices)
+    mesh = ckn.batch_mesh(devices)
     graphdef, state = nnx.split(model)
-    x = jax.device_put(jnp.asarray(photo_patches[:8]), sharding.batch_sharding(mesh))
+    x = jax.device_put(jnp.asarray(photo_patches[:8]), ckn.batch_sharding(mesh))
     y = apply_describe(graphdef, state, x, mesh=mesh)
     assert y.shape == (8, 128)
     assert {s.device for s in y.addressable_shards} == set(devices)
@@ -88,10 +86,10 @@ def test_kmeans_same_bits_on_1_2_and_4_devices(devices, n, spherical):
 
 def test_kmeans_step_on_a_mesh_equals_one_device_step(devices):
     x = clustered(8 * NUM_BLOCKS * 4, 8, seed=1)
-    mesh = sharding.batch_mesh(devices)
+    mesh = ckn.batch_mesh(devices)
     state = ckn.kmeans_init(jax.random.key(0), x, 6)
     ref = ckn.kmeans_step(state, x)
-    got = ckn.kmeans_step(state, jax.device_put(x, sharding.batch_sharding(mesh)), mesh=mesh)
+    got = ckn.kmeans_step(state, jax.device_put(x, ckn.batch_sharding(mesh)), mesh=mesh)
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="multiple of the device count"):
@@ -104,8 +102,8 @@ def test_kmeans_reseeds_empty_clusters_the_same_way_on_4_devices(devices):
     x = clustered(256, 4, seed=2)
     centres = jnp.concatenate([x[:3], x[:3]])
     state = ckn.KMeansState(centres, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
-    mesh = sharding.batch_mesh(devices)
+    mesh = ckn.batch_mesh(devices)
     ref = ckn.kmeans_step(state, x)
-    got = ckn.kmeans_step(state, jax.device_put(x, sharding.batch_sharding(mesh)), mesh=mesh)
+    got = ckn.kmeans_step(state, jax.device_put(x, ckn.batch_sharding(mesh)), mesh=mesh)
     assert int(ref.num_empty) == 3 == int(got.num_empty)
     np.testing.assert_array_equal(got.centers, ref.centers)

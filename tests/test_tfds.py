@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import patchsets as P
 
 tfds = pytest.importorskip("tensorflow_datasets")

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import ckn
-from ckn._src.layers import apply_describe
+from ckn import apply_describe
 
 
 def tiny(**train):

@@ -29,8 +29,8 @@ import numpy as np
 from flax import nnx
 
 from ckn._src import ops
-from ckn._src.sharding import BATCH
 from ckn._src.config import CKNConfig, LayerConfig
+from ckn._src.sharding import BATCH
 
 # Matrix-product precisions, named as JAX names them (jnp/lax accept these strings).
 PRECISIONS = (

@@ -35,7 +35,6 @@ from ckn._src.fileio import check_patches
 from ckn._src.kmeans import kmeans
 from ckn._src.layers import CKN, KernelLayer
 
-
 # --- Sampling ------------------------------------------------------------------
 
 

@@ -45,8 +45,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import check_patches
+from ckn import InputError, check_patches
 
 #: Names accepted by :func:`describe_baseline`.
 BASELINES = ("sift", "rootsift", "pixels")

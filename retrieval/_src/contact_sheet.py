@@ -7,8 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path
+from ckn import InputError, atomic_path
 
 
 def contact_sheet_image(

@@ -32,9 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.layers import CKN
-from ckn._src.model import describe, load
+from ckn import CKN, InputError, describe, load
 from retrieval._src import metrics as M
 from retrieval._src.baselines import BASELINES, describe_baseline
 

@@ -60,11 +60,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import metrics as M
 from retrieval._src import postprocess as PP
 from retrieval._src import regions as R

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ckn._src.errors import InputError
+from ckn import InputError
 
 MODES = ("noninterpolated", "trapezoid")
 

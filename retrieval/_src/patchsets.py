@@ -82,8 +82,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import cv2
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, load_patch_file
+from ckn import InputError, atomic_path, load_patch_file
 from retrieval._src import regions as R
 
 #: Bumped whenever the output of a builder changes for the same parameters (cache key).

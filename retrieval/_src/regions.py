@@ -29,7 +29,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from ckn._src.errors import InputError
+from ckn import InputError
 
 #: Default patch side, in pixels (RomePatches uses 51 x 51).
 PATCH_SIZE = 51

@@ -8,22 +8,17 @@ the paper's form (descriptor, coverage, dimension, train mAP, test mAP).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import ckn
-from ckn._src.cli_core import add_precision_flag
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path
+from ckn import InputError, atomic_path
 from retrieval._src import patchsets
 from retrieval._src.baselines import BASELINES, describe_baseline
 from retrieval._src.evaluation import evaluate_descriptors
@@ -44,34 +39,6 @@ DEFAULT_DESCRIPTORS = ("ckn-raw", "ckn-white", "ckn-grad", "sift", "rootsift", "
 #: ``--quick``: fewer sub-patches and k-means iterations per layer (the
 #: architectures are the presets').
 QUICK_TRAIN = {"num_patches": 30_000, "kmeans_iters": 20}
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine_info() -> dict:
-    """Versions and hardware, for results files."""
-    import flax
-    import jax
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-        "devices": [str(d) for d in jax.devices()],
-        "commit": _git_commit(),
-    }
 
 
 def load_data(*, quick: bool, sequences: str | None, patches: str | None, seed: int, progress: bool):
@@ -108,6 +75,7 @@ def reproduce(
     precision: str = "highest",
     progress: bool = True,
     log=print,
+    metadata: Callable[[], dict] | None = None,
 ) -> dict:
     """Runs the whole benchmark; returns the results dict (also written to ``out_dir``).
 
@@ -123,6 +91,11 @@ def reproduce(
         (fp32) or "default" (the backend's fastest: TF32 / bf16 passes on
         GPUs, the same as "highest" on CPU); training always runs in fp32.
       batch_size: patches per jitted describe call.
+      progress: show progress bars (stderr).
+      log: called with each progress line.
+      metadata: called once at the end; its dict is stored as the results'
+        ``metadata`` (the command line passes its provenance record, taken
+        when the run started).
     """
     t_start = time.perf_counter()
     configs = dict(configs or {})
@@ -181,7 +154,6 @@ def reproduce(
         )
         rows.append(row)
     results = {
-        "command": "ckn " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("ckn", "__main__.py") else None,
         "data": {"description": data_desc, "seconds": data_seconds, "stats": stats, "info": ps.info},
         "protocol": (
             "all-vs-all patch retrieval within each split, query excluded, relevant = same group, "
@@ -192,8 +164,8 @@ def reproduce(
         "precision": precision,
         "rows": rows,
         "paper_romepatches": PAPER_ROMEPATCHES,
-        "machine": machine_info(),
         "seconds": time.perf_counter() - t_start,
+        "metadata": None if metadata is None else metadata(),
     }
     if out is not None:
         write_results(results, curves, out)
@@ -256,52 +228,3 @@ def _figure(results: dict, curves: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-
-
-# ----- command line ---------------------------------------------------------------------------
-
-
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    descriptors = tuple(d.strip() for d in args.descriptors.split(",") if d.strip())
-    if args.sequences is not None and not Path(args.sequences).is_dir():
-        raise InputError(f"--sequences {args.sequences}: not a directory")
-    results = reproduce(
-        quick=args.quick,
-        sequences=args.sequences,
-        patches=args.patches,
-        out_dir=args.out,
-        descriptors=descriptors,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.quiet,
-        log=lambda s: print(s, file=sys.stderr),
-    )
-    print(format_table(results))
-    print(f"total {results['seconds']:.0f} s; results in {args.out}/results.json and results.png")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="the Patch-CKN patch-retrieval table (train without labels, mAP per split)",
-        description=(
-            "Builds RomePatches-style data, trains ckn-raw, ckn-white and ckn-grad without labels on the train "
-            "split, and prints patch-retrieval mAP for them and the SIFT, RootSIFT and pixel baselines."
-        ),
-    )
-    p.add_argument("--quick", action="store_true", help="small default data and lighter training (minutes)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--sequences", help="Oxford/HPatches-layout folder of homography sequences")
-    src.add_argument("--patches", help="a RomePatches-style .npz with patches, labels and split")
-    p.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out)")
-    p.add_argument(
-        "--descriptors", default=",".join(DEFAULT_DESCRIPTORS),
-        help=f"comma-separated, in table order (default {','.join(DEFAULT_DESCRIPTORS)})",
-    )
-    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per jitted describe call")
-    add_precision_flag(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_reproduce)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src.metrics import check_matrix
 
 METRICS = ("ip", "l2")

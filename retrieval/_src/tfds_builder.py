@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ckn._src.errors import InputError
+from ckn import InputError
 from retrieval._src import patchsets as P
 
 BUILDER_NAME = "ckn_patches"

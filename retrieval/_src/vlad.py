@@ -49,8 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.kmeans import kmeans
+from ckn import InputError, kmeans
 from retrieval._src.metrics import check_matrix
 from retrieval._src.postprocess import PCAWhitening as PCAWhitening  # re-exported
 from retrieval._src.postprocess import apply_pca_whitening as apply_pca_whitening  # re-exported

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -26,12 +23,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path
+from ckn import InputError, atomic_path
 from retrieval._src import patchsets as P
 from retrieval._src.regions import PATCH_SIZE
+from retrieval.cli import provenance
+
 
 def _source(args: argparse.Namespace) -> str:
     if args.default:
@@ -119,49 +115,6 @@ def _command(args: argparse.Namespace, source: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _commit() -> str | None:
-    """The git commit of this checkout (``+dirty`` if the patch-set code is edited), or None outside git."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        # Only the files that make the patch sets count (others may be edited alongside).
-        files = [str(Path(__file__).with_name(n)) for n in ("regions.py", "patchsets.py", "cli_patches.py")]
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *files],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
-
-
-def _machine() -> dict:
-    import cv2
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
-    with contextlib.suppress(Exception):
-        import skimage
-
-        info["scikit-image"] = skimage.__version__
-    with contextlib.suppress(OSError, AttributeError):
-        # Other jobs on the machine slow the build: keep the load next to the timing.
-        info["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    return info
-
-
 @contextlib.contextmanager
 def _one_line_warnings(prog: str):
     """Shows each warning as one ``<prog>: warning: ... (Category)`` line on stderr."""
@@ -178,6 +131,7 @@ def _one_line_warnings(prog: str):
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
+    meta = provenance.start()
     source = _source(args)
     _check_args(args, source)
     with _one_line_warnings("ckn patches"):
@@ -230,10 +184,8 @@ def cmd_patches(args: argparse.Namespace) -> int:
                 "build_seconds": round(seconds, 2),
                 "from_cache": bool(cached),
                 **({"first_build_seconds": ps.info.get("build_seconds")} if cached else {}),
-                "commit": _commit(),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "machine": _machine(),
                 "patchset_version": P.VERSION,
+                **{k: v for k, v in provenance.finish(meta).items() if k != "command"},
             },
             "results": stats,
         }

@@ -1,4 +1,7 @@
-"""The ``ckn`` command line (also ``python -m ckn``).
+"""The ``ckn`` command line (also ``python -m retrieval.cli``): the app layer.
+
+This package is the only place that may import both ``ckn`` (public API) and
+``retrieval``; neither library imports it.
 
 Each sub-command lives in its own module with a ``register(subparsers)``
 function that adds its parser and sets ``func(args) -> int``. Errors from bad
@@ -8,20 +11,15 @@ errors) print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-from ckn._src.errors import InputError
+import ckn
+from ckn import InputError
+from retrieval.cli import describe, eval_images, eval_patches, patches, reproduce, train
 
 # Modules that contribute sub-commands, in the order of `ckn --help`.
-_COMMAND_MODULES = (
-    "ckn._src.cli_core",  # train, describe
-    "retrieval._src.cli_patches",  # patches
-    "retrieval._src.cli_eval",  # eval-patches
-    "retrieval._src.reproduce",  # reproduce
-    "retrieval._src.cli_images",  # eval-images
-)
+_COMMAND_MODULES = (train, describe, patches, eval_patches, reproduce, eval_images)
 
 
 class _UsageError(Exception):
@@ -42,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convolutional kernel networks for patch and image retrieval.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    parser.add_argument("--version", action="version", version=f"ckn {ckn.__version__}")
+    for module in _COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

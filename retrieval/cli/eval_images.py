@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, write_json
+from ckn import InputError, atomic_path, write_json
 from retrieval._src import image_retrieval as IR
 from retrieval._src.patchsets import read_image
-from retrieval._src.reproduce import machine_info
+from retrieval.cli import provenance
 
 AP_TEXT = "non-interpolated AP (precision at each relevant rank, averaged), query excluded, junk removed, ties against relevant"
 
@@ -56,6 +55,7 @@ def figure_queries(labels: np.ndarray, count: int = 4) -> list[int]:
 
 
 def cmd_eval_images(args: argparse.Namespace) -> int:
+    meta = provenance.start()
     _check_out(args.json, ".json", "--json")
     _check_out(args.figure, ".png", "--figure")
     for flag in ("k", "max_regions"):
@@ -135,7 +135,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
             for q in range(len(names)) if not np.isnan(res.per_query[q])
         ],
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-        "metadata": machine_info(),
+        "metadata": provenance.finish(meta),
     }
     if args.json is not None:
         write_json(args.json, doc)

@@ -15,7 +15,6 @@ atomically: nothing is left behind on error.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 import zipfile
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import SPLITS, load_patch_file, write_json
+from ckn import SPLITS, InputError, load_patch_file, write_json
 from retrieval._src.baselines import BASELINES
 from retrieval._src.evaluation import (
     AP_DEFINITION,
@@ -33,6 +31,7 @@ from retrieval._src.evaluation import (
     evaluate_descriptors,
     resolve_model,
 )
+from retrieval.cli import provenance
 
 _HEADER = (f"{'split':<6} {'patches':>7} {'groups':>6} {'queries':>7} {'skipped':>7} {'mAP':>6} "
            f"{'mAP-trap':>8} {'NN-acc':>6} {'FPR95':>6} {'AUC':>6} {'patch/s':>8}")
@@ -69,21 +68,8 @@ def _row(split: str, r: dict, rate: float) -> str:
             f"{100 * r['nn_accuracy']:>6.2f} {100 * r['fpr95']:>6.2f} {r['roc_auc']:>6.4f} {rate:>8.0f}")
 
 
-def _metadata() -> dict:
-    import cv2
-    import jax
-
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "jax": jax.__version__,
-        "opencv": cv2.__version__,
-        "device": str(jax.devices()[0]),
-    }
-
-
 def cmd_eval_patches(args: argparse.Namespace) -> int:
+    meta = provenance.start()
     path = Path(args.patches)
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -129,7 +115,7 @@ def cmd_eval_patches(args: argparse.Namespace) -> int:
                 "pairs": {"max_matching": args.max_pairs, "seed": args.seed},
             },
             "splits": results,
-            "metadata": _metadata(),
+            "metadata": provenance.finish(meta),
         }
         write_json(args.json, doc)
         print(f"wrote {args.json}")

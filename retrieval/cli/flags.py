@@ -1,20 +1,12 @@
-"""``ckn train`` and ``ckn describe``."""
+"""Command-line flags shared by several commands: architecture overrides, precision."""
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-import time
 
-import numpy as np
-
-from ckn._src.config import INPUTS, METHODS, NORMALIZATIONS, PRESETS, CKNConfig, LayerConfig, get_preset
-from ckn._src.ops import POOLINGS
-from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, load_patch_file
-from ckn._src.layers import PRECISIONS
-from ckn._src.model import describe, load, save
-from ckn._src.training import train
+import ckn
+from ckn import INPUTS, METHODS, NORMALIZATIONS, POOLINGS, PRECISIONS, CKNConfig, InputError
 
 
 def _int_list(text: str) -> list[int]:
@@ -81,7 +73,7 @@ def add_architecture_flags(p: argparse.ArgumentParser) -> None:
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default="highest",
+        "--precision", choices=PRECISIONS, default="highest",
         help="matrix-product precision of describe: highest (fp32, default) or default "
         "(the backend's fastest: TF32/bf16 passes on GPUs; the same as highest on CPU)",
     )
@@ -94,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
     every layer); a list longer than the preset's adds layers that copy the
     preset's last one before overrides.
     """
-    cfg = get_preset(args.preset)
+    cfg = ckn.get_preset(args.preset)
     lists = {
         "filters": args.filters,
         "subpatch": args.subpatch,
@@ -137,91 +129,3 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
     )
 
 
-def _describe_layers(layers: tuple[LayerConfig, ...]) -> str:
-    return " | ".join(
-        f"{lc.subpatch}x{lc.subpatch} x{lc.filters} pool {lc.subsampling}"
-        f"{'' if lc.pooling == 'strided' else ' ' + lc.pooling}{'' if lc.pool_std is None else f' std {lc.pool_std}'}"
-        f" sigma {lc.sigma}"
-        for lc in layers
-    )
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    patches, _ = load_patch_file(args.patches, split=args.split)
-    h, w, c = cfg.output_shape(patches.shape[1], patches.shape[2])
-    print(
-        f"training {cfg.name} ({cfg.input} input; {_describe_layers(cfg.layers)}) on {patches.shape[0]} patches "
-        f"of {patches.shape[1]}x{patches.shape[2]}, method {cfg.train.method}, seed {args.seed}",
-        file=sys.stderr,
-    )
-    t0 = time.perf_counter()
-    model, reports = train(cfg, patches, seed=args.seed, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    for i, r in enumerate(reports):
-        print(
-            f"layer {i + 1}: sigma {r.sigma:.4f}, {r.num_samples} sub-patches ({r.num_dropped} flat dropped), "
-            f"k-means objective {r.kmeans_objective[0]:.4f} -> {r.kmeans_objective[-1]:.4f}, {r.seconds:.1f} s",
-            file=sys.stderr,
-        )
-    training = {
-        "seed": args.seed,
-        "num_train_patches": int(patches.shape[0]),
-        "seconds": seconds,
-        "layers": [dataclasses.asdict(r) for r in reports],
-    }
-    save(model, args.out, training=training)
-    print(f"saved {args.out}: descriptor dimension {h * w * c} ({h}x{w}x{c}), trained in {seconds:.1f} s")
-    return 0
-
-
-def cmd_describe(args: argparse.Namespace) -> int:
-    model = load(args.model, precision=args.precision)
-    patches, _ = load_patch_file(args.patches, split=args.split)
-    n = patches.shape[0]
-    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
-    if not str(args.out).endswith(".npy"):
-        raise InputError(f"--out must be a .npy file, got {args.out}")
-    t0 = time.perf_counter()
-    with atomic_path(args.out) as tmp:
-        # Written straight into a memory-mapped .npy: bounded memory for large files.
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
-        describe(model, patches, batch_size=args.batch_size, progress=not args.quiet, out=out)
-        out.flush()
-        del out
-    seconds = time.perf_counter() - t0
-    print(f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s ({n / seconds:.0f} patches/s)")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a CKN without labels on a patch file",
-        description="Trains a CKN layer by layer without labels and saves it to a directory.",
-    )
-    p.add_argument("--preset", required=True, help=f"architecture preset: {', '.join(PRESETS)}")
-    p.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--split", choices=("train", "test", "all"), default=None,
-        help="rows of an .npz with a 'split' array (default: all rows)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_architecture_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    d = sub.add_parser(
-        "describe",
-        help="describe patches with a trained model",
-        description="Writes (N, D) float32 L2-normalized descriptors to a .npy file.",
-    )
-    d.add_argument("--model", required=True, help="model directory written by `ckn train`")
-    d.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
-    d.add_argument("--out", required=True, help="output .npy file")
-    d.add_argument("--batch-size", type=int, default=256, help="patches per jitted batch (default 256)")
-    d.add_argument("--split", choices=("train", "test", "all"), default=None, help="rows of an .npz split")
-    add_precision_flag(d)
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(func=cmd_describe)

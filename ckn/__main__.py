@@ -1,5 +1,0 @@
-import sys
-
-from ckn.cli import main
-
-sys.exit(main())

@@ -1,0 +1,47 @@
+"""``ckn describe``: descriptors of a patch file with a trained model, to a .npy file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import ckn
+from ckn import InputError
+from retrieval.cli.flags import add_precision_flag
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    model = ckn.load(args.model, precision=args.precision)
+    patches, _ = ckn.load_patch_file(args.patches, split=args.split)
+    n = patches.shape[0]
+    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
+    if not str(args.out).endswith(".npy"):
+        raise InputError(f"--out must be a .npy file, got {args.out}")
+    t0 = time.perf_counter()
+    with ckn.atomic_path(args.out) as tmp:
+        # Written straight into a memory-mapped .npy: bounded memory for large files.
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
+        ckn.describe(model, patches, batch_size=args.batch_size, progress=not args.quiet, out=out)
+        out.flush()
+        del out
+    seconds = time.perf_counter() - t0
+    print(f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s ({n / seconds:.0f} patches/s)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "describe",
+        help="describe patches with a trained model",
+        description="Writes (N, D) float32 L2-normalized descriptors to a .npy file.",
+    )
+    d.add_argument("--model", required=True, help="model directory written by `ckn train`")
+    d.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
+    d.add_argument("--out", required=True, help="output .npy file")
+    d.add_argument("--batch-size", type=int, default=256, help="patches per jitted batch (default 256)")
+    d.add_argument("--split", choices=("train", "test", "all"), default=None, help="rows of an .npz split")
+    add_precision_flag(d)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_describe)
