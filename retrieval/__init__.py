@@ -80,6 +80,19 @@ from retrieval._src.patchsets import (
     save_patchset,
 )
 from retrieval._src.postprocess import PCAWhitening, apply_pca_whitening, fit_pca_whitening
+
+# Global-descriptor pooling heads (retrieval._src.pooling).
+from retrieval._src.pooling import (
+    crow,
+    gem,
+    l2_normalize,
+    mac,
+    neural_codes,
+    regional_mac,
+    rmac,
+    rmac_regions,
+    spoc,
+)
 from retrieval._src.regions import (
     Regions,
     detect_regions,
@@ -167,6 +180,16 @@ __all__ = [
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",
+    # global-descriptor pooling heads
+    "crow",
+    "gem",
+    "l2_normalize",
+    "mac",
+    "neural_codes",
+    "regional_mac",
+    "rmac",
+    "rmac_regions",
+    "spoc",
     # metrics, search, baselines, evaluation
     "AP_DEFINITION",
     "DEFAULT_DESCRIPTORS",
