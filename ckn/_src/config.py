@@ -6,6 +6,7 @@ patch gives a 1024-D descriptor (4 x 4 positions x 64 filters, a SIFT-like
 layout). Every field can be overridden (``dataclasses.replace`` or the
 ``ckn train`` flags).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,7 +114,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise InputError(f"unknown training method {self.method!r}; expected one of {', '.join(METHODS)}")
+            raise InputError(
+                f"unknown training method {self.method!r}; expected one of {', '.join(METHODS)}"
+            )
         if self.num_patches < 2:
             raise InputError(f"num_patches must be >= 2, got {self.num_patches}")
         if not 0.0 < self.sigma_quantile < 1.0:
@@ -159,20 +162,30 @@ class CKNConfig:
 
     def __post_init__(self):
         if self.input not in INPUTS:
-            raise InputError(f"unknown input map {self.input!r}; expected one of {', '.join(INPUTS)}")
+            raise InputError(
+                f"unknown input map {self.input!r}; expected one of {', '.join(INPUTS)}"
+            )
         if self.channels not in CHANNELS:
-            raise InputError(f"unknown channels {self.channels!r}; expected one of {', '.join(CHANNELS)}")
+            raise InputError(
+                f"unknown channels {self.channels!r}; expected one of {', '.join(CHANNELS)}"
+            )
         if self.input == "grad" and self.channels == "rgb":
-            raise InputError("the grad input map works on one channel: use channels 'gray' or 'green'")
+            raise InputError(
+                "the grad input map works on one channel: use channels 'gray' or 'green'"
+            )
         if not self.layers:
             raise InputError("a network needs at least one kernel layer")
         if self.grad_orientations < 2 or self.grad_sigma <= 0 or self.grad_subsampling < 1:
-            raise InputError("grad_orientations >= 2, grad_sigma > 0 and grad_subsampling >= 1 are required")
+            raise InputError(
+                "grad_orientations >= 2, grad_sigma > 0 and grad_subsampling >= 1 are required"
+            )
         _check_pooling(self.grad_pooling, self.grad_pool_std)
         if not self.blur >= 0:
             raise InputError(f"blur must be >= 0, got {self.blur!r}")
         if self.normalize not in NORMALIZATIONS:
-            raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+            raise InputError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
 
     @property
     def in_channels(self) -> int:
@@ -188,7 +201,9 @@ class CKNConfig:
         c = self.in_channels
         if self.input == "grad":
             if min(h, w) < 2:
-                raise InputError(f"patches of {height}x{width} are too small for the gradient map (>= 2x2)")
+                raise InputError(
+                    f"patches of {height}x{width} are too small for the gradient map (>= 2x2)"
+                )
             h, w = pooled_size(h, self.grad_subsampling), pooled_size(w, self.grad_subsampling)
             c = self.grad_orientations
         out = []
@@ -198,7 +213,8 @@ class CKNConfig:
             if min(h, w) < (layer.subpatch if layer.padding == "same" else 1):
                 raise InputError(
                     f"patches of {height}x{width} are too small for this network: layer {i + 1} "
-                    f"({layer.subpatch}x{layer.subpatch} sub-patches) sees a {max(h, 0)}x{max(w, 0)} map"
+                    f"({layer.subpatch}x{layer.subpatch} sub-patches) sees a "
+                    f"{max(h, 0)}x{max(w, 0)} map"
                 )
             pooled = (pooled_size(h, layer.subsampling), pooled_size(w, layer.subsampling))
             out.append(LayerGeometry(in_channels=c, positions=(h, w), pooled=pooled))
@@ -323,7 +339,9 @@ PRESETS: dict[str, CKNConfig] = {
         grad_orientations=4,
         grad_subsampling=2,
         layers=(LayerConfig(subpatch=3, filters=8, subsampling=2),),
-        train=TrainConfig(num_patches=2000, kmeans_iters=10, refine_steps=20, nips14_steps=50, batch_size=64),
+        train=TrainConfig(
+            num_patches=2000, kmeans_iters=10, refine_steps=20, nips14_steps=50, batch_size=64
+        ),
     ),
 }
 

@@ -5,6 +5,7 @@ with key ``patches`` (same shapes) and optional ``labels`` (N,) plus any
 metadata arrays. Outputs are written to a temporary sibling and renamed, so a
 failure never leaves a half-written file or directory behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,7 +75,10 @@ def load_patch_file(
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 if "patches" not in z.files:
-                    raise InputError(f"{path}: .npz has no 'patches' array (keys: {', '.join(z.files) or 'none'})")
+                    raise InputError(
+                        f"{path}: .npz has no 'patches' array "
+                        f"(keys: {', '.join(z.files) or 'none'})"
+                    )
                 patches = z["patches"]
                 labels = z["labels"] if "labels" in z.files else None
                 rows = _split_rows(path, z["split"] if "split" in z.files else None, split)
@@ -89,12 +93,15 @@ def load_patch_file(
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise InputError(f"{path}: cannot read patch file ({type(e).__name__}: {_first_line(e)})") from None
+        raise InputError(
+            f"{path}: cannot read patch file ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     check_patches(patches, name=f"{path.name}: patches")
     if labels is not None:
         if labels.ndim != 1 or labels.shape[0] != patches.shape[0]:
             raise InputError(
-                f"{path.name}: labels must be (N,) with N = {patches.shape[0]}, got shape {labels.shape}"
+                f"{path.name}: labels must be (N,) with N = {patches.shape[0]}, "
+                f"got shape {labels.shape}"
             )
     return patches, labels
 
@@ -105,7 +112,9 @@ def _split_rows(path: Path, split_array: np.ndarray | None, split: str | None) -
     if split not in SPLITS:
         raise InputError(f"split must be train, test or all, got {split!r}")
     if split_array is None:
-        raise InputError(f"{path}: has no 'split' array, cannot select the {split} split (use --split all)")
+        raise InputError(
+            f"{path}: has no 'split' array, cannot select the {split} split (use --split all)"
+        )
     if split_array.dtype.kind in "US":
         rows = split_array == split
     else:

@@ -17,6 +17,7 @@ sums them per block of ``n / NUM_BLOCKS`` rows, the block partials are
 gathered and added in one fixed order, so the centres and objectives are the
 same bits on 1, 2, 4 or 8 devices (tests/test_sharding.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -105,7 +106,10 @@ def _local_step(centers, x, extra, *, blocks, spherical, precision, axis_name):
         # One product per block: the same shapes on any device count, and the
         # dot products of a row then have the same bits (a matrix product's
         # rounding may depend on its size); as fast as one product.
-        xs = (x.reshape(blocks, n // blocks, d), None if sq_norms is None else sq_norms.reshape(blocks, n // blocks))
+        xs = (
+            x.reshape(blocks, n // blocks, d),
+            None if sq_norms is None else sq_norms.reshape(blocks, n // blocks),
+        )
         best, cost = lax.map(lambda a: _assign(a[0], centers, spherical, precision, a[1]), xs)
         best, cost = best.reshape(n), cost.reshape(n)
     if mask is not None:
@@ -127,7 +131,12 @@ def _local_step(centers, x, extra, *, blocks, spherical, precision, axis_name):
     worst_x = x[worst]
     if axis_name is not None:
         gather = functools.partial(lax.all_gather, axis_name=axis_name, tiled=True)
-        sums, counts, total_cost, total_n = gather(sums), gather(counts), gather(total_cost), gather(total_n)
+        sums, counts, total_cost, total_n = (
+            gather(sums),
+            gather(counts),
+            gather(total_cost),
+            gather(total_n),
+        )
         worst_cost, worst_x = gather(worst_cost), gather(worst_x)
         # Candidates in device (= row) order: top_k breaks ties by position,
         # so this picks the same rows as a top_k over all rows.
@@ -205,7 +214,13 @@ def kmeans_objective(x: jax.Array, centers: jax.Array, *, spherical: bool = True
 @functools.partial(jax.jit, static_argnames=("iters", "spherical", "precision", "mesh"))
 def _kmeans_fit(state, x, mask, sq_norms, iters, spherical, precision, mesh):
     step = functools.partial(
-        kmeans_step, x=x, spherical=spherical, precision=precision, mask=mask, sq_norms=sq_norms, mesh=mesh
+        kmeans_step,
+        x=x,
+        spherical=spherical,
+        precision=precision,
+        mask=mask,
+        sq_norms=sq_norms,
+        mesh=mesh,
     )
 
     def body(s, _):
@@ -269,7 +284,9 @@ def kmeans(
     if n_pad != n:
         x = jnp.concatenate([x, jnp.zeros((n_pad - n, x.shape[1]), x.dtype)])
         mask = jnp.arange(n_pad) < n
-    sq_norms = None if spherical else jnp.sum(x * x, axis=1)  # before the split: same bits on any device count
+    sq_norms = (
+        None if spherical else jnp.sum(x * x, axis=1)
+    )  # before the split: same bits on any device count
     if ndev > 1:
         x, mask, sq_norms = jax.device_put((x, mask, sq_norms), sharding.batch_sharding(mesh))
     # The initial draw outside the compiled fit: the number of valid rows is not

@@ -18,6 +18,7 @@ All arrays learned without gradients are ``Filters`` variables, so an
 optimizer built with ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` leaves them
 alone and ``nnx.state(model, Filters)`` selects them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -98,9 +99,13 @@ def kernel_layer_apply(
             # Few input channels (a raw image): the sub-patch vectors by shifted
             # slices and a matmul; a convolution with 1 input channel runs far
             # below the machine's rate (ckn-ref64 layer 1: 0.77 -> 0.4 ms/patch).
-            y = jnp.matmul(ops.extract_patches_shifted(x, subpatch, padding), preproc, precision=precision)
+            y = jnp.matmul(
+                ops.extract_patches_shifted(x, subpatch, padding), preproc, precision=precision
+            )
         else:
-            y = ops.conv(x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision)
+            y = ops.conv(
+                x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision
+            )
         rho = jnp.linalg.norm(y, axis=-1, keepdims=True)
         zx = jnp.matmul(y, filters.T, precision=precision)
     else:
@@ -296,4 +301,6 @@ def apply_describe(graphdef, state, patches, *, mesh=None, precision=None):
     if mesh is None:
         return local(state, patches)
     spec = jax.sharding.PartitionSpec
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec(), spec(BATCH)), out_specs=spec(BATCH))(state, patches)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec(), spec(BATCH)), out_specs=spec(BATCH))(
+        state, patches
+    )

@@ -5,6 +5,7 @@ the sigmas found at training and the training report) and ``arrays.npz``
 (every ``Filters`` array, keyed ``layers.<i>.<name>``). It is written to a
 temporary directory and renamed, so a failed save leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,10 +127,14 @@ def describe(
     if out is None:
         out = np.empty((n, h * w * c), np.float32)
     elif out.shape != (n, h * w * c) or out.dtype != np.float32:
-        raise InputError(f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}")
+        raise InputError(
+            f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}"
+        )
     mesh = sharding.batch_mesh(devices)
     ndev = mesh.size
-    group = group_size(model.config, patches.shape[1], patches.shape[2], mesh.devices.flat[0].platform)
+    group = group_size(
+        model.config, patches.shape[1], patches.shape[2], mesh.devices.flat[0].platform
+    )
     bs = _batch_shape(n, batch_size)
     call = ndev * (group if group is not None else -(-bs // ndev))  # rows per jitted call
     bs = sharding.padded_size(bs, call)
@@ -147,7 +152,9 @@ def describe(
     read_pages, written_pages = _MappedRows(patches), _MappedRows(out, writable=True)
     starts = range(0, n, bs)
     pending = None  # (start, rows, results) of the batch in flight
-    for start in tqdm(starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3):
+    for start in tqdm(
+        starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3
+    ):
         x = np.array(patches[start : start + bs])
         m = x.shape[0]
         read_pages.release(start + m)
@@ -190,7 +197,9 @@ class _MappedRows:
 
     def __init__(self, a: np.ndarray, *, writable: bool = False):
         self.mm = None
-        if not (isinstance(a, np.memmap) and hasattr(mmap, "MADV_DONTNEED") and a.flags.c_contiguous):
+        if not (
+            isinstance(a, np.memmap) and hasattr(mmap, "MADV_DONTNEED") and a.flags.c_contiguous
+        ):
             return
         mm = getattr(a, "_mmap", None)
         if mm is None or a.mode not in (("r+", "w+") if writable else ("r", "r+", "w+")):
@@ -225,7 +234,12 @@ def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -
             var = getattr(layer, name)
             if var is not None:
                 arrays[f"layers.{i}.{name}"] = np.asarray(var.get_value())
-    meta = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "training": training or {}}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "training": training or {},
+    }
     with atomic_path(path, is_dir=True) as tmp:
         np.savez(tmp / "arrays.npz", **arrays)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))

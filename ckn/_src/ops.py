@@ -10,6 +10,7 @@ References:
   [P3] Mairal, End-to-End Kernel Learning with Supervised CKNs, NIPS 2016,
        section 3 (Nystrom form of a layer).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,9 @@ def extract_patches_shifted(x: jax.Array, size: int, padding: str = "valid") -> 
         lo = (size - 1) // 2
         x = jnp.pad(x, ((0, 0), (lo, size - 1 - lo), (lo, size - 1 - lo), (0, 0)))
     h, w = x.shape[1] - size + 1, x.shape[2] - size + 1
-    return jnp.concatenate([x[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)], axis=-1)
+    return jnp.concatenate(
+        [x[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)], axis=-1
+    )
 
 
 def normalize_patches(x: jax.Array, eps: float = NORM_EPS) -> tuple[jax.Array, jax.Array]:
@@ -140,7 +143,9 @@ def gaussian_filter_1d(subsampling: int, std: float | None = None) -> np.ndarray
 POOLINGS = ("strided", "centered")
 
 
-def pooling_matrix(n: int, subsampling: int, *, mode: str = "strided", std: float | None = None) -> np.ndarray:
+def pooling_matrix(
+    n: int, subsampling: int, *, mode: str = "strided", std: float | None = None
+) -> np.ndarray:
     """Dense (n_out, n) matrix of 1-D Gaussian pooling, n_out = ceil(n / s).
 
     Modes:
@@ -180,7 +185,12 @@ def pooled_size(n: int, subsampling: int) -> int:
 
 
 def gaussian_pool(
-    x: jax.Array, subsampling: int, *, mode: str = "strided", std: float | None = None, precision=None
+    x: jax.Array,
+    subsampling: int,
+    *,
+    mode: str = "strided",
+    std: float | None = None,
+    precision=None,
 ) -> jax.Array:
     """Separable linear Gaussian pooling with subsampling s.
 
@@ -236,7 +246,9 @@ def _matrix_along(x: jax.Array, m: np.ndarray, axis: int, precision=None) -> jax
     lead = math.prod(x.shape[:axis])
     tail = math.prod(x.shape[axis + 1 :])
     mb = jnp.broadcast_to(jnp.asarray(m, x.dtype), (lead, n_out, n))
-    y = lax.dot_general(mb, x.reshape(lead, n, tail), (((2,), (1,)), ((0,), (0,))), precision=precision)
+    y = lax.dot_general(
+        mb, x.reshape(lead, n, tail), (((2,), (1,)), ((0,), (0,))), precision=precision
+    )
     return y.reshape(*x.shape[:axis], n_out, *x.shape[axis + 1 :])
 
 

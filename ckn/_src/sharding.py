@@ -10,6 +10,7 @@ Multi-host: after ``jax.distributed.initialize()`` each process sees its own
 ``jax.local_devices()``; ``describe`` shards over those (each process
 describes its own share of the patches), see the README.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

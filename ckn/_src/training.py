@@ -13,6 +13,7 @@ For each layer, on the outputs of the layers below (CKN_NOTES section 1):
                        W initialized by k-means, eta >= 0 by projection.
 Everything is deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,7 +93,9 @@ def sample_subpatches(
     out = []
     bs = min(batch_size, n_use)
     it = range(0, n_use, bs)
-    for start in tqdm(it, desc=f"layer {layer_index + 1}: sampling", disable=not progress, leave=False):
+    for start in tqdm(
+        it, desc=f"layer {layer_index + 1}: sampling", disable=not progress, leave=False
+    ):
         idx = images[start : start + bs]
         r, c = rows[start : start + bs], cols[start : start + bs]
         pad = bs - idx.shape[0]
@@ -101,7 +104,9 @@ def sample_subpatches(
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
             r = np.concatenate([r, np.zeros((pad, per), r.dtype)])
             c = np.concatenate([c, np.zeros((pad, per), c.dtype)])
-        sub = _sample_batch(graphdef, state, layer_index, e, jnp.asarray(x), jnp.asarray(r), jnp.asarray(c))
+        sub = _sample_batch(
+            graphdef, state, layer_index, e, jnp.asarray(x), jnp.asarray(r), jnp.asarray(c)
+        )
         out.append(np.asarray(sub[: bs - pad]).reshape(-1, sub.shape[-1]))
     return np.concatenate(out)[:num]
 
@@ -123,7 +128,9 @@ def _optax_promotion():
 # --- Nystrom residual refinement ---------------------------------------------------
 
 
-def nystrom_residual(filters: jax.Array, x: jax.Array, sigma: float, lam: float = 1e-3) -> jax.Array:
+def nystrom_residual(
+    filters: jax.Array, x: jax.Array, sigma: float, lam: float = 1e-3
+) -> jax.Array:
     """(1/2n) sum_i (1 - k_i^T (K + lam I)^{-1} k_i), k_i = kappa(Z x~_i), K = kappa(Z Z^T).
 
     For unit x this is half the mean of K(x, x) - ||psi(x)||^2: the error of
@@ -232,7 +239,9 @@ def fit_nips14(key, w0, x, *, sigma, steps, batch, lr):
         w, eta = optax.apply_updates(p, upd)
         return ((w, jnp.maximum(eta, 0.0)), opt), loss
 
-    ((w, eta), _), losses = lax.scan(step, (params, tx.init(params)), jax.random.split(kloop, steps))
+    ((w, eta), _), losses = lax.scan(
+        step, (params, tx.init(params)), jax.random.split(kloop, steps)
+    )
     return w, eta, losses
 
 
@@ -299,7 +308,13 @@ def train(
         t0 = time.perf_counter()
         key, k_sample, k_sigma, k_km, k_fit = jax.random.split(key, 5)
         raw = sample_subpatches(
-            model, i, patches, tc.num_patches, key=k_sample, batch_size=tc.batch_size, progress=progress
+            model,
+            i,
+            patches,
+            tc.num_patches,
+            key=k_sample,
+            batch_size=tc.batch_size,
+            progress=progress,
         )
         x = _prepare_layer_input(layer, raw, config)
         norms = np.linalg.norm(x, axis=1)
@@ -308,28 +323,43 @@ def train(
         p = layer.config.filters
         if x.shape[0] < p:
             raise InputError(
-                f"layer {i + 1}: only {x.shape[0]} non-flat sub-patches among {raw.shape[0]} sampled, "
+                f"layer {i + 1}: only {x.shape[0]} non-flat sub-patches among "
+                f"{raw.shape[0]} sampled, "
                 f"fewer than its {p} filters (patches too flat or too few)"
             )
         if layer.config.sigma == "auto":
             sigma = sigma_from_quantile(x, tc.sigma_quantile, key=k_sigma)
             if not sigma > 0:
-                raise InputError(f"layer {i + 1}: the sigma rule gave {sigma} (all sub-patches alike)")
+                raise InputError(
+                    f"layer {i + 1}: the sigma rule gave {sigma} (all sub-patches alike)"
+                )
         else:
             sigma = float(layer.config.sigma)
         z, history = kmeans(x, p, key=k_km, iters=tc.kmeans_iters, spherical=True)
         method_loss = None
         if tc.method == "nips14":
             w, eta, losses = fit_nips14(
-                k_fit, z, x, sigma=sigma, steps=tc.nips14_steps, batch=tc.nips14_batch, lr=tc.nips14_lr
+                k_fit,
+                z,
+                x,
+                sigma=sigma,
+                steps=tc.nips14_steps,
+                batch=tc.nips14_batch,
+                lr=tc.nips14_lr,
             )
             layer.set_nips14(w, eta, sigma)
             method_loss = np.asarray(losses).tolist()
         else:
             if tc.method == "kmeans+nystrom":
                 z, losses = refine_nystrom(
-                    k_fit, z, x, sigma=sigma, lam=layer.config.lam,
-                    steps=tc.refine_steps, batch=tc.refine_batch, lr=tc.refine_lr,
+                    k_fit,
+                    z,
+                    x,
+                    sigma=sigma,
+                    lam=layer.config.lam,
+                    steps=tc.refine_steps,
+                    batch=tc.refine_batch,
+                    lr=tc.refine_lr,
                 )
                 method_loss = np.asarray(losses).tolist()
             layer.set_nystrom(z, sigma)
