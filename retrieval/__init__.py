@@ -79,7 +79,19 @@ from retrieval._src.patchsets import (
     read_stereo_pairs,
     save_patchset,
 )
-from retrieval._src.postprocess import PCAWhitening, apply_pca_whitening, fit_pca_whitening
+# Post-processing of global descriptors (retrieval._src.postprocess).
+from retrieval._src.postprocess import (
+    PCAWhitening,
+    Whitening,
+    alpha_qe,
+    apply_pca_whitening,
+    apply_whitening,
+    database_augmentation,
+    fit_learned_whitening,
+    fit_pca_whitening,
+    multiscale_combine,
+    query_expansion,
+)
 
 # Global-descriptor pooling heads (retrieval._src.pooling).
 from retrieval._src.pooling import (
@@ -180,6 +192,14 @@ __all__ = [
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",
+    # global-descriptor post-processing
+    "Whitening",
+    "alpha_qe",
+    "apply_whitening",
+    "database_augmentation",
+    "fit_learned_whitening",
+    "multiscale_combine",
+    "query_expansion",
     # global-descriptor pooling heads
     "crow",
     "gem",

@@ -1,15 +1,41 @@
 """Post-processing of global descriptors: whitening (PCA, learned), multi-scale, QE, DBA.
 
-PCA-whitening (Jegou & Chum, ECCV 2012) projects a vector on its top principal
-directions and divides each coordinate by the square root of its variance on
-the training vectors (variance with 1/n, so that the training vectors get unit
-variance exactly), then L2-normalizes. (faiss' ``PCAMatrix`` with
-``eigen_power=-0.5`` leaves a variance of 1/n instead of 1: harmless only when
-an L2 normalization follows. This module does not use it.)
+All functions take and return row vectors, ``(N, D)`` arrays, on the host:
+fitting runs in NumPy float64, outputs are float32; the nearest-neighbour
+searches of query expansion and database augmentation run in the jitted,
+blocked :func:`retrieval.exact_search` (inner product; ties to the smaller
+index).
+
+Whitening. Both kinds are an affine map ``y = P (x - m)`` followed by an L2
+normalization, applied by one function, :func:`apply_whitening`:
+
+* PCA-whitening (Jegou & Chum, ECCV 2012), :func:`fit_pca_whitening`, projects
+  a vector on its top principal directions and divides each coordinate by the
+  square root of its variance on the training vectors (variance with 1/n, so
+  that the training vectors get unit variance exactly), then L2-normalizes.
+  (faiss' ``PCAMatrix`` with ``eigen_power=-0.5`` leaves a variance of 1/n
+  instead of 1: harmless only when an L2 normalization follows. This module
+  does not use it.) Its :class:`PCAWhitening` keeps the components and scales
+  apart; ``PCAWhitening.projection`` is P.
+* Learned whitening Lw (Radenovic et al.), :func:`fit_learned_whitening`,
+  from matching pairs: P makes the (query - positive) differences white and
+  then decorrelates all vectors (see the function), as cirtorch's
+  ``whitenlearn``. Returns a :class:`Whitening` (m, P).
+
+Multi-scale (:func:`multiscale_combine`), query expansion
+(:func:`query_expansion`, :func:`alpha_qe`) and database-side augmentation
+(:func:`database_augmentation`) follow cirtorch / dirtorch / Gordo et al.; see
+each function.
 
 References:
   H. Jegou and O. Chum, "Negative evidences and co-occurrences in image
-  retrieval: the benefit of PCA and whitening", ECCV 2012.
+  retrieval: the benefit of PCA and whitening", ECCV 2012. F. Radenovic, G.
+  Tolias, O. Chum, "Fine-tuning CNN image retrieval with no human annotation",
+  TPAMI 2018, sections 3.3 (Lw) and 5 (multi-scale, alpha-QE). O. Chum et al.,
+  "Total recall", ICCV 2007 (average QE). A. Gordo et al., "End-to-end
+  learning of deep visual representations for image retrieval", IJCV 2017,
+  section 5.3 (QE, DBA). R. Arandjelovic and A. Zisserman, "Three things
+  everyone should know to improve object retrieval", CVPR 2012 (DBA).
 """
 
 from __future__ import annotations
@@ -20,6 +46,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.metrics import check_matrix
+from retrieval._src.search import exact_search
 
 #: Norm floor of the L2 normalizations (VLFeat's value, as in vlad.py).
 NORM_FLOOR = 1e-12
@@ -65,6 +92,11 @@ class PCAWhitening(NamedTuple):
     @property
     def input_dim(self) -> int:
         return int(self.components.shape[1])
+
+    @property
+    def projection(self) -> np.ndarray:
+        """(dim, D) float64 P = diag(scale) components: y = P (x - mean)."""
+        return self.components * self.scale[:, None]
 
 
 def fit_pca_whitening(
@@ -134,6 +166,8 @@ def fit_pca_whitening(
 def apply_pca_whitening(pca: PCAWhitening, x, *, l2_norm: bool = True) -> np.ndarray:
     """Projects (and whitens) row vectors, then L2-normalizes them by default.
 
+    Same as :func:`apply_whitening` (kept for existing callers).
+
     Args:
       pca: from :func:`fit_pca_whitening`.
       x: (n, D) or (D,) vectors.
@@ -142,11 +176,374 @@ def apply_pca_whitening(pca: PCAWhitening, x, *, l2_norm: bool = True) -> np.nda
     Returns:
       (n, dim) or (dim,) float32.
     """
+    return apply_whitening(pca, x, l2_norm=l2_norm)
+
+
+# --------------------------------------------------------------------------- shared apply
+
+
+class Whitening(NamedTuple):
+    """An affine whitening y = projection (x - mean), from :func:`fit_learned_whitening`.
+
+    Attributes:
+      mean: (D,) float64 centre m.
+      projection: (d, D) float64 matrix P, rows by decreasing importance (its
+        first rows alone are a dimensionality reduction).
+    """
+
+    mean: np.ndarray
+    projection: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.projection.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.projection.shape[1])
+
+
+def apply_whitening(
+    whitening: Whitening | PCAWhitening, x, *, dim: int | None = None, l2_norm: bool = True
+) -> np.ndarray:
+    """y = L2(P[:dim] (x - m)) for a learned or a PCA whitening.
+
+    Args:
+      whitening: a :class:`Whitening` or a :class:`PCAWhitening`.
+      x: (n, D) or (D,) vectors.
+      dim: keep the first ``dim`` output coordinates (None: all).
+      l2_norm: L2-normalize the outputs (floor 1e-12).
+
+    Returns:
+      (n, dim) or (dim,) float32.
+
+    Raises:
+      InputError: a dimension that differs from the whitening's, NaN values,
+        dim outside 1..d.
+    """
+    name = "the PCA" if isinstance(whitening, PCAWhitening) else "the whitening"
+    d = whitening.dim if dim is None else int(dim)
+    if not 1 <= d <= whitening.dim:
+        raise InputError(f"dim must be in 1..{whitening.dim}, got {dim}")
     a = np.asarray(x)
     single = a.ndim == 1
-    a = _check_matrix(a[None] if single else a, "vectors", dim=pca.input_dim, dim_name="the PCA")
-    y = ((a.astype(np.float64) - pca.mean) @ pca.components.T) * pca.scale
+    a = _check_matrix(a[None] if single else a, "vectors", dim=whitening.input_dim, dim_name=name)
+    a = a.astype(np.float64) - whitening.mean
+    if isinstance(whitening, PCAWhitening):
+        # Components and scales apart, as fitted (and as vlad.py always applied them).
+        y = (a @ whitening.components[:d].T) * whitening.scale[:d]
+    else:
+        y = a @ whitening.projection[:d].T
     if l2_norm:
         y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_FLOOR)
     y = y.astype(np.float32)
     return y[0] if single else y
+
+
+# --------------------------------------------------------------------------- learned whitening
+
+
+def _as_float64(x, name: str, rows: str = "N") -> np.ndarray:
+    """A (rows, D) finite numeric matrix as float64 (no float32 round trip)."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise InputError(f"{name} must be ({rows}, D), got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name} is empty, shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise InputError(f"{name} must be a float array, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} contains NaN or inf values")
+    return a
+
+
+def _pair_indices(pairs, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(pairs, tuple) and len(pairs) == 2:
+        q, p = (np.asarray(v) for v in pairs)
+        if q.ndim != 1 or q.shape != p.shape:
+            raise InputError(
+                f"pairs as (queries, positives) must be two (P,) index arrays, "
+                f"got shapes {q.shape} and {p.shape}"
+            )
+    else:
+        a = np.asarray(pairs)
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise InputError(f"pairs must be (P, 2) indices (query, positive), got shape {a.shape}")
+        q, p = a[:, 0], a[:, 1]
+    if q.size == 0:
+        raise InputError("pairs is empty: learned whitening needs matching pairs")
+    if not (np.issubdtype(q.dtype, np.integer) and np.issubdtype(p.dtype, np.integer)):
+        raise InputError(f"pair indices must be integers, got dtypes {q.dtype} and {p.dtype}")
+    for v in (q, p):
+        bad = (v < 0) | (v >= n)
+        if bad.any():
+            j = int(np.argmax(bad))
+            raise InputError(f"pair {j} names vector {int(v[j])}, outside 0..{n - 1}")
+    return q.astype(np.int64), p.astype(np.int64)
+
+
+def _jittered_cholesky(s: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of s + a I, a = 0 or the smallest of 1e-10, 1e-9, ... times
+    the mean diagonal that makes it positive definite (cirtorch jitters the same way,
+    with absolute steps from 1e-10)."""
+    scale = max(float(np.trace(s)) / s.shape[0], 1e-300)
+    for a in [0.0] + [scale * 10.0**e for e in range(-10, 1)]:
+        try:
+            return np.linalg.cholesky(s + a * np.eye(s.shape[0]))
+        except np.linalg.LinAlgError:
+            continue
+    raise InputError("the (query - positive) covariance is not positive definite even jittered")
+
+
+def fit_learned_whitening(x, pairs, *, dim: int | None = None) -> Whitening:
+    """Learned whitening Lw from matching pairs (Radenovic et al.; cirtorch ``whitenlearn``).
+
+    With X the (N, D) training vectors and P pairs (q_i, p_i) of matching images:
+
+    1. m = mean of the query vectors x[q_i] (over the pairs, repeats counted);
+    2. S = (1/P) sum_i (x[q_i] - x[p_i]) (x[q_i] - x[p_i])^T, the covariance of
+       matching differences (no centring);
+    3. P1 = L^-1 with S = L L^T (Cholesky; the diagonal jittered by
+       1e-10, 1e-9, ... times its mean if S is singular, e.g. P < D pairs), so
+       that matching differences become white: P1 S P1^T = I;
+    4. V, eigenvectors of P1 (X - m)^T (X - m) P1^T (all N vectors) by
+       decreasing eigenvalue, each signed so that its largest-magnitude entry
+       is positive;
+    5. P = V^T P1, keeping the first ``dim`` rows.
+
+    Apply with :func:`apply_whitening`: L2(P[:d] (x - m)).
+
+    Args:
+      x: (N, D) training vectors (descriptors of a training set, not the
+        evaluated images).
+      pairs: (P, 2) int array of (query, positive) row indices of x, or a
+        tuple (queries (P,), positives (P,)).
+      dim: output dimension d in 1..D (None: D).
+
+    Returns:
+      :class:`Whitening` with mean (D,) and projection (d, D), float64.
+
+    Raises:
+      InputError: bad shapes, NaN values, indices outside x, dim out of range.
+
+    References:
+      Radenovic, Tolias, Chum, TPAMI 2018, section 3.3 ("Learned
+      whitening"); Mikolajczyk and Matas, ICCV 2007 (linear discriminant
+      projections).
+    """
+    a = _as_float64(x, "training vectors")
+    n, big_d = a.shape
+    d = big_d if dim is None else int(dim)
+    if not 1 <= d <= big_d:
+        raise InputError(f"dim must be in 1..{big_d} (the vector dimension D), got {dim}")
+    q, p = _pair_indices(pairs, n)
+    mean = a[q].mean(axis=0)
+    diff = a[q] - a[p]
+    s = diff.T @ diff / diff.shape[0]
+    p1 = np.linalg.inv(_jittered_cholesky(s))
+    y = (a - mean) @ p1.T
+    lam, vec = np.linalg.eigh(y.T @ y)
+    vec = vec[:, ::-1]
+    big = np.argmax(np.abs(vec), axis=0)
+    vec = vec * np.sign(vec[big, np.arange(big_d)])[None, :]
+    return Whitening(mean, (vec.T @ p1)[:d])
+
+
+# --------------------------------------------------------------------------- multi-scale
+
+
+def multiscale_combine(vectors, p: float = 1.0) -> np.ndarray:
+    """Combines the descriptors of one image at several scales (cirtorch ``extract_ms``).
+
+    v = L2((mean over scales of v_s^p)^(1/p)), elementwise powers; p = 1 is
+    the plain mean, p = the GeM exponent is cirtorch's choice with GeM
+    (scales 1, 1/sqrt 2, 1/2 there).
+
+    Args:
+      vectors: (S, N, D) descriptors of N images at S scales (or a sequence
+        of S arrays (N, D)); >= 0 when p != 1 (GeM / MAC outputs are).
+      p: power > 0.
+
+    Returns:
+      (N, D) float32, L2-normalized (floor 1e-12).
+
+    Raises:
+      InputError: not (S, N, D), NaN, p <= 0, negative entries with p != 1.
+
+    References:
+      Radenovic, Tolias, Chum, TPAMI 2018, section 5 (multi-scale representation).
+    """
+    v = np.asarray(vectors)
+    if v.ndim != 3 or 0 in v.shape:
+        raise InputError(f"vectors must be (S, N, D) with S, N, D >= 1, got shape {v.shape}")
+    v = _as_float64(v.reshape(-1, v.shape[2]), "vectors").reshape(v.shape)
+    p = float(p)
+    if not (np.isfinite(p) and p > 0):
+        raise InputError(f"p must be > 0, got {p}")
+    if p == 1.0:
+        m = v.mean(axis=0)
+    else:
+        if (v < 0).any():
+            raise InputError(
+                f"vectors has negative entries: the power mean with p = {p} needs >= 0"
+            )
+        m = np.power(np.power(v, p).mean(axis=0), 1.0 / p)
+    m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), NORM_FLOOR)
+    return m.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- QE and DBA
+
+
+def _check_k(k, available: int, what: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be an int >= 1, got {k!r}")
+    if k > available:
+        raise InputError(f"k = {k} exceeds the {available} {what}")
+    return int(k)
+
+
+def _check_alpha(alpha) -> float:
+    alpha = float(alpha)
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise InputError(f"alpha must be a finite float >= 0, got {alpha}")
+    return alpha
+
+
+def _neighbours(queries: np.ndarray, db: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    """(Q, k) int64 top-k database rows by inner product (jitted exact search)."""
+    _, idx = exact_search(queries, db, k, exclude_self=exclude_self)
+    return idx
+
+
+def _expand(q: np.ndarray, db: np.ndarray, idx: np.ndarray, alpha: float | None) -> np.ndarray:
+    """L2(q + sum_j w_j db[idx_j]) in float64, w_j = 1 or max(q . db_j, 0)^alpha."""
+    nb = db[idx]  # (Q, k, D)
+    if alpha is None:
+        w = np.ones(idx.shape)
+    else:
+        w = np.power(np.maximum(np.einsum("qd,qkd->qk", q, nb), 0.0), alpha)
+    out = q + np.einsum("qk,qkd->qd", w, nb)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), NORM_FLOOR)
+    return out.astype(np.float32)
+
+
+def _qe_inputs(q, db, k) -> tuple[np.ndarray, np.ndarray, int]:
+    d = _as_float64(db, "database")
+    qq = np.asarray(q)
+    if qq.ndim == 2 and qq.shape[1:] != d.shape[1:]:
+        raise InputError(
+            f"queries have dimension {qq.shape[1]} but the database has dimension {d.shape[1]}"
+        )
+    qq = _as_float64(qq, "queries", rows="Q")
+    return qq, d, _check_k(k, d.shape[0], "database vectors")
+
+
+def query_expansion(q, db, k: int = 1) -> np.ndarray:
+    """Average query expansion: q' = L2(q + sum of its top-k database vectors).
+
+    Neighbours by inner product (descriptors L2-normalized: cosine), ties to
+    the smaller index. Dividing by k + 1 (Chum et al.'s average) does not
+    change the normalized result.
+
+    Args:
+      q: (Q, D) queries.
+      db: (N, D) database vectors.
+      k: neighbours added, 1 <= k <= N (Gordo et al. use 1, cirtorch 10 in
+        its alpha-QE experiments).
+
+    Returns:
+      (Q, D) float32 expanded queries, L2-normalized; search the database
+      again with them.
+
+    Raises:
+      InputError: bad shapes, NaN, dimension mismatch, bad k.
+
+    References:
+      Chum et al., ICCV 2007; Gordo et al., IJCV 2017, section 5.3.
+    """
+    qq, d, k = _qe_inputs(q, db, k)
+    return _expand(qq, d, _neighbours(qq, d, k, False), None)
+
+
+def alpha_qe(q, db, k: int = 10, alpha: float = 3.0) -> np.ndarray:
+    """alpha-weighted query expansion: q' = L2(q + sum_j db_j max(q . db_j, 0)^alpha).
+
+    Over the top-k database vectors by inner product. ``alpha`` is a float
+    (dirtorch parses it as an int: a bug). alpha = 0 weighs every neighbour
+    1 (0^0 = 1), i.e. :func:`query_expansion`.
+
+    Args:
+      q: (Q, D) queries.
+      db: (N, D) database vectors.
+      k: neighbours, 1 <= k <= N.
+      alpha: weight exponent >= 0 (3 in Radenovic et al.).
+
+    Returns:
+      (Q, D) float32, L2-normalized.
+
+    Raises:
+      InputError: bad shapes, NaN, dimension mismatch, bad k or alpha.
+
+    References:
+      Radenovic, Tolias, Chum, TPAMI 2018, section 5 (alpha-QE).
+    """
+    alpha = _check_alpha(alpha)
+    qq, d, k = _qe_inputs(q, db, k)
+    return _expand(qq, d, _neighbours(qq, d, k, False), alpha)
+
+
+WEIGHTINGS = ("rank", "alpha")
+
+
+def database_augmentation(
+    db, k: int = 10, *, weighting: str = "rank", alpha: float = 3.0
+) -> np.ndarray:
+    """Database-side augmentation (DBA): each vector becomes a weighted sum of its neighbourhood.
+
+    ``k`` counts the vector itself (Gordo et al.'s convention): vector i and
+    its k - 1 nearest other database vectors (inner product, ties to the
+    smaller index), ranked r = 0 (itself), 1, ..., k - 1, are summed with
+    weights
+
+    * ``"rank"`` (Gordo et al.): (k - r) / k, i.e. 1 for itself, decreasing
+      linearly;
+    * ``"alpha"`` (as :func:`alpha_qe`): 1 for itself, max(x_i . x_j, 0)^alpha
+      for neighbour j;
+
+    then L2-normalized. k = 1 only normalizes. Queries are not augmented;
+    search the augmented database with the (optionally expanded) queries.
+
+    Args:
+      db: (N, D) database vectors.
+      k: neighbourhood size including the vector itself, 1 <= k <= N
+        (Gordo et al. use 20 with rank weights).
+      weighting: "rank" or "alpha".
+      alpha: exponent of the "alpha" weighting, >= 0.
+
+    Returns:
+      (N, D) float32, L2-normalized.
+
+    Raises:
+      InputError: bad shape, NaN, bad k, weighting or alpha.
+
+    References:
+      Arandjelovic and Zisserman, CVPR 2012, section 4; Gordo et al., IJCV
+      2017, section 5.3 (weights (k - r) / k).
+    """
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    alpha = _check_alpha(alpha)
+    d = _as_float64(db, "database")
+    k = _check_k(k, d.shape[0], "database vectors (k counts the vector itself)")
+    if k == 1:
+        idx = np.zeros((d.shape[0], 0), np.int64)
+    else:
+        idx = _neighbours(d, d, k - 1, True)
+    if weighting == "alpha":
+        return _expand(d, d, idx, alpha)
+    w = (k - np.arange(1, k, dtype=np.float64)) / k  # ranks 1..k-1; rank 0 weighs k / k = 1
+    out = d + np.einsum("k,nkd->nd", w, d[idx])
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), NORM_FLOOR)
+    return out.astype(np.float32)
