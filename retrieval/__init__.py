@@ -2,7 +2,7 @@
 
 Public API; implementation modules under ``retrieval._src`` are private.
 """
-# RomePatches-style patch data sets (retrieval._src.regions / patchsets / contact_sheet).
+# RomePatches-style patch data sets (retrieval._src.regions / patchsets / figures).
 # Patch metrics, baselines, evaluation, search, the reproduce pipeline.
 from retrieval._src.baselines import (
     BASELINES,
@@ -11,7 +11,7 @@ from retrieval._src.baselines import (
     sift_descriptors,
     sift_keypoint_size,
 )
-from retrieval._src.contact_sheet import contact_sheet
+from retrieval._src.figures import contact_sheet
 from retrieval._src.evaluation import (
     AP_DEFINITION,
     describe_with,

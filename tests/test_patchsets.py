@@ -139,7 +139,7 @@ def test_save_load_round_trip_and_ckn_patch_file(quick, tmp_path):
 
 
 def test_contact_sheet(quick, tmp_path):
-    from retrieval._src.contact_sheet import contact_sheet
+    from retrieval._src.figures import contact_sheet
 
     ps, _ = quick
     out = contact_sheet(ps, tmp_path / "sheet.png", groups=5)

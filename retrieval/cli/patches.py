@@ -144,7 +144,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - t0
         stats = P.patchset_stats(ps, seed=args.seed)
         if args.contact_sheet:
-            from retrieval._src.contact_sheet import contact_sheet
+            from retrieval._src.figures import contact_sheet
 
             contact_sheet(ps, args.contact_sheet, seed=args.seed)
         if args.tfds:
