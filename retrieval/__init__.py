@@ -79,19 +79,6 @@ from retrieval._src.patchsets import (
     read_stereo_pairs,
     save_patchset,
 )
-# Post-processing of global descriptors (retrieval._src.postprocess).
-from retrieval._src.postprocess import (
-    PCAWhitening,
-    Whitening,
-    alpha_qe,
-    apply_pca_whitening,
-    apply_whitening,
-    database_augmentation,
-    fit_learned_whitening,
-    fit_pca_whitening,
-    multiscale_combine,
-    query_expansion,
-)
 
 # Global-descriptor pooling heads (retrieval._src.pooling).
 from retrieval._src.pooling import (
@@ -105,6 +92,20 @@ from retrieval._src.pooling import (
     rmac_regions,
     spoc,
 )
+
+# Post-processing of global descriptors (retrieval._src.postprocess).
+from retrieval._src.postprocess import (
+    PCAWhitening,
+    Whitening,
+    alpha_qe,
+    apply_pca_whitening,
+    apply_whitening,
+    database_augmentation,
+    fit_learned_whitening,
+    fit_pca_whitening,
+    multiscale_combine,
+    query_expansion,
+)
 from retrieval._src.regions import (
     Regions,
     detect_regions,
@@ -113,6 +114,9 @@ from retrieval._src.regions import (
     select_regions,
 )
 from retrieval._src.reproduce import DEFAULT_DESCRIPTORS, PAPER_ROMEPATCHES, format_table, reproduce
+
+# Revisited Oxford / Paris protocol (retrieval._src.revisited).
+from retrieval._src.revisited import load_gnd, revisited_map
 from retrieval._src.search import ExactIndex, FaissIndex, Index, exact_search
 from retrieval._src.vlad import (
     fit_codebook,
@@ -200,6 +204,9 @@ __all__ = [
     "fit_learned_whitening",
     "multiscale_combine",
     "query_expansion",
+    # revisited Oxford / Paris protocol
+    "load_gnd",
+    "revisited_map",
     # global-descriptor pooling heads
     "crow",
     "gem",
