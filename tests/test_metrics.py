@@ -6,6 +6,7 @@ import pytest
 
 from ckn import InputError
 from retrieval._src import metrics as M
+from retrieval._src.metrics import patch as MP
 
 
 def _slow_ap(scores, relevant, mode):
@@ -141,7 +142,7 @@ def test_map_equals_slow_reference(count_method):
         x = rng.integers(-2, 3, size=(n, int(rng.integers(1, 4)))).astype(np.float32)
         labels = rng.integers(0, int(rng.integers(1, 8)), size=n)
         block = int(rng.integers(1, n + 1))
-        res = M._retrieval_pass(x, labels, block_size=block, count_method=count_method)
+        res = MP._retrieval_pass(x, labels, block_size=block, count_method=count_method)
         for mode, got in (("noninterpolated", res.ap), ("trapezoid", res.ap_trapezoid)):
             ref = _slow_map(x, labels, mode)
             np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12, err_msg=f"trial {trial} {mode}")

@@ -35,6 +35,7 @@ import numpy as np
 from ckn import CKN, InputError, describe, load
 from retrieval._src import metrics as M
 from retrieval._src.baselines import BASELINES, describe_baseline
+from retrieval._src.checks import check_matrix
 
 #: The AP definition behind ``"map"`` (the one reported).
 AP_DEFINITION = "non-interpolated"
@@ -88,8 +89,8 @@ def evaluate_descriptors(descriptors, labels, *, max_pairs: int = 100_000, seed:
       >>> evaluate_descriptors(x, [7, 7, 8, 8])["map"]
       1.0
     """
-    x = M.check_matrix(descriptors, "descriptors")
-    lab = M._check_labels(labels, x.shape[0])
+    x = check_matrix(descriptors, "descriptors")
+    lab = M.check_labels(labels, x.shape[0])
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1:
         raise InputError(f"max_pairs must be a positive integer, got {max_pairs!r}")
     # Norms in float64: squares of large float32 entries would overflow.

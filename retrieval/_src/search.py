@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.metrics import check_matrix
+from retrieval._src.checks import check_matrix
 
 METRICS = ("ip", "l2")
 

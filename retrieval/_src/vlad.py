@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ckn import InputError, kmeans
-from retrieval._src.metrics import check_matrix
+from retrieval._src.checks import check_matrix
 from retrieval._src.postprocess import PCAWhitening as PCAWhitening  # re-exported
 from retrieval._src.postprocess import apply_pca_whitening as apply_pca_whitening  # re-exported
 from retrieval._src.postprocess import fit_pca_whitening as fit_pca_whitening  # re-exported
