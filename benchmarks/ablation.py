@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ckn
 from ckn import LayerConfig as L
-from retrieval._src import patchsets
+from retrieval._src import data as patchsets
 from retrieval._src.metrics import patch_retrieval_map
 from retrieval.cli import provenance
 

@@ -67,7 +67,7 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
 
     from flax import nnx
 
-    from retrieval._src.patchsets import default_photos
+    from retrieval._src.data import default_photos
 
     rng = np.random.default_rng(seed)
     images = []

@@ -52,7 +52,7 @@ import ckn
 import retrieval
 from ckn import InputError
 from retrieval._src import image_retrieval as IR
-from retrieval._src.patchsets import default_photos, read_image
+from retrieval._src.data import default_photos, read_image
 from retrieval.cli import provenance
 
 # Taken when the script starts: the code that ran, not HEAD at the end.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import ckn
-from retrieval._src import patchsets
+from retrieval._src import data as patchsets
 from retrieval._src.baselines import BASELINES, describe_baseline
 from retrieval._src.metrics import patch_retrieval_map
 from retrieval.cli import provenance

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import ckn
-from retrieval._src import patchsets
+from retrieval._src import data as patchsets
 from retrieval._src.metrics import patch_retrieval_map
 from retrieval.cli import provenance
 

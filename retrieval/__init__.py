@@ -2,7 +2,7 @@
 
 Public API; implementation modules under ``retrieval._src`` are private.
 """
-# RomePatches-style patch data sets (retrieval._src.regions / patchsets / figures).
+# RomePatches-style patch data sets (retrieval._src.regions / data / figures).
 # Patch metrics, baselines, evaluation, search, the reproduce pipeline.
 from retrieval._src.baselines import (
     BASELINES,
@@ -12,6 +12,24 @@ from retrieval._src.baselines import (
     sift_keypoint_size,
 )
 from retrieval._src.figures import contact_sheet
+from retrieval._src.data import (
+    EmptySplitWarning,
+    PatchSet,
+    PatchSetConfig,
+    SkippedItemWarning,
+    ViewParams,
+    build_default,
+    build_photos,
+    build_sequences,
+    build_stereo,
+    default_config,
+    format_stats,
+    load_manual,
+    load_patchset,
+    patchset_stats,
+    read_stereo_pairs,
+    save_patchset,
+)
 from retrieval._src.evaluation import (
     AP_DEFINITION,
     describe_with,
@@ -60,24 +78,6 @@ from retrieval._src.metrics import (
     roc_auc,
     roc_curve,
     sample_pairs,
-)
-from retrieval._src.patchsets import (
-    EmptySplitWarning,
-    PatchSet,
-    PatchSetConfig,
-    SkippedItemWarning,
-    ViewParams,
-    build_default,
-    build_photos,
-    build_sequences,
-    build_stereo,
-    default_config,
-    format_stats,
-    load_manual,
-    load_patchset,
-    patchset_stats,
-    read_stereo_pairs,
-    save_patchset,
 )
 
 # Global-descriptor pooling heads (retrieval._src.pooling).
@@ -132,7 +132,7 @@ _TFDS_NAMES = ("CknPatches", "export_npz", "tfds_to_patchset", "write_tfds")
 
 def __getattr__(name: str):
     if name in _TFDS_NAMES:
-        from retrieval._src import tfds_builder
+        from retrieval._src.data import tfds_builder
 
         return getattr(tfds_builder, name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

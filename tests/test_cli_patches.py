@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 
 from ckn import load_patch_file
-from retrieval._src import patchsets as P
+from retrieval._src import data as P
 from retrieval.cli.main import main
 
 
@@ -57,7 +57,7 @@ def test_default_quick_writes_everything(tmp_path, capsys):
     assert meta["load_average_end"] is not None and meta["wall_seconds"] > 0
     ps = P.load_patchset(out)
     assert record["results"]["patches"] == len(ps) and record["results"]["groups"] == len(np.unique(ps.labels))
-    from retrieval._src.tfds_builder import tfds_to_patchset
+    from retrieval._src.data.tfds_builder import tfds_to_patchset
 
     back = tfds_to_patchset(tmp_path / "tfds")
     for k in P.PatchSet.ARRAYS:

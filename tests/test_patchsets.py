@@ -1,4 +1,5 @@
-"""RomePatches-style patch sets (retrieval._src.patchsets): grouping, splits, sources, bad input."""
+"""RomePatches-style patch sets (retrieval._src.data): grouping, splits, sources, bad input."""
+
 import warnings
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pytest
 import skimage.data
 
 from ckn import InputError, load_patch_file
-from retrieval._src import patchsets as P
+from retrieval._src import data as P
+from retrieval._src import regions as R
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
 SMALL = P.PatchSetConfig(max_regions=60)
@@ -21,12 +23,19 @@ def _homography(w, h, angle, scale, corners, shift=(0.0, 0.0)):
     rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
     dst = (src - c) @ rot.T + c + np.asarray(corners, np.float64) + np.asarray(shift)
-    return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
+    return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32)).astype(
+        np.float64
+    )
 
 
 def _warp(img, H, gamma=1.0):
-    out = cv2.warpPerspective(img, H, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REFLECT_101)
+    out = cv2.warpPerspective(
+        img,
+        H,
+        (img.shape[1], img.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
     return cv2.LUT(out, lut)
 
@@ -45,7 +54,7 @@ def synthetic(photo):
         _homography(w, h, -15.0, 1.2, [[12, -8], [-10, 6], [8, 10], [-6, -12]]),
         _homography(w, h, 5.0, 1.0, [[-20, 0], [20, 0], [0, 0], [0, 0]], shift=(6, -4)),
     ]
-    gray = P._prepare(photo, False)
+    gray = P.prepare_image(photo, False)
     images = [gray] + [_warp(gray, H, g) for H, g in zip(Hs, (0.8, 1.25, 1.0))]
     res = P.group_scene("astronaut", images, [None] + [P.Homography(H) for H in Hs], SMALL)
     return Hs, res
@@ -60,7 +69,9 @@ def test_grouped_regions_lie_where_the_homography_maps_them(synthetic):
         ref = rows[res.image[rows] == 0]
         assert ref.size == 1 and rows.size >= 2
         r = ref[0]
-        regions = P.R.Regions(*(np.array([v]) for v in (res.x[r], res.y[r], res.scale[r], res.angle[r], 0.0)))
+        regions = R.Regions(
+            *(np.array([v]) for v in (res.x[r], res.y[r], res.scale[r], res.angle[r], 0.0))
+        )
         for i in rows[res.image[rows] > 0]:
             xy, size, angle = P.map_regions(P.Homography(Hs[res.image[i] - 1]), regions)
             dist = np.hypot(res.x[i] - xy[0, 0], res.y[i] - xy[0, 1])
@@ -96,7 +107,9 @@ def quick(tmp_path_factory):
 
 def test_quick_default_is_romepatches_like_and_cached(quick):
     ps, again = quick
-    assert 500 < len(ps) < 2000 and ps.patches.shape[1:] == (51, 51) and ps.patches.dtype == np.uint8
+    assert (
+        500 < len(ps) < 2000 and ps.patches.shape[1:] == (51, 51) and ps.patches.dtype == np.uint8
+    )
     _, counts = np.unique(ps.labels, return_counts=True)
     assert counts.min() >= 2 and counts.max() <= 10
     assert set(ps.scene_names) == set(P.DEFAULT_QUICK_TRAIN + P.DEFAULT_QUICK_TEST)
@@ -172,8 +185,11 @@ def _write_sequence(folder: Path, photo, layout="oxford", n=3):
 def seq_root(tmp_path_factory, photo):
     root = tmp_path_factory.mktemp("seqs")
     _write_sequence(root / "astro", photo)
-    _write_sequence(root / "cam", cv2.cvtColor(skimage.data.camera()[::2, ::2].copy(), cv2.COLOR_GRAY2RGB),
-                    layout="hpatches")
+    _write_sequence(
+        root / "cam",
+        cv2.cvtColor(skimage.data.camera()[::2, ::2].copy(), cv2.COLOR_GRAY2RGB),
+        layout="hpatches",
+    )
     return root
 
 
@@ -232,7 +248,10 @@ def test_sequence_without_matches_is_skipped_with_a_warning(seq_root, tmp_path):
     for k in (1, 2):
         cv2.imwrite(str(flat / f"img{k}.png"), np.full((120, 160), 90, np.uint8))
     np.savetxt(flat / "H1to2p", np.eye(3))
-    with pytest.warns(P.EmptySplitWarning), pytest.warns(P.SkippedItemWarning, match="sequence flat: no match"):
+    with (
+        pytest.warns(P.EmptySplitWarning),
+        pytest.warns(P.SkippedItemWarning, match="sequence flat: no match"),
+    ):
         ps = P.build_sequences(tmp_path, config=SMALL)
     assert list(ps.scene_names) == ["astro"]
     with pytest.warns(P.SkippedItemWarning), pytest.raises(InputError, match="no groups"):
@@ -245,7 +264,12 @@ def test_oxford_leuven_negative_scale_homography():
     imgs, geoms, ids = P.load_sequence(OXFORD / "leuven")
     assert ids == [0, 1, 2, 3, 4, 5] and geoms[4].H[2, 2] > 0
     cfg = P.PatchSetConfig(max_regions=150)
-    res = P.group_scene("leuven", [P._prepare(imgs[0], False), P._prepare(imgs[4], False)], [None, geoms[4]], cfg)
+    res = P.group_scene(
+        "leuven",
+        [P.prepare_image(imgs[0], False), P.prepare_image(imgs[4], False)],
+        [None, geoms[4]],
+        cfg,
+    )
     assert res.n_groups > 50
     with pytest.warns(P.EmptySplitWarning):
         stats = P.patchset_stats(P.assemble([res], cfg))
@@ -281,7 +305,9 @@ def test_stereo_folder_ground_truth(tmp_path, photo):
     d = np.full(photo.shape[:2], 12.0, np.float32)
     d[:, :40] = np.inf  # unknown (Middlebury's inf): never grouped
     m = np.float32([[1, 0, -12], [0, 1, 0]])
-    right = cv2.warpAffine(photo, m, (photo.shape[1], photo.shape[0]), borderMode=cv2.BORDER_REFLECT_101)
+    right = cv2.warpAffine(
+        photo, m, (photo.shape[1], photo.shape[0]), borderMode=cv2.BORDER_REFLECT_101
+    )
     pair = tmp_path / "pair"
     pair.mkdir()
     cv2.imwrite(str(pair / "im0.png"), photo[..., ::-1])
@@ -290,7 +316,10 @@ def test_stereo_folder_ground_truth(tmp_path, photo):
     ps = P.build_stereo(tmp_path, config=SMALL)
     assert len(ps) > 20
     for g in np.unique(ps.labels):
-        left, right_ = np.flatnonzero((ps.labels == g) & (ps.image == 0)), np.flatnonzero((ps.labels == g) & (ps.image == 1))
+        left, right_ = (
+            np.flatnonzero((ps.labels == g) & (ps.image == 0)),
+            np.flatnonzero((ps.labels == g) & (ps.image == 1)),
+        )
         assert left.size == right_.size == 1
         assert ps.x[left[0]] >= 40
         assert abs(ps.x[right_[0]] - (ps.x[left[0]] - 12.0)) <= 2.5 + 0.25 * ps.scale[left[0]]
@@ -323,9 +352,28 @@ def test_manual_folder_and_npz(tmp_path, quick):
 
 def test_no_numpy_warnings_on_undefined_maps():
     H = np.array([[1.0, 0, 0], [0, 1, 0], [0.01, 0, 1]])  # the line x = -100 goes to infinity
-    regions = P.R.Regions(*(np.array(v, np.float64) for v in ([-150.0, 10.0], [5.0, 5.0], [4.0, 4.0], [0.0, 0.0], [1.0, 1.0])))
+    regions = R.Regions(
+        *(
+            np.array(v, np.float64)
+            for v in ([-150.0, 10.0], [5.0, 5.0], [4.0, 4.0], [0.0, 0.0], [1.0, 1.0])
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         xy, size, angle = P.map_regions(P.Homography(H), regions)
     assert np.isnan(xy[0]).all() and np.isnan(size[0]) and np.isnan(angle[0])
     assert np.isfinite(xy[1]).all() and np.isfinite(size[1])
+
+
+def test_config_gives_its_region_settings_whole():
+    assert P.PatchSetConfig().regions == R.RegionSpec()
+    cfg = P.PatchSetConfig(max_regions=40, min_size=5.0, contrast_threshold=0.02, magnification=5.0)
+    assert cfg.regions == R.RegionSpec(
+        max_regions=40, min_size=5.0, contrast_threshold=0.02, magnification=5.0
+    )
+
+
+def test_package_names_are_bound():
+    ns: dict = {}
+    exec("from retrieval._src.data import *", ns)
+    assert set(P.__all__) <= set(ns)

@@ -1,4 +1,5 @@
 """Interest regions and normalized patch sampling (retrieval._src.regions)."""
+
 import cv2
 import numpy as np
 import pytest
@@ -39,7 +40,12 @@ def test_detect_flat_image_is_empty():
 
 @pytest.mark.parametrize(
     "image",
-    [np.zeros((64, 64), np.float32), np.zeros((64, 64, 4), np.uint8), np.zeros((4, 4), np.uint8), np.zeros(64, np.uint8)],
+    [
+        np.zeros((64, 64), np.float32),
+        np.zeros((64, 64, 4), np.uint8),
+        np.zeros((4, 4), np.uint8),
+        np.zeros(64, np.uint8),
+    ],
 )
 def test_detect_rejects_bad_images(image):
     with pytest.raises(InputError):
@@ -50,7 +56,8 @@ def test_patch_frame_maps_centre_and_side():
     f = R.patch_frames([10.0], [20.0], [4.0], [90.0], size=51, magnification=6.0)
     c = 25.0
     np.testing.assert_allclose(f[0, :, :2] @ [c, c] + f[0, :, 2], [10.0, 20.0])
-    # +x of the patch points along the orientation (90 degrees: image +y), one patch = 24 image pixels.
+    # +x of the patch points along the orientation (90 degrees: image +y), one patch = 24 image
+    # pixels.
     np.testing.assert_allclose(f[0, :, :2] @ [50, 0], [0.0, 24.0 * 50 / 51], atol=1e-12)
 
 
@@ -68,9 +75,15 @@ def test_sample_patch_matches_batched_sampling(camera):
 def test_orientation_normalization_undoes_a_rotation(camera):
     """A region and its rotated counterpart give the same patch (OpenCV angle convention)."""
     h, w = camera.shape
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 35.0, 1.0)  # counter-clockwise on screen
-    rotated = cv2.warpAffine(camera, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    r = R.select_regions(R.detect_regions(camera), camera.shape, max_regions=30, min_size=4, max_outside=0.0)
+    m = cv2.getRotationMatrix2D(
+        ((w - 1) / 2, (h - 1) / 2), 35.0, 1.0
+    )  # counter-clockwise on screen
+    rotated = cv2.warpAffine(
+        camera, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    r = R.select_regions(
+        R.detect_regions(camera), camera.shape, max_regions=30, min_size=4, max_outside=0.0
+    )
     xy = np.c_[r.xy, np.ones(len(r))] @ m.T
     # In image coordinates (y down) the rotation is by -35 degrees.
     a = R.sample_patches(camera, r.x, r.y, r.size, r.angle)
@@ -83,7 +96,9 @@ def test_orientation_normalization_undoes_a_rotation(camera):
 
 def test_select_regions_nms_size_and_border(camera):
     det = R.detect_regions(camera)
-    sel = R.select_regions(det, camera.shape, min_size=4.0, max_size=30.0, nms_radius=1.0, max_outside=0.0)
+    sel = R.select_regions(
+        det, camera.shape, min_size=4.0, max_size=30.0, nms_radius=1.0, max_outside=0.0
+    )
     assert 0 < len(sel) < len(det)
     assert np.all((sel.size >= 4.0) & (sel.size <= 30.0))
     d = np.hypot(sel.x[:, None] - sel.x[None], sel.y[:, None] - sel.y[None])
@@ -93,3 +108,28 @@ def test_select_regions_nms_size_and_border(camera):
     frac = R.inside_fraction(camera.shape, sel.x, sel.y, sel.size, sel.angle)
     np.testing.assert_array_equal(frac, 1.0)
     assert len(R.select_regions(det, camera.shape, max_regions=7)) == 7
+
+
+def test_region_spec_passes_its_settings_whole(camera):
+    spec = R.RegionSpec(
+        max_regions=25, min_size=5.0, max_size=40.0, nms_radius=1.5, max_outside=0.0
+    )
+    det = spec.detect(camera)
+    want_det = R.detect_regions(camera, contrast_threshold=0.03, edge_threshold=10.0)
+    for a, b in zip(det, want_det):
+        np.testing.assert_array_equal(a, b)
+    mask = np.zeros(camera.shape, np.uint8)
+    mask[:, : camera.shape[1] // 2] = 1
+    for valid in (None, mask):
+        sel = spec.select(det, camera.shape, valid=valid)
+        want = R.select_regions(
+            want_det, camera.shape, max_regions=25, min_size=5.0, max_size=40.0,
+            nms_radius=1.5, max_outside=0.0, magnification=R.MAGNIFICATION, valid=valid,
+        )  # fmt: skip
+        assert 0 < len(sel) <= 25
+        for a, b in zip(sel, want):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="max_regions must be >= 1"):
+        R.RegionSpec(max_regions=0)
+    with pytest.raises(ValueError, match="magnification must be > 0"):
+        R.RegionSpec(magnification=0.0)

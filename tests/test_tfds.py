@@ -1,15 +1,15 @@
-"""The TFDS builder ckn_patches: array_record files read without TensorFlow, exact .npz round trip."""
+"""The TFDS builder ckn_patches: array_record read without TensorFlow, exact .npz round trip."""
+
 import json
 import sys
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from ckn import InputError
-from retrieval._src import patchsets as P
-
-tfds = pytest.importorskip("tensorflow_datasets")
-T = pytest.importorskip("retrieval._src.tfds_builder")
+from retrieval._src import data as P
+from retrieval._src.data import tfds_builder as T
 
 
 def _tiny(color=False, n=23, seed=0):
@@ -23,8 +23,11 @@ def _tiny(color=False, n=23, seed=0):
         patches=rng.integers(0, 256, shape, dtype=np.uint8),
         labels=rng.integers(0, 6, n).astype(np.int64) * 1000,
         split=(scene == 2).astype(np.uint8),
-        scene=scene, image=rng.integers(-1, 6, n).astype(np.int32),
-        x=x, y=rng.normal(size=n).astype(np.float32), scale=rng.uniform(1, 9, n).astype(np.float32),
+        scene=scene,
+        image=rng.integers(-1, 6, n).astype(np.int32),
+        x=x,
+        y=rng.normal(size=n).astype(np.float32),
+        scale=rng.uniform(1, 9, n).astype(np.float32),
         angle=rng.uniform(0, 360, n).astype(np.float32),
         scene_names=np.asarray(["alpha", "béta", "gamma"]),
         info={"source": "test", "tuple": [1, 2], "nested": {"a": 0.1}},
@@ -55,19 +58,30 @@ def test_round_trip_is_exact(tmp_path, color):
 def test_data_source_reads_the_manual_config_without_tensorflow(tmp_path):
     ps = _tiny()
     npz = P.save_patchset(ps, tmp_path / "p.npz")
-    src = tfds.data_source("ckn_patches/manual", data_dir=str(tmp_path / "d"), builder_kwargs={"path": str(npz)})
-    assert len(src["train"]) == int((ps.split == 0).sum()) and len(src["test"]) == int((ps.split == 1).sum())
+    src = tfds.data_source(
+        "ckn_patches/manual", data_dir=str(tmp_path / "d"), builder_kwargs={"path": str(npz)}
+    )
+    assert len(src["train"]) == int((ps.split == 0).sum()) and len(src["test"]) == int(
+        (ps.split == 1).sum()
+    )
     ex = src["test"][0]
     i = int(ex["index"])
     assert ex["patch"].shape == (9, 7, 1) and ex["patch"].dtype == np.uint8
     np.testing.assert_array_equal(ex["patch"][..., 0], ps.patches[i])
-    assert ex["label"] == ps.labels[i] and ex["scene_name"].decode() == str(ps.scene_names[ps.scene[i]])
-    meta = json.loads((tmp_path / "d" / "ckn_patches" / "manual" / "1.0.0" / "metadata.json").read_text())
+    assert ex["label"] == ps.labels[i] and ex["scene_name"].decode() == str(
+        ps.scene_names[ps.scene[i]]
+    )
+    meta = json.loads(
+        (tmp_path / "d" / "ckn_patches" / "manual" / "1.0.0" / "metadata.json").read_text()
+    )
     assert meta["params"] == {"path": str(npz.resolve())}
     # Asking again for the same data set with other parameters is an error, not stale data.
     with pytest.raises(InputError, match="was built with path="):
-        tfds.data_source("ckn_patches/manual", data_dir=str(tmp_path / "d"),
-                         builder_kwargs={"path": str(tmp_path / "other.npz")})
+        tfds.data_source(
+            "ckn_patches/manual",
+            data_dir=str(tmp_path / "d"),
+            builder_kwargs={"path": str(tmp_path / "other.npz")},
+        )
     assert "tensorflow" not in sys.modules
 
 
@@ -75,7 +89,9 @@ def test_default_config_is_built_by_the_builder(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CKN_CACHE", str(tmp_path_factory.getbasetemp() / "ckn_cache"))
         data_dir = tmp_path_factory.mktemp("tfds_default")
-        src = tfds.data_source("ckn_patches/default", data_dir=str(data_dir), builder_kwargs={"quick": True})
+        src = tfds.data_source(
+            "ckn_patches/default", data_dir=str(data_dir), builder_kwargs={"quick": True}
+        )
         ps = P.build_default(quick=True)
     assert len(src["train"]) + len(src["test"]) == len(ps)
     back = T.tfds_to_patchset(data_dir)
@@ -98,5 +114,7 @@ def test_builder_errors(tmp_path):
     with pytest.raises(InputError, match="already exists"):
         T.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", progress=False)
     T.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", overwrite=True, progress=False)
-    np.testing.assert_array_equal(T.tfds_to_patchset(tmp_path / "w", config="photos").patches, _tiny(seed=1).patches)
+    np.testing.assert_array_equal(
+        T.tfds_to_patchset(tmp_path / "w", config="photos").patches, _tiny(seed=1).patches
+    )
     assert not list((tmp_path / "w" / "ckn_patches" / "photos").glob("incomplete*"))

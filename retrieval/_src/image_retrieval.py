@@ -67,6 +67,8 @@ from ckn import InputError
 from retrieval._src import postprocess as PP
 from retrieval._src import regions as R
 from retrieval._src import vlad as V
+from retrieval._src.data import IMAGE_EXTENSIONS, read_image
+from retrieval._src.data import resize_max as _resize_max
 from retrieval._src.evaluation import describe_with, descriptor_info, resolve_model
 from retrieval._src.checks import check_matrix
 from retrieval._src.metrics.image import (
@@ -76,7 +78,6 @@ from retrieval._src.metrics.image import (
     image_retrieval_map,
     junk_sets,
 )
-from retrieval._src.patchsets import IMAGE_EXTENSIONS, _resize_max, read_image
 
 # --------------------------------------------------------------------------- local descriptors
 

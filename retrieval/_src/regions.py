@@ -20,8 +20,10 @@ References:
   patch representations for image retrieval: an unsupervised approach", IJCV
   2017, Sec. 5 (RomePatches: 51 x 51 normalized patches).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from typing import NamedTuple
@@ -56,7 +58,7 @@ class Regions(NamedTuple):
     def __len__(self) -> int:  # type: ignore[override]
         return int(self.x.shape[0])
 
-    def take(self, index: np.ndarray) -> "Regions":
+    def take(self, index: np.ndarray) -> Regions:
         """Returns the regions at ``index`` (an integer or boolean array)."""
         return Regions(*(a[index] for a in self))
 
@@ -84,7 +86,9 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
-        raise InputError(f"{name} must be (H, W) or (H, W, C) with C in (1, 3), got shape {image.shape}")
+        raise InputError(
+            f"{name} must be (H, W) or (H, W, C) with C in (1, 3), got shape {image.shape}"
+        )
     if image.dtype != np.uint8:
         raise InputError(f"{name} must be uint8, got dtype {image.dtype}")
     if min(image.shape[:2]) < 8:
@@ -173,7 +177,10 @@ def patch_frames(
     x, y, scale, angle = (np.atleast_1d(np.asarray(a, np.float64)) for a in (x, y, scale, angle))
     n = x.shape[0]
     if not (y.shape == scale.shape == angle.shape == (n,)):
-        raise ValueError(f"x, y, scale, angle must all be (N,), got {x.shape}, {y.shape}, {scale.shape}, {angle.shape}")
+        raise ValueError(
+            "x, y, scale, angle must all be (N,), got "
+            f"{x.shape}, {y.shape}, {scale.shape}, {angle.shape}"
+        )
     lin = rotation(angle)
     if affine is not None:
         affine = np.asarray(affine, np.float64)
@@ -215,12 +222,20 @@ def inside_fraction(
     # so only the regions near an edge are probed (most of the cost in group_scene otherwise).
     c = (grid - 1) / 2.0
     corners = np.array([[c, c], [c, -c]])
-    radius = np.max(np.linalg.norm(np.einsum("nij,kj->nki", frames[:, :, :2], corners), axis=2), axis=1)
+    radius = np.max(
+        np.linalg.norm(np.einsum("nij,kj->nki", frames[:, :, :2], corners), axis=2), axis=1
+    )
     centre = frames[:, :, :2] @ np.array([c, c]) + frames[:, :, 2]
     cx, cy = centre[:, 0], centre[:, 1]
-    sure = (cx - radius >= -0.5) & (cx + radius <= w - 0.5) & (cy - radius >= -0.5) & (cy + radius <= h - 0.5)
+    sure = (
+        (cx - radius >= -0.5)
+        & (cx + radius <= w - 0.5)
+        & (cy - radius >= -0.5)
+        & (cy + radius <= h - 0.5)
+    )
     if mask is not None and sure.any():
-        # Distance to the nearest invalid pixel; 2 pixels of margin cover the rounding of probe points.
+        # Distance to the nearest invalid pixel; 2 pixels of margin cover the rounding of probe
+        # points.
         dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
         xi = np.clip(np.rint(cx), 0, w - 1).astype(np.intp)
         yi = np.clip(np.rint(cy), 0, h - 1).astype(np.intp)
@@ -271,14 +286,19 @@ def select_regions(
     if idx.size:
         frac = inside_fraction(
             image_shape if valid is None else valid,
-            regions.x[idx], regions.y[idx], regions.size[idx], regions.angle[idx],
+            regions.x[idx],
+            regions.y[idx],
+            regions.size[idx],
+            regions.angle[idx],
             magnification=magnification,
         )
         idx = idx[frac >= 1.0 - max_outside - 1e-9]
     order = idx[np.argsort(-regions.response[idx], kind="stable")]
     limit = len(order) if max_regions is None else max_regions
     kept: list[int] = []
-    kx = np.empty(len(order)); ky = np.empty(len(order)); ks = np.empty(len(order))
+    kx = np.empty(len(order))
+    ky = np.empty(len(order))
+    ks = np.empty(len(order))
     for i in order:
         if len(kept) >= limit:
             break
@@ -291,6 +311,66 @@ def select_regions(
         kx[n], ky[n], ks[n] = regions.x[i], regions.y[i], regions.size[i]
         kept.append(int(i))
     return regions.take(np.asarray(kept, np.intp))
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionSpec:
+    """How regions are detected and selected in one image: one value, passed whole.
+
+    :meth:`detect` and :meth:`select` call :func:`detect_regions` and
+    :func:`select_regions` with these settings; the defaults are the patch
+    data's (``retrieval.PatchSetConfig().regions == RegionSpec()``).
+
+    Attributes:
+      max_regions: regions kept per image, strongest (detector response) first.
+      contrast_threshold, edge_threshold: SIFT detector thresholds (0.03 is a
+        little below OpenCV's 0.04, for more regions in low-contrast photos).
+      min_size, max_size: region size range (OpenCV ``KeyPoint.size``, pixels).
+        min_size 4 (sigma 2) keeps patch sides >= 24 image pixels.
+      nms_radius: regions closer than nms_radius * size to a stronger one are dropped.
+      max_outside: largest fraction of a patch square that may leave the image.
+      magnification: patch side in image pixels = magnification * region size.
+    """
+
+    max_regions: int = 450
+    contrast_threshold: float = 0.03
+    edge_threshold: float = 10.0
+    min_size: float = 4.0
+    max_size: float = 80.0
+    nms_radius: float = 1.0
+    max_outside: float = 0.05
+    magnification: float = MAGNIFICATION
+
+    def __post_init__(self):
+        if self.max_regions < 1:
+            raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
+        if self.magnification <= 0:
+            raise ValueError(f"magnification must be > 0, got {self.magnification}")
+
+    def detect(self, image: np.ndarray, *, mask: np.ndarray | None = None) -> Regions:
+        """Every region of ``image`` ((H, W) or (H, W, 3) uint8): :func:`detect_regions`."""
+        return detect_regions(
+            image,
+            contrast_threshold=self.contrast_threshold,
+            edge_threshold=self.edge_threshold,
+            mask=mask,
+        )
+
+    def select(
+        self, regions: Regions, image_shape: tuple[int, int], *, valid: np.ndarray | None = None
+    ) -> Regions:
+        """The kept regions, strongest first: :func:`select_regions` with these settings."""
+        return select_regions(
+            regions,
+            image_shape,
+            max_regions=self.max_regions,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            nms_radius=self.nms_radius,
+            max_outside=self.max_outside,
+            magnification=self.magnification,
+            valid=valid,
+        )
 
 
 def _level_for(frames: np.ndarray, size_out: int, max_level: int) -> np.ndarray:
@@ -343,8 +423,11 @@ def sample_patch(
     level = len(pyr) - 1
     m = frame[0] / (2.0**level)
     out = cv2.warpAffine(
-        pyr[level], m, (size, size),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+        pyr[level],
+        m,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
     )
     return out.reshape((size, size) + image.shape[2:])
 
@@ -397,7 +480,8 @@ def sample_patches(
                 pyramid[level],
                 mx[s:e].reshape(-1, size).astype(np.float32),
                 my[s:e].reshape(-1, size).astype(np.float32),
-                interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+                interpolation=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
             )
             out[sel[s:e]] = res.reshape((e - s, size, size) + image.shape[2:])
     return out

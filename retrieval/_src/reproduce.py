@@ -19,7 +19,7 @@ import numpy as np
 
 import ckn
 from ckn import InputError, atomic_path
-from retrieval._src import patchsets
+from retrieval._src import data as patchsets
 from retrieval._src.baselines import BASELINES, describe_baseline
 from retrieval._src.evaluation import evaluate_descriptors
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ckn import InputError, atomic_path, write_json
 from retrieval._src import image_retrieval as IR
-from retrieval._src.patchsets import read_image
+from retrieval._src.data import read_image
 from retrieval.cli import provenance
 
 AP_TEXT = "non-interpolated AP (precision at each relevant rank, averaged), query excluded, junk removed, ties against relevant"

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from ckn import InputError, atomic_path
-from retrieval._src import patchsets as P
+from retrieval._src import data as P
 from retrieval._src.regions import PATCH_SIZE
 from retrieval.cli import provenance
 
@@ -148,7 +148,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
             contact_sheet(ps, args.contact_sheet, seed=args.seed)
         if args.tfds:
-            from retrieval._src.tfds_builder import write_tfds
+            from retrieval._src.data.tfds_builder import write_tfds
 
             params = {"size": args.size}
             if source in ("default", "photos"):

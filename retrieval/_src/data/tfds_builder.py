@@ -2,7 +2,7 @@
 
 The builder ``ckn_patches`` writes ``array_record`` files that
 ``tfds.data_source`` reads with NumPy only (TensorFlow is not needed to build
-or to read). Configs (one per source of :mod:`retrieval._src.patchsets`):
+or to read). Configs (one per source of :mod:`retrieval._src.data`):
 
 ==============  ==========================================================
 config          data
@@ -44,6 +44,7 @@ Example::
     src["train"][0]["patch"].shape  # (51, 51, 1)
     retrieval.export_npz("/tmp/tfds", "default.npz", config="default")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,7 +59,16 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from ckn import InputError
-from retrieval._src import patchsets as P
+from retrieval._src.data.config import PatchSetConfig
+from retrieval._src.data.default import build_default, default_config
+from retrieval._src.data.io import save_patchset
+from retrieval._src.data.manual import load_manual
+from retrieval._src.data.patchset import SPLIT_NAMES, TEST, TRAIN, PatchSet
+from retrieval._src.data.patchset import VERSION as PATCHSET_VERSION
+from retrieval._src.data.photos import build_photos
+from retrieval._src.data.sequences import build_sequences
+from retrieval._src.data.stereo import build_stereo
+from retrieval._src.regions import PATCH_SIZE
 
 BUILDER_NAME = "ckn_patches"
 CONFIG_NAMES = ("default", "sequences", "photos", "stereo", "manual")
@@ -80,9 +90,15 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: default, sequences, photos, stereo, manual."}
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="default", description="Synthetic views of 15 scikit-image photos."),
-        tfds.core.BuilderConfig(name="sequences", description="Oxford / HPatches homography sequences."),
-        tfds.core.BuilderConfig(name="photos", description="Synthetic views of a folder of photos."),
+        tfds.core.BuilderConfig(
+            name="default", description="Synthetic views of 15 scikit-image photos."
+        ),
+        tfds.core.BuilderConfig(
+            name="sequences", description="Oxford / HPatches homography sequences."
+        ),
+        tfds.core.BuilderConfig(
+            name="photos", description="Synthetic views of a folder of photos."
+        ),
         tfds.core.BuilderConfig(name="stereo", description="Stereo pairs with a disparity map."),
         tfds.core.BuilderConfig(name="manual", description="Pre-cut patches with group labels."),
     ]
@@ -110,12 +126,17 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
         views: int | None = None,
         seed: int | None = None,
         quick: bool | None = None,
-        patchset: P.PatchSet | None = None,
+        patchset: PatchSet | None = None,
         file_format: str = "array_record",
         **kwargs: Any,
     ):
-        given = {"path": None if path is None else str(Path(path).resolve()), "size": size, "views": views,
-                 "seed": seed, "quick": quick}
+        given = {
+            "path": None if path is None else str(Path(path).resolve()),
+            "size": size,
+            "views": views,
+            "seed": seed,
+            "quick": quick,
+        }
         self._params = {k: v for k, v in given.items() if v is not None}
         self._patchset = patchset
         self._manual_path: str | None = None
@@ -132,22 +153,34 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__.split("\n\n")[0],
-            features=tfds.features.FeaturesDict({
-                # (S, S, C) with a dynamic shape: one builder serves every size / colour.
-                "patch": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8, encoding="zlib"),
-                "label": tfds.features.Scalar(dtype=np.int64, doc="group id (same physical point)"),
-                "index": tfds.features.Scalar(dtype=np.int64, doc="row in the exported .npz"),
-                "scene": tfds.features.Scalar(dtype=np.int32),
-                "scene_name": tfds.features.Text(),
-                "image": tfds.features.Scalar(dtype=np.int32, doc="image of the scene (0 = reference)"),
-                "x": tfds.features.Scalar(dtype=np.float32),
-                "y": tfds.features.Scalar(dtype=np.float32),
-                "scale": tfds.features.Scalar(dtype=np.float32, doc="region size (OpenCV KeyPoint.size)"),
-                "angle": tfds.features.Scalar(dtype=np.float32, doc="orientation, degrees"),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    # (S, S, C) with a dynamic shape: one builder serves every size / colour.
+                    "patch": tfds.features.Tensor(
+                        shape=(None, None, None), dtype=np.uint8, encoding="zlib"
+                    ),
+                    "label": tfds.features.Scalar(
+                        dtype=np.int64, doc="group id (same physical point)"
+                    ),
+                    "index": tfds.features.Scalar(dtype=np.int64, doc="row in the exported .npz"),
+                    "scene": tfds.features.Scalar(dtype=np.int32),
+                    "scene_name": tfds.features.Text(),
+                    "image": tfds.features.Scalar(
+                        dtype=np.int32, doc="image of the scene (0 = reference)"
+                    ),
+                    "x": tfds.features.Scalar(dtype=np.float32),
+                    "y": tfds.features.Scalar(dtype=np.float32),
+                    "scale": tfds.features.Scalar(
+                        dtype=np.float32, doc="region size (OpenCV KeyPoint.size)"
+                    ),
+                    "angle": tfds.features.Scalar(dtype=np.float32, doc="orientation, degrees"),
+                }
+            ),
             supervised_keys=("patch", "label"),
             homepage="https://arxiv.org/abs/1603.00438",
-            citation="Paulin et al., Convolutional patch representations for image retrieval, IJCV 2017.",
+            citation=(
+                "Paulin et al., Convolutional patch representations for image retrieval, IJCV 2017."
+            ),
             metadata=tfds.core.MetadataDict(),
         )
 
@@ -193,27 +226,35 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
                 return None
             raise InputError(
                 f"config {self.builder_config.name!r} needs builder_kwargs={{'path': DIR}} or a "
-                "non-empty manual dir (DownloadConfig(manual_dir=...); default <data_dir>/downloads/manual)"
+                "non-empty manual dir "
+                "(DownloadConfig(manual_dir=...); default <data_dir>/downloads/manual)"
             ) from None
 
-    def _build(self, dl_manager) -> P.PatchSet:
+    def _build(self, dl_manager) -> PatchSet:
         name = self.builder_config.name
         p = self._params
         if name == "manual":
-            return P.load_manual(self._source_path(dl_manager, True))
+            return load_manual(self._source_path(dl_manager, True))
         if name == "default":
-            cfg = P.default_config(p.get("quick", False), size=p.get("size", P.R.PATCH_SIZE))
-            return P.build_default(
-                quick=p.get("quick", False), views=p.get("views", 10), seed=p.get("seed", 0), config=cfg
+            cfg = default_config(p.get("quick", False), size=p.get("size", PATCH_SIZE))
+            return build_default(
+                quick=p.get("quick", False),
+                views=p.get("views", 10),
+                seed=p.get("seed", 0),
+                config=cfg,
             )
-        cfg = P.PatchSetConfig(size=p.get("size", P.R.PATCH_SIZE))
+        cfg = PatchSetConfig(size=p.get("size", PATCH_SIZE))
         if name == "sequences":
-            return P.build_sequences(self._source_path(dl_manager, True), config=cfg)
+            return build_sequences(self._source_path(dl_manager, True), config=cfg)
         if name == "photos":
-            return P.build_photos(self._source_path(dl_manager, True), views=p.get("views", 10),
-                                  seed=p.get("seed", 0), config=cfg)
+            return build_photos(
+                self._source_path(dl_manager, True),
+                views=p.get("views", 10),
+                seed=p.get("seed", 0),
+                config=cfg,
+            )
         if name == "stereo":
-            return P.build_stereo(self._source_path(dl_manager, False), config=cfg)
+            return build_stereo(self._source_path(dl_manager, False), config=cfg)
         raise InputError(f"unknown config {name!r}; one of {', '.join(CONFIG_NAMES)}")
 
     def _split_generators(self, dl_manager):
@@ -226,37 +267,47 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
             if self._manual_path is not None:
                 params["path"] = self._manual_path
         if ps.patches.ndim not in (3, 4) or len(ps) == 0:
-            raise InputError(f"patches must be a non-empty (N, S, S[, C]) array, got {ps.patches.shape}")
-        self.info.metadata.update({
-            "params": params,
-            "scene_names": [str(n) for n in ps.scene_names],
-            "patch_rank": int(ps.patches.ndim),
-            "info": json.dumps(ps.info, sort_keys=True),
-            "version": P.VERSION,
-        })
+            raise InputError(
+                f"patches must be a non-empty (N, S, S[, C]) array, got {ps.patches.shape}"
+            )
+        self.info.metadata.update(
+            {
+                "params": params,
+                "scene_names": [str(n) for n in ps.scene_names],
+                "patch_rank": int(ps.patches.ndim),
+                "info": json.dumps(ps.info, sort_keys=True),
+                "version": PATCHSET_VERSION,
+            }
+        )
         return {
-            P.SPLIT_NAMES[s]: self._generate_examples(ps, s)
-            for s in (P.TRAIN, P.TEST)
+            SPLIT_NAMES[s]: self._generate_examples(ps, s)
+            for s in (TRAIN, TEST)
             if np.any(ps.split == s)
         }
 
-    def _generate_examples(self, ps: P.PatchSet, split: int):
+    def _generate_examples(self, ps: PatchSet, split: int):
         names = [str(n) for n in ps.scene_names]
         for i in np.flatnonzero(ps.split == split):
             patch = ps.patches[i]
-            yield int(i), {
-                "patch": patch if patch.ndim == 3 else patch[:, :, None],
-                "label": int(ps.labels[i]),
-                "index": int(i),
-                "scene": int(ps.scene[i]),
-                "scene_name": names[int(ps.scene[i])],
-                "image": int(ps.image[i]),
-                "x": ps.x[i], "y": ps.y[i], "scale": ps.scale[i], "angle": ps.angle[i],
-            }
+            yield (
+                int(i),
+                {
+                    "patch": patch if patch.ndim == 3 else patch[:, :, None],
+                    "label": int(ps.labels[i]),
+                    "index": int(i),
+                    "scene": int(ps.scene[i]),
+                    "scene_name": names[int(ps.scene[i])],
+                    "image": int(ps.image[i]),
+                    "x": ps.x[i],
+                    "y": ps.y[i],
+                    "scale": ps.scale[i],
+                    "angle": ps.angle[i],
+                },
+            )
 
 
 def write_tfds(
-    ps: P.PatchSet,
+    ps: PatchSet,
     data_dir: str | os.PathLike,
     *,
     config: str = "default",
@@ -264,7 +315,7 @@ def write_tfds(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Writes an in-memory PatchSet as the TFDS data set ``ckn_patches/<config>`` under ``data_dir``.
+    """Writes an in-memory PatchSet as the TFDS data set ``ckn_patches/<config>`` in ``data_dir``.
 
     TFDS writes into a temporary folder and renames it when done, so a failure
     leaves no partial data set. TFDS's own messages go to stderr.
@@ -287,12 +338,17 @@ def write_tfds(
         raise InputError(f"TFDS data_dir is not a folder: {data_dir}")
     params = {k: v for k, v in (params or {}).items() if k in _PARAM_NAMES and v is not None}
     builder = CknPatches(config=config, data_dir=str(data_dir), patchset=ps, **params)
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    mode = (
+        tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+        if overwrite
+        else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
     if not progress:
         tfds.display_progress_bar(False)
     with contextlib.redirect_stdout(sys.stderr):
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(download_mode=mode)
+        )
     return Path(builder.data_dir)
 
 
@@ -307,16 +363,20 @@ def _version_dir(path: Path, config: str | None) -> Path:
     base = path / BUILDER_NAME / (config or "default")
     if not base.is_dir() and (path / (config or "default")).is_dir():
         base = path / (config or "default")  # given <data_dir>/ckn_patches
-    versions = sorted(
-        (p for p in base.glob("*") if (p / "dataset_info.json").is_file()),
-        key=lambda p: tuple(int(x) if x.isdigit() else -1 for x in p.name.split(".")),
-    ) if base.is_dir() else []
+    versions = (
+        sorted(
+            (p for p in base.glob("*") if (p / "dataset_info.json").is_file()),
+            key=lambda p: tuple(int(x) if x.isdigit() else -1 for x in p.name.split(".")),
+        )
+        if base.is_dir()
+        else []
+    )
     if not versions:
         raise InputError(f"no prepared {BUILDER_NAME}/{config or 'default'} data set under {path}")
     return versions[-1]
 
 
-def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> P.PatchSet:
+def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> PatchSet:
     """Reads a prepared ``ckn_patches`` data set back into a :class:`~retrieval.PatchSet`.
 
     Args:
@@ -333,13 +393,15 @@ def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> P
     meta = _metadata(builder.info)
     need = {"scene_names", "patch_rank", "info"}
     if not need <= set(meta.keys()):
-        raise InputError(f"{builder.data_dir}: not a {BUILDER_NAME} data set (metadata lacks {sorted(need)})")
+        raise InputError(
+            f"{builder.data_dir}: not a {BUILDER_NAME} data set (metadata lacks {sorted(need)})"
+        )
     sources = builder.as_data_source()
     keys = ("patch", "label", "index", "scene", "image", "x", "y", "scale", "angle")
     rows: dict[str, list] = {k: [] for k in keys}
     split = []
     for name, src in sources.items():
-        s = P.SPLIT_NAMES.index(str(name))
+        s = SPLIT_NAMES.index(str(name))
         for start in range(0, len(src), _CHUNK):
             for ex in src.__getitems__(range(start, min(len(src), start + _CHUNK))):
                 for k in rows:
@@ -355,10 +417,15 @@ def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> P
     if int(meta["patch_rank"]) == 3:
         patches = patches[..., 0]
     col = lambda k, dt: np.asarray(rows[k], dt)[order]  # noqa: E731
-    return P.PatchSet(
-        patches=patches, labels=col("label", np.int64), split=np.asarray(split, np.uint8)[order],
-        scene=col("scene", np.int32), image=col("image", np.int32),
-        x=col("x", np.float32), y=col("y", np.float32), scale=col("scale", np.float32),
+    return PatchSet(
+        patches=patches,
+        labels=col("label", np.int64),
+        split=np.asarray(split, np.uint8)[order],
+        scene=col("scene", np.int32),
+        image=col("image", np.int32),
+        x=col("x", np.float32),
+        y=col("y", np.float32),
+        scale=col("scale", np.float32),
         angle=col("angle", np.float32),
         scene_names=np.asarray(list(meta["scene_names"]), dtype=str),
         info=json.loads(meta["info"]),
@@ -366,7 +433,11 @@ def tfds_to_patchset(path: str | os.PathLike, *, config: str | None = None) -> P
 
 
 def export_npz(
-    path: str | os.PathLike, out: str | os.PathLike, *, config: str | None = None, compress: bool = False
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    config: str | None = None,
+    compress: bool = False,
 ) -> Path:
-    """Exports a prepared ``ckn_patches`` data set to one ``.npz`` (as :func:`save_patchset`, atomically)."""
-    return P.save_patchset(tfds_to_patchset(path, config=config), out, compress=compress)
+    """Exports a prepared ``ckn_patches`` data set to one ``.npz`` (as :func:`save_patchset`)."""
+    return save_patchset(tfds_to_patchset(path, config=config), out, compress=compress)
