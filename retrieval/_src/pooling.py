@@ -26,6 +26,13 @@ the number of extra positions along the long side, is taken on the host in
 float64 (as Tolias's code) for every ``(h_i, w_i)`` up to the bucket size (a
 small ``(h + 1, w + 1)`` int32 table).
 
+Region maxima come from a sparse table of 2D block maxima (the max over every
+2^k x 2^k block, k = 0..floor(log2 min(h, w))): a square of side s is covered
+by the four 2^k blocks at its corners (k = floor(log2 s)), so each region costs
+four lookups. That is floor(log2 min(h, w)) + 1 passes over x and as many
+copies in memory (7 for a 64 x 64 map), against 50 passes (3 levels) region by
+region; it also compiles about three times faster on CPU.
+
 References:
   A. S. Razavian et al., "Visual instance retrieval with deep convolutional
   networks", ITE Trans. MTA 2016 (MAC). A. Babenko and V. Lempitsky,
@@ -342,8 +349,11 @@ def _valid_size(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Ar
 
 
 def _div(a, b) -> jax.Array:
-    """Integer a // b for a >= 0, b >= 1 (truncation; jnp's // compiles a sign fix-up
-    that made the grid's compilation take ~0.8 s on CPU)."""
+    """Integer a // b for a >= 0, b >= 1, by truncation.
+
+    jnp's ``//`` adds a sign fix-up for negative operands; without it the grid
+    compiles in about half the time on CPU (0.8 s -> 0.4 s measured).
+    """
     return jax.lax.div(*jnp.broadcast_arrays(a, b))
 
 
