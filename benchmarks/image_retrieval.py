@@ -168,18 +168,18 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
     vecs = IR.encode_images(model, sets)
     q = vecs[rng.choice(vecs.shape[0], 300, replace=False)]
     t0 = time.perf_counter()
-    exact = IR.make_index(vecs).search(q, 10)
+    exact = retrieval.make_index(vecs).search(q, 10)
     t_exact = time.perf_counter() - t0
     out = {"database": int(vecs.shape[0]), "dim": int(vecs.shape[1]), "queries": 300, "exact_seconds": t_exact,
            "settings": []}
     for m in (32, 64):
         t0 = time.perf_counter()
-        index = IR.make_index(vecs, "ivfpq", m=m, nprobe=16)
+        index = retrieval.make_index(vecs, "ivfpq", m=m, nprobe=16)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         approx = index.search(q, 10)
         out["settings"].append({**index.options, "bytes_per_vector": m * index.options["nbits"] // 8,
-                                "recall_at_10": IR.recall_at(approx.ids, exact.ids, 10),
+                                "recall_at_10": retrieval.recall_at(approx.ids, exact.ids, 10),
                                 "build_seconds": t_build, "search_seconds": time.perf_counter() - t0})
     return out
 

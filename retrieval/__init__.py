@@ -42,7 +42,6 @@ from retrieval._src.evaluation import (
 from retrieval._src.image_retrieval import (
     Describer,
     ImageCollection,
-    ImageIndex,
     ImageRetrievalResult,
     LocalConfig,
     LocalFeatures,
@@ -60,8 +59,6 @@ from retrieval._src.image_retrieval import (
     load_image_folder,
     local_features,
     make_describer,
-    make_index,
-    recall_at,
 )
 from retrieval._src.metrics import (
     PairSet,
@@ -117,7 +114,14 @@ from retrieval._src.reproduce import DEFAULT_DESCRIPTORS, PAPER_ROMEPATCHES, for
 
 # Revisited Oxford / Paris protocol (retrieval._src.revisited).
 from retrieval._src.revisited import load_gnd, revisited_map
-from retrieval._src.search import ExactIndex, FaissIndex, Index, exact_search
+from retrieval._src.search import (
+    ExactIndex,
+    FaissIndex,
+    Index,
+    exact_search,
+    make_index,
+    recall_at,
+)
 from retrieval._src.vlad import (
     fit_codebook,
     vlad_core,
@@ -169,7 +173,6 @@ __all__ = [
     # VLAD / image retrieval
     "Describer",
     "ImageCollection",
-    "ImageIndex",
     "ImageRetrievalResult",
     "LocalConfig",
     "LocalFeatures",

@@ -51,10 +51,8 @@ References:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import math
 import os
 import time
 from pathlib import Path
@@ -70,7 +68,6 @@ from retrieval._src import vlad as V
 from retrieval._src.data import IMAGE_EXTENSIONS, read_image
 from retrieval._src.data import resize_max as _resize_max
 from retrieval._src.evaluation import describe_with, descriptor_info, resolve_model
-from retrieval._src.checks import check_matrix
 from retrieval._src.metrics.image import (
     ImageRetrievalResult,
     evaluate_rankings,
@@ -78,6 +75,7 @@ from retrieval._src.metrics.image import (
     image_retrieval_map,
     junk_sets,
 )
+from retrieval._src.search import make_index
 
 # --------------------------------------------------------------------------- local descriptors
 
@@ -418,118 +416,6 @@ def encode_images(model: VladModel, features: Sequence[LocalFeatures | np.ndarra
     if model.pca is not None:
         v = PP.apply_pca_whitening(model.pca, v)
     return v
-
-
-# --------------------------------------------------------------------------- search
-
-
-class SearchResult(NamedTuple):
-    """Top-k of each query: ``scores`` (Q, k) float32 decreasing, ``ids`` (Q, k) int64 (-1: none)."""
-
-    scores: np.ndarray
-    ids: np.ndarray
-
-
-def _ivfpq_defaults(n: int, d: int, n_train: int) -> dict:
-    """IVF-PQ sizes for a collection of n vectors of dimension d (faiss guidelines)."""
-    nlist = max(1, min(int(round(4 * math.sqrt(n))), n_train // 39))
-    m = max(x for x in range(1, min(64, max(1, d // 4)) + 1) if d % x == 0)
-    nbits = int(max(1, min(8, math.floor(math.log2(max(2, n_train // 4))))))
-    return {"nlist": nlist, "m": m, "nbits": nbits}
-
-
-@contextlib.contextmanager
-def _faiss_threads(n: int):
-    """faiss' OpenMP threads set to n inside the block (restored after).
-
-    Training IVF-PQ with 2 OpenMP threads on the 2-core CPU of this project
-    took 4.5 times longer than with 1 (1.8 s vs 0.4 s for 2,000 vectors of
-    dimension 32): the threads spin against each other and JAX's.
-    """
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-class ImageIndex:
-    """One search interface over a database of global vectors (inner product).
-
-    ``method="exact"``: :class:`retrieval.ExactIndex` (jitted blocked matmul +
-    top-k, ties to the lower id). ``method="ivfpq"``: :class:`retrieval.FaissIndex`
-    (faiss IVF-PQ), trained on ``train`` (default: the database), with sizes
-    for the collection unless given: nlist about 4 sqrt(n) (at most
-    n_train / 39), m the largest divisor of d that is at most min(64, d / 4),
-    nbits at most 8 with 2**nbits <= n_train / 4.
-
-    Args:
-      database: (N, D) vectors.
-      method: "exact" or "ivfpq".
-      train: (T, D) IVF-PQ training vectors.
-      nlist, m, nbits, nprobe: IVF-PQ options.
-    """
-
-    def __init__(self, database, method: str = "exact", *, train=None, nlist: int | None = None,
-                 m: int | None = None, nbits: int | None = None, nprobe: int = 16):
-        from retrieval._src.search import ExactIndex, FaissIndex
-
-        db = check_matrix(database, "database")
-        n, d = db.shape
-        self.method = method
-        self.options: dict = {}
-        if method == "exact":
-            self._index = ExactIndex(d, metric="ip")
-        elif method == "ivfpq":
-            t = db if train is None else check_matrix(train, "training vectors", dim=d)
-            opts = _ivfpq_defaults(n, d, t.shape[0])
-            opts.update({k: v for k, v in (("nlist", nlist), ("m", m), ("nbits", nbits)) if v is not None})
-            if d % opts["m"]:
-                raise InputError(f"m = {opts['m']} sub-quantizers must divide the dimension {d}")
-            need = max(opts["nlist"], 2 ** opts["nbits"])
-            if t.shape[0] < need:
-                raise InputError(
-                    f"IVF-PQ with nlist = {opts['nlist']} and {opts['nbits']}-bit codes needs at least {need} "
-                    f"training vectors, got {t.shape[0]}: use exact search"
-                )
-            try:
-                self._index = FaissIndex(d, metric="ip", nprobe=min(nprobe, opts["nlist"]), **opts)
-            except ImportError:
-                raise InputError("IVF-PQ search needs faiss (pip install faiss-cpu)") from None
-            with _faiss_threads(1):
-                self._index.train(t)
-                self._index.add(db)
-            self.options = {**opts, "nprobe": self._index.nprobe}
-        else:
-            raise InputError(f"unknown search method {method!r}; expected exact or ivfpq")
-        if method == "exact":
-            self._index.add(db)
-
-    @property
-    def ntotal(self) -> int:
-        return self._index.ntotal
-
-    def search(self, queries, k: int) -> SearchResult:
-        """Top-k by inner product (k capped at the database size)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        s, i = self._index.search(queries, min(int(k), self.ntotal))
-        s = np.where(i < 0, -np.inf, s).astype(np.float32)
-        return SearchResult(s, i.astype(np.int64))
-
-
-def make_index(database, method: str = "exact", **options) -> ImageIndex:
-    """``make_index(db, "exact" | "ivfpq", ...).search(queries, k)``; see :class:`ImageIndex`."""
-    return ImageIndex(database, method, **options)
-
-
-def recall_at(approx_ids: np.ndarray, exact_ids: np.ndarray, r: int = 10) -> float:
-    """Mean fraction of the exact top-r found in the approximate top-r."""
-    a, e = np.asarray(approx_ids)[:, :r], np.asarray(exact_ids)[:, :r]
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, e)]))
 
 
 # --------------------------------------------------------------------------- evaluation
