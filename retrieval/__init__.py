@@ -77,6 +77,10 @@ from retrieval._src.metrics import (
     sample_pairs,
 )
 
+# ImageNet CNN backbones read from weight files without torch (retrieval._src.nets).
+from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
+from retrieval._src.nets.weights import read_state_dict, write_state_dict
+
 # Global-descriptor pooling heads (retrieval._src.pooling).
 from retrieval._src.pooling import (
     crow,
@@ -199,6 +203,12 @@ __all__ = [
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",
+    # ImageNet CNN backbones and weight files
+    "BACKBONES",
+    "Backbone",
+    "load_backbone",
+    "read_state_dict",
+    "write_state_dict",
     # global-descriptor post-processing
     "Whitening",
     "alpha_qe",
