@@ -51,7 +51,7 @@ import numpy as np
 import ckn
 import retrieval
 from ckn import InputError
-from retrieval._src import image_retrieval as IR
+from retrieval._src import vlad_fit as VF
 from retrieval._src.data import default_photos, read_image
 from retrieval.cli import provenance
 
@@ -109,12 +109,12 @@ def train_models(work: Path, presets: list[str]) -> dict[str, str]:
     return out
 
 
-def describe_all(images, names, spec, local: IR.LocalConfig):
+def describe_all(images, names, spec, local: retrieval.LocalConfig):
     """Local features of every image (describer warmed up first: no compilation in the timings).
 
     Images without any region are reported and left out of the database.
     """
-    d = IR.make_describer(spec)
+    d = retrieval.make_describer(spec)
     warm = np.random.default_rng(0).integers(0, 256, (256, d.patch_size, d.patch_size), dtype=np.uint8)
     if d.color:
         warm = np.repeat(warm[..., None], 3, axis=3)
@@ -122,7 +122,7 @@ def describe_all(images, names, spec, local: IR.LocalConfig):
     feats, kept, dropped = [], [], []
     for i, (img, name) in enumerate(zip(images, names)):
         try:
-            feats.append(IR.local_features(img, d, config=local, name=name))
+            feats.append(retrieval.local_features(img, d, config=local, name=name))
             kept.append(i)
         except InputError as e:
             dropped.append(str(e))
@@ -137,16 +137,16 @@ def _stats(xs) -> dict:
 def encode_timing(feats, train, repeats: int = 5) -> dict:
     """Steady-state encoding seconds per image (median of repeats), compilation apart."""
     out = {}
-    for label, cfg in (("vlad_k64", IR.VladConfig(k=64, pca_dim=None)),
-                       ("vlad_k64_pca256", IR.VladConfig(k=64, pca_dim=256))):
-        model = IR.fit_vlad(train, cfg)
+    for label, cfg in (("vlad_k64", retrieval.VladConfig(k=64, pca_dim=None)),
+                       ("vlad_k64_pca256", retrieval.VladConfig(k=64, pca_dim=256))):
+        model = retrieval.fit_vlad(train, cfg)
         t0 = time.perf_counter()
-        IR.encode_images(model, feats)
+        retrieval.encode_images(model, feats)
         first = time.perf_counter() - t0
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            IR.encode_images(model, feats)
+            retrieval.encode_images(model, feats)
             runs.append((time.perf_counter() - t0) / len(feats))
         out[label] = {"first_call_seconds_total": first, "per_image_seconds": _stats(runs),
                       "images": len(feats)}
@@ -159,13 +159,13 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
         import faiss  # noqa: F401
     except ImportError:
         return {"skipped": "faiss not installed"}
-    model = IR.fit_vlad(train, IR.VladConfig(k=64, pca_dim=256))
+    model = retrieval.fit_vlad(train, retrieval.VladConfig(k=64, pca_dim=256))
     rng = np.random.default_rng(seed)
     sets = []
     for f in feats:
-        xr = IR._reduce_local(model.local_pca, f.descriptors)
-        sets += [xr[idx] for idx in IR._window_subsets(f, 50, rng, min_count=16)]
-    vecs = IR.encode_images(model, sets)
+        xr = VF._reduce_local(model.local_pca, f.descriptors)
+        sets += [xr[idx] for idx in VF._window_subsets(f, 50, rng, min_count=16)]
+    vecs = retrieval.encode_images(model, sets)
     q = vecs[rng.choice(vecs.shape[0], 300, replace=False)]
     t0 = time.perf_counter()
     exact = retrieval.make_index(vecs).search(q, 10)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     else:
         models = train_models(Path(args.work), args.presets.split(","))
     images, names, labels, n_oxford = load_database(oxford)
-    local = IR.LocalConfig(max_regions=args.max_regions, max_side=1000)
+    local = retrieval.LocalConfig(max_regions=args.max_regions, max_side=1000)
     descriptors = {"sift": "sift", "rootsift": "rootsift", **models}
     results, per_group, timing, dropped_all = [], {}, {}, {}
     faiss_report = None
@@ -235,8 +235,8 @@ def main(argv=None) -> int:
         settings = [(k, p, w, "distractors") for k in KS for p, w in PCAS]
         settings += [(64, None, False, "evaluated images"), (64, 256, True, "evaluated images")]
         for k, pca, whiten, on in settings:
-            cfg = IR.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
-            ev = IR.evaluate_vlad(feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm)
+            cfg = retrieval.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
+            ev = retrieval.evaluate_vlad(feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm)
             row = {"descriptor": dname, "k": k, "pca": pca, "whiten": whiten, "codebook_on": on,
                    "dim": ev.model.dim, "map": ev.result.mean_ap, "map_trapezoid": ev.result.mean_ap_trapezoid,
                    "num_queries": ev.result.num_queries, "fit_seconds": ev.seconds["fit"]}

@@ -11,7 +11,6 @@ from retrieval._src.baselines import (
     sift_descriptors,
     sift_keypoint_size,
 )
-from retrieval._src.figures import contact_sheet
 from retrieval._src.data import (
     EmptySplitWarning,
     PatchSet,
@@ -37,36 +36,30 @@ from retrieval._src.evaluation import (
     evaluate_descriptors,
     resolve_model,
 )
+from retrieval._src.figures import contact_sheet
 
-# VLAD / image retrieval (retrieval._src.vlad / image_retrieval).
-from retrieval._src.image_retrieval import (
+# VLAD / image retrieval (retrieval._src.local / vlad / vlad_fit / image_eval / image_folder).
+from retrieval._src.image_eval import VladEvaluation, evaluate_vlad
+from retrieval._src.image_folder import ImageCollection, list_images, load_image_folder
+from retrieval._src.local import (
     Describer,
-    ImageCollection,
-    ImageRetrievalResult,
     LocalConfig,
     LocalFeatures,
-    VladConfig,
-    VladEvaluation,
-    VladModel,
     describe_images,
-    encode_images,
-    evaluate_rankings,
-    evaluate_scores,
-    evaluate_vlad,
-    fit_vlad,
-    image_retrieval_map,
-    list_images,
-    load_image_folder,
     local_features,
     make_describer,
 )
 from retrieval._src.metrics import (
+    ImageRetrievalResult,
     PairSet,
     RetrievalResult,
     RetrievalSummary,
     average_precision,
     average_precision_from_ranking,
+    evaluate_rankings,
+    evaluate_scores,
     fpr_at_recall,
+    image_retrieval_map,
     nn_matching_accuracy,
     pair_scores,
     patch_retrieval_map,
@@ -132,6 +125,7 @@ from retrieval._src.vlad import (
     vlad_encode,
     vlad_encode_batch,
 )
+from retrieval._src.vlad_fit import VladConfig, VladModel, encode_images, fit_vlad
 
 # The TFDS builder imports tensorflow_datasets (~0.8 s): loaded on first use.
 # `from retrieval import CknPatches` registers "ckn_patches" with TFDS.

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import image_retrieval as IR
+from retrieval._src.image_eval import evaluate_vlad
+from retrieval._src.image_folder import load_image_folder
+from retrieval._src.local import LocalConfig, describe_images, local_features, make_describer
+from retrieval._src.metrics.image import evaluate_rankings, evaluate_scores, image_retrieval_map
+from retrieval._src.vlad_fit import VladConfig, encode_images, fit_vlad
 from retrieval.cli.main import main
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
@@ -42,7 +46,7 @@ def _scores_from_rankings(rankings, n):
 
 
 def test_hand_made_ranking_exact_map():
-    res = IR.evaluate_rankings(RANKINGS, LABELS, query_ids=np.arange(5))
+    res = evaluate_rankings(RANKINGS, LABELS, query_ids=np.arange(5))
     assert res.num_queries == 5
     assert abs(res.mean_ap - float(EXPECTED)) < 1e-12
     assert abs(res.mean_ap_trapezoid - float(EXPECTED_TRAP)) < 1e-12
@@ -51,7 +55,7 @@ def test_hand_made_ranking_exact_map():
 
 def test_hand_made_scores_exact_map_and_skips():
     scores = _scores_from_rankings(np.vstack([RANKINGS, [[0, 1, 2, 3, 4, 5, 6]] * 2]), 7)
-    res = IR.evaluate_scores(scores, LABELS, names=[f"im{i}" for i in range(7)])
+    res = evaluate_scores(scores, LABELS, names=[f"im{i}" for i in range(7)])
     assert abs(res.mean_ap - float(EXPECTED)) < 1e-12
     assert abs(res.mean_ap_trapezoid - float(EXPECTED_TRAP)) < 1e-12
     # The distractor is no query; the lone image of group 2 is skipped and said.
@@ -62,36 +66,36 @@ def test_hand_made_scores_exact_map_and_skips():
 
 def test_junk_removed_from_ranking():
     # Junk {3} for q0: its ranking becomes [1, 5, 2, 4, 6], relevant at 1 and 3.
-    res = IR.evaluate_rankings(RANKINGS[:1], LABELS, junk={0: [3]})
+    res = evaluate_rankings(RANKINGS[:1], LABELS, junk={0: [3]})
     assert res.per_query[0] == pytest.approx((1 + 2 / 3) / 2, abs=1e-12)
-    res = IR.evaluate_scores(_scores_from_rankings(RANKINGS, 7)[:, :], LABELS, junk={0: [3]})
+    res = evaluate_scores(_scores_from_rankings(RANKINGS, 7)[:, :], LABELS, junk={0: [3]})
     assert res.per_query[0] == pytest.approx(5 / 6, abs=1e-12)
     # All other members junk: skipped, said.
-    res = IR.evaluate_rankings(RANKINGS[3:4], LABELS, query_ids=[3], junk={3: [4]})
+    res = evaluate_rankings(RANKINGS[3:4], LABELS, query_ids=[3], junk={3: [4]})
     assert res.num_queries == 0 and "junk" in res.skipped[0]
 
 
 def test_truncated_ranking_counts_missing_relevant_as_not_retrieved():
-    res = IR.evaluate_rankings(np.array([[3, 1, 5]]), LABELS)  # relevant 2 never retrieved
+    res = evaluate_rankings(np.array([[3, 1, 5]]), LABELS)  # relevant 2 never retrieved
     assert res.per_query[0] == pytest.approx((1 / 2) / 2, abs=1e-12)
 
 
 def test_constant_vectors_score_lowest_not_one():
     # Ties are broken against the relevant images (CKN_NOTES section 6).
     v = np.ones((6, 4), np.float32) / 2
-    res = IR.image_retrieval_map(v, np.array([0, 0, 1, 1, -1, -1]))
+    res = image_retrieval_map(v, np.array([0, 0, 1, 1, -1, -1]))
     assert res.mean_ap == pytest.approx(1 / 5, abs=1e-12)
 
 
 def test_evaluation_bad_input():
     with pytest.raises(InputError, match="labels must be"):
-        IR.evaluate_scores(np.zeros((3, 3)), np.zeros(4, np.int64))
+        evaluate_scores(np.zeros((3, 3)), np.zeros(4, np.int64))
     with pytest.raises(InputError, match="integer group ids"):
-        IR.evaluate_scores(np.zeros((3, 3)), np.zeros(3))
+        evaluate_scores(np.zeros((3, 3)), np.zeros(3))
     with pytest.raises(InputError, match="ids outside"):
-        IR.evaluate_rankings(np.array([[7]]), LABELS)
+        evaluate_rankings(np.array([[7]]), LABELS)
     with pytest.raises(InputError, match="junk image 9"):
-        IR.evaluate_scores(np.zeros((7, 7)), LABELS, junk={0: [9]})
+        evaluate_scores(np.zeros((7, 7)), LABELS, junk={0: [9]})
 
 
 # --------------------------------------------------------------------------- images and folders
@@ -125,7 +129,7 @@ def image_dir(tmp_path_factory):
 
 
 def test_load_image_folder_groups_distractors_junk(image_dir, tmp_path):
-    coll = IR.load_image_folder(image_dir)
+    coll = load_image_folder(image_dir)
     assert coll.groups == ["astronaut", "brick", "coffee"]
     assert coll.names[-1] == "camera.png" and coll.labels[-1] == -1
     np.testing.assert_array_equal(coll.labels[:-1], [0, 0, 1, 1, 2, 2])
@@ -136,75 +140,75 @@ def test_load_image_folder_groups_distractors_junk(image_dir, tmp_path):
     root = tmp_path / "j"
     shutil.copytree(image_dir, root)
     (root / "brick" / "junk.txt").write_text("# comment\n1.png\ncamera.png\n")
-    coll = IR.load_image_folder(root)
+    coll = load_image_folder(root)
     assert coll.junk == {2: {3, 6}, 3: {6}}
     (root / "brick" / "junk.txt").write_text("nothere.png\n")
     with pytest.raises(InputError, match="unknown image 'nothere.png'"):
-        IR.load_image_folder(root)
+        load_image_folder(root)
 
 
 def test_folder_bad_input(tmp_path):
     with pytest.raises(InputError, match="not found"):
-        IR.load_image_folder(tmp_path / "missing")
+        load_image_folder(tmp_path / "missing")
     (tmp_path / "a").mkdir()
     with pytest.raises(InputError, match="holds no image"):
-        IR.load_image_folder(tmp_path)
+        load_image_folder(tmp_path)
     (tmp_path / "a").rmdir()
     with pytest.raises(InputError, match="no group subfolder"):
-        IR.load_image_folder(tmp_path)
+        load_image_folder(tmp_path)
 
 
 def test_undecodable_and_regionless_images(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
-    d = IR.make_describer("sift")
+    d = make_describer("sift")
     with pytest.raises(InputError, match="cannot read image"):
-        IR.describe_images([bad], d, progress=False)
+        describe_images([bad], d, progress=False)
     flat = np.full((64, 64), 128, np.uint8)
     with pytest.raises(InputError, match="flat.png: no interest regions"):
-        IR.describe_images([flat], d, names=["flat.png"], progress=False)
+        describe_images([flat], d, names=["flat.png"], progress=False)
 
 
 def test_local_features_cap_and_shapes(image_dir):
-    d = IR.make_describer("rootsift")
-    f = IR.local_features(cv2.imread(str(image_dir / "astronaut" / "0.png")), d,
-                          config=IR.LocalConfig(max_regions=40))
+    d = make_describer("rootsift")
+    f = local_features(cv2.imread(str(image_dir / "astronaut" / "0.png")), d,
+                       config=LocalConfig(max_regions=40))
     assert f.descriptors.shape == (40, 128) and f.descriptors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, rtol=1e-5)
     assert len(f.regions) == 40 and f.seconds_describe >= 0
 
 
 def test_vlad_pipeline_end_to_end_and_dimension_mismatch(image_dir):
-    coll = IR.load_image_folder(image_dir)
-    d = IR.make_describer("sift")
-    feats = IR.describe_images(coll.paths, d, config=IR.LocalConfig(max_regions=150), progress=False)
+    coll = load_image_folder(image_dir)
+    d = make_describer("sift")
+    feats = describe_images(coll.paths, d, config=LocalConfig(max_regions=150), progress=False)
     # Without PCA (measured 0.889: brick's rotated view is the hard one).
-    ev = IR.evaluate_vlad(feats, coll.labels, config=IR.VladConfig(k=8, pca_dim=None), names=coll.names)
+    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8, pca_dim=None), names=coll.names)
     assert ev.vectors.shape == (7, 8 * 128)
     assert ev.result.num_queries == 6 and ev.result.mean_ap >= 0.8
     assert ev.ranking.shape == (7, 6) and not (ev.ranking == np.arange(7)[:, None]).any()
     # With PCA-whitening to 16-D (fitted on 7 images + 10 windows each).
-    cfg = IR.VladConfig(k=8, pca_dim=16, pca_windows=10)
-    ev = IR.evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names)
+    cfg = VladConfig(k=8, pca_dim=16, pca_windows=10)
+    ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names)
     assert ev.vectors.shape == (7, 16) and ev.model.info["pca_train_vectors"] > 16
     np.testing.assert_allclose(np.linalg.norm(ev.vectors, axis=1), 1.0, rtol=1e-5)
     assert ev.result.num_queries == 6 and 0.0 < ev.result.mean_ap <= 1.0
     # Descriptors of another dimension than the codebook's: named, clear.
     with pytest.raises(InputError, match="image 1: descriptors of shape \\(5, 64\\)"):
-        IR.encode_images(ev.model, [feats[0], np.zeros((5, 64), np.float32)])
+        encode_images(ev.model, [feats[0], np.zeros((5, 64), np.float32)])
     # A PCA dimension the training vectors cannot span.
     with pytest.raises(InputError, match="span"):
-        IR.fit_vlad(feats[:1], IR.VladConfig(k=8, pca_dim=64, pca_windows=3))
+        fit_vlad(feats[:1], VladConfig(k=8, pca_dim=64, pca_windows=3))
     # IVF-PQ through the same interface (sized down for 7 vectors), scored on its rankings.
-    ev_pq = IR.evaluate_vlad(feats, coll.labels, config=cfg, search="ivfpq")
+    ev_pq = evaluate_vlad(feats, coll.labels, config=cfg, search="ivfpq")
     assert ev_pq.result.num_queries == 6 and 0.0 < ev_pq.result.mean_ap <= 1.0
 
 
 def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
     model, _ = tiny_model
-    d = IR.make_describer(model)
+    d = make_describer(model)
     assert d.patch_size == model.config.patch_size
-    f = IR.local_features(cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=IR.LocalConfig(max_regions=30))
+    f = local_features(cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=LocalConfig(max_regions=30))
     assert f.descriptors.shape == (30, d.dim) and np.isfinite(f.descriptors).all()
 
 
@@ -276,7 +280,7 @@ def test_oxford_two_sequences_sift():
         files = sorted((OXFORD / s).glob("img[1-3].p?m"))
         paths += files
         labels += [g] * len(files)
-    feats = IR.describe_images(paths, IR.make_describer("sift"), config=IR.LocalConfig(max_regions=150),
-                               progress=False)
-    ev = IR.evaluate_vlad(feats, np.array(labels), config=IR.VladConfig(k=16, pca_dim=None))
+    feats = describe_images(paths, make_describer("sift"), config=LocalConfig(max_regions=150),
+                            progress=False)
+    ev = evaluate_vlad(feats, np.array(labels), config=VladConfig(k=16, pca_dim=None))
     assert ev.result.mean_ap == 1.0

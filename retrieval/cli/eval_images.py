@@ -6,7 +6,7 @@
 
 DIR holds one subfolder per group (scene or object); images directly in DIR
 are distractors; an optional ``junk.txt`` per group lists images left out of
-that group's rankings (see :mod:`retrieval._src.image_retrieval`). Every image
+that group's rankings (see :mod:`retrieval._src.image_folder`). Every image
 is described by local descriptors at interest regions, the codebook (and the
 local PCA and VLAD PCA-whitening) are fitted on DIR2 if given, else on DIR
 itself (and it says so), every image is encoded, searched against all others
@@ -26,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ckn import InputError, atomic_path, write_json
-from retrieval._src import image_retrieval as IR
+from retrieval._src.figures import save_figure, thumbnail
+from retrieval._src.image_eval import evaluate_vlad
+from retrieval._src.image_folder import list_images, load_image_folder
+from retrieval._src.local import LocalConfig, describe_images, make_describer
+from retrieval._src.vlad_fit import VladConfig
 from retrieval._src.data import read_image
 from retrieval.cli import provenance
 
@@ -61,36 +65,36 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     for flag in ("k", "max_regions"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    config = IR.VladConfig(
+    config = VladConfig(
         k=args.k, pca_dim=args.pca or None, local_dim=args.local_dim or None, seed=args.seed,
         pca_whiten=not args.no_whiten,
     )
-    local = IR.LocalConfig(max_regions=args.max_regions, max_side=args.max_side)
-    coll = IR.load_image_folder(args.images)
+    local = LocalConfig(max_regions=args.max_regions, max_side=args.max_side)
+    coll = load_image_folder(args.images)
     names = coll.names
     n_dis = int((coll.labels < 0).sum())
-    describer = IR.make_describer(args.local)
+    describer = make_describer(args.local)
     print(f"{args.images}: {len(coll.paths)} images in {len(coll.groups)} groups"
           f"{f' + {n_dis} distractors' if n_dis else ''}; local descriptor {describer.name} "
           f"({describer.dim}-D, {describer.patch_size}x{describer.patch_size} patches, "
           f"at most {args.max_regions} regions per image)")
     quiet = args.quiet
     t0 = time.perf_counter()
-    feats = IR.describe_images(coll.paths, describer, config=local, names=names, progress=not quiet)
+    feats = describe_images(coll.paths, describer, config=local, names=names, progress=not quiet)
     t_desc = time.perf_counter() - t0
     if args.codebook_images is not None:
-        train_paths = IR.list_images(args.codebook_images)
+        train_paths = list_images(args.codebook_images)
         print(f"codebook{' and PCA' if config.pca_dim else ''} fitted on the {len(train_paths)} images "
               f"of {args.codebook_images}")
-        train = IR.describe_images(train_paths, describer, config=local, progress=not quiet,
-                                   desc="describing codebook images")
+        train = describe_images(train_paths, describer, config=local, progress=not quiet,
+                            desc="describing codebook images")
         where = str(args.codebook_images)
     else:
         print(f"codebook{' and PCA' if config.pca_dim else ''} fitted on the evaluated images themselves "
               f"(no --codebook-images given)")
         train, where = None, "evaluated images"
-    ev = IR.evaluate_vlad(feats, coll.labels, train=train, config=config, junk=coll.junk, names=names,
-                          search=args.search)
+    ev = evaluate_vlad(feats, coll.labels, train=train, config=config, junk=coll.junk, names=names,
+                       search=args.search)
     res = ev.result
     n_fit = len(train) if train is not None else len(feats)
     if config.pca_dim and n_fit <= config.pca_dim:
@@ -143,11 +147,11 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     if args.figure is not None:
         queries = figure_queries(coll.labels)
         shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
-        thumbs = [IR.thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
+        thumbs = [thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
                   for i, p in enumerate(coll.paths)]
         with atomic_path(args.figure) as tmp:
-            IR.save_figure(tmp, thumbs, coll.labels, ev.ranking, queries, names=names, junk=coll.junk,
-                           title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}")
+            save_figure(tmp, thumbs, coll.labels, ev.ranking, queries, names=names, junk=coll.junk,
+                        title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}")
         print(f"wrote {args.figure}")
     return 0
 
