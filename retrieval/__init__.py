@@ -120,6 +120,7 @@ from retrieval._src.search import (
     recall_at,
 )
 from retrieval._src.vlad import (
+    VladNorm,
     fit_codebook,
     vlad_core,
     vlad_encode,
@@ -178,6 +179,7 @@ __all__ = [
     "VladConfig",
     "VladEvaluation",
     "VladModel",
+    "VladNorm",
     "apply_pca_whitening",
     "describe_images",
     "encode_images",

@@ -81,9 +81,10 @@ def test_vlad_encode_matches_numpy_every_flag(data, mass_norm, power, intra_norm
     centers, held = data
     flags = dict(mass_norm=mass_norm, power=power, intra_norm=intra_norm, l2_norm=l2_norm,
                  residual_norm=residual_norm)
+    norm = V.VladNorm(mass=mass_norm, power=power, intra=intra_norm, l2=l2_norm, residual=residual_norm)
     # One image through vlad_encode, the others through one padded batch (one compilation).
-    outs = [V.vlad_encode(held[0], centers, **flags)]
-    outs += list(V.vlad_encode_batch(held[1:], centers, batch_size=len(held) - 1, **flags))
+    outs = [V.vlad_encode(held[0], centers, norm)]
+    outs += list(V.vlad_encode_batch(held[1:], centers, norm, batch_size=len(held) - 1))
     for x, out in zip(held, outs):
         ref = ref_vlad(x, centers, **flags)
         assert out.shape == (centers.size,) and out.dtype == np.float32
@@ -94,14 +95,14 @@ def test_vlad_encode_matches_numpy_every_flag(data, mass_norm, power, intra_norm
 
 def test_power_other_than_half(data):
     centers, held = data
-    out = V.vlad_encode(held[2], centers, power=0.2, intra_norm=True)
+    out = V.vlad_encode(held[2], centers, V.VladNorm(power=0.2, intra=True))
     np.testing.assert_allclose(out, ref_vlad(held[2], centers, power=0.2, intra_norm=True), rtol=RTOL, atol=ATOL)
 
 
 def test_empty_centres_stay_zero(data):
     centers, held = data
     x = held[1]  # one descriptor: k - 1 empty centres
-    out = V.vlad_encode(x, centers, mass_norm=True, power=0.5, intra_norm=True).reshape(centers.shape)
+    out = V.vlad_encode(x, centers, V.VladNorm(mass=True, power=0.5, intra=True)).reshape(centers.shape)
     assert np.isfinite(out).all()
     assert (np.abs(out).sum(axis=1) > 0).sum() == 1
     np.testing.assert_allclose(np.linalg.norm(out), 1.0, rtol=1e-6)
@@ -109,22 +110,23 @@ def test_empty_centres_stay_zero(data):
 
 def test_batched_equals_per_image(data):
     centers, held = data
-    flags = dict(mass_norm=True, power=0.5, intra_norm=True)
-    batch = V.vlad_encode_batch(held, centers, batch_size=2, **flags)
+    norm = V.VladNorm(mass=True, power=0.5, intra=True)
+    batch = V.vlad_encode_batch(held, centers, norm, batch_size=2)
     assert batch.shape == (len(held), centers.size)
     for i, x in enumerate(held):
-        np.testing.assert_allclose(batch[i], V.vlad_encode(x, centers, **flags), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(batch[i], V.vlad_encode(x, centers, norm), rtol=1e-6, atol=1e-7)
 
 
 def test_batched_does_not_recompile(data):
     centers, held = data
-    V.vlad_encode_batch(held[:3], centers, batch_size=4, power=0.5, intra_norm=True)
+    V.vlad_encode_batch(held[:3], centers, V.VladNorm(power=0.5, intra=True), batch_size=4)
     before = V._vlad_batch._cache_size()
     # Other images, other counts (within one length bucket), other flags: no new compilation.
     rng = np.random.default_rng(1)
     others = [rng.normal(size=(n, centers.shape[1])).astype(np.float32) for n in (3, 90, 17, 100, 2)]
-    V.vlad_encode_batch(others, centers, batch_size=4, power=0.3, residual_norm=True, mass_norm=True)
-    V.vlad_encode_batch(others[:2], centers, batch_size=4, l2_norm=False)
+    V.vlad_encode_batch(others, centers, V.VladNorm(power=0.3, residual=True, mass=True), batch_size=4)
+    V.vlad_encode_batch(others[:2], centers, V.VladNorm(l2=False), batch_size=4)
+    V.vlad_encode_batch(others[:2], centers, batch_size=4)  # the default norm
     assert V._vlad_batch._cache_size() == before
 
 
@@ -141,7 +143,9 @@ def test_vlad_bad_input(data):
     with pytest.raises(InputError, match="image 1"):
         V.vlad_encode_batch([held[0], held[0][:, :4]], centers)
     with pytest.raises(InputError, match="power"):
-        V.vlad_encode(held[0], centers, power=0.0)
+        V.vlad_encode(held[0], centers, V.VladNorm(power=0.0))
+    with pytest.raises(InputError, match="norm must be a VladNorm"):
+        V.vlad_encode(held[0], centers, {"power": 0.5})
     with pytest.raises(InputError, match="must be \\(N, D\\)"):
         V.vlad_encode(held[0][0], centers)
 

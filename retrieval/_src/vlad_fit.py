@@ -46,8 +46,9 @@ class VladConfig:
       k: codebook size.
       local_dim: PCA (no whitening) of the local descriptors to this dimension
         when they are larger (None: keep them).
-      mass_norm, power, intra_norm, residual_norm: VLAD options (retrieval.vlad_encode);
-        default signed square root + intra-normalization (Arandjelovic & Zisserman).
+      mass_norm, power, intra_norm, residual_norm: the VLAD normalizations
+        (:attr:`norm`; the global L2 is always on); default signed square root
+        + intra-normalization (Arandjelovic & Zisserman).
       pca_dim: PCA of the VLADs to this dimension, then L2 (None: no PCA).
       pca_whiten: whiten the PCA (False: a plain projection).
       pca_windows: random windows per training image whose VLADs join the PCA
@@ -86,12 +87,14 @@ class VladConfig:
             raise InputError(f"pca_windows must be >= 0, got {self.pca_windows}")
 
     @property
-    def flags(self) -> dict:
-        return dict(
-            mass_norm=self.mass_norm,
+    def norm(self) -> V.VladNorm:
+        """The VLAD normalizations of this config, global L2 on."""
+        return V.VladNorm(
+            mass=self.mass_norm,
             power=self.power,
-            intra_norm=self.intra_norm,
-            residual_norm=self.residual_norm,
+            intra=self.intra_norm,
+            l2=True,
+            residual=self.residual_norm,
         )
 
 
@@ -193,7 +196,7 @@ def fit_vlad(
             sets.append(xr)
             for idx in _window_subsets(f, config.pca_windows, rng, min_count=max(5, config.k // 4)):
                 sets.append(xr[idx])
-        vlads = V.vlad_encode_batch(sets, centers, batch_size=batch_size, **config.flags)
+        vlads = V.vlad_encode_batch(sets, centers, config.norm, batch_size=batch_size)
         pca = PP.fit_pca_whitening(
             vlads, config.pca_dim, whiten=config.pca_whiten, eps=config.pca_eps
         )
@@ -232,7 +235,7 @@ def encode_images(
                 f"local dimension {want}"
             )
         xs.append(_reduce_local(model.local_pca, x))
-    v = V.vlad_encode_batch(xs, model.centers, batch_size=batch_size, **model.config.flags)
+    v = V.vlad_encode_batch(xs, model.centers, model.config.norm, batch_size=batch_size)
     if model.pca is not None:
         v = PP.apply_pca_whitening(model.pca, v)
     return v
