@@ -3,6 +3,7 @@
 Bad input must give exit status 2, exactly one line on stderr naming the
 problem, no traceback, and no JSON left behind.
 """
+
 import json
 
 import numpy as np
@@ -27,8 +28,11 @@ def _groups(num_groups, size=16, seed=0):
     rng = np.random.default_rng(seed)
     ys = rng.integers(0, img.shape[0] - size - 1, num_groups)
     xs = rng.integers(0, img.shape[1] - size - 1, num_groups)
-    patches = [img[y + dy : y + dy + size, x + dx : x + dx + size] + rng.normal(0, 4, (size, size))
-               for y, x in zip(ys, xs) for dy, dx in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    patches = [
+        img[y + dy : y + dy + size, x + dx : x + dx + size] + rng.normal(0, 4, (size, size))
+        for y, x in zip(ys, xs)
+        for dy, dx in ((0, 0), (1, 0), (0, 1), (1, 1))
+    ]
     labels = np.repeat(np.arange(num_groups), 4)
     return np.clip(np.stack(patches), 0, 255).astype(np.uint8), labels
 
@@ -61,7 +65,9 @@ def test_evaluate_descriptors_keys_and_exact_values():
     assert E.evaluate_descriptors(x * np.float32(1e30), [0, 1, 0, 1])["map"] == r["map"]
     json.dumps(r, allow_nan=False)
     # After L2 normalization the rows are +1, +1, +1, -1.
-    r = E.evaluate_descriptors(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.0, -1.0]]), [0, 1, 0, 1])
+    r = E.evaluate_descriptors(
+        np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.0, -1.0]]), [0, 1, 0, 1]
+    )
     assert r["num_patches"] == 4 and r["num_groups"] == 2 and r["dim"] == 2
     assert (r["num_queries"], r["num_skipped"]) == (4, 0)
     assert r["ap_definition"] == "non-interpolated"
@@ -88,12 +94,18 @@ def test_evaluate_constant_descriptor_at_chance_and_skipped_queries():
 
 def test_describe_with_dispatch(model_dir, tiny_model):
     patches, _ = _groups(3)
-    np.testing.assert_array_equal(E.describe_with("sift", patches), describe_baseline("sift", patches))
+    np.testing.assert_array_equal(
+        E.describe_with("sift", patches), describe_baseline("sift", patches)
+    )
     from_dir = E.describe_with(model_dir, patches)  # 12 patches: one batch of 16
     np.testing.assert_allclose(from_dir, ckn.describe(tiny_model[0], patches), atol=1e-6)
     np.testing.assert_array_equal(E.describe_with(tiny_model[0], patches, batch_size=16), from_dir)
     assert E.descriptor_info("pixels", (16, 16, 3)) == {
-        "name": "pixels", "kind": "baseline", "dim": 768, "coverage": "16x16"}
+        "name": "pixels",
+        "kind": "baseline",
+        "dim": 768,
+        "coverage": "16x16",
+    }
     info = E.descriptor_info(model_dir, (16, 16))
     assert info["kind"] == "ckn" and info["name"] == "ckn-tiny" and info["dim"] == from_dir.shape[1]
     with pytest.raises(InputError, match="neither a model directory nor a baseline"):
@@ -107,15 +119,22 @@ def test_describe_with_dispatch(model_dir, tiny_model):
 
 def test_eval_patches_baseline_train_and_test(capsys, tmp_path, patch_file):
     out = tmp_path / "sift.json"
-    code, stdout, err = _eval(capsys, "--patches", patch_file, "--model", "sift",
-                             "--json", out, "--quiet")
+    code, stdout, err = _eval(
+        capsys, "--patches", patch_file, "--model", "sift", "--json", out, "--quiet"
+    )
     assert code == 0, err
     lines = stdout.splitlines()
     assert "sift (baseline, 128-D, patches 16x16)" in lines[0] and "non-interpolated" in lines[0]
-    assert lines[2].split()[:3] == ["train", "80", "20"] and lines[3].split()[:3] == ["test", "40", "10"]
+    assert lines[2].split()[:3] == ["train", "80", "20"] and lines[3].split()[:3] == [
+        "test",
+        "40",
+        "10",
+    ]
     doc = json.loads(out.read_text())
     assert set(doc["splits"]) == {"train", "test"}
-    assert doc["descriptor"]["dim"] == 128 and doc["protocol"]["ap_definition"] == "non-interpolated"
+    assert (
+        doc["descriptor"]["dim"] == 128 and doc["protocol"]["ap_definition"] == "non-interpolated"
+    )
     train = doc["splits"]["train"]
     # Groups of shifted crops are easy: far above the chance level (~0.05).
     assert 0.5 < train["map"] <= 1.0 and train["num_queries"] == 80
@@ -129,14 +148,27 @@ def test_eval_patches_baseline_train_and_test(capsys, tmp_path, patch_file):
 
 def test_eval_patches_model_dir_and_one_split(capsys, tmp_path, patch_file, model_dir):
     out = tmp_path / "ckn.json"
-    code, stdout, err = _eval(capsys, "--patches", patch_file, "--model", model_dir,
-                             "--split", "all", "--json", out, "--batch-size", "16", "--quiet")
+    code, stdout, err = _eval(
+        capsys,
+        "--patches",
+        patch_file,
+        "--model",
+        model_dir,
+        "--split",
+        "all",
+        "--json",
+        out,
+        "--batch-size",
+        "16",
+        "--quiet",
+    )
     assert code == 0, err
     doc = json.loads(out.read_text())
     assert list(doc["splits"]) == ["all"] and doc["splits"]["all"]["num_patches"] == 120
     assert doc["descriptor"]["kind"] == "ckn"
-    code, stdout, err = _eval(capsys, "--patches", patch_file, "--model", "pixels",
-                             "--split", "test", "--quiet")
+    code, stdout, err = _eval(
+        capsys, "--patches", patch_file, "--model", "pixels", "--split", "test", "--quiet"
+    )
     assert code == 0, err
     assert [ln.split()[0] for ln in stdout.splitlines()[2:]] == ["test"]
 
@@ -174,15 +206,15 @@ def test_eval_patches_bad_input(capsys, tmp_path, patch_file, model_dir):
         ((nan, "pixels"), ("NaN",)),
     ]
     for (path, model), needles in cases:
-        code, _, err = _eval(capsys, "--patches", path, "--model", model, "--json", out,
-                            "--quiet")
+        code, _, err = _eval(capsys, "--patches", path, "--model", model, "--json", out, "--quiet")
         _assert_one_line_error(code, err, "ckn eval-patches: error:", *needles)
         assert not out.exists()
     nosplit = tmp_path / "nosplit.npz"
     np.savez(nosplit, patches=patches, labels=labels)
     code, _, err = _eval(capsys, "--patches", nosplit, "--model", "sift", "--split", "test")
     _assert_one_line_error(code, err, "no 'split' array")
-    code, _, err = _eval(capsys, "--patches", patch_file, "--model", "sift",
-                        "--json", tmp_path / "nodir" / "r.json")
+    code, _, err = _eval(
+        capsys, "--patches", patch_file, "--model", "sift", "--json", tmp_path / "nodir" / "r.json"
+    )
     _assert_one_line_error(code, err, "output folder does not exist")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -3,6 +3,7 @@
 Exact values where the result is a ratio of small integers (mAP of a
 hand-made ranking: fractions, compared to 1e-12).
 """
+
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -25,13 +26,15 @@ OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affin
 
 # ids 0..6; group 0 = {0, 1, 2}, group 1 = {3, 4}, 5 a distractor, 6 alone in group 2.
 LABELS = np.array([0, 0, 0, 1, 1, -1, 2])
-RANKINGS = np.array([
-    [0, 3, 1, 5, 2, 4, 6],  # q0 (self listed first, removed): relevant at ranks 2, 4
-    [2, 0, 3, 4, 5, 6, 1],  # q1: ranks 1, 2
-    [6, 5, 4, 3, 1, 0, 2],  # q2: ranks 5, 6
-    [4, 0, 1, 2, 5, 6, 3],  # q3: rank 1
-    [0, 1, 2, 3, 5, 6, 4],  # q4: rank 4
-])
+RANKINGS = np.array(
+    [
+        [0, 3, 1, 5, 2, 4, 6],  # q0 (self listed first, removed): relevant at ranks 2, 4
+        [2, 0, 3, 4, 5, 6, 1],  # q1: ranks 1, 2
+        [6, 5, 4, 3, 1, 0, 2],  # q2: ranks 5, 6
+        [4, 0, 1, 2, 5, 6, 3],  # q3: rank 1
+        [0, 1, 2, 3, 5, 6, 4],  # q4: rank 4
+    ]
+)
 # Non-interpolated AP: q0 (1/2 + 2/4)/2, q1 1, q2 (1/5 + 2/6)/2, q3 1, q4 1/4.
 EXPECTED = (Fraction(1, 2) + 1 + Fraction(4, 15) + 1 + Fraction(1, 4)) / 5  # 181/300
 # Oxford trapezoid: q0 (1/4 + 5/12)/2 = 1/3, q1 1, q2 (1/10 + 4/15)/2 = 11/60, q3 1, q4 1/8.
@@ -171,8 +174,9 @@ def test_undecodable_and_regionless_images(tmp_path):
 
 def test_local_features_cap_and_shapes(image_dir):
     d = make_describer("rootsift")
-    f = local_features(cv2.imread(str(image_dir / "astronaut" / "0.png")), d,
-                       config=LocalConfig(max_regions=40))
+    f = local_features(
+        cv2.imread(str(image_dir / "astronaut" / "0.png")), d, config=LocalConfig(max_regions=40)
+    )
     assert f.descriptors.shape == (40, 128) and f.descriptors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, rtol=1e-5)
     assert len(f.regions) == 40 and f.seconds_describe >= 0
@@ -208,7 +212,9 @@ def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
     model, _ = tiny_model
     d = make_describer(model)
     assert d.patch_size == model.config.patch_size
-    f = local_features(cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=LocalConfig(max_regions=30))
+    f = local_features(
+        cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=LocalConfig(max_regions=30)
+    )
     assert f.descriptors.shape == (30, d.dim) and np.isfinite(f.descriptors).all()
 
 
@@ -217,8 +223,26 @@ def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
 
 def test_cli_eval_images(image_dir, tmp_path, capsys):
     out, fig = tmp_path / "r.json", tmp_path / "r.png"
-    rc = main(["eval-images", "--images", str(image_dir), "--local", "sift", "--k", "8", "--pca", "16",
-               "--max-regions", "150", "--json", str(out), "--figure", str(fig), "--quiet"])
+    rc = main(
+        [
+            "eval-images",
+            "--images",
+            str(image_dir),
+            "--local",
+            "sift",
+            "--k",
+            "8",
+            "--pca",
+            "16",
+            "--max-regions",
+            "150",
+            "--json",
+            str(out),
+            "--figure",
+            str(fig),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     cap = capsys.readouterr()
     text = cap.out
@@ -236,19 +260,41 @@ def test_cli_skips_single_image_group_and_says_so(image_dir, tmp_path, capsys):
     root = tmp_path / "imgs"
     shutil.copytree(image_dir, root)
     (root / "brick" / "1.png").unlink()
-    assert main(["eval-images", "--images", str(root), "--local", "sift", "--k", "8", "--pca", "0",
-                 "--max-regions", "100", "--codebook-images", str(image_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval-images",
+                "--images",
+                str(root),
+                "--local",
+                "sift",
+                "--k",
+                "8",
+                "--pca",
+                "0",
+                "--max-regions",
+                "100",
+                "--codebook-images",
+                str(image_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "skipped: brick/0.png: the only image of its group" in cap.err
     assert "over 4 queries" in cap.out and f"fitted on the 7 images of {image_dir}" in cap.out
 
 
-@pytest.mark.parametrize("case,message", [
-    ("bad_image", "cannot read image (unknown format or corrupt)"),
-    ("flat_image", "no interest regions"),
-    ("empty_group", "holds no image"),
-    ("bad_local", "neither a model directory nor a baseline"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("bad_image", "cannot read image (unknown format or corrupt)"),
+        ("flat_image", "no interest regions"),
+        ("empty_group", "holds no image"),
+        ("bad_local", "neither a model directory nor a baseline"),
+    ],
+)
 def test_cli_bad_input_one_line_exit_2(image_dir, tmp_path, capsys, case, message):
     import shutil
 
@@ -263,9 +309,25 @@ def test_cli_bad_input_one_line_exit_2(image_dir, tmp_path, capsys, case, messag
         (root / "empty").mkdir()
     else:
         local = str(tmp_path / "no_model")
-    rc = main(["eval-images", "--images", str(root), "--local", local, "--quiet", "--json", str(tmp_path / "o.json")])
+    rc = main(
+        [
+            "eval-images",
+            "--images",
+            str(root),
+            "--local",
+            local,
+            "--quiet",
+            "--json",
+            str(tmp_path / "o.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("ckn eval-images: error:") and message in err[0]
+    assert (
+        rc == 2
+        and len(err) == 1
+        and err[0].startswith("ckn eval-images: error:")
+        and message in err[0]
+    )
     assert not (tmp_path / "o.json").exists()
 
 
@@ -280,7 +342,8 @@ def test_oxford_two_sequences_sift():
         files = sorted((OXFORD / s).glob("img[1-3].p?m"))
         paths += files
         labels += [g] * len(files)
-    feats = describe_images(paths, make_describer("sift"), config=LocalConfig(max_regions=150),
-                            progress=False)
+    feats = describe_images(
+        paths, make_describer("sift"), config=LocalConfig(max_regions=150), progress=False
+    )
     ev = evaluate_vlad(feats, np.array(labels), config=VladConfig(k=16, pca_dim=None))
     assert ev.result.mean_ap == 1.0

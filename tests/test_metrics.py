@@ -1,4 +1,5 @@
 """Metrics on hand-made rankings with exact expected values (fractions)."""
+
 from fractions import Fraction as F
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_ap_from_scores_matches_ranking():
     relevant = np.array([True, True, True, False, False, False])  # ranks 1, 2, 6
     assert M.average_precision(scores, relevant) == pytest.approx((1 + 1 + F(3, 6)) / 3)
     assert M.average_precision(scores, relevant, mode="trapezoid") == pytest.approx(
-        float((1 + 1 + (F(2, 5) + F(3, 6)) / 2) / 3))
+        float((1 + 1 + (F(2, 5) + F(3, 6)) / 2) / 3)
+    )
 
 
 def test_ties_are_broken_against_relevant():
@@ -79,7 +81,8 @@ def test_ties_are_broken_against_relevant():
     # The relevant 0.5 ranks after both non-relevant 0.5: ranks 4 and 5.
     assert M.average_precision(scores, relevant) == pytest.approx(float((F(1, 4) + F(2, 5)) / 2))
     assert M.average_precision(scores, relevant, mode="trapezoid") == pytest.approx(
-        float(((0 + F(1, 4)) / 2 + (F(1, 4) + F(2, 5)) / 2) / 2))  # 9/40
+        float(((0 + F(1, 4)) / 2 + (F(1, 4) + F(2, 5)) / 2) / 2)
+    )  # 9/40
     # Two relevant items tied with each other: their order does not matter.
     assert M.average_precision([1.0, 1.0, 0.0], [True, True, False]) == 1.0
 
@@ -145,7 +148,9 @@ def test_map_equals_slow_reference(count_method):
         res = MP._retrieval_pass(x, labels, block_size=block, count_method=count_method)
         for mode, got in (("noninterpolated", res.ap), ("trapezoid", res.ap_trapezoid)):
             ref = _slow_map(x, labels, mode)
-            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12, err_msg=f"trial {trial} {mode}")
+            np.testing.assert_allclose(
+                got, ref, rtol=0, atol=1e-12, err_msg=f"trial {trial} {mode}"
+            )
 
 
 def test_map_public_api_on_clustered_data():
@@ -207,7 +212,9 @@ def test_roc_auc_is_mann_whitney():
     scores = rng.integers(0, 6, size=60).astype(float)
     is_match = rng.random(60) < 0.4
     p, n = scores[is_match], scores[~is_match]
-    expected = ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (p.size * n.size)
+    expected = ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (
+        p.size * n.size
+    )
     assert M.roc_auc(scores, is_match) == pytest.approx(expected)
     fpr, tpr, thr = M.roc_curve(scores, is_match)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
@@ -234,7 +241,12 @@ def test_sample_pairs_deterministic_and_balanced():
     same = labels[a.i] == labels[a.j]
     np.testing.assert_array_equal(same, a.is_match)
     assert set(zip(a.i[a.is_match].tolist(), a.j[a.is_match].tolist())) == {
-        (0, 1), (0, 2), (1, 2), (3, 4), (6, 7)}
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (3, 4),
+        (6, 7),
+    }
     capped = M.sample_pairs(np.repeat(np.arange(10), 20), max_positive=50, seed=0)
     assert capped.is_match.sum() == 50
     assert np.all(capped.i != capped.j)
@@ -261,9 +273,12 @@ def test_precision_recall_curve_pooled_and_per_query():
     # Ranked: R, N, R (after the tied N), N.
     np.testing.assert_allclose(precision, [1, 1 / 2, 2 / 3, 2 / 4])
     np.testing.assert_allclose(recall, [1 / 2, 1 / 2, 1, 1])
-    pq, levels = M.precision_recall_curve(np.stack([scores, scores]),
-                                          np.stack([relevant, np.zeros(4, bool)]),
-                                          per_query=True, recall_levels=[0.0, 0.5, 1.0])
+    pq, levels = M.precision_recall_curve(
+        np.stack([scores, scores]),
+        np.stack([relevant, np.zeros(4, bool)]),
+        per_query=True,
+        recall_levels=[0.0, 0.5, 1.0],
+    )
     np.testing.assert_allclose(pq[0], [1, 1, 2 / 3])
     assert np.isnan(pq[1]).all()
     np.testing.assert_array_equal(levels, [0.0, 0.5, 1.0])

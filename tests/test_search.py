@@ -3,6 +3,7 @@
 Brute-force references in float64: identical ids; scores exact on small
 integers, within 1e-5 on random floats (float32 matmul vs float64).
 """
+
 import numpy as np
 import pytest
 
@@ -132,7 +133,9 @@ def test_faiss_ivfpq_recall_against_exact():
     rng = np.random.default_rng(4)
     # Clustered unit vectors, as descriptors are.
     centres = rng.standard_normal((200, 32)).astype(np.float32)
-    x = centres[rng.integers(0, 200, 4000)] + 0.3 * rng.standard_normal((4000, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 200, 4000)] + 0.3 * rng.standard_normal((4000, 32)).astype(
+        np.float32
+    )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[:200] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
     index = S.FaissIndex(32, metric="ip", nlist=32, m=8, nbits=8, nprobe=8)
@@ -160,7 +163,9 @@ def test_exact_search_equals_brute_force():
     ref = q.astype(np.float64) @ db.T.astype(np.float64)
     order = np.argsort(-ref, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(res.ids, order)
-    np.testing.assert_allclose(res.scores, np.take_along_axis(ref, order, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        res.scores, np.take_along_axis(ref, order, axis=1), rtol=1e-5, atol=1e-5
+    )
     # k above the database size: a clear error, as for exact_search.
     with pytest.raises(InputError, match="k = 10 exceeds the 5 searchable vectors"):
         S.make_index(db[:5]).search(q, 10)

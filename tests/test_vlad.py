@@ -6,6 +6,7 @@ Tolerances (float32 JAX against a float64 NumPy reference):
 PCA (float64 on float32 inputs): variances rtol 1e-7, directions atol 1e-7;
 whitened outputs (float32): covariance = identity within 1e-5.
 """
+
 import itertools
 
 import numpy as np
@@ -18,7 +19,9 @@ from retrieval._src import vlad as V
 RTOL, ATOL = 2e-5, 2e-6
 
 
-def ref_vlad(x, c, *, mass_norm=False, power=1.0, intra_norm=False, l2_norm=True, residual_norm=False):
+def ref_vlad(
+    x, c, *, mass_norm=False, power=1.0, intra_norm=False, l2_norm=True, residual_norm=False
+):
     """Plain NumPy VLAD in float64, VLFeat's normalization order."""
     x = np.asarray(x, np.float64)
     c = np.asarray(c, np.float64)
@@ -73,15 +76,26 @@ def data():
     return centers, held
 
 
-FLAGS = list(itertools.product([False, True], [1.0, 0.5], [False, True], [False, True], [False, True]))
+FLAGS = list(
+    itertools.product([False, True], [1.0, 0.5], [False, True], [False, True], [False, True])
+)
 
 
 @pytest.mark.parametrize("mass_norm,power,intra_norm,l2_norm,residual_norm", FLAGS)
-def test_vlad_encode_matches_numpy_every_flag(data, mass_norm, power, intra_norm, l2_norm, residual_norm):
+def test_vlad_encode_matches_numpy_every_flag(
+    data, mass_norm, power, intra_norm, l2_norm, residual_norm
+):
     centers, held = data
-    flags = dict(mass_norm=mass_norm, power=power, intra_norm=intra_norm, l2_norm=l2_norm,
-                 residual_norm=residual_norm)
-    norm = V.VladNorm(mass=mass_norm, power=power, intra=intra_norm, l2=l2_norm, residual=residual_norm)
+    flags = dict(
+        mass_norm=mass_norm,
+        power=power,
+        intra_norm=intra_norm,
+        l2_norm=l2_norm,
+        residual_norm=residual_norm,
+    )
+    norm = V.VladNorm(
+        mass=mass_norm, power=power, intra=intra_norm, l2=l2_norm, residual=residual_norm
+    )
     # One image through vlad_encode, the others through one padded batch (one compilation).
     outs = [V.vlad_encode(held[0], centers, norm)]
     outs += list(V.vlad_encode_batch(held[1:], centers, norm, batch_size=len(held) - 1))
@@ -96,13 +110,17 @@ def test_vlad_encode_matches_numpy_every_flag(data, mass_norm, power, intra_norm
 def test_power_other_than_half(data):
     centers, held = data
     out = V.vlad_encode(held[2], centers, V.VladNorm(power=0.2, intra=True))
-    np.testing.assert_allclose(out, ref_vlad(held[2], centers, power=0.2, intra_norm=True), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        out, ref_vlad(held[2], centers, power=0.2, intra_norm=True), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_empty_centres_stay_zero(data):
     centers, held = data
     x = held[1]  # one descriptor: k - 1 empty centres
-    out = V.vlad_encode(x, centers, V.VladNorm(mass=True, power=0.5, intra=True)).reshape(centers.shape)
+    out = V.vlad_encode(x, centers, V.VladNorm(mass=True, power=0.5, intra=True)).reshape(
+        centers.shape
+    )
     assert np.isfinite(out).all()
     assert (np.abs(out).sum(axis=1) > 0).sum() == 1
     np.testing.assert_allclose(np.linalg.norm(out), 1.0, rtol=1e-6)
@@ -123,8 +141,12 @@ def test_batched_does_not_recompile(data):
     before = V._vlad_batch._cache_size()
     # Other images, other counts (within one length bucket), other flags: no new compilation.
     rng = np.random.default_rng(1)
-    others = [rng.normal(size=(n, centers.shape[1])).astype(np.float32) for n in (3, 90, 17, 100, 2)]
-    V.vlad_encode_batch(others, centers, V.VladNorm(power=0.3, residual=True, mass=True), batch_size=4)
+    others = [
+        rng.normal(size=(n, centers.shape[1])).astype(np.float32) for n in (3, 90, 17, 100, 2)
+    ]
+    V.vlad_encode_batch(
+        others, centers, V.VladNorm(power=0.3, residual=True, mass=True), batch_size=4
+    )
     V.vlad_encode_batch(others[:2], centers, V.VladNorm(l2=False), batch_size=4)
     V.vlad_encode_batch(others[:2], centers, batch_size=4)  # the default norm
     assert V._vlad_batch._cache_size() == before
@@ -168,7 +190,11 @@ def test_fit_codebook_seeded_and_checked():
 def test_pca_whitening_unit_variance_on_training_set(n, big_d):
     rng = np.random.default_rng(4)
     # float32 input (what the PCA works from); the reference runs in float64 on the same values.
-    x = (rng.normal(size=(n, big_d)) @ rng.normal(size=(big_d, big_d)) + 3.0).astype(np.float32).astype(np.float64)
+    x = (
+        (rng.normal(size=(n, big_d)) @ rng.normal(size=(big_d, big_d)) + 3.0)
+        .astype(np.float32)
+        .astype(np.float64)
+    )
     dim = 20
     pca = PP.fit_pca_whitening(x, dim)
     y = PP.apply_pca_whitening(pca, x, l2_norm=False).astype(np.float64)

@@ -25,6 +25,7 @@ Protocol, stated once (:mod:`retrieval._src.metrics` has the details):
   ``max_pairs``, drawn at random beyond) and as many random non-matching
   pairs, with a fixed seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,13 +43,25 @@ AP_DEFINITION = "non-interpolated"
 
 #: Keys of the dict returned by :func:`evaluate_descriptors`.
 RESULT_KEYS = (
-    "map", "map_trapezoid", "nn_accuracy", "fpr95", "roc_auc", "num_patches", "num_groups",
-    "num_queries", "num_skipped", "num_pairs", "dim", "ap_definition", "precision_recall",
+    "map",
+    "map_trapezoid",
+    "nn_accuracy",
+    "fpr95",
+    "roc_auc",
+    "num_patches",
+    "num_groups",
+    "num_queries",
+    "num_skipped",
+    "num_pairs",
+    "dim",
+    "ap_definition",
+    "precision_recall",
 )
 
 
-def evaluate_descriptors(descriptors, labels, *, max_pairs: int = 100_000, seed: int = 0,
-                         recall_levels=None) -> dict:
+def evaluate_descriptors(
+    descriptors, labels, *, max_pairs: int = 100_000, seed: int = 0, recall_levels=None
+) -> dict:
     """Patch retrieval metrics of one set of descriptors (RomePatches protocol).
 
     Args:
@@ -141,17 +154,22 @@ def resolve_model(name_or_model) -> str | CKN:
     if isinstance(name_or_model, str) and name_or_model in BASELINES:
         return name_or_model
     if not isinstance(name_or_model, (str, os.PathLike)):
-        raise InputError(f"expected a baseline name ({', '.join(BASELINES)}), a model directory "
-                         f"or a CKN model, got {type(name_or_model).__name__}")
+        raise InputError(
+            f"expected a baseline name ({', '.join(BASELINES)}), a model directory "
+            f"or a CKN model, got {type(name_or_model).__name__}"
+        )
     path = Path(name_or_model)
     if not path.exists():
-        raise InputError(f"model not found: {path} is neither a model directory nor a baseline "
-                         f"({', '.join(BASELINES)})")
+        raise InputError(
+            f"model not found: {path} is neither a model directory nor a baseline "
+            f"({', '.join(BASELINES)})"
+        )
     return load(path)
 
 
-def describe_with(name_or_model_dir, patches, *, batch_size: int = 256,
-                  progress: bool = False) -> np.ndarray:
+def describe_with(
+    name_or_model_dir, patches, *, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
     """Describes patches with a baseline or a trained CKN.
 
     Args:
@@ -207,4 +225,3 @@ def descriptor_info(name_or_model_dir, patch_shape) -> dict:
         return {"name": what, "kind": "baseline", "dim": dim, "coverage": coverage}
     oh, ow, oc = what.config.output_shape(h, w)
     return {"name": what.config.name, "kind": "ckn", "dim": int(oh * ow * oc), "coverage": coverage}
-

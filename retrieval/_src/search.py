@@ -21,6 +21,7 @@ dependency ``faiss-cpu``). :func:`make_index` builds either over a database of
 global vectors, with IVF-PQ sizes chosen for the collection; :func:`recall_at`
 compares an approximate top-r with the exact one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,17 @@ def _as_matrix(x, name: str, dim: int | None = None) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "exclude_self"))
-def _search_chunk(queries, db_blocks, db_sqnorms, n_valid, query_offset, *, k: int,
-                  metric: str, exclude_self: bool):
+def _search_chunk(
+    queries,
+    db_blocks,
+    db_sqnorms,
+    n_valid,
+    query_offset,
+    *,
+    k: int,
+    metric: str,
+    exclude_self: bool,
+):
     """Top-k of one query chunk over the blocked database.
 
     Args:
@@ -87,8 +97,9 @@ def _search_chunk(queries, db_blocks, db_sqnorms, n_valid, query_offset, *, k: i
         xb, xb_sq, b = xs
         # HIGHEST: full float32 products on GPUs too (TF32 by default there), so
         # scores and ties equal the brute-force ones.
-        s = jax.lax.dot_general(queries, xb, (((1,), (1,)), ((), ())),
-                                precision=jax.lax.Precision.HIGHEST)  # (Qc, S)
+        s = jax.lax.dot_general(
+            queries, xb, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST
+        )  # (Qc, S)
         if metric == "l2":
             s = 2.0 * s - q_sq[:, None] - xb_sq[None, :]
         s = jnp.where(s == 0.0, jnp.float32(0.0), s)  # one zero (-0.0 == +0.0 for ties)
@@ -102,8 +113,10 @@ def _search_chunk(queries, db_blocks, db_sqnorms, n_valid, query_offset, *, k: i
         top_s, pos = jax.lax.top_k(cat_s, k)
         return (top_s, jnp.take_along_axis(cat_i, pos, axis=1)), None
 
-    init = (jnp.full((num_q, k), -jnp.inf, dtype=jnp.float32),
-            jnp.full((num_q, k), -1, dtype=jnp.int32))
+    init = (
+        jnp.full((num_q, k), -jnp.inf, dtype=jnp.float32),
+        jnp.full((num_q, k), -1, dtype=jnp.int32),
+    )
     blocks = jnp.arange(db_blocks.shape[0], dtype=jnp.int32)
     (top_s, top_i), _ = jax.lax.scan(step, init, (db_blocks, db_sqnorms, blocks))
     return top_s, top_i
@@ -128,8 +141,15 @@ class _PaddedDatabase:
         self.sqnorms = jnp.sum(self.blocks * self.blocks, axis=2)
 
 
-def _search_padded(queries: np.ndarray, db: _PaddedDatabase, k: int, *, metric: str,
-                   exclude_self: bool, query_block: int) -> tuple[np.ndarray, np.ndarray]:
+def _search_padded(
+    queries: np.ndarray,
+    db: _PaddedDatabase,
+    k: int,
+    *,
+    metric: str,
+    exclude_self: bool,
+    query_block: int,
+) -> tuple[np.ndarray, np.ndarray]:
     nq, d = queries.shape
     chunk = _query_chunk_size(nq, query_block)
     scores = np.empty((nq, k), dtype=np.float32)
@@ -139,9 +159,16 @@ def _search_padded(queries: np.ndarray, db: _PaddedDatabase, k: int, *, metric: 
         c1 = min(nq, c0 + chunk)
         qc = np.zeros((chunk, d), dtype=np.float32)
         qc[: c1 - c0] = queries[c0:c1]
-        s, i = _search_chunk(jnp.asarray(qc), db.blocks, db.sqnorms, n_valid,
-                             jnp.asarray(c0, dtype=jnp.int32), k=k, metric=metric,
-                             exclude_self=exclude_self)
+        s, i = _search_chunk(
+            jnp.asarray(qc),
+            db.blocks,
+            db.sqnorms,
+            n_valid,
+            jnp.asarray(c0, dtype=jnp.int32),
+            k=k,
+            metric=metric,
+            exclude_self=exclude_self,
+        )
         scores[c0:c1] = np.asarray(s)[: c1 - c0]
         indices[c0:c1] = np.asarray(i)[: c1 - c0]
     if metric == "l2":
@@ -160,9 +187,16 @@ def _check_search_args(k, metric: str, block_size: int, query_block: int) -> int
     return int(k)
 
 
-def exact_search(queries, database, k: int, *, block_size: int = 4096, metric: str = "ip",
-                 exclude_self: bool = False, query_block: int = 1024
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    queries,
+    database,
+    k: int,
+    *,
+    block_size: int = 4096,
+    metric: str = "ip",
+    exclude_self: bool = False,
+    query_block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-nearest-neighbour search, jitted and blocked over the database.
 
     Args:
@@ -198,12 +232,20 @@ def exact_search(queries, database, k: int, *, block_size: int = 4096, metric: s
     db = _as_matrix(database, "database")
     q = _as_matrix(queries, "queries", dim=db.shape[1])
     if exclude_self and q.shape[0] > db.shape[0]:
-        raise InputError(f"exclude_self needs queries to be database rows: Q = {q.shape[0]} > N = {db.shape[0]}")
+        raise InputError(
+            f"exclude_self needs queries to be database rows: Q = {q.shape[0]} > N = {db.shape[0]}"
+        )
     available = db.shape[0] - (1 if exclude_self else 0)
     if k > available:
         raise InputError(f"k = {k} exceeds the {available} searchable database vectors")
-    return _search_padded(q, _PaddedDatabase(db, int(block_size)), k, metric=metric,
-                          exclude_self=exclude_self, query_block=int(query_block))
+    return _search_padded(
+        q,
+        _PaddedDatabase(db, int(block_size)),
+        k,
+        metric=metric,
+        exclude_self=exclude_self,
+        query_block=int(query_block),
+    )
 
 
 @runtime_checkable
@@ -244,8 +286,9 @@ class ExactIndex:
         scores, ids = index.search(queries, 10)
     """
 
-    def __init__(self, dim: int, *, metric: str = "ip", block_size: int = 4096,
-                 query_block: int = 1024):
+    def __init__(
+        self, dim: int, *, metric: str = "ip", block_size: int = 4096, query_block: int = 1024
+    ):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if metric not in METRICS:
@@ -288,14 +331,23 @@ class ExactIndex:
         if n == 0:
             raise InputError("search on an empty index: add vectors first")
         if exclude_self and q.shape[0] > n:
-            raise InputError(f"exclude_self needs queries to be database rows: Q = {q.shape[0]} > N = {n}")
+            raise InputError(
+                f"exclude_self needs queries to be database rows: Q = {q.shape[0]} > N = {n}"
+            )
         if k > available:
             raise InputError(f"k = {k} exceeds the {available} searchable vectors in the index")
         if self._padded is None:
             self._padded = _PaddedDatabase(np.concatenate(self._chunks, axis=0), self.block_size)
-        return SearchResult(*_search_padded(q, self._padded, k, metric=self.metric,
-                                            exclude_self=exclude_self,
-                                            query_block=self.query_block))
+        return SearchResult(
+            *_search_padded(
+                q,
+                self._padded,
+                k,
+                metric=self.metric,
+                exclude_self=exclude_self,
+                query_block=self.query_block,
+            )
+        )
 
 
 class FaissIndex:
@@ -311,8 +363,16 @@ class FaissIndex:
     (``nlist``, ``m``, ``nbits``, ``nprobe``).
     """
 
-    def __init__(self, dim: int, *, metric: str = "ip", nlist: int = 1024, m: int = 16,
-                 nbits: int = 8, nprobe: int = 16):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        metric: str = "ip",
+        nlist: int = 1024,
+        m: int = 16,
+        nbits: int = 8,
+        nprobe: int = 16,
+    ):
         try:
             import faiss
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -367,7 +427,9 @@ class FaissIndex:
         self._faiss.extract_index_ivf(self._index).nprobe = self.nprobe
         scores, ids = self._index.search(q, k)
         missing = -np.inf if self.metric == "ip" else np.inf
-        return SearchResult(np.where(ids < 0, missing, scores).astype(np.float32), ids.astype(np.int64))
+        return SearchResult(
+            np.where(ids < 0, missing, scores).astype(np.float32), ids.astype(np.int64)
+        )
 
 
 # --------------------------------------------------------------------------- building an index
@@ -399,9 +461,16 @@ def _faiss_threads(n: int):
         faiss.omp_set_num_threads(before)
 
 
-def make_index(database, method: str = "exact", *, train=None, nlist: int | None = None,
-               m: int | None = None, nbits: int | None = None, nprobe: int = 16
-               ) -> ExactIndex | FaissIndex:
+def make_index(
+    database,
+    method: str = "exact",
+    *,
+    train=None,
+    nlist: int | None = None,
+    m: int | None = None,
+    nbits: int | None = None,
+    nprobe: int = 16,
+) -> ExactIndex | FaissIndex:
     """An inner-product :class:`Index` over a database of global vectors, filled.
 
     ``method="exact"``: an :class:`ExactIndex` (jitted blocked matmul + top-k,
@@ -445,8 +514,8 @@ def make_index(database, method: str = "exact", *, train=None, nlist: int | None
     need = max(opts["nlist"], 2 ** opts["nbits"])
     if t.shape[0] < need:
         raise InputError(
-            f"IVF-PQ with nlist = {opts['nlist']} and {opts['nbits']}-bit codes needs at least {need} "
-            f"training vectors, got {t.shape[0]}: use exact search"
+            f"IVF-PQ with nlist = {opts['nlist']} and {opts['nbits']}-bit codes needs at least "
+            f"{need} training vectors, got {t.shape[0]}: use exact search"
         )
     try:
         index = FaissIndex(d, metric="ip", nprobe=min(nprobe, opts["nlist"]), **opts)
