@@ -1,0 +1,603 @@
+"""Supervised end-to-end fine-tuning of a Nystrom CKN on groups of matching patches.
+
+Starting from an unsupervised model (``ckn.train``), the filters of every
+kernel layer are trained with a metric-learning loss (``ckn._src.losses``:
+triplet or contrastive, batch-hard mining) on batches of G groups x K patches,
+with gradients through the kernel and the Nystrom map
+(``ckn._src.differentiable``). Choices (reconstructions: no source gives them):
+
+* A pure functional split rather than ``nnx.Optimizer(model, tx, wrt=Filters)``:
+  every layer array is a ``Filters`` variable, but only the filters (and
+  optionally the input pre-processing matrix and log lam) are free
+  parameters; the Nystrom map is a function of them, alpha and bias are
+  fixed. The model passed in is not modified.
+* One jitted step (``_train_step``), compiled once per model structure and
+  loss: learning rate, margin and weight decay are traced, batches have a
+  static shape (G * K rows, a mask for groups smaller than K and the last
+  batch's missing groups).
+* Adam (``optax.scale_by_adam``); the filters are renormalized after each
+  step; the decoupled weight decay pulls towards the unsupervised start
+  (L2-SP), not towards 0, which means nothing for unit filters.
+* One epoch = every group of two or more patches once, in an order drawn
+  from (seed, epoch), K members drawn per group: a run resumed from a
+  checkpoint draws the same batches and ends with the same bits.
+* Training runs on one device (``jax.local_devices()[0]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ckn._src.differentiable import (
+    TRAINABLE,
+    forward,
+    initial_params,
+    install,
+    split,
+    unit_rows,
+)
+from ckn._src.errors import InputError
+from ckn._src.fileio import atomic_path, check_patches
+from ckn._src.layers import CKN
+from ckn._src.losses import BATCH_LOSSES
+from ckn._src.model import describe
+from ckn._src.training import _optax_promotion
+
+LOSSES = tuple(BATCH_LOSSES)
+SCHEDULES = ("cosine", "constant")
+#: Margin of each loss when ``FinetuneConfig.margin`` is None (unit descriptors).
+DEFAULT_MARGINS = {"triplet": 0.5, "contrastive": 0.7}
+
+
+# --- Configuration and report -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Supervised fine-tuning settings (reconstructed: no source gives them).
+
+    Attributes:
+      loss: "triplet" or "contrastive" (batch-hard pairs, ``ckn._src.losses``).
+      margin: the loss margin; None: ``DEFAULT_MARGINS[loss]``.
+      epochs: passes over the training groups (each group once per epoch).
+      groups_per_batch: G groups per batch.
+      patches_per_group: K patches drawn per group (all of a smaller group, the
+        rest of its rows masked); the batch has G * K rows.
+      lr: peak learning rate of Adam.
+      schedule: "cosine" (decay to 0 over the planned steps) or "constant".
+      warmup: fraction of the planned steps with a linear warm-up.
+      weight_decay: decoupled decay of the parameters towards the
+        unsupervised start (L2-SP).
+      trainable: "filters", "filters+input" or "filters+input+lam" (module docstring).
+      patience: stop after this many epochs without a better validation mAP
+        (None: never; only with validation data).
+    """
+
+    loss: str = "triplet"
+    margin: float | None = None
+    epochs: int = 20
+    groups_per_batch: int = 64
+    patches_per_group: int = 4
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    trainable: str = "filters"
+    patience: int | None = 5
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.trainable not in TRAINABLE:
+            raise InputError(
+                f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}"
+            )
+        if self.margin is not None and not self.margin > 0:
+            raise InputError(f"margin must be > 0, got {self.margin}")
+        if self.epochs < 1 or self.groups_per_batch < 2 or self.patches_per_group < 2:
+            raise InputError(
+                "epochs >= 1, groups_per_batch >= 2 and patches_per_group >= 2 are required"
+            )
+        if not self.lr > 0 or not 0 <= self.warmup < 1 or not self.weight_decay >= 0:
+            raise InputError("lr > 0, 0 <= warmup < 1 and weight_decay >= 0 are required")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1 or None, got {self.patience}")
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per batch, G * K."""
+        return self.groups_per_batch * self.patches_per_group
+
+    @property
+    def margin_value(self) -> float:
+        """The margin used: ``margin`` or the loss's default."""
+        return DEFAULT_MARGINS[self.loss] if self.margin is None else float(self.margin)
+
+
+@dataclass
+class FinetuneReport:
+    """What :func:`finetune` measured.
+
+    Attributes:
+      history: one dict per epoch done (epoch, loss, val_map, seconds, steps);
+        epoch 0 is the starting model (val_map only).
+      best_epoch: epoch of the returned model (the best validation mAP; the
+        last epoch without validation data).
+      best_val_map: its validation mAP in [0, 1] (None without validation).
+      epochs_done, steps: totals, resumed part included.
+      finished: the planned epochs ran or early stopping fired.
+      stopped_early: early stopping fired.
+      resumed_from: epoch of the checkpoint resumed from, or None.
+      seconds: wall time of this call; steps_per_second of its training steps.
+      nonfinite_steps: steps skipped for a non-finite gradient (expected 0).
+      traces: compilations of the training step during this call (0 or 1).
+      trained: names of the trained arrays.
+      config: the FinetuneConfig as a dict.
+    """
+
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_map: float | None = None
+    epochs_done: int = 0
+    steps: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+    nonfinite_steps: int = 0
+    traces: int = 0
+    trained: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+# --- Validation -----------------------------------------------------------------------------
+
+
+def validation_map(descriptors: np.ndarray, labels: np.ndarray) -> float:
+    """All-vs-all patch-retrieval mAP in [0, 1] (plain NumPy, for validation).
+
+    The protocol of ``retrieval.patch_retrieval_map``: every patch queries the
+    others by dot product, relevant = same label, non-interpolated AP, ties
+    broken against the relevant items, queries without a relevant item
+    skipped (NaN if none has one).
+
+    Args:
+      descriptors: (N, D) L2-normalized descriptors.
+      labels: (N,) group ids.
+    """
+    x = np.asarray(descriptors, np.float32)
+    lab = np.asarray(labels)
+    if x.ndim != 2 or lab.shape != (x.shape[0],):
+        raise InputError(
+            f"descriptors must be (N, D) and labels (N,), got {x.shape} and {lab.shape}"
+        )
+    aps = []
+    for start in range(0, x.shape[0], 512):
+        sims = x[start : start + 512] @ x.T
+        for r, q in enumerate(range(start, min(start + 512, x.shape[0]))):
+            rel = lab == lab[q]
+            rel[q] = False
+            n_rel = int(rel.sum())
+            if n_rel == 0:
+                continue
+            keep = np.arange(x.shape[0]) != q
+            s, rk = sims[r][keep], rel[keep]
+            order = np.lexsort((rk, -s))  # by decreasing score, relevant last among ties
+            ranks = np.flatnonzero(rk[order]) + 1
+            aps.append(np.mean(np.arange(1, n_rel + 1) / ranks))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def validation_split(
+    labels: np.ndarray, scenes: np.ndarray | None = None, *, fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Splits training rows into fine-tuning and validation rows, by scene if possible.
+
+    With two or more scenes, whole scenes are held out: the subset of scenes
+    whose patch count is closest to ``fraction`` of the rows (never all of
+    them; exhaustive up to 16 scenes, else scenes in a seeded random order
+    until the fraction is reached). Otherwise (no scene ids, or one scene)
+    whole groups are held out at random, about ``fraction`` of the rows.
+
+    Args:
+      labels: (N,) group ids.
+      scenes: (N,) scene ids or None.
+      fraction: target share of validation rows, in (0, 1).
+      seed: order of the random choices.
+
+    Returns:
+      (train_rows (N_t,), val_rows (N_v,) sorted int64 indices, "scene" or "group").
+    """
+    labels = np.asarray(labels)
+    if not 0 < fraction < 1:
+        raise InputError(f"fraction must be in (0, 1), got {fraction}")
+    n = labels.shape[0]
+    rng = np.random.default_rng(seed)
+    if scenes is not None and np.shape(scenes) != (n,):
+        raise InputError(f"scenes must be (N,) with N = {n}, got shape {np.shape(scenes)}")
+    uniq = np.unique(scenes) if scenes is not None else np.zeros(0)
+    if uniq.size >= 2:
+        counts = np.array([(scenes == s).sum() for s in uniq])
+        target = fraction * n
+        if uniq.size <= 16:
+            subsets = [m for m in range(1, 2**uniq.size - 1)]
+            sums = [sum(counts[i] for i in range(uniq.size) if m >> i & 1) for m in subsets]
+            best = subsets[int(np.argmin([abs(s - target) for s in sums]))]
+            held = [uniq[i] for i in range(uniq.size) if best >> i & 1]
+        else:
+            held, total = [], 0
+            for i in rng.permutation(uniq.size)[:-1]:
+                held.append(uniq[i])
+                total += counts[i]
+                if total >= target:
+                    break
+        val = np.isin(scenes, held)
+        by = "scene"
+    else:
+        groups = np.unique(labels)
+        val_groups, total = [], 0
+        for g in groups[rng.permutation(groups.size)]:
+            if total >= fraction * n:
+                break
+            val_groups.append(g)
+            total += int((labels == g).sum())
+        val = np.isin(labels, val_groups)
+        by = "group"
+    return np.flatnonzero(~val), np.flatnonzero(val), by
+
+
+# --- Batches and the training step -------------------------------------------------------------
+
+
+def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
+    """Rows of every group with two or more members, in label order."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(counts)[:-1]
+    return [g for g in np.split(order, bounds) if g.size >= 2]
+
+
+class _Plan(NamedTuple):
+    rows: np.ndarray  # (S, B) int64 patch rows
+    labels: np.ndarray  # (S, B) int32 group slot within the batch
+    mask: np.ndarray  # (S, B) bool
+
+
+def _epoch_plan(groups: list[np.ndarray], cfg: FinetuneConfig, seed: int, epoch: int) -> _Plan:
+    """The batches of one epoch: every group once, in a random order drawn from (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    g, k = cfg.groups_per_batch, cfg.patches_per_group
+    order = rng.permutation(len(groups))
+    steps = -(-len(groups) // g)
+    rows = np.zeros((steps, g, k), np.int64)
+    mask = np.zeros((steps, g, k), bool)
+    for j, gi in enumerate(order):
+        members = groups[gi]
+        take = rng.choice(members, size=min(k, members.size), replace=False)
+        rows[j // g, j % g, : take.size] = take
+        mask[j // g, j % g, : take.size] = True
+    labels = np.broadcast_to(np.arange(g, dtype=np.int32)[None, :, None], rows.shape)
+    return _Plan(rows.reshape(steps, -1), labels.reshape(steps, -1).copy(), mask.reshape(steps, -1))
+
+
+def _learning_rate(step: int, total: int, cfg: FinetuneConfig) -> float:
+    warm = int(round(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+
+_ADAM = optax.scale_by_adam()
+_TRACES = [0]  # traces of _train_step (reported, and tested: once per process and config)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss"))
+def _train_step(graphdef, loss, state, params, params0, opt_state, patches, labels, mask, hyper):
+    """One Adam step on a batch; ``hyper`` = (lr, margin, weight decay), traced.
+
+    Returns (params, opt_state, loss, finite): a non-finite gradient leaves
+    the parameters and the optimizer state unchanged.
+    """
+    _TRACES[0] += 1
+    lr, margin, decay = hyper
+
+    def objective(p):
+        return BATCH_LOSSES[loss](forward(graphdef, state, p, patches), labels, margin, mask)
+
+    value, grads = jax.value_and_grad(objective)(params)
+    leaves = jax.tree.leaves(grads)
+    finite = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in leaves]))
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    with _optax_promotion():
+        updates, new_opt = _ADAM.update(grads, opt_state)
+    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
+    new["filters"] = tuple(unit_rows(v) for v in new["filters"])
+    keep = lambda a, b: jnp.where(finite, a, b)
+    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+
+
+# --- Checkpoints -----------------------------------------------------------------------------
+
+_CKPT_FORMAT, _CKPT_VERSION, _CKPT_FILE = "ckn-finetune-checkpoint", 1, "state.npz"
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+        h.update(f"{a.dtype}{a.shape}".encode())
+        for i in range(0, max(a.shape[0], 1) if a.ndim else 1, 4096):
+            h.update(np.ascontiguousarray(a[i : i + 4096] if a.ndim else a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(model, patches, labels, validation, cfg, seed) -> dict:
+    arrays = [v.get_value() for lay in model.layers for v in (lay.filters, lay.alpha, lay.bias)]
+    doc = {
+        "finetune_config": dataclasses.asdict(cfg),
+        "seed": seed,
+        "model": model.config.to_dict(),
+        "model_arrays": _digest(*arrays),
+        "data": _digest(patches, labels),
+        "validation": None if validation is None else _digest(*validation),
+    }
+    return json.loads(json.dumps(doc))  # as it reads back from the checkpoint
+
+
+def _save_checkpoint(folder: Path, meta: dict, trees: dict) -> None:
+    arrays = {"meta": np.asarray(json.dumps(meta))}
+    for name, tree in trees.items():
+        for i, leaf in enumerate(jax.tree.leaves(tree)):
+            arrays[f"{name}.{i}"] = np.asarray(leaf)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / _CKPT_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _device(a: jax.Array):
+    return next(iter(a.devices()))
+
+
+def _load_checkpoint(folder: Path, expect: dict, templates: dict) -> tuple[dict, dict]:
+    path = folder / _CKPT_FILE
+    if not path.is_file():
+        raise InputError(f"no checkpoint to resume in {folder} (missing {_CKPT_FILE})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            stored = {k: z[k] for k in z.files if k != "meta"}
+    except (ValueError, OSError, KeyError, EOFError) as e:
+        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
+    if meta.get("format") != _CKPT_FORMAT or meta.get("version") != _CKPT_VERSION:
+        raise InputError(f"{path}: not a fine-tuning checkpoint of version {_CKPT_VERSION}")
+    got = meta.get("fingerprint", {})
+    diff = sorted(k for k in expect if k != "finetune_config" and got.get(k) != expect[k])
+    diff += sorted(
+        f"finetune_config.{k}"
+        for k, v in expect["finetune_config"].items()
+        if got.get("finetune_config", {}).get(k) != v
+    )
+    if diff:
+        raise InputError(
+            f"{path}: a checkpoint of another configuration (differs in: {', '.join(diff)})"
+        )
+    trees = {}
+    for name, template in templates.items():
+        leaves, treedef = jax.tree.flatten(template)
+        try:
+            new = [jax.device_put(stored[f"{name}.{i}"], _device(b)) for i, b in enumerate(leaves)]
+        except KeyError:
+            raise InputError(f"{path}: checkpoint arrays do not match the model") from None
+        if any(a.shape != jnp.shape(b) for a, b in zip(new, leaves)):
+            raise InputError(f"{path}: checkpoint arrays do not match the model")
+        trees[name] = jax.tree.unflatten(
+            treedef, [a.astype(jnp.result_type(b)) for a, b in zip(new, leaves)]
+        )
+    return meta, trees
+
+
+# --- The training loop -------------------------------------------------------------------------
+
+
+def _check_data(model: CKN, patches, labels, what: str) -> np.ndarray:
+    check_patches(patches, name=f"{what} patches")
+    if labels is None:
+        raise InputError(f"fine-tuning needs {what} group labels (N,), got none")
+    labels = np.asarray(labels)
+    if labels.shape != (patches.shape[0],):
+        raise InputError(
+            f"{what} labels must be (N,) with N = {patches.shape[0]}, got {labels.shape}"
+        )
+    cfg = model.config
+    if cfg.channels == "rgb" and (patches.ndim != 4 or patches.shape[3] != 3):
+        raise InputError(f"this model needs (N, H, W, 3) colour patches, got {patches.shape}")
+    cfg.output_shape(patches.shape[1], patches.shape[2])
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def finetune(
+    model: CKN,
+    patches: np.ndarray,
+    labels: np.ndarray,
+    *,
+    config: FinetuneConfig = FinetuneConfig(),
+    seed: int = 0,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> tuple[CKN, FinetuneReport]:
+    """Fine-tunes a Nystrom CKN end to end on groups of matching patches.
+
+    Args:
+      model: the starting (unsupervised) model; not modified.
+      patches: (N, H, W[, C]) training patches, uint8 or float.
+      labels: (N,) group ids (equal id = the same physical point); groups of
+        one patch are never anchors.
+      config: the settings.
+      seed: batches are drawn from (seed, epoch): the same seed gives the same model.
+      validation: (patches (M, H, W[, C]), labels (M,)) held out from the
+        TRAIN split (``validation_split``), for early stopping: the returned
+        model is the epoch with the best validation mAP (epoch 0 = the start).
+      progress: a progress bar with the loss and the validation mAP (stderr).
+      checkpoint: a folder; ``state.npz`` is written there (atomically) after
+        every epoch: parameters, Adam state, best parameters, epoch, step,
+        history, and a fingerprint of config, seed, model and data.
+      resume: continue from the checkpoint (required to exist); the result is
+        the same, bit for bit, as an uninterrupted run.
+      stop_after: return after this many epochs in total (the schedule still
+        plans ``config.epochs``); resume later from the checkpoint.
+
+    Returns:
+      (fine-tuned model, FinetuneReport).
+
+    Raises:
+      InputError: bad patches or labels (missing, all different, fewer than
+        two groups of two or more patches, shapes), a NIPS 2014 model, a
+        checkpoint of another configuration or none to resume.
+    """
+    t_start = time.perf_counter()
+    traces0 = _TRACES[0]
+    lab = _check_data(model, patches, labels, "training")
+    groups = _group_rows(lab)
+    if len(groups) < 2:
+        raise InputError(
+            f"{len(groups)} group(s) of two or more patches among {lab.shape[0]} patches: "
+            "fine-tuning needs at least two (are the labels all different?)"
+        )
+    if validation is not None:
+        val_lab = _check_data(model, validation[0], validation[1], "validation")
+        if not _group_rows(val_lab):
+            raise InputError("the validation labels have no group of two or more patches")
+    if resume and checkpoint is None:
+        raise InputError("resume needs a checkpoint folder")
+    # Everything on one device (a model trained with sharded k-means holds
+    # arrays replicated on a mesh, which would run every step on each device).
+    device = jax.local_devices()[0]
+    params0 = jax.device_put(initial_params(model, config.trainable), device)
+    graphdef, state = split(model)
+    state = jax.device_put(state, device)
+    params, opt_state, best = params0, jax.device_put(_ADAM.init(params0), device), params0
+    report = FinetuneReport(trained=sorted(params), config=dataclasses.asdict(config))
+    fingerprint = _fingerprint(model, patches, labels, validation, config, seed)
+    steps_per_epoch = -(-len(groups) // config.groups_per_batch)
+    total = config.epochs * steps_per_epoch
+    epoch, step, bad = 0, 0, 0
+
+    def evaluate(p) -> float | None:
+        if validation is None:
+            return None
+        return validation_map(describe(install(model, p), validation[0]), val_lab)
+
+    if resume:
+        templates = {"params": params, "opt": opt_state, "best": best}
+        meta, trees = _load_checkpoint(Path(checkpoint), fingerprint, templates)
+        params, opt_state, best = trees["params"], trees["opt"], trees["best"]
+        epoch, step, bad = meta["epoch"], meta["step"], meta["bad_epochs"]
+        report.history, report.best_epoch, report.best_val_map = meta["history"], *meta["best"]
+        report.nonfinite_steps, report.finished = meta["nonfinite_steps"], meta["finished"]
+        report.stopped_early, report.resumed_from = meta["stopped_early"], epoch
+    else:
+        v0 = evaluate(params)
+        report.history.append({"epoch": 0, "loss": None, "val_map": v0, "seconds": 0.0, "steps": 0})
+        report.best_val_map = v0
+    hyper_fixed = (np.float32(config.margin_value), np.float32(config.weight_decay))
+    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    bar = tqdm(total=total, initial=step, desc="fine-tuning", unit="step", disable=not progress)
+    train_steps, train_seconds = 0, 0.0
+    while not report.finished and epoch < last:
+        epoch += 1
+        t0 = time.perf_counter()
+        plan = _epoch_plan(groups, config, seed, epoch)
+        losses, weights = [], []
+        batch = np.asarray(patches[plan.rows[0]])
+        for s in range(plan.rows.shape[0]):
+            hyper = (np.float32(_learning_rate(step, total, config)), *hyper_fixed)
+            params, opt_state, value, finite = _train_step(
+                graphdef,
+                config.loss,
+                state,
+                params,
+                params0,
+                opt_state,
+                batch,
+                plan.labels[s],
+                plan.mask[s],
+                hyper,
+            )
+            if s + 1 < plan.rows.shape[0]:  # read the next batch while the step runs
+                batch = np.asarray(patches[plan.rows[s + 1]])
+            step += 1
+            report.nonfinite_steps += int(not bool(finite))
+            losses.append(float(value))
+            weights.append(int(plan.mask[s].sum()))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        seconds = time.perf_counter() - t0
+        train_steps, train_seconds = train_steps + plan.rows.shape[0], train_seconds + seconds
+        v = evaluate(params)
+        loss = float(np.average(losses, weights=weights))
+        report.history.append(
+            {"epoch": epoch, "loss": loss, "val_map": v, "seconds": seconds, "steps": len(losses)}
+        )
+        if v is None or v > report.best_val_map:
+            best, report.best_epoch, report.best_val_map, bad = params, epoch, v, 0
+        else:
+            bad += 1
+        if v is not None:
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", val_mAP=f"{100 * v:.2f}")
+        report.stopped_early = (
+            config.patience is not None and v is not None and bad >= config.patience
+        )
+        report.finished = report.stopped_early or epoch == config.epochs
+        if checkpoint is not None:
+            meta = {
+                "format": _CKPT_FORMAT,
+                "version": _CKPT_VERSION,
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "step": step,
+                "bad_epochs": bad,
+                "history": report.history,
+                "best": [report.best_epoch, report.best_val_map],
+                "finished": report.finished,
+                "nonfinite_steps": report.nonfinite_steps,
+                "stopped_early": report.stopped_early,
+            }
+            _save_checkpoint(
+                Path(checkpoint), meta, {"params": params, "opt": opt_state, "best": best}
+            )
+    bar.close()
+    report.epochs_done, report.steps = epoch, step
+    report.seconds = time.perf_counter() - t_start
+    report.steps_per_second = train_steps / train_seconds if train_seconds else 0.0
+    report.traces = _TRACES[0] - traces0
+    return install(model, best), report

@@ -1,0 +1,226 @@
+"""``ckn finetune``: supervised end-to-end fine-tuning of a trained CKN on labelled patches.
+
+    ckn finetune --model DIR --patches FILE.npz --out DIR [--split train|all]
+        [--loss triplet|contrastive] [--margin M] [--epochs E] [--batch-size B]
+        [--group-size K] [--lr LR] [--trainable filters|...] [--patience P]
+        [--val-fraction F] [--seed S] [--resume] [--overwrite] [--quiet]
+
+Trains the filters of a model written by ``ckn train`` on the groups of the
+train split (``ckn.finetune``), holding out whole train scenes (or groups,
+for a file without scene ids) for validation and early stopping; the test
+split is never read. The result is a model folder for ``ckn describe`` and
+``ckn eval-patches`` (``ckn.save``; the fine-tuning report in its
+config.json). A checkpoint is written after every epoch to ``OUT.ckpt/``
+(beside OUT, which ``ckn.save`` replaces as a whole) and removed once OUT is
+saved; ``--resume`` continues an interrupted run from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ckn
+from ckn import InputError
+from retrieval import load_patchset
+from retrieval.cli import provenance
+
+_DEFAULTS = ckn.FinetuneConfig()
+_EXAMPLE = """example:
+  ckn patches --default --out default.npz
+  ckn train --preset ckn-grad --patches default.npz --split train --out grad
+  ckn finetune --model grad --patches default.npz --out grad-ft
+  ckn eval-patches --model grad-ft --patches default.npz
+"""
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """The checkpoint folder of an output model folder: ``OUT.ckpt`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Checks every destination before any work; creates the output's parent folder."""
+    out, model, patches = Path(args.out), Path(args.model), Path(args.patches)
+    ckpt = checkpoint_dir(out)
+    if not model.is_dir():
+        raise InputError(f"model directory not found: {model}")
+    if not patches.is_file() or patches.suffix != ".npz":
+        raise InputError(
+            f"--patches must be an existing .npz with patches and labels, got {patches}"
+        )
+    resolved = out.resolve()
+    for what, p in (("--model", model), ("--patches", patches)):
+        if resolved == p.resolve() or p.resolve().is_relative_to(resolved):
+            raise InputError(f"--out {out} would overwrite {what} {p}")
+        if ckpt.resolve() == p.resolve():
+            raise InputError(f"the checkpoint folder {ckpt} would overwrite {what} {p}")
+    if out.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{out} exists: use --overwrite to replace it")
+    if ckpt.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"a checkpoint exists in {ckpt}: use --resume to continue or --overwrite")
+    if args.resume and not (ckpt / "state.npz").is_file():
+        raise InputError(f"--resume: no checkpoint in {ckpt}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and not args.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    return out, ckpt
+
+
+def _config(args: argparse.Namespace) -> ckn.FinetuneConfig:
+    if args.batch_size % args.group_size:
+        raise InputError(
+            f"--batch-size {args.batch_size} must be a multiple of --group-size {args.group_size}"
+        )
+    return ckn.FinetuneConfig(
+        loss=args.loss,
+        margin=args.margin,
+        epochs=args.epochs,
+        groups_per_batch=args.batch_size // args.group_size,
+        patches_per_group=args.group_size,
+        lr=args.lr,
+        trainable=args.trainable,
+        patience=args.patience if args.patience > 0 else None,
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    cfg = _config(args)
+    out, ckpt = _check_paths(args)
+    model = ckn.load(args.model)
+    ps = load_patchset(args.patches, require_split=args.split == "train")
+    rows = np.flatnonzero(ps.split == 0) if args.split == "train" else np.arange(len(ps))
+    if rows.size == 0:
+        raise InputError(f"{args.patches}: the train split is empty")
+    patches, labels, scenes = ps.patches[rows], ps.labels[rows], ps.scene[rows]
+    train_rows, val_rows, by = ckn.validation_split(
+        labels, scenes, fraction=args.val_fraction, seed=args.seed
+    )
+    held = sorted(set(ps.scene_names[scenes[val_rows]])) if by == "scene" else []
+    print(
+        f"fine-tuning {args.model} ({model.config.name}) on {train_rows.size} patches, "
+        f"validation {val_rows.size} patches held out by {by}"
+        + (f" ({', '.join(held)})" if held else " (no scene ids: random groups)")
+        + f"; {cfg.loss} loss, margin {cfg.margin_value}, {cfg.epochs} epochs of "
+        f"{cfg.groups_per_batch} groups x {cfg.patches_per_group}, lr {cfg.lr}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    tuned, report = ckn.finetune(
+        model,
+        patches[train_rows],
+        labels[train_rows],
+        config=cfg,
+        seed=args.seed,
+        validation=(patches[val_rows], labels[val_rows]),
+        progress=not args.quiet,
+        checkpoint=ckpt,
+        resume=args.resume,
+    )
+    training = {
+        "finetune": report.to_dict(),
+        "start_model": str(args.model),
+        "start_training": ckn.read_training_report(args.model),
+        "data": {
+            "patches": str(args.patches),
+            "split": args.split,
+            "validation_by": by,
+            "validation_scenes": held,
+            "train_patches": int(train_rows.size),
+            "validation_patches": int(val_rows.size),
+        },
+        "provenance": provenance.finish(meta),
+    }
+    ckn.save(tuned, out, training=training)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    start, best = report.history[0]["val_map"], report.best_val_map
+    print(
+        f"saved {out}: validation mAP {100 * start:.2f} -> {100 * best:.2f} (epoch "
+        f"{report.best_epoch} of {report.epochs_done}"
+        f"{', stopped early' if report.stopped_early else ''}), "
+        f"{report.steps} steps, {time.perf_counter() - t0:.0f} s"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the ``finetune`` sub-command to an argparse subparsers object."""
+    d = _DEFAULTS
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a trained CKN end to end on labelled patch groups",
+        description=(
+            "Fine-tunes the filters of a model written by `ckn train` with a triplet or "
+            "contrastive loss (batch-hard mining) on the groups of the train split, with "
+            "gradients through the Nystrom map; validation on held-out train scenes, early "
+            "stopping, the best epoch kept. A checkpoint goes to OUT.ckpt/ after every epoch."
+        ),
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="model directory written by `ckn train`")
+    p.add_argument(
+        "--patches",
+        required=True,
+        help=".npz with patches, labels (group ids), split and optional scene ids",
+    )
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument(
+        "--split",
+        choices=("train", "all"),
+        default="train",
+        help="rows to train and validate on (default train; 'all' is for files without a split)",
+    )
+    p.add_argument("--loss", choices=ckn.LOSSES, default=d.loss, help=f"loss (default {d.loss})")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="loss margin (default: triplet "
+        f"{ckn.DEFAULT_MARGINS['triplet']} in squared distance, contrastive "
+        f"{ckn.DEFAULT_MARGINS['contrastive']} in distance)",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"patches per batch, a multiple of --group-size (default {d.batch_size})",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=d.patches_per_group,
+        help=f"patches drawn per group (default {d.patches_per_group})",
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument(
+        "--trainable",
+        choices=ckn.TRAINABLE,
+        default=d.trainable,
+        help=f"what trains (default {d.trainable}; the grad input map has nothing to learn)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"stop after this many epochs without progress, 0 = never (default {d.patience})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the rows held out for validation (default 0.2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.ckpt/")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
