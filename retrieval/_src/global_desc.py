@@ -1,0 +1,489 @@
+"""Global image descriptors from an ImageNet CNN: multi-scale, bucketed, masked pooling.
+
+:func:`extract_global` turns images of any sizes into one L2-normalized vector
+each: every image is shrunk so that its long side is at most ``max_side``
+(never enlarged), resized once per scale, run through the backbone's
+convolutional part (:class:`retrieval.Backbone`), pooled by a head of
+:mod:`retrieval._src.pooling` (MAC, SPoC, GeM, R-MAC, CroW) and the scales are
+combined by :func:`retrieval.multiscale_combine` (cirtorch ``extract_ms``).
+
+Sizes. At each scale an image is resized to a multiple of the network's
+stride (each side ``floor(side * f * s / stride) * stride``, f the max_side
+shrink; the aspect ratio changes by less than one stride). EfficientNet's
+TensorFlow "SAME" padding pads a stride-2 convolution on the top / left too
+when its input side is odd, so an image whose side is not a multiple of 32
+is sampled on a grid shifted against the same image padded to a multiple of
+32: every cell differs, not only the border (measured: GeM cosine 0.93
+between a 200 x 300 crop run as is and padded to 256 x 320). Snapping the
+size to the stride keeps the grid of the padded run equal to that of an
+unpadded run of the resized image.
+
+Static shapes. Images of different sizes are padded at the bottom and right
+to a *bucket*: height and width rounded up to a multiple of ``bucket`` (64 px
+by default). Images of one bucket are batched, the batch is padded to a fixed
+number of rows, so one compilation of the backbone serves every batch of that
+bucket (a new image size within the bucket does not recompile). A validity
+mask ``(N, h, w)`` on the feature map keeps the cells of the image itself:
+``ceil(valid px / stride)`` rows and columns from the top-left (exactly
+``valid px / stride`` with snapped sizes); the pooling heads ignore the rest.
+Padding pixels take the backbone's mean colour, so they normalize to ~0, the
+value that the networks' own zero padding gives at their input.
+
+Padding is not free: deeper layers see the activations of the padded area
+where an unpadded run sees zeros, and cells near the padded border (with
+EfficientNet's large receptive field, every cell of a small image) differ.
+Measured with EfficientNet-Lite0, 32 px of padding at the bottom and right
+(one cell row and column), cosine between the padded and the unpadded
+descriptor: 0.985 (MAC) to 0.997 (R-MAC) for 480 x 480 and 736 x 992 photos;
+on small images (160 x 256, maps of 5 x 8 cells) 0.93 to 0.995, lower with
+more padding (``tests/test_global_desc.py`` measures it). Images whose
+snapped size is a multiple of ``bucket`` are not padded at all; a larger
+``bucket`` means fewer compilations and more padding.
+
+The ``codes`` head is the neural code (Babenko et al., ECCV 2014): the image
+resized to 224 x 224 (aspect ratio not kept), one scale; VGG16's fc6 after
+its ReLU (``Backbone.codes``, 4096-D), for the other backbones (no fc6) the
+global average of their last conv map (SPoC at 224 x 224, Razavian et al.'s
+convolutional stand-in). ``scales``, ``max_side`` and ``bucket`` do not
+apply to it.
+
+Memory: paths are read one image at a time; after a first pass that reads
+each image's size, one bucket batch at a time is in memory (and the pooled
+vectors, (S, N, D) float32).
+
+References:
+  F. Radenovic, G. Tolias, O. Chum, "Fine-tuning CNN image retrieval with no
+  human annotation", TPAMI 2018, section 5 (multi-scale, max side 1024).
+  A. Babenko, A. Slesarev, A. Chigorin, V. Lempitsky, "Neural codes for image
+  retrieval", ECCV 2014. A. S. Razavian et al., "Visual instance retrieval with
+  deep convolutional networks", ITE Trans. MTA 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ckn import InputError
+from retrieval._src import pooling
+from retrieval._src.nets.backbone import Backbone
+from retrieval._src.postprocess import multiscale_combine
+
+#: Pooling heads of :class:`GlobalConfig`.
+HEADS = ("mac", "spoc", "gem", "rmac", "crow", "codes")
+#: Side of the square input of the ``codes`` head (Babenko et al.).
+CODES_SIZE = 224
+#: cirtorch's multi-scale set: 1, 1/sqrt(2), 1/2.
+MULTI_SCALE = (1.0, 1.0 / math.sqrt(2.0), 0.5)
+#: Rows of a padded batch when ``batch_size`` is None, by backend. On the CPU
+#: batching does not raise throughput (EfficientNet-Lite0 at 512 px: 0.17 s per
+#: image in batches of 1, 0.20 s in batches of 4, 2 cores), and a fixed batch of
+#: B rows computes B images even for a bucket holding one.
+DEFAULT_BATCH = {"cpu": 1}
+DEFAULT_BATCH_ACCELERATOR = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalConfig:
+    """How :func:`extract_global` describes images.
+
+    Attributes:
+      head: "mac", "spoc", "gem", "rmac", "crow" or "codes" (see the module docstring).
+      p: GeM exponent (3, cirtorch); also the power of the multi-scale mean with GeM
+        (1 for the other heads, as cirtorch).
+      levels: R-MAC levels.
+      scales: image scales, each > 0, relative to the image after the ``max_side`` shrink;
+        (1, 1/sqrt 2, 1/2) is cirtorch's multi-scale set, (1,) a single scale.
+      max_side: long side, in pixels, that images are shrunk to when larger (never
+        enlarged); None keeps every image at its size.
+      bucket: padded heights and widths are multiples of this (and of the backbone's
+        stride); larger buckets mean fewer compilations and more padding.
+      batch_size: images per padded batch (every batch of a bucket has this many rows);
+        None: 1 on the CPU, 8 on accelerators (see ``DEFAULT_BATCH``).
+    """
+
+    head: str = "gem"
+    p: float = 3.0
+    levels: int = 3
+    scales: tuple[float, ...] = MULTI_SCALE
+    max_side: int | None = 1024
+    bucket: int = 64
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise InputError(f"unknown head {self.head!r}; known: {', '.join(HEADS)}")
+        if not (isinstance(self.p, (int, float)) and math.isfinite(self.p) and self.p > 0):
+            raise InputError(f"p must be a finite number > 0, got {self.p!r}")
+        for name in ("levels", "bucket"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be an int >= 1, got {v!r}")
+        for name in ("max_side", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
+        try:
+            scales = tuple(float(s) for s in self.scales)
+        except (TypeError, ValueError):
+            raise InputError(f"scales must be numbers, got {self.scales!r}") from None
+        if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+            raise InputError(f"scales must be one or more numbers > 0, got {self.scales!r}")
+        if len(set(scales)) != len(scales):
+            raise InputError(f"scales has a repeated value: {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "p", float(self.p))
+
+    @property
+    def combine_p(self) -> float:
+        """Power of the multi-scale mean: the GeM p with GeM, else 1 (cirtorch)."""
+        return self.p if self.head == "gem" else 1.0
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image_any(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3) or gray (H, W) (kept gray, so callers can say so).
+
+    OpenCV's ``IMREAD_ANYCOLOR``: 16-bit images scaled to 8 bits, alpha dropped,
+    EXIF orientation applied.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"image not found: {p}")
+    img = cv2.imread(str(p), cv2.IMREAD_ANYCOLOR)
+    if img is None or img.size == 0:
+        raise InputError(f"cannot read image (unknown format or corrupt): {p}")
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _check_array(a, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+        raise InputError(f"{name}: images must be (H, W, 3) RGB or (H, W) gray, got {a.shape}")
+    if a.dtype != np.uint8:
+        raise InputError(f"{name}: images must be uint8, got dtype {a.dtype}")
+    if 0 in a.shape:
+        raise InputError(f"{name}: empty image, shape {a.shape}")
+    return a
+
+
+class _Images:
+    """Arrays or paths, read on demand (one at a time) as uint8 (H, W[, 3])."""
+
+    def __init__(self, images: Sequence):
+        if isinstance(images, (np.ndarray, jax.Array)) and np.ndim(images) == 4:
+            images = list(images)
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+            raise InputError(
+                "images must be a list of uint8 (H, W, 3) / (H, W) arrays or image paths, "
+                f"got {type(images).__name__}"
+            )
+        if len(images) == 0:
+            raise InputError("images: empty list, nothing to describe")
+        self.items = list(images)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, i: int) -> str:
+        x = self.items[i]
+        return os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"image {i}"
+
+    def load(self, i: int) -> np.ndarray:
+        x = self.items[i]
+        if isinstance(x, (str, os.PathLike)):
+            return read_image_any(x)
+        return _check_array(x, self.name(i))
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """RGB uint8 resized to h x w (INTER_AREA to shrink, INTER_LINEAR to enlarge)."""
+    img = _rgb(img)
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = h <= img.shape[0] and w <= img.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def scaled_sizes(h: int, w: int, config: GlobalConfig, stride: int = 1) -> list[tuple[int, int]]:
+    """(height, width) of an h x w image at each of ``config.scales``, after the max_side shrink.
+
+    ``f = min(1, max_side / max(h, w))``; scale s gives ``floor(h f s / stride) * stride``
+    by ``floor(w f s / stride) * stride``: multiples of the network's stride (0 when the
+    image is smaller than one stride), never above the max_side bound.
+    """
+    f = 1.0 if config.max_side is None else min(1.0, config.max_side / max(h, w))
+    return [
+        (int(h * f * s + 1e-9) // stride * stride, int(w * f * s + 1e-9) // stride * stride)
+        for s in config.scales
+    ]
+
+
+def pad_colour(backbone: Backbone) -> np.ndarray:
+    """(3,) uint8: the backbone's mean RGB, rounded; padded pixels normalize to ~0."""
+    arch = getattr(backbone, "_arch", None)  # the one place that knows the preprocessing
+    mean = getattr(arch, "mean", (0.0, 0.0, 0.0))
+    return np.clip(np.round(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _batch_size(config: GlobalConfig) -> int:
+    if config.batch_size is not None:
+        return config.batch_size
+    return DEFAULT_BATCH.get(jax.default_backend(), DEFAULT_BATCH_ACCELERATOR)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool(head: str, feats: jax.Array, mask: jax.Array, config: GlobalConfig) -> np.ndarray:
+    """(B, h, w, C) maps + (B, h, w) mask -> (B, C) float32 L2-normalized (zeros: no valid cell)."""
+    if head == "mac":
+        v = pooling.mac(feats, mask)
+    elif head == "spoc":
+        v = pooling.spoc(feats, mask)
+    elif head == "gem":
+        v = pooling.gem(feats, config.p, mask=mask)
+    elif head == "rmac":
+        v = pooling.rmac(feats, config.levels, mask=mask)
+    elif head == "crow":
+        v = pooling.crow(feats, mask=mask)
+    else:  # pragma: no cover - checked by GlobalConfig
+        raise InputError(f"unknown head {head!r}")
+    return np.asarray(pooling.l2_normalize(v), np.float32)
+
+
+def _check_heads(heads: Sequence[str]) -> tuple[str, ...]:
+    heads = tuple(heads)
+    if not heads:
+        raise InputError("heads: empty, nothing to compute")
+    for h in heads:
+        if h not in HEADS:
+            raise InputError(f"unknown head {h!r}; known: {', '.join(HEADS)}")
+    if len(set(heads)) != len(heads):
+        raise InputError(f"heads has a repeated name: {heads}")
+    return heads
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract_global(
+    backbone: Backbone,
+    images: Sequence,
+    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (a frozen dataclass)
+    *,
+    progress: bool = False,
+    info: dict | None = None,
+) -> np.ndarray:
+    """Global descriptors of images of any sizes: (N, D) float32, L2-normalized.
+
+    See the module docstring for the pipeline (shrink to ``max_side``, scales,
+    buckets and masks, heads, multi-scale combination).
+
+    Args:
+      backbone: from :func:`retrieval.load_backbone`.
+      images: N images, each a uint8 (H, W, 3) RGB or (H, W) gray array or an image path
+        (read one at a time); a uint8 (N, H, W, 3) array works too. Gray images are
+        repeated to RGB, and said once (a ``UserWarning``).
+      config: a :class:`GlobalConfig`.
+      progress: show a progress bar over the (image, scale) pairs.
+      info: if given, a dict filled with what happened: ``images``, ``gray`` (count),
+        ``skipped_scales`` (list of (image name, scale) too small for the network:
+        left out of that image's multi-scale mean), ``buckets`` ({"HxW": (image, scale)
+        pairs}), ``batches``.
+
+    Returns:
+      (N, D) float32, unit L2 norm; D = the backbone's channels (4096 for VGG16's
+      ``codes``).
+
+    Raises:
+      InputError: a bad config or image list, an unreadable file, an image whose short
+        side is below ``backbone.min_size`` (the stride; 32 px for VGG16) at every scale,
+        ``bucket`` not a multiple of the backbone's stride.
+
+    Examples:
+      >>> net = retrieval.load_backbone("efficientnet-lite0")
+      >>> v = extract_global(net, ["a.jpg", "b.png"], GlobalConfig(head="gem"))  # (2, 1280)
+    """
+    return extract_global_heads(
+        backbone, images, config, heads=(config.head,), progress=progress, info=info
+    )[config.head]
+
+
+def extract_global_heads(
+    backbone: Backbone,
+    images: Sequence,
+    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (a frozen dataclass)
+    *,
+    heads: Sequence[str] | None = None,
+    progress: bool = False,
+    info: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`extract_global` for several heads at once, sharing the backbone's feature maps.
+
+    ``config.head`` is ignored when ``heads`` is given; ``codes`` (a 224 x 224 pass) costs
+    its own backbone run.
+
+    Args:
+      backbone, images, config, progress, info: as :func:`extract_global`.
+      heads: names from ``HEADS`` (default: ``(config.head,)``).
+
+    Returns:
+      {head: (N, D) float32, L2-normalized}.
+    """
+    if not all(hasattr(backbone, a) for a in ("features", "stride", "min_size", "channels")):
+        raise InputError(f"backbone must be a retrieval.Backbone, got {type(backbone).__name__}")
+    if not isinstance(config, GlobalConfig):
+        raise InputError(f"config must be a GlobalConfig, got {type(config).__name__}")
+    heads = _check_heads((config.head,) if heads is None else heads)
+    if config.bucket % backbone.stride:
+        raise InputError(
+            f"bucket ({config.bucket} px) must be a multiple of {backbone.name}'s stride "
+            f"({backbone.stride} px)"
+        )
+    src = _Images(images)
+    batch = _batch_size(config)
+    n = len(src)
+    # Pass 1: sizes (one image in memory at a time).
+    sizes, gray = [], 0
+    for i in range(n):
+        img = src.load(i)
+        h, w = img.shape[:2]
+        if min(h, w) < backbone.min_size:
+            raise InputError(
+                f"{src.name(i)}: {h}x{w} px is smaller than the {backbone.min_size} px that "
+                f"{backbone.name} needs (stride {backbone.stride})"
+            )
+        gray += img.ndim == 2
+        sizes.append((h, w))
+    rec = {"images": n, "gray": gray, "skipped_scales": [], "buckets": {}, "batches": 0}
+    out: dict[str, np.ndarray] = {}
+    pooled = [h for h in heads if h != "codes"]
+    if pooled:
+        out.update(_extract_pooled(backbone, src, sizes, config, pooled, batch, progress, rec))
+    if "codes" in heads:
+        out["codes"] = _extract_codes(backbone, src, batch, progress, rec)
+    if info is not None:
+        info.update(rec)
+    if gray:
+        warnings.warn(
+            f"{gray} of {n} images are gray: repeated to RGB for {backbone.name}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {h: out[h] for h in heads}
+
+
+def _extract_pooled(backbone, src, sizes, config, heads, batch, progress, rec):
+    """Pooled heads at every scale, by bucket, then the multi-scale mean."""
+    n_scales, n = len(config.scales), len(src)
+    items: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+    have = np.zeros((n_scales, n), bool)
+    for i, (h, w) in enumerate(sizes):
+        kept = 0
+        for s, (hs, ws) in enumerate(scaled_sizes(h, w, config, backbone.stride)):
+            if min(hs, ws) < backbone.min_size:
+                rec["skipped_scales"].append((src.name(i), config.scales[s]))
+                continue
+            key = (_ceil_div(hs, config.bucket) * config.bucket,
+                   _ceil_div(ws, config.bucket) * config.bucket)  # fmt: skip
+            items.setdefault(key, []).append((i, s, hs, ws))
+            have[s, i] = True
+            kept += 1
+        if not kept:
+            raise InputError(
+                f"{src.name(i)}: {h}x{w} px is smaller than the {backbone.min_size} px that "
+                f"{backbone.name} needs at every scale (max side {config.max_side}, scales "
+                f"{', '.join(f'{x:g}' for x in config.scales)})"
+            )
+    colour = pad_colour(backbone)
+    stride = backbone.stride
+    vecs = {head: np.zeros((n_scales, n, backbone.channels), np.float32) for head in heads}
+    bar = tqdm(total=int(have.sum()), desc="describing", unit="image-scale", disable=not progress)
+    last = (-1, None)  # the last image read: its scales are usually in nearby batches
+    for key in sorted(items):
+        rec["buckets"][f"{key[0]}x{key[1]}"] = len(items[key])
+        group = items[key]
+        for start in range(0, len(group), batch):
+            chunk = group[start : start + batch]
+            x = np.empty((batch, key[0], key[1], 3), np.uint8)
+            x[:] = colour
+            for r, (i, _, hs, ws) in enumerate(chunk):
+                if last[0] != i:
+                    last = (i, src.load(i))
+                x[r, :hs, :ws] = _resize(last[1], hs, ws)
+            feats = backbone.features(x)
+            mask = np.zeros(feats.shape[:3], bool)
+            for r, (_, _, hs, ws) in enumerate(chunk):
+                mask[r, : _ceil_div(hs, stride), : _ceil_div(ws, stride)] = True
+            for head in heads:
+                v = _pool(head, feats, mask, config)
+                for r, (i, s, _, _) in enumerate(chunk):
+                    vecs[head][s, i] = v[r]
+            rec["batches"] += 1
+            bar.update(len(chunk))
+    bar.close()
+    return {head: _combine(vecs[head], have, config, head) for head in heads}
+
+
+def _combine(vecs: np.ndarray, have: np.ndarray, config: GlobalConfig, head: str) -> np.ndarray:
+    """(S, N, D) per-scale vectors and (S, N) availability -> (N, D) multi-scale means.
+
+    Images with the same available scales are combined together (one call each).
+    """
+    p = config.p if head == "gem" else 1.0
+    out = np.empty(vecs.shape[1:], np.float32)
+    patterns = {}
+    for i in range(vecs.shape[1]):
+        patterns.setdefault(tuple(np.flatnonzero(have[:, i])), []).append(i)
+    for scales, rows in patterns.items():
+        out[rows] = multiscale_combine(vecs[np.ix_(scales, rows)], p)
+    return out
+
+
+def _extract_codes(backbone, src, batch, progress, rec):
+    """Neural codes: 224 x 224 images; VGG16 fc6, else the GAP of the last map."""
+    n = len(src)
+    codes = backbone.name == "vgg16"
+    out = None
+    for start in tqdm(range(0, n, batch), desc="neural codes", unit="batch", disable=not progress):
+        rows = range(start, min(n, start + batch))
+        x = np.empty((batch, CODES_SIZE, CODES_SIZE, 3), np.uint8)
+        x[:] = pad_colour(backbone)
+        for r, i in enumerate(rows):
+            x[r] = _resize(src.load(i), CODES_SIZE, CODES_SIZE)
+        if codes:
+            v = backbone.codes(x)
+        else:
+            v = pooling.spoc(backbone.features(x))
+        v = np.asarray(pooling.l2_normalize(v), np.float32)
+        if out is None:
+            out = np.empty((n, v.shape[1]), np.float32)
+        out[start : start + len(rows)] = v[: len(rows)]
+        rec["batches"] += 1
+    rec["buckets"][f"{CODES_SIZE}x{CODES_SIZE}"] = (
+        rec["buckets"].get(f"{CODES_SIZE}x{CODES_SIZE}", 0) + n
+    )
+    return out

