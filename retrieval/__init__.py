@@ -41,6 +41,21 @@ from retrieval._src.figures import contact_sheet
 # VLAD / image retrieval (retrieval._src.local / vlad / vlad_fit / image_eval / image_folder).
 from retrieval._src.image_eval import VladEvaluation, evaluate_vlad
 from retrieval._src.image_folder import ImageCollection, list_images, load_image_folder
+
+# A saved, searchable image index (retrieval._src.index_store).
+from retrieval._src.index_store import (
+    IndexQueryResult,
+    IndexSettings,
+    SavedIndex,
+    add_to_index,
+    build_index,
+    check_index_settings,
+    describe_for_index,
+    index_info,
+    load_index,
+    query_index,
+    save_index,
+)
 from retrieval._src.local import (
     Describer,
     LocalConfig,
@@ -199,6 +214,18 @@ __all__ = [
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",
+    # saved image index
+    "IndexQueryResult",
+    "IndexSettings",
+    "SavedIndex",
+    "add_to_index",
+    "build_index",
+    "check_index_settings",
+    "describe_for_index",
+    "index_info",
+    "load_index",
+    "query_index",
+    "save_index",
     # ImageNet CNN backbones and weight files
     "BACKBONES",
     "Backbone",

