@@ -2,17 +2,34 @@
 
 Four simulated CPU devices so that the sharding code paths run in CI.
 """
-import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+import dataclasses
 
-import jax  # noqa: E402
+import jax
 
+# Four CPU devices whatever XLA_FLAGS holds: jax_num_cpu_devices takes precedence over
+# --xla_force_host_platform_device_count (checked with jax 0.10), so an XLA_FLAGS set
+# for another purpose cannot silently turn the 4-device tests off. It must be set
+# before JAX's first computation; later it raises instead of being ignored.
+jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+NUM_CPU_DEVICES = 4
+
+
+@pytest.fixture(scope="session")
+def cpu_devices():
+    """The 4 simulated CPU devices; fails (does not skip) when there are fewer."""
+    devs = jax.devices("cpu")
+    assert len(devs) >= NUM_CPU_DEVICES, (
+        f"the sharding tests need {NUM_CPU_DEVICES} CPU devices, JAX has {len(devs)}: "
+        "was JAX used before tests/conftest.py set jax_num_cpu_devices?"
+    )
+    return devs[:NUM_CPU_DEVICES]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +51,80 @@ def tiny_model(photo_patches):
 
     model, reports = ckn.train(ckn.get_preset("ckn-tiny"), photo_patches, seed=0)
     return model, reports
+
+
+@pytest.fixture(scope="session")
+def colour_patches():
+    """(240, 24, 24, 3) uint8 crops of scikit-image's `astronaut` photo.
+
+    The first 200 train the ``two_layer_models``; the last 40 are held out.
+    """
+    import skimage.data
+
+    img = skimage.data.astronaut()
+    rng = np.random.default_rng(1)
+    ys = rng.integers(0, img.shape[0] - 24, 240)
+    xs = rng.integers(0, img.shape[1] - 24, 240)
+    return np.stack([img[y : y + 24, x : x + 24] for y, x in zip(ys, xs)])
+
+
+def _two_layer_config(inp: str):
+    """Small two-layer networks, one per input map and training method.
+
+    grad (k-means): green channel, blur 1, 6 orientations; 24 -> 12 -> 6 -> 2.
+    raw (k-means + Nystrom refinement): RGB sub-patches (d = 27), then even 2 x 2
+      sub-patches (the asymmetric "same" padding); 24 -> 12 -> 4.
+    white (NIPS 2014 objective): gray, blur 1.5, damped whitening; 24 -> 8 -> 4.
+    """
+    import ckn
+
+    train = ckn.TrainConfig(
+        num_patches=2000, kmeans_iters=10, refine_steps=30, nips14_steps=60, batch_size=64
+    )
+    if inp == "grad":
+        return ckn.CKNConfig(
+            name="test-grad",
+            input="grad",
+            channels="green",
+            blur=1.0,
+            grad_orientations=6,
+            grad_sigma=0.4,
+            grad_subsampling=2,
+            patch_size=24,
+            layers=(ckn.LayerConfig(3, 8, 2), ckn.LayerConfig(3, 8, 3)),
+            train=dataclasses.replace(train, method="kmeans"),
+        )
+    if inp == "raw":
+        return ckn.CKNConfig(
+            name="test-raw",
+            input="raw",
+            channels="rgb",
+            patch_size=24,
+            layers=(ckn.LayerConfig(3, 8, 2), ckn.LayerConfig(2, 8, 3)),
+            train=dataclasses.replace(train, method="kmeans+nystrom"),
+        )
+    assert inp == "white", inp
+    return ckn.CKNConfig(
+        name="test-white",
+        input="white",
+        channels="gray",
+        blur=1.5,
+        patch_size=24,
+        layers=(ckn.LayerConfig(3, 8, 3), ckn.LayerConfig(3, 8, 2)),
+        train=dataclasses.replace(train, method="nips14", whiten_reg=0.1),
+    )
+
+
+@pytest.fixture(scope="session")
+def two_layer_models(colour_patches):
+    """{"grad" | "raw" | "white": (model, reports)} of ``_two_layer_config``.
+
+    Trained once per session on colour_patches[:200] (test_reference_forward.py and
+    test_training.py share them).
+    """
+    import ckn
+
+    return {
+        inp: ckn.train(_two_layer_config(inp), colour_patches[:200], seed=0)
+        for inp in ("grad", "raw", "white")
+    }

@@ -58,6 +58,7 @@ def test_patch_frame_maps_centre_and_side():
     np.testing.assert_allclose(f[0, :, :2] @ [c, c] + f[0, :, 2], [10.0, 20.0])
     # +x of the patch points along the orientation (90 degrees: image +y), one patch = 24 image
     # pixels.
+    # float64 rotation of a 24-pixel vector: cos(90 deg) = 6e-17, far below 1e-12.
     np.testing.assert_allclose(f[0, :, :2] @ [50, 0], [0.0, 24.0 * 50 / 51], atol=1e-12)
 
 
@@ -67,9 +68,15 @@ def test_sample_patch_matches_batched_sampling(camera):
     assert batch.shape == (len(r), 32, 32) and batch.dtype == np.uint8
     for i in range(len(r)):
         one = R.sample_patch(camera, r.x[i], r.y[i], r.size[i], r.angle[i], size=32)
-        assert np.abs(one.astype(int) - batch[i]).mean() < 1.0
+        diff = np.abs(one.astype(int) - batch[i])
+        # warpAffine (one patch) and remap (the batch) both interpolate bilinearly in fixed
+        # point but may round a pixel to the other grey level: measured at most 1 level, in
+        # at most 1 pixel of the 1024 (mean 0.001). Allow 1 level in 1% of the pixels.
+        assert diff.max() <= 1 and diff.mean() <= 0.01, (i, diff.max(), diff.mean())
     rgb = R.sample_patches(np.repeat(camera[:, :, None], 3, 2), r.x, r.y, r.size, r.angle, size=32)
     assert rgb.shape == (len(r), 32, 32, 3)
+    # Each channel is resampled as the gray image (measured: identical).
+    np.testing.assert_array_equal(rgb, np.repeat(batch[..., None], 3, axis=3))
 
 
 def test_orientation_normalization_undoes_a_rotation(camera):
