@@ -19,8 +19,10 @@ from retrieval._src import pooling
 from retrieval._src.global_desc import (
     HEADS,
     GlobalConfig,
+    combine_scales,
     extract_global,
     extract_global_heads,
+    extract_per_scale,
     scaled_sizes,
 )
 from retrieval._src.global_eval import (
@@ -192,6 +194,11 @@ def test_unpadded_image_equals_the_backbone_and_scales_combine_as_cirtorch(vgg):
     ms = extract_global(vgg, [img], GlobalConfig(scales=(1.0, 0.5)))
     per = [extract_global(vgg, [img], GlobalConfig(scales=(s,))) for s in (1.0, 0.5)]
     np.testing.assert_allclose(ms, multiscale_combine(np.stack(per), 3.0), atol=1e-6)
+    # One run gives both (the benchmark's shortcut): scale 0 is the single-scale descriptor.
+    r = extract_per_scale(vgg, [img], GlobalConfig(scales=(1.0, 0.5)), heads=("gem", "mac"))
+    assert r.vectors["gem"].shape == (2, 1, 32) and r.have.all()
+    np.testing.assert_allclose(r.vectors["gem"][0], per[0], atol=1e-6)
+    np.testing.assert_allclose(combine_scales(r.vectors["gem"], r.have, 3.0), ms, atol=1e-6)
     np.testing.assert_allclose(
         extract_global(vgg, [img], GlobalConfig(head="mac", scales=(1.0, 0.5))),
         multiscale_combine(

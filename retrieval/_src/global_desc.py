@@ -67,6 +67,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import jax
@@ -353,20 +354,76 @@ def extract_global_heads(
     Returns:
       {head: (N, D) float32, L2-normalized}.
     """
+    heads = _check_heads((config.head,) if heads is None else heads)
+    src, sizes, rec = _prepare(backbone, images, config)
+    out: dict[str, np.ndarray] = {}
+    pooled = [h for h in heads if h != "codes"]
+    if pooled:
+        vecs, have = _extract_pooled(backbone, src, sizes, config, pooled, progress, rec)
+        for head in pooled:
+            out[head] = combine_scales(vecs[head], have, config.p if head == "gem" else 1.0)
+    if "codes" in heads:
+        out["codes"] = _extract_codes(backbone, src, _batch_size(config), progress, rec)
+    _report(backbone, rec, info)
+    return {h: out[h] for h in heads}
+
+
+class PerScale(NamedTuple):
+    """Descriptors of every image at every scale, before the multi-scale mean.
+
+    Attributes:
+      vectors: {head: (S, N, C) float32}, each L2-normalized (zeros where ``have`` is False).
+      have: (S, N) bool, False where the image was too small for the network at that scale.
+    """
+
+    vectors: dict[str, np.ndarray]
+    have: np.ndarray
+
+
+def extract_per_scale(
+    backbone: Backbone,
+    images: Sequence,
+    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (a frozen dataclass)
+    *,
+    heads: Sequence[str] | None = None,
+    progress: bool = False,
+    info: dict | None = None,
+) -> PerScale:
+    """The per-scale descriptors behind :func:`extract_global_heads` (not ``codes``).
+
+    ``combine_scales(r.vectors[head], r.have, p)`` gives the multi-scale descriptor, and
+    ``r.vectors[head][0]`` the single-scale one when ``config.scales[0]`` is 1 (one run
+    serves both in benchmarks).
+
+    Args:
+      backbone, images, config, progress, info: as :func:`extract_global`.
+      heads: pooled heads (default: ``(config.head,)``); "codes" is not accepted.
+
+    Returns:
+      A :class:`PerScale`.
+    """
+    heads = _check_heads((config.head,) if heads is None else heads)
+    if "codes" in heads:
+        raise InputError("codes has one scale (224 x 224): use extract_global_heads")
+    src, sizes, rec = _prepare(backbone, images, config)
+    vecs, have = _extract_pooled(backbone, src, sizes, config, heads, progress, rec)
+    _report(backbone, rec, info)
+    return PerScale(vecs, have)
+
+
+def _prepare(backbone, images, config: GlobalConfig):
+    """Checks; pass 1 over the images: their sizes (one image in memory at a time)."""
     if not all(hasattr(backbone, a) for a in ("features", "stride", "min_size", "channels")):
         raise InputError(f"backbone must be a retrieval.Backbone, got {type(backbone).__name__}")
     if not isinstance(config, GlobalConfig):
         raise InputError(f"config must be a GlobalConfig, got {type(config).__name__}")
-    heads = _check_heads((config.head,) if heads is None else heads)
     if config.bucket % backbone.stride:
         raise InputError(
             f"bucket ({config.bucket} px) must be a multiple of {backbone.name}'s stride "
             f"({backbone.stride} px)"
         )
     src = _Images(images)
-    batch = _batch_size(config)
     n = len(src)
-    # Pass 1: sizes (one image in memory at a time).
     sizes, gray = [], 0
     for i in range(n):
         img = src.load(i)
@@ -379,25 +436,24 @@ def extract_global_heads(
         gray += img.ndim == 2
         sizes.append((h, w))
     rec = {"images": n, "gray": gray, "skipped_scales": [], "buckets": {}, "batches": 0}
-    out: dict[str, np.ndarray] = {}
-    pooled = [h for h in heads if h != "codes"]
-    if pooled:
-        out.update(_extract_pooled(backbone, src, sizes, config, pooled, batch, progress, rec))
-    if "codes" in heads:
-        out["codes"] = _extract_codes(backbone, src, batch, progress, rec)
+    return src, sizes, rec
+
+
+def _report(backbone, rec: dict, info: dict | None) -> None:
     if info is not None:
         info.update(rec)
-    if gray:
+    if rec["gray"]:
         warnings.warn(
-            f"{gray} of {n} images are gray: repeated to RGB for {backbone.name}",
+            f"{rec['gray']} of {rec['images']} images are gray: repeated to RGB for "
+            f"{backbone.name}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return {h: out[h] for h in heads}
 
 
-def _extract_pooled(backbone, src, sizes, config, heads, batch, progress, rec):
-    """Pooled heads at every scale, by bucket, then the multi-scale mean."""
+def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
+    """Pooled heads at every scale, by bucket: ({head: (S, N, C)}, have (S, N))."""
+    batch = _batch_size(config)
     n_scales, n = len(config.scales), len(src)
     items: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
     have = np.zeros((n_scales, n), bool)
@@ -445,15 +501,26 @@ def _extract_pooled(backbone, src, sizes, config, heads, batch, progress, rec):
             rec["batches"] += 1
             bar.update(len(chunk))
     bar.close()
-    return {head: _combine(vecs[head], have, config, head) for head in heads}
+    return vecs, have
 
 
-def _combine(vecs: np.ndarray, have: np.ndarray, config: GlobalConfig, head: str) -> np.ndarray:
-    """(S, N, D) per-scale vectors and (S, N) availability -> (N, D) multi-scale means.
+def combine_scales(vecs, have, p: float = 1.0) -> np.ndarray:
+    """Multi-scale mean of per-scale descriptors, over the scales each image has.
 
-    Images with the same available scales are combined together (one call each).
+    Args:
+      vecs: (S, N, D) per-scale descriptors (:class:`PerScale`).
+      have: (S, N) bool, the scales each image has (at least one).
+      p: power of :func:`retrieval.multiscale_combine` (the GeM p with GeM, else 1).
+
+    Returns:
+      (N, D) float32, L2-normalized. Images with the same scales are combined in one call.
     """
-    p = config.p if head == "gem" else 1.0
+    vecs, have = np.asarray(vecs), np.asarray(have, bool)
+    if vecs.ndim != 3 or have.shape != vecs.shape[:2] or not have.any(axis=0).all():
+        raise InputError(
+            f"vecs must be (S, N, D) and have (S, N) with a scale for every image, got "
+            f"{vecs.shape} and {have.shape}"
+        )
     out = np.empty(vecs.shape[1:], np.float32)
     patterns = {}
     for i in range(vecs.shape[1]):
