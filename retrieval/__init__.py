@@ -51,6 +51,24 @@ from retrieval._src.evaluation import (
 )
 from retrieval._src.figures import contact_sheet
 
+# Global image descriptors and their retrieval pipeline (retrieval._src.global_desc / global_eval).
+from retrieval._src.global_desc import (
+    GlobalConfig,
+    PerScale,
+    combine_scales,
+    extract_global,
+    extract_global_heads,
+    extract_per_scale,
+)
+from retrieval._src.global_eval import (
+    GlobalEvaluation,
+    PostConfig,
+    evaluate_global,
+    expand_queries,
+    fit_global_whitening,
+    load_backbone_spec,
+)
+
 # VLAD / image retrieval (retrieval._src.local / vlad / vlad_fit / image_eval / image_folder).
 from retrieval._src.image_eval import VladEvaluation, evaluate_vlad
 from retrieval._src.image_folder import ImageCollection, list_images, load_image_folder
@@ -269,6 +287,19 @@ __all__ = [
     "class_activation_maps",
     "heatmap_boxes",
     "online_aggregation",
+    # global image descriptors and their retrieval pipeline
+    "GlobalConfig",
+    "GlobalEvaluation",
+    "PerScale",
+    "PostConfig",
+    "combine_scales",
+    "evaluate_global",
+    "expand_queries",
+    "extract_global",
+    "extract_global_heads",
+    "extract_per_scale",
+    "fit_global_whitening",
+    "load_backbone_spec",
     # global-descriptor pooling heads
     "crow",
     "gem",
