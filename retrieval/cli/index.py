@@ -314,6 +314,21 @@ def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
         default=None,
         help="--global: images shrunk to this long side" + req.format(1024),
     )
+    if query:
+        return
+    g.add_argument("--k", type=int, default=None, help="--local: codebook size (default 64)")
+    g.add_argument(
+        "--max-regions",
+        type=int,
+        default=None,
+        help="--local: regions per image, strongest first (default 1000)",
+    )
+    g.add_argument(
+        "--local-dim",
+        type=int,
+        default=None,
+        help="--local: PCA of larger local descriptors to this dimension, 0 to keep (default 128)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -350,19 +365,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index folder to write")
     _description_flags(b, query=False)
-    b.add_argument("--k", type=int, default=None, help="--local: codebook size (default 64)")
-    b.add_argument(
-        "--max-regions",
-        type=int,
-        default=None,
-        help="--local: regions per image, strongest first (default 1000)",
-    )
-    b.add_argument(
-        "--local-dim",
-        type=int,
-        default=None,
-        help="--local: PCA of larger local descriptors to this dimension, 0 to keep (default 128)",
-    )
     b.add_argument(
         "--whiten",
         choices=WHITEN_MODES,
