@@ -273,9 +273,9 @@ def check_index_settings(index: SavedIndex, **claimed) -> None:
                 raise InputError(f"{built} --backbone {have['--backbone']}, not {name}")
             if path:
                 want = index.description.get("weights_sha256")
-                if _sha256_file(path) != want:
+                if _sha256_any(path) != want:
                     raise InputError(
-                        f"{path} is not the weights file the index was built with "
+                        f"{path} holds other weights than the index was built with "
                         f"(SHA-256 {want[:12]}...)"
                     )
             continue
@@ -315,6 +315,11 @@ def _sha256_file(path: str | os.PathLike) -> str:
     return _SHA_CACHE[key]
 
 
+def _sha256_any(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, or of a model folder's files (a CKN backbone)."""
+    return _sha256_tree(Path(path)) if Path(path).is_dir() else _sha256_file(path)
+
+
 def _sha256_tree(folder: Path) -> str:
     """SHA-256 over a folder's files (relative names and contents, sorted)."""
     h = hashlib.sha256()
@@ -332,7 +337,8 @@ def _weights_path(spec: str) -> Path:
         return Path(path)
     if name == DEFAULT_BACKBONE:
         return Path(efficientnet_lite0_weights())
-    raise InputError(f"{name} needs weights: --backbone {name}:FILE")
+    what = "MODEL_DIR" if name == "ckn" else "FILE"
+    raise InputError(f"{name} needs weights: --backbone {name}:{what}")
 
 
 _BACKBONES: dict[tuple[str, str], Any] = {}
@@ -343,7 +349,7 @@ def _backbone(spec: str, sha: str | None = None):
     from retrieval._src.global_eval import load_backbone_spec
 
     path = _weights_path(spec)
-    got = _sha256_file(path)
+    got = _sha256_any(path)
     if sha is not None and got != sha:
         raise InputError(
             f"the weights file {path} changed since the index was built "
