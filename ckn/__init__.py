@@ -16,7 +16,13 @@ from ckn._src.config import (
     TrainConfig,
     get_preset,
 )
-from ckn._src.differentiable import TRAINABLE, descriptor_function, initial_params, nystrom_map
+from ckn._src.differentiable import (
+    TRAINABLE_PARTS,
+    descriptor_function,
+    initial_params,
+    nystrom_map,
+    trainable_parts,
+)
 from ckn._src.errors import InputError
 from ckn._src.fileio import SPLITS, atomic_path, check_patches, load_patch_file, write_json
 from ckn._src.finetune import (
@@ -120,7 +126,7 @@ __all__ = [
     "PRESETS",
     "SCHEDULES",
     "SPLITS",
-    "TRAINABLE",
+    "TRAINABLE_PARTS",
     "TrainConfig",
     "apply_describe",
     "atomic_path",
@@ -175,6 +181,7 @@ __all__ = [
     "sigma_from_quantile",
     "to_float",
     "train",
+    "trainable_parts",
     "triplet_loss",
     "validation_map",
     "validation_split",

@@ -181,15 +181,20 @@ def test_resume_equals_an_uninterrupted_run(model, data, tmp_path):
         ckn.finetune(model, p, lab, config=cfg, checkpoint=tmp_path / "c", resume=True)
 
 
-def test_input_map_lam_and_contrastive_on_a_raw_model(tmp_path):
+def test_every_part_and_contrastive_on_a_raw_model(tmp_path):
     p, lab = make_groups(24, 3, seed=2)
     # Random (untrained) Nystrom filters: fine-tuning works from any start.
     raw = ckn.CKN(dataclasses.replace(ckn.get_preset("ckn-tiny"), input="raw"), rngs=nnx.Rngs(0))
     cfg = ckn.FinetuneConfig(
-        epochs=1, groups_per_batch=8, loss="contrastive", trainable="filters+input+lam", lr=1e-2
+        epochs=1,
+        groups_per_batch=8,
+        loss="contrastive",
+        lr=1e-2,
+        trainable="filters+input+lam+linear",
     )
     tuned, report = ckn.finetune(raw, p, lab, config=cfg)
-    assert report.trained == ["filters", "log_lam", "preproc"] and report.nonfinite_steps == 0
+    assert report.trained == ["filters", "linear", "log_lam", "preproc"]
+    assert report.nonfinite_steps == 0
     assert not np.array_equal(
         tuned.layers[0].preproc.get_value(), raw.layers[0].preproc.get_value()
     )
@@ -198,6 +203,13 @@ def test_input_map_lam_and_contrastive_on_a_raw_model(tmp_path):
     np.testing.assert_array_equal(
         ckn.describe(ckn.load(tmp_path / "m"), p[:4]), ckn.describe(tuned, p[:4])
     )
+    # A learned linear map is no Nystrom map: only "+linear" may start from it, with the W
+    # that reproduces it.
+    with pytest.raises(ckn.InputError, match="not a Nystrom layer"):
+        ckn.initial_params(tuned, "filters")
+    fn = jax.jit(ckn.descriptor_function(tuned))
+    again = ckn.initial_params(tuned, "filters+linear")
+    np.testing.assert_allclose(fn(again, p[:8]), ckn.describe(tuned, p[:8]), atol=1e-4)
 
 
 def test_errors(model, data):
@@ -226,6 +238,9 @@ def test_errors(model, data):
         ckn.FinetuneConfig(loss="hinge")
     with pytest.raises(ckn.InputError, match="patches_per_group"):
         ckn.FinetuneConfig(patches_per_group=1)
+    for bad in ("input", "filters+input+input", "filters+sigma"):
+        with pytest.raises(ckn.InputError, match="trainable must be"):
+            ckn.FinetuneConfig(trainable=bad)
 
 
 # --- Validation helpers -----------------------------------------------------------------------

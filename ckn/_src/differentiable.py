@@ -27,10 +27,14 @@ fixed (sigma is the unsupervised one). Choices:
 * Norms are square roots with a zero derivative at 0: in
   ``kernel_layer_apply`` a flat region gives sqrt'(0) * 0 = NaN gradients
   (its forward values are matched here, tested).
-* ``trainable``: "filters"; "filters+input" adds the first layer's
-  pre-processing matrix (centring of ckn-raw, whitening of ckn-white; the
-  gradient map of ckn-grad has no learned array, so for it this equals
-  "filters"); "filters+input+lam" adds each layer's lam (as log lam).
+* ``trainable`` ("filters" plus any of "+input", "+lam", "+linear"):
+  "input" adds the first layer's pre-processing matrix (centring of ckn-raw,
+  whitening of ckn-white; the gradient map of ckn-grad has no learned array,
+  so for it "+input" adds nothing); "lam" each layer's lam (as log lam);
+  "linear" a (p, p) matrix W_l after each Nystrom map (linear = L(Z) W,
+  W = I for a model of ``ckn.train``): supervised metric learning on the
+  kernel features, still a ``ckn.save`` model, but no longer a Nystrom layer
+  (it can be fine-tuned again only with "+linear").
   NIPS 2014 layers are refused.
 """
 
@@ -50,7 +54,22 @@ from ckn._src import ops
 from ckn._src.errors import InputError
 from ckn._src.layers import CKN, LayerParams
 
-TRAINABLE = ("filters", "filters+input", "filters+input+lam")
+#: What ``trainable`` may name, joined by "+" ("filters" always; e.g. "filters+linear").
+TRAINABLE_PARTS = ("filters", "input", "lam", "linear")
+
+
+def trainable_parts(trainable: str) -> tuple[str, ...]:
+    """The parts of a ``trainable`` string, checked.
+
+    Raises:
+      InputError: an unknown or repeated part, or no "filters".
+    """
+    parts = tuple(trainable.split("+"))
+    if "filters" not in parts or len(set(parts)) != len(parts) or set(parts) - set(TRAINABLE_PARTS):
+        raise InputError(
+            f"trainable must be 'filters' plus any of +input, +lam, +linear, got {trainable!r}"
+        )
+    return parts
 
 
 # --- Differentiable Nystrom map --------------------------------------------------------------
@@ -143,7 +162,10 @@ def _layer_arrays(model: CKN, params: dict, dtype) -> list[LayerParams]:
         else:
             pre = None if layer.preproc is None else layer.preproc.get_value().astype(dtype)
         bias = layer.bias.get_value().astype(dtype)
-        out.append(LayerParams(z, alpha, bias, nystrom_map(z, alpha, lam), pre))
+        linear = nystrom_map(z, alpha, lam)
+        if "linear" in params:
+            linear = jnp.matmul(linear, params["linear"][i], precision="highest")
+        out.append(LayerParams(z, alpha, bias, linear, pre))
     return out
 
 
@@ -163,45 +185,58 @@ def forward(graphdef, state, params: dict, patches: jax.Array) -> jax.Array:
     return x / jnp.maximum(_safe_sqrt(jnp.sum(x * x, axis=1, keepdims=True)), 1e-12)
 
 
-def _check_nystrom(model: CKN) -> None:
+def _check_nystrom(model: CKN, *, free_linear: bool = False) -> None:
     for i, layer in enumerate(model.layers):
         alpha = float(layer.alpha.get_value())
-        bias = np.asarray(layer.bias.get_value())
-        linear = np.asarray(layer.linear.get_value())
-        z = unit_rows(layer.filters.get_value())
-        ref = np.asarray(nystrom_map(z, layer.alpha.get_value(), layer.config.lam))
-        nystrom = np.allclose(bias, -alpha, rtol=1e-5) and (
-            np.abs(linear - ref).max() <= 1e-2 * np.abs(ref).max()
-        )
+        nystrom = np.allclose(np.asarray(layer.bias.get_value()), -alpha, rtol=1e-5)
+        if not free_linear:
+            linear = np.asarray(layer.linear.get_value())
+            z = unit_rows(layer.filters.get_value())
+            ref = np.asarray(nystrom_map(z, layer.alpha.get_value(), layer.config.lam))
+            nystrom = nystrom and np.abs(linear - ref).max() <= 1e-2 * np.abs(ref).max()
         if model.config.train.method == "nips14" or not nystrom:
             raise InputError(
-                f"layer {i + 1} is not a Nystrom layer (a NIPS 2014 one?): fine-tuning needs "
-                "alpha = 1/sigma^2, bias = -1/sigma^2 and the Nystrom map of the filters "
-                "(train with method kmeans or kmeans+nystrom)"
+                f"layer {i + 1} is not a Nystrom layer: fine-tuning needs alpha = 1/sigma^2, "
+                "bias = -1/sigma^2 and (unless +linear trains) the Nystrom map of the filters; "
+                "NIPS 2014 layers or a map learned with +linear do not qualify"
             )
+
+
+def _linear_factor(layer) -> jax.Array:
+    """W with linear = nystrom_map(Z) W: (kappa(Z Z^T) + lam I)^{1/2} linear (I for ckn.train's)."""
+    z = np.asarray(unit_rows(layer.filters.get_value()), np.float64)
+    alpha = float(layer.alpha.get_value())
+    w, v = np.linalg.eigh(np.exp(alpha * (z @ z.T - 1.0)) + layer.config.lam * np.eye(z.shape[0]))
+    half = (v * np.sqrt(np.maximum(w, 1e-12 * w.max()))) @ v.T
+    return jnp.asarray(half @ np.asarray(layer.linear.get_value(), np.float64), jnp.float32)
 
 
 def initial_params(model: CKN, trainable: str = "filters") -> dict:
     """The free parameters of a model, as :func:`descriptor_function` takes them.
 
+    Args:
+      model: a Nystrom CKN.
+      trainable: "filters" plus any of "+input", "+lam", "+linear" (module docstring).
+
     Returns:
-      {"filters": tuple of (p_l, d_l) unit rows, and with "filters+input" on a
-      model with a pre-processing matrix "preproc": (d_0, d_0), with
-      "filters+input+lam" "log_lam": tuple of () per layer}.
+      {"filters": tuple of (p_l, d_l) unit rows; with "+input" on a model with a
+      pre-processing matrix "preproc": (d_0, d_0); with "+lam" "log_lam": tuple
+      of () per layer; with "+linear" "linear": tuple of (p_l, p_l) W_l}.
 
     Raises:
-      InputError: a NIPS 2014 layer, an unknown ``trainable``, or lam = 0 with "+lam".
+      InputError: not a Nystrom model, a bad ``trainable``, or lam = 0 with "+lam".
     """
-    if trainable not in TRAINABLE:
-        raise InputError(f"trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
-    _check_nystrom(model)
+    parts = trainable_parts(trainable)
+    _check_nystrom(model, free_linear="linear" in parts)
     params = {"filters": tuple(unit_rows(lay.filters.get_value()) for lay in model.layers)}
-    if trainable != "filters" and model.layers[0].preproc is not None:
+    if "input" in parts and model.layers[0].preproc is not None:
         params["preproc"] = model.layers[0].preproc.get_value()
-    if trainable == "filters+input+lam":
+    if "lam" in parts:
         if any(lay.config.lam <= 0 for lay in model.layers):
             raise InputError("training lam needs lam > 0 in every layer (it is learned as log lam)")
         params["log_lam"] = tuple(jnp.log(jnp.float32(lay.config.lam)) for lay in model.layers)
+    if "linear" in parts:
+        params["linear"] = tuple(_linear_factor(lay) for lay in model.layers)
     return params
 
 
@@ -234,7 +269,7 @@ def descriptor_function(model: CKN) -> Callable[[dict, jax.Array], jax.Array]:
     Returns:
       fn(params, (B, H, W[, C]) patches) -> (B, D) L2-normalized descriptors.
     """
-    _check_nystrom(model)
+    _check_nystrom(model, free_linear=True)
     graphdef, state = split(model)
     return functools.partial(forward, graphdef, state)
 

@@ -2,7 +2,7 @@
 
     ckn finetune --model DIR --patches FILE.npz --out DIR [--split train|all]
         [--loss triplet|contrastive] [--margin M] [--epochs E] [--batch-size B]
-        [--group-size K] [--lr LR] [--trainable filters|...] [--patience P]
+        [--group-size K] [--lr LR] [--trainable filters[+input][+lam][+linear]] [--patience P]
         [--val-fraction F] [--seed S] [--resume] [--overwrite] [--quiet]
 
 Trains the filters of a model written by ``ckn train`` on the groups of the
@@ -203,9 +203,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument(
         "--trainable",
-        choices=ckn.TRAINABLE,
         default=d.trainable,
-        help=f"what trains (default {d.trainable}; the grad input map has nothing to learn)",
+        help=f"what trains: filters plus any of +input (the first layer's pre-processing; "
+        "nothing for the grad input map), +lam, +linear (a learned p x p map after each "
+        f"Nystrom map) (default {d.trainable})",
     )
     p.add_argument(
         "--patience",
