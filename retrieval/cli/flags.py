@@ -1,19 +1,162 @@
-"""Command-line flags shared by several commands: architecture overrides, precision."""
+"""What several commands share: architecture overrides, precision, output checks, help layout."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
 
 import ckn
-from ckn import INPUTS, METHODS, NORMALIZATIONS, POOLINGS, PRECISIONS, CKNConfig, InputError
+from ckn import (
+    INPUTS,
+    METHODS,
+    NORMALIZATIONS,
+    POOLINGS,
+    PRECISIONS,
+    PRESETS,
+    CKNConfig,
+    InputError,
+)
+
+# --- Help layout ---------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, keeping the line breaks of a text that has any (the examples)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, *, help: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """A sub-command parser with the shared layout: description, options, then an example."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="example:\n" + "".join(f"  {line}\n" for line in example.strip().splitlines()),
+        formatter_class=HelpFormatter,
+    )
+
+
+# --- Output checks -------------------------------------------------------------------------------
+
+
+class Output(NamedTuple):
+    """One destination of a command, for :func:`check_outputs`.
+
+    flag: how the message names it (``--out``); path: the destination (None:
+    not asked for); kind: "file" or "dir"; replaced: a "dir" output that is
+    replaced as a whole (an input inside it would be deleted); overwrite:
+    False refuses an existing non-empty destination.
+    """
+
+    flag: str
+    path: str | os.PathLike | None
+    kind: str = "file"
+    replaced: bool = False
+    overwrite: bool = True
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return p.absolute()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return _resolved(a) == _resolved(b)
+
+
+def _writable_folder(flag: str, path: Path, inside: bool = False) -> Path:
+    """The folder a new file of ``path`` goes to (``inside``: ``path`` itself when it
+    exists) or its nearest existing ancestor, checked to accept a new file."""
+    p = _resolved(path)
+    if not (inside and p.is_dir()):
+        p = p.parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise InputError(f"{flag} {path}: {p} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ckn-write-test.", dir=p)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(f"{flag} {path}: folder {p} is not writable ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
+def check_outputs(
+    outputs: list[Output], inputs: dict[str, str | os.PathLike | None] | None = None
+) -> None:
+    """Checks every destination of a command before its work starts.
+
+    For each output that is asked for: not a folder where a file goes (nor a
+    file where a folder goes); not an input of the command, nor one of the
+    other outputs (the same file, through symlinks and hard links too); a
+    folder that ``ckn`` replaces holds no input; an existing destination is
+    refused where ``overwrite`` is False; and the nearest existing folder on
+    its path takes a new file (missing folders are created later, as
+    ``mkdir -p``). Nothing is created or changed.
+
+    Args:
+      outputs: the command's destinations.
+      inputs: {flag: path} of the files and folders the command reads.
+
+    Raises:
+      InputError: one line naming the flag, the path and the problem.
+    """
+    ins = {flag: Path(p) for flag, p in (inputs or {}).items() if p is not None}
+    seen: dict[str, Path] = {}
+    for out in outputs:
+        if out.path is None:
+            continue
+        path = Path(out.path)
+        if out.kind == "file" and path.is_dir():
+            raise InputError(f"{out.flag} {path} is a folder, not a file")
+        if out.kind == "dir" and path.exists() and not path.is_dir():
+            raise InputError(f"{out.flag} {path} is a file, not a folder")
+        for flag, q in ins.items():
+            if _same(path, q):
+                raise InputError(f"{out.flag} {path} is the input {flag} {q}: it would be replaced")
+            if out.kind == "dir" and out.replaced and _resolved(q).is_relative_to(_resolved(path)):
+                raise InputError(
+                    f"{out.flag} {path} holds the input {flag} {q}: replacing it would delete it"
+                )
+        for flag, q in seen.items():
+            if _same(path, q):
+                raise InputError(f"{out.flag} {path} is also {flag}: give them different paths")
+        seen[out.flag] = path
+        if not out.overwrite and path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            raise InputError(f"{out.flag} {path} exists: use --overwrite to replace it")
+        _writable_folder(out.flag, path, inside=out.kind == "dir" and not out.replaced)
+
+
+# --- Architecture and training flags ------------------------------------------------------------
 
 
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
     return values
@@ -31,7 +174,9 @@ def _positive_floats_or(keyword: str, value, what: str):
             try:
                 f = float(v)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{what} must be numbers or {keyword!r}, got {text!r}") from None
+                raise argparse.ArgumentTypeError(
+                    f"{what} must be numbers or {keyword!r}, got {text!r}"
+                ) from None
             if not f > 0:
                 raise argparse.ArgumentTypeError(f"{what} must be > 0, got {v}")
             out.append(f)
@@ -60,20 +205,51 @@ def add_architecture_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--filters", type=_int_list, help="filters per layer, e.g. 64,256")
     g.add_argument("--subpatch", type=_int_list, help="sub-patch side per layer, e.g. 3,3")
     g.add_argument("--subsampling", type=_int_list, help="pooling factor per layer, e.g. 2,6")
-    g.add_argument("--sigma", type=_sigma_list, help="sigma per layer (number or auto), e.g. 0.6 or auto")
-    g.add_argument("--pooling", type=_pooling_list, help="pooling geometry per layer: strided (papers') or centered")
-    g.add_argument("--pool-std", type=_pool_std_list, help="pooling std per layer in map pixels, or 'default' (s/sqrt2)")
-    g.add_argument("--normalize", choices=NORMALIZATIONS, help="descriptor normalization: global or position")
+    g.add_argument(
+        "--sigma", type=_sigma_list, help="sigma per layer (number or auto), e.g. 0.6 or auto"
+    )
+    g.add_argument(
+        "--pooling",
+        type=_pooling_list,
+        help="pooling geometry per layer: strided (papers') or centered",
+    )
+    g.add_argument(
+        "--pool-std",
+        type=_pool_std_list,
+        help="pooling std per layer in map pixels, or 'default' (s/sqrt2)",
+    )
+    g.add_argument(
+        "--normalize", choices=NORMALIZATIONS, help="descriptor normalization: global or position"
+    )
     g.add_argument("--orientations", type=int, help="orientations K of the grad map")
     t = p.add_argument_group("training overrides")
-    t.add_argument("--num-patches", type=int, help="sub-patches sampled per layer (default 100000)")
+    t.add_argument(
+        "--num-patches",
+        type=int,
+        help="sub-patches sampled per layer "
+        f"(default: the preset's: {_preset_defaults('num_patches')})",
+    )
     t.add_argument("--method", choices=METHODS, help="filter learning method (default kmeans)")
-    t.add_argument("--kmeans-iters", type=int, help="k-means iterations")
+    t.add_argument(
+        "--kmeans-iters",
+        type=int,
+        help=f"k-means iterations (default: the preset's: {_preset_defaults('kmeans_iters')})",
+    )
+
+
+def _preset_defaults(field: str) -> str:
+    """A training default per preset, e.g. ``100000 (ckn-tiny 2000)``: the common value first."""
+    values = {name: getattr(cfg.train, field) for name, cfg in PRESETS.items()}
+    common = max(set(values.values()), key=list(values.values()).count)
+    others = ", ".join(f"{name} {v}" for name, v in values.items() if v != common)
+    return f"{common}" + (f"; {others}" if others else "")
 
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--precision", choices=PRECISIONS, default="highest",
+        "--precision",
+        choices=PRECISIONS,
+        default="highest",
         help="matrix-product precision of describe: highest (fp32, default) or default "
         "(the backend's fastest: TF32/bf16 passes on GPUs; the same as highest on CPU)",
     )
@@ -82,9 +258,11 @@ def add_precision_flag(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> CKNConfig:
     """The preset with the command line's overrides applied.
 
-    Per-layer lists all have the number of layers (one value applies to
-    every layer); a list longer than the preset's adds layers that copy the
-    preset's last one before overrides.
+    A per-layer list has one value (for every layer) or one per layer. The
+    number of layers is the preset's unless a list is longer; changing it
+    needs every per-layer list (--filters, --subpatch, --subsampling,
+    --sigma, --pooling, --pool-std), each with one value or one per layer:
+    no layer is made up by copying another.
     """
     cfg = ckn.get_preset(args.preset)
     lists = {
@@ -96,15 +274,27 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
         "pool_std": args.pool_std,
     }
     given = {k: v for k, v in lists.items() if v is not None}
+    opt = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     n = max([len(v) for v in given.values() if len(v) > 1] or [len(cfg.layers)])
     for k, v in given.items():
         if len(v) not in (1, n):
-            raise InputError(f"--{k} has {len(v)} values for a {n}-layer network")
+            raise InputError(f"{opt(k)} has {len(v)} values for a {n}-layer network")
+    if n != len(cfg.layers):
+        missing = [opt(k) for k in lists if k not in given]
+        if missing:
+            longest = next(opt(k) for k, v in given.items() if len(v) == n)
+            raise InputError(
+                f"{longest} asks for {n} layers, the preset {cfg.name} has {len(cfg.layers)}: "
+                f"changing the number of layers needs every per-layer list "
+                f"(missing: {', '.join(missing)}; one value or {n} each)"
+            )
     layers = []
     for i in range(n):
         base = cfg.layers[min(i, len(cfg.layers) - 1)]
         layers.append(
-            dataclasses.replace(base, **{k: (v[0] if len(v) == 1 else v[i]) for k, v in given.items()})
+            dataclasses.replace(
+                base, **{k: (v[0] if len(v) == 1 else v[i]) for k, v in given.items()}
+            )
         )
     top = {}
     if args.input is not None:
@@ -116,7 +306,11 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
     if args.orientations is not None:
         top["grad_orientations"] = args.orientations
     train_over = {}
-    for flag, field in (("num_patches", "num_patches"), ("method", "method"), ("kmeans_iters", "kmeans_iters")):
+    for flag, field in (
+        ("num_patches", "num_patches"),
+        ("method", "method"),
+        ("kmeans_iters", "kmeans_iters"),
+    ):
         if getattr(args, flag) is not None:
             train_over[field] = getattr(args, flag)
     changed = bool(given or top or train_over)
@@ -127,5 +321,3 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
         train=dataclasses.replace(cfg.train, **train_over),
         **top,
     )
-
-
