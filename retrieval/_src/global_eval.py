@@ -18,11 +18,13 @@ Post-processing, in this order (Gordo et al. IJCV 2017, section 5.3; cirtorch):
 
 1. whitening (``PostConfig.whiten``): "pca" (:func:`retrieval.fit_pca_whitening`) or
    "learned" (:func:`retrieval.fit_learned_whitening`, matching pairs = every ordered
-   pair of images of one group), fitted on the descriptors of *other* images
+   pair of images of one group, fitted in the subspace the pairs constrain: see
+   :func:`fit_global_whitening`), fitted on the descriptors of *other* images
    (``whiten_images``), never on the evaluated ones; applied to database and queries;
-   output dimension ``whiten_dim`` (default min(D, n - 1) for n training images:
-   beyond n - 1 directions the training vectors have no variance, and both
-   whitenings would only amplify noise there);
+   output dimension ``whiten_dim`` (default min(D, n - 1) for n training images,
+   for "learned" also at most the number of independent within-group differences:
+   beyond these the training vectors say nothing, and whitening would only amplify
+   noise there);
 2. database-side augmentation (``dba`` = k, counting the vector itself;
    :func:`retrieval.database_augmentation`, rank weights (k - r) / k, or
    alpha weights when ``alpha`` > 0);
@@ -81,7 +83,8 @@ class PostConfig:
     Attributes:
       whiten: "none", "pca" or "learned" (needs ``whiten_images``; "learned" needs groups
         there).
-      whiten_dim: output dimension of the whitening (None: min(D, n - 1)).
+      whiten_dim: output dimension of the whitening (None: min(D, n - 1); for "learned"
+        the rank of :func:`learned_whitening_rank`).
       qe: query-expansion neighbours (0: none).
       alpha: QE / DBA weight exponent; 0: average QE and rank-weighted DBA.
       dba: database-side augmentation neighbourhood, the vector itself included (0: none).
@@ -184,17 +187,42 @@ def group_pairs(labels) -> np.ndarray:
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
+def learned_whitening_rank(vectors, labels) -> int:
+    """Directions a learned whitening can be fitted in: min(D, rank of the centred training
+    vectors, number of independent within-group differences = sum over groups of size - 1)."""
+    x = np.asarray(vectors, np.float64)
+    lab = np.asarray(labels, np.int64)
+    _, counts = np.unique(lab[lab >= 0], return_counts=True)
+    diffs = int(np.sum(np.maximum(counts - 1, 0)))
+    span = int(np.linalg.matrix_rank(x - x.mean(axis=0))) if x.shape[0] > 1 else 0
+    return min(x.shape[1], span, diffs)
+
+
 def fit_global_whitening(
     vectors, kind: str, *, labels=None, dim: int | None = None
 ) -> PCAWhitening | Whitening:
     """Fits a PCA or learned whitening on training descriptors (not the evaluated ones).
 
+    PCA-whitening: :func:`retrieval.fit_pca_whitening` to ``dim`` (default min(D, n - 1)).
+
+    Learned whitening (Lw, :func:`retrieval.fit_learned_whitening`; matching pairs = every
+    ordered pair of images of one group), fitted inside the r-dimensional PCA subspace of
+    the training vectors, r = :func:`learned_whitening_rank`: the covariance S of matching
+    differences has rank at most the number of independent within-group differences,
+    and with fewer than D of them the jittered inverse Cholesky factor of S multiplies
+    the directions that no pair constrains by up to 1e5 (1 / sqrt of the jitter), and
+    those directions then dominate the whitened vectors. cirtorch fits Lw on ~10^5 pairs
+    of 2048-D vectors, where S is full rank; with the 48 Oxford images (8 groups: r = 40)
+    as training set, Lw in the full 1280-D space gave 38.6 mAP on the benchmark's tiles
+    set against 81.5 unwhitened. The fitted map is composed into one
+    :class:`retrieval.Whitening` y = L2(P (x - m)), with P = P_Lw C (C the r PCA directions)
+    and m = mu + C^T m_Lw; when r = D it is plain Lw.
+
     Args:
       vectors: (n, D) training descriptors.
       kind: "pca" or "learned".
-      labels: (n,) int group ids, -1 for images of no group; "learned" uses every
-        ordered pair of images of one group as a matching pair.
-      dim: output dimension (None: min(D, n - 1)).
+      labels: (n,) int group ids, -1 for images of no group (used by "learned").
+      dim: output dimension (None: min(D, n - 1) for "pca", r for "learned").
 
     Returns:
       A :class:`retrieval.PCAWhitening` or :class:`retrieval.Whitening`; apply it with
@@ -202,21 +230,35 @@ def fit_global_whitening(
 
     Raises:
       InputError: fewer than 2 vectors, no group of two images for "learned", a bad dim.
+
+    References:
+      Radenovic, Tolias, Chum, TPAMI 2018, section 3.3.
     """
     if kind not in ("pca", "learned"):
         raise InputError(f"whitening kind must be 'pca' or 'learned', got {kind!r}")
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] < 2:
         raise InputError(f"whitening needs (n, D) training vectors with n >= 2, got {x.shape}")
-    d = min(x.shape[1], x.shape[0] - 1) if dim is None else int(dim)
     if kind == "pca":
-        return fit_pca_whitening(x, d)
+        return fit_pca_whitening(x, min(x.shape[1], x.shape[0] - 1) if dim is None else int(dim))
     if labels is None:
         raise InputError("learned whitening needs group labels of the training images")
     pairs = group_pairs(labels)
     if pairs.shape[0] == 0:
         raise InputError("learned whitening needs groups: no group holds two training images")
-    return fit_learned_whitening(x, pairs, dim=d)
+    r = learned_whitening_rank(x, labels)
+    d = r if dim is None else int(dim)
+    if not 1 <= d <= r:
+        raise InputError(
+            f"learned whitening dimension must be in 1..{r} (the directions that the "
+            f"{x.shape[0]} training images and their group pairs constrain), got {dim}"
+        )
+    if r == x.shape[1]:
+        return fit_learned_whitening(x, pairs, dim=d)
+    pca = fit_pca_whitening(x, r, whiten=False)
+    z = (x.astype(np.float64) - pca.mean) @ pca.components.T  # (n, r)
+    lw = fit_learned_whitening(z, pairs, dim=d)
+    return Whitening(pca.mean + pca.components.T @ lw.mean, lw.projection @ pca.components)
 
 
 # --------------------------------------------------------------------------- QE / scores
