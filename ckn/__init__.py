@@ -24,7 +24,15 @@ from ckn._src.differentiable import (
     trainable_parts,
 )
 from ckn._src.errors import InputError
-from ckn._src.fileio import SPLITS, atomic_path, check_patches, load_patch_file, write_json
+from ckn._src.fileio import (
+    SPLITS,
+    atomic_path,
+    check_patches,
+    load_npy,
+    load_patch_file,
+    progress_bar,
+    write_json,
+)
 from ckn._src.finetune import (
     DEFAULT_MARGINS,
     LOSSES,
@@ -87,7 +95,9 @@ from ckn._src.ops import (
 )
 from ckn._src.sharding import batch_mesh, batch_sharding, padded_size, replicated
 from ckn._src.training import (
+    MIN_SUBPATCHES_PER_FILTER,
     LayerReport,
+    check_training_set,
     fit_nips14,
     nips14_loss,
     nystrom_residual,
@@ -117,6 +127,7 @@ __all__ = [
     "LayerParams",
     "LayerReport",
     "METHODS",
+    "MIN_SUBPATCHES_PER_FILTER",
     "Mined",
     "NORMALIZATIONS",
     "NORM_EPS",
@@ -140,6 +151,7 @@ __all__ = [
     "check_batch",
     "check_patches",
     "check_precision",
+    "check_training_set",
     "contrastive_loss",
     "describe",
     "descriptor_function",
@@ -162,6 +174,7 @@ __all__ = [
     "kmeans_objective",
     "kmeans_step",
     "load",
+    "load_npy",
     "load_patch_file",
     "nips14_loss",
     "normalize_patches",
@@ -172,6 +185,7 @@ __all__ = [
     "pairwise_sq_distances",
     "pooled_size",
     "pooling_matrix",
+    "progress_bar",
     "read_training_report",
     "refine_nystrom",
     "replicated",

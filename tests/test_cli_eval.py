@@ -199,7 +199,7 @@ def test_eval_patches_bad_input(capsys, tmp_path, patch_file, model_dir):
     np.savez(nan, patches=bad, labels=labels)
     cases = [
         ((tmp_path / "missing.npz", "sift"), ("not found",)),
-        ((corrupt, "sift"), ("corrupt.npz", "cannot read")),
+        ((corrupt, "sift"), ("corrupt.npz", "not a .npz file")),
         ((nolab, "sift"), ("labels",)),
         ((patch_file, tmp_path / "no_model"), ("model not found",)),
         ((small, model_dir), ("too small",)),

@@ -1,9 +1,18 @@
-"""Patch files and atomic outputs.
+"""Patch files, atomic outputs and progress on stderr.
 
 A patch file is ``.npy`` holding an array (N, H, W) or (N, H, W, C), or ``.npz``
 with key ``patches`` (same shapes) and optional ``labels`` (N,) plus any
 metadata arrays. Outputs are written to a temporary sibling and renamed, so a
-failure never leaves a half-written file or directory behind.
+failure never leaves a half-written file or directory behind:
+
+* missing parent folders are created (as ``mkdir -p``) and removed again if
+  the write fails;
+* the result gets the mode a plain ``open()`` / ``mkdir`` would give under the
+  process's umask (not the ``0600`` / ``0700`` of ``mkstemp`` / ``mkdtemp``);
+* the temporary name ``.NAME.PID@HOST.XXXXXXXX[SUFFIX]`` carries the writer's
+  process id: a process killed without cleanup (SIGKILL, power loss) leaves
+  one behind, and the next write of NAME on the same host removes the
+  siblings of dead processes.
 """
 
 from __future__ import annotations
@@ -11,27 +20,49 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ckn._src.errors import InputError
 
 
-def check_patches(patches: np.ndarray, *, name: str = "patches") -> np.ndarray:
+def check_patches(
+    patches: np.ndarray, *, name: str = "patches", allow_empty: bool = False
+) -> np.ndarray:
     """Validates a patch batch (N, H, W) or (N, H, W, C); returns it unchanged.
 
+    A NumPy array is returned as is (a memory-mapped file stays mapped); a
+    list or other array-like is converted with ``np.asarray``.
+
+    Args:
+      patches: the batch.
+      name: how messages call it.
+      allow_empty: accept N = 0 (``describe`` returns an empty (0, D) array).
+
     Raises:
-      InputError: wrong rank, empty batch, non-numeric dtype, NaN or inf values.
+      InputError: not an array (a ragged list), wrong rank, empty batch,
+        non-numeric dtype, NaN or inf values.
     """
     if not isinstance(patches, np.ndarray):
-        patches = np.asarray(patches)
+        try:
+            patches = np.asarray(patches)
+        except (ValueError, TypeError) as e:
+            raise InputError(
+                f"{name} is not an array ({type(e).__name__}: {_first_line(e)})"
+            ) from None
     if patches.ndim not in (3, 4):
         raise InputError(f"{name} must be (N, H, W) or (N, H, W, C), got shape {patches.shape}")
-    if patches.shape[0] == 0:
+    if patches.shape[0] == 0 and not allow_empty:
         raise InputError(f"{name} is empty (N = 0), shape {patches.shape}")
     if min(patches.shape[1:3]) == 0:
         raise InputError(f"{name} has an empty spatial size, shape {patches.shape}")
@@ -71,6 +102,8 @@ def load_patch_file(
     if path.is_dir():
         raise InputError(f"patch file is a directory: {path}")
     labels = None
+    if path.suffix in (".npy", ".npz"):
+        check_file_format(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -106,6 +139,61 @@ def load_patch_file(
     return patches, labels
 
 
+_MAGIC = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+
+
+def check_file_format(path: str | os.PathLike) -> None:
+    """Checks that a ``.npy`` / ``.npz`` file starts as one (NumPy header / zip archive).
+
+    Without this, ``np.load`` reads any other file (a text file named
+    ``.npy``) as a pickle and its error talks about ``allow_pickle``.
+
+    Raises:
+      InputError: missing or unreadable file, or not the format its suffix says.
+    """
+    path = Path(path)
+    magic = _MAGIC.get(path.suffix)
+    if magic is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
+    if not head.startswith(magic):
+        kind = (
+            "a .npy file (no NumPy header)"
+            if path.suffix == ".npy"
+            else "a .npz file (not a zip archive)"
+        )
+        what = "empty" if not head else "not " + kind
+        raise InputError(f"{path}: {what}")
+
+
+def load_npy(path: str | os.PathLike, *, what: str = "array", mmap: bool = True) -> np.ndarray:
+    """Reads one ``.npy`` array (memory-mapped by default), with one-line errors.
+
+    Raises:
+      InputError: missing file, a folder, not a ``.npy`` file, a pickled or corrupt array.
+    """
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise InputError(f"{what} file must be .npy, got {path}")
+    if path.is_dir():
+        raise InputError(f"{what} file is a directory: {path}")
+    if not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    check_file_format(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(
+            f"{path}: cannot read {what} ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+
+
 def _split_rows(path: Path, split_array: np.ndarray | None, split: str | None) -> np.ndarray | None:
     if split in (None, "all"):
         return None
@@ -129,32 +217,161 @@ def _first_line(e: BaseException) -> str:
     return s[0] if s else ""
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where possible.
+
+    Linux: the ``Umask:`` line of ``/proc/self/status``. Elsewhere the classic
+    ``os.umask(0); os.umask(old)`` pair, under a lock (another thread creating
+    a file in between would still see umask 0: acceptable in the CLI).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def _tmp_prefix(name: str) -> str:
+    """``.NAME.PID@HOST.``: the temporary siblings of NAME written by this process."""
+    return f".{name}.{os.getpid()}@{_host()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its files
+    return True
+
+
+def remove_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Removes ``.NAME.PID@HOST.*`` siblings of ``final`` left by dead processes of this host.
+
+    A process killed without cleanup (SIGKILL) leaves its temporary behind;
+    the PID in the name tells whether its writer is still running. Siblings of
+    live processes, of other hosts (a shared file system) and names of another
+    form are left alone. Returns the paths removed.
+    """
+    final = Path(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{final.name}.") + r"(\d+)@([A-Za-z0-9-]*)\.")
+    removed = []
+    host = _host()
+    try:
+        siblings = list(parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        m = pattern.match(p.name)
+        if m is None or m.group(2) != host or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """``mkdir -p parent``; returns the folders created, deepest first."""
+    created = []
+    p = parent
+    while not p.exists():
+        created.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output folder {parent}: {p} is not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(created)
+        raise InputError(
+            f"cannot create output folder {parent} ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False):
     """Yields a temporary path beside ``final``; renames it to ``final`` on success.
 
-    On any exception the temporary path is removed and ``final`` is untouched.
-    Example::
+    Missing parent folders are created first (as ``mkdir -p``). On any
+    exception (KeyboardInterrupt and SystemExit included) the temporary path
+    and the folders created are removed and ``final`` is untouched. The result
+    has the mode that ``open()`` (files: 0666) or ``mkdir`` (folders: 0777)
+    would give under the umask. An existing folder ``final`` is replaced as a
+    whole (``is_dir=True``). Example::
 
-        with atomic_path("out.npy") as tmp:
+        with atomic_path("out/x.npy") as tmp:
             np.save(tmp, x)
+
+    Raises:
+      InputError: a parent folder cannot be created, or the folder is not writable.
     """
     final = Path(final)
     parent = final.parent if str(final.parent) else Path(".")
-    if not parent.exists():
-        raise InputError(f"output folder does not exist: {parent}")
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix, dir=parent)
-        os.close(fd)
-        tmp = Path(name)
+    created = _make_parents(parent)
+    remove_stale_temporaries(final)
+    mode = (0o777 if is_dir else 0o666) & ~umask()
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=parent))
+        else:
+            fd, name = tempfile.mkstemp(
+                prefix=_tmp_prefix(final.name), suffix=final.suffix, dir=parent
+            )
+            os.close(fd)
+            tmp = Path(name)
+        os.chmod(tmp, mode)
+    except OSError as e:
+        _remove_empty(created)
+        raise InputError(
+            f"cannot write to folder {parent} ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     try:
         yield tmp
-        if is_dir:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+        if is_dir and final.is_dir() and not final.is_symlink():
+            # The old folder is moved aside first: at no moment is a half-deleted one in place.
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=parent))
+            os.replace(final, old / final.name)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old / final.name, final)
+                shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -162,6 +379,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        _remove_empty(created)
         raise
 
 
@@ -177,3 +395,98 @@ def write_json(path: str | os.PathLike, doc) -> None:
         raise InputError(f"results are not valid JSON ({e})") from None
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# --- Progress on stderr ----------------------------------------------------------------------
+
+#: Seconds between two lines of a progress report when stderr is not a terminal.
+PROGRESS_INTERVAL = 30.0
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _LineProgress:
+    """tqdm's interface (iterate, update, set_postfix_str, close) as plain lines.
+
+    For log files: no carriage returns, no cursor movement. A line every
+    ``PROGRESS_INTERVAL`` seconds while it runs and, when ``leave``, one when done.
+    """
+
+    def __init__(
+        self, iterable=None, *, desc: str, total=None, unit: str = "it", leave: bool = True
+    ):
+        self.iterable, self.desc, self.unit, self.leave = iterable, desc, unit, leave
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix = total, 0, ""
+        self.t0 = self.last = time.perf_counter()
+        self.closed = False
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _line(self, word: str = "") -> None:
+        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(
+            f"{self.desc}: {word}{done} {self.unit}{extra}, {time.perf_counter() - self.t0:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        unfinished = self.total is None or self.n < self.total  # else close() says "done"
+        if unfinished and now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self._line()
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            finished = self.total is None or self.n >= self.total
+            if self.leave or not finished:
+                self._line("done " if finished else "stopped at ")
+
+
+def progress_bar(
+    iterable=None,
+    *,
+    desc: str,
+    total: int | None = None,
+    unit: str = "it",
+    leave: bool = True,
+    disable: bool = False,
+):
+    """A tqdm bar on a terminal; plain progress lines when stderr is a file or a pipe.
+
+    Nested tqdm bars move the cursor with escape codes (``ESC[A``) and redraw
+    with carriage returns, which a log file keeps as garbage; here a
+    non-terminal stderr gets a line every ``PROGRESS_INTERVAL`` seconds and one
+    at the end (``leave=True``). ``disable=True`` shows nothing.
+    """
+    if disable:
+        return tqdm(iterable, total=total, disable=True)
+    if _stderr_is_terminal():
+        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave)
+    return _LineProgress(iterable, desc=desc, total=total, unit=unit, leave=leave)

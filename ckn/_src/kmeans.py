@@ -31,6 +31,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from ckn._src import sharding
+from ckn._src.fileio import progress_bar
 from ckn._src.sharding import BATCH
 
 
@@ -211,8 +212,8 @@ def kmeans_objective(x: jax.Array, centers: jax.Array, *, spherical: bool = True
     return jnp.mean(_assign(x, centers, spherical, precision)[1])
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "spherical", "precision", "mesh"))
-def _kmeans_fit(state, x, mask, sq_norms, iters, spherical, precision, mesh):
+@functools.partial(jax.jit, static_argnames=("iters", "spherical", "precision", "mesh", "tick"))
+def _kmeans_fit(state, x, mask, sq_norms, iters, spherical, precision, mesh, tick=None):
     step = functools.partial(
         kmeans_step,
         x=x,
@@ -225,12 +226,25 @@ def _kmeans_fit(state, x, mask, sq_norms, iters, spherical, precision, mesh):
 
     def body(s, _):
         s = step(s)
+        if tick is not None:  # progress: a host callback per iteration, no change to the math
+            jax.debug.callback(tick, s.objective)
         return s, s.objective
 
     state, history = lax.scan(body, state, None, length=iters)
     # J of the returned centres: the objective that one more step reports.
     final = step(state).objective
     return state.centers, jnp.concatenate([history, final[None]])
+
+
+# The progress bar of the fit in flight. The callback is one module-level
+# function, so that turning progress on compiles one more program, not one per call.
+_BARS: list = []
+
+
+def _tick(objective) -> None:
+    if _BARS:
+        _BARS[-1].update(1)
+        _BARS[-1].set_postfix_str(f"objective {float(objective):.4f}", refresh=False)
 
 
 def kmeans(
@@ -242,6 +256,7 @@ def kmeans(
     spherical: bool = True,
     precision=None,
     devices: Sequence[jax.Device] | None = None,
+    progress: bool | str = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Fits k centres to x by Lloyd's algorithm, compiled once.
 
@@ -257,6 +272,10 @@ def kmeans(
       spherical: spherical (cosine) k-means if True, else Euclidean.
       precision: matmul precision (None: the backend default).
       devices: devices to split the rows over.
+      progress: a progress bar (stderr) with the iteration and the objective;
+        a string is its label (True: "k-means"). The iterations report
+        through a host callback inside the one compiled loop: the centres and
+        objectives are the same bits with and without it.
 
     Returns:
       (centres (k, d), objective history (iters + 1,)): J before each update
@@ -292,6 +311,17 @@ def kmeans(
     # The initial draw outside the compiled fit: the number of valid rows is not
     # a compile-time constant, so a new n of the same padded size reuses it.
     state = kmeans_init(key, x, k, n_valid=n)
-    return _kmeans_fit(
-        state, x, mask, sq_norms, iters, spherical, precision, None if ndev == 1 else mesh
-    )
+    args = (state, x, mask, sq_norms, iters, spherical, precision, None if ndev == 1 else mesh)
+    if not progress or iters < 1:
+        return _kmeans_fit(*args)
+    desc = progress if isinstance(progress, str) else "k-means"
+    bar = progress_bar(total=iters, desc=desc, unit="iter", leave=False)
+    _BARS.append(bar)
+    try:
+        out = _kmeans_fit(*args, tick=_tick)
+        jax.block_until_ready(out)
+        jax.effects_barrier()  # every callback has run
+    finally:
+        _BARS.remove(bar)
+        bar.close()
+    return out

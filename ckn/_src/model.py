@@ -1,9 +1,16 @@
 """Batched description of patch files, and saving / loading trained models.
 
 A model directory holds ``config.json`` (format tag, version, the CKNConfig,
-the sigmas found at training and the training report) and ``arrays.npz``
-(every ``Filters`` array, keyed ``layers.<i>.<name>``). It is written to a
-temporary directory and renamed, so a failed save leaves nothing behind.
+the training patch shape, the training report) and ``arrays.npz`` (every
+``Filters`` array, keyed ``layers.<i>.<name>``). It is written to a temporary
+directory and renamed, so a failed save leaves nothing behind.
+
+The training patch shape: ``ckn.train`` sets ``model.patch_shape = (H, W, C)``
+(C = 1 for (N, H, W) patches) and ``save`` / ``load`` keep it; ``describe``
+then refuses patches of another size or channel count (a network trained on
+51 x 51 patches describes 16 x 16 ones as a smaller, meaningless descriptor)
+unless ``any_size=True``. A model built by hand, or a folder saved before the
+record existed, has ``patch_shape = None``: no check.
 """
 
 from __future__ import annotations
@@ -19,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from ckn._src import sharding
 from ckn._src.config import CKNConfig
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, check_patches
+from ckn._src.fileio import atomic_path, check_patches, progress_bar
 from ckn._src.layers import CKN, apply_describe, check_precision
 
 FORMAT = "ckn-model"
@@ -32,12 +38,56 @@ VERSION = 1
 _ARRAYS = ("filters", "alpha", "bias", "linear", "preproc")
 
 
-def _check_input(model: CKN, patches: np.ndarray) -> None:
-    check_patches(patches)
+def patch_shape_of(patches: np.ndarray) -> tuple[int, int, int]:
+    """(H, W, C) of a batch (N, H, W) (C = 1) or (N, H, W, C)."""
+    c = patches.shape[3] if patches.ndim == 4 else 1
+    return int(patches.shape[1]), int(patches.shape[2]), int(c)
+
+
+def trained_patch_shape(model: CKN) -> tuple[int, int, int] | None:
+    """(H, W, C) of the patches the model was trained on; None when unknown."""
+    shape = getattr(model, "patch_shape", None)
+    return None if shape is None else tuple(int(v) for v in shape)
+
+
+def _fmt(shape: tuple[int, int, int]) -> str:
+    h, w, c = shape
+    return f"{h}x{w}" + ("" if c == 1 else f"x{c}")
+
+
+def _check_input(model: CKN, patches, *, any_size: bool = False) -> np.ndarray:
+    """The checked batch: (H, W) becomes (1, H, W); an empty batch is allowed."""
+    if not isinstance(patches, np.ndarray):
+        try:
+            patches = np.asarray(patches)
+        except (ValueError, TypeError) as e:
+            raise InputError(f"patches is not an array ({type(e).__name__})") from None
+    if patches.ndim == 2:
+        patches = patches[None]  # one gray patch (H, W)
+    patches = check_patches(patches, allow_empty=True)
     cfg = model.config
     if cfg.channels == "rgb" and (patches.ndim != 4 or patches.shape[3] != 3):
-        raise InputError(f"this model needs (N, H, W, 3) colour patches, got shape {patches.shape}")
-    cfg.output_shape(patches.shape[1], patches.shape[2])
+        hint = " (one colour patch: pass patch[None])" if patches.ndim == 3 else ""
+        raise InputError(
+            f"this model needs (N, H, W, 3) colour patches, got shape {patches.shape}{hint}"
+        )
+    cfg.output_shape(patches.shape[1], patches.shape[2])  # "too small" first
+    trained = trained_patch_shape(model)
+    got = patch_shape_of(patches)
+    if trained is not None and not any_size:
+        if got[2] != trained[2]:
+            raise InputError(
+                f"this model was trained on {trained[2]}-channel patches ({_fmt(trained)}), got "
+                f"{got[2]}-channel patches ({_fmt(got)}); convert them, or pass any_size=True "
+                "(ckn: --any-size) to describe them anyway"
+            )
+        if got[:2] != trained[:2]:
+            raise InputError(
+                f"this model was trained on {_fmt(trained[:2] + (1,))} patches, got "
+                f"{_fmt(got[:2] + (1,))} patches; pass any_size=True (ckn: --any-size) to "
+                "describe them anyway"
+            )
+    return patches
 
 
 def _batch_shape(n: int, batch_size: int) -> int:
@@ -89,6 +139,7 @@ def describe(
     out: np.ndarray | None = None,
     devices: Sequence[jax.Device] | None = None,
     precision: str | None = None,
+    any_size: bool = False,
 ) -> np.ndarray:
     """Descriptors of many patches, in fixed-size jitted batches split over devices.
 
@@ -103,7 +154,11 @@ def describe(
 
     Args:
       model: a (trained) CKN.
-      patches: (N, H, W) or (N, H, W, C), uint8 or float.
+      patches: (N, H, W) or (N, H, W, C), uint8 or float (a NumPy array or
+        anything ``np.asarray`` takes). A 2-D array (H, W) is one gray patch
+        and gives (1, D). A 3-D array is always N gray patches (N, H, W),
+        never one colour patch (H, W, C) (N = 3 would be ambiguous): pass one
+        colour patch as ``patch[None]``. N = 0 gives an empty (0, D) array.
       batch_size: patches read per step (on accelerators: per jitted call).
       progress: show a progress bar (stderr) when there is more than one batch.
       out: optional (N, D) float32 array to fill (e.g. a memory-mapped .npy),
@@ -112,16 +167,23 @@ def describe(
         ``jax.local_devices()``: all devices of this process).
       precision: matrix-product precision for this call, "highest" (fp32) or
         "default" (the backend's fastest, e.g. TF32 on GPUs); None: the model's.
+      any_size: describe patches of another size or channel count than the
+        model's training patches (``model.patch_shape``); refused otherwise.
 
     Returns:
       (N, D) float32, L2-normalized rows (zero rows for flat patches); ``out``
       when given.
+
+    Raises:
+      InputError: bad patches (not an array, wrong rank, NaN, too small for the
+        network), another size or channel count than the training patches, a
+        wrong ``out``, ``batch_size`` < 1.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if precision is not None:
         check_precision(precision)
-    _check_input(model, patches)
+    patches = _check_input(model, patches, any_size=any_size)
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
     if out is None:
@@ -130,6 +192,8 @@ def describe(
         raise InputError(
             f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}"
         )
+    if n == 0:
+        return out
     mesh = sharding.batch_mesh(devices)
     ndev = mesh.size
     group = group_size(
@@ -152,7 +216,7 @@ def describe(
     read_pages, written_pages = _MappedRows(patches), _MappedRows(out, writable=True)
     starts = range(0, n, bs)
     pending = None  # (start, rows, results) of the batch in flight
-    for start in tqdm(
+    for start in progress_bar(
         starts, desc="describing", unit="batch", disable=not progress or len(starts) < 3
     ):
         x = np.array(patches[start : start + bs])
@@ -226,7 +290,11 @@ class _MappedRows:
 
 
 def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -> Path:
-    """Writes a model directory (replacing an existing one only on success)."""
+    """Writes a model directory (replacing an existing one only on success).
+
+    Missing parent folders are created; ``model.patch_shape`` (the training
+    patch shape, when known) is recorded in ``config.json``.
+    """
     path = Path(path)
     arrays = {}
     for i, layer in enumerate(model.layers):
@@ -238,6 +306,7 @@ def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_dict(),
+        "patch_shape": None if (shape := trained_patch_shape(model)) is None else list(shape),
         "training": training or {},
     }
     with atomic_path(path, is_dir=True) as tmp:
@@ -270,6 +339,11 @@ def load(path: str | os.PathLike, *, precision: str = "highest") -> CKN:
         if meta.get("version") != VERSION:
             raise InputError(f"{cfg_file}: unsupported model version {meta.get('version')!r}")
         config = CKNConfig.from_dict(meta["config"])
+        patch_shape = meta.get("patch_shape")  # absent in folders saved before it existed
+        if patch_shape is not None:
+            patch_shape = tuple(int(v) for v in patch_shape)
+            if len(patch_shape) != 3 or min(patch_shape) < 1:
+                raise ValueError(f"patch_shape {patch_shape}")
     except InputError:
         raise
     except (ValueError, KeyError, TypeError) as e:
@@ -298,6 +372,7 @@ def load(path: str | os.PathLike, *, precision: str = "highest") -> CKN:
                     "or non-finite values"
                 )
             var.set_value(jnp.asarray(a, jnp.float32))
+    model.patch_shape = patch_shape
     return model
 
 
