@@ -1,0 +1,359 @@
+"""``ckn train-global``: train a global head (GeM-p or R-MAC + projection) on a frozen backbone.
+
+    ckn train-global --images DIR --head gem|rmac --out HEAD_DIR [--backbone SPEC]
+        [--whiten] [--dim D] [--val-images DIR | --val-fraction F]
+        [--loss triplet|contrastive] [--margin M] [--epochs E] [--lr LR]
+        [--groups G] [--group-size K] [--mining batch|pool] [--negatives M]
+        [--pool-size P] [--side PX] [--max-cache-mib MIB] [--patience P]
+        [--seed S] [--resume] [--overwrite] [--quiet]
+
+DIR is a folder of group folders (``ROOT/<group>/<image>``, the layout of
+``ckn eval-images``); images directly in DIR are distractors (negatives only).
+The backbone's maps of every training and validation image are computed once
+(float16, in memory, at most ``--max-cache-mib``) and the head is trained on
+them (:mod:`retrieval._src.global_head`). Validation (the best epoch and early
+stopping): the groups of ``--val-images`` (other images: refused if they share a
+file with DIR), else ``--val-fraction`` of the groups of DIR held out (0: none,
+the last epoch is kept). A checkpoint goes to ``HEAD_DIR.ckpt/`` after every
+epoch and is removed once HEAD_DIR is written (atomically: ``config.json`` +
+``arrays.npz``; the training report with provenance in config.json);
+``--resume`` continues an interrupted run from it, ending with the same bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ckn
+from ckn import InputError
+from retrieval._src.global_eval import load_backbone_spec
+from retrieval._src.global_head import (
+    HEAD_KINDS,
+    HEAD_MARGINS,
+    MINING,
+    GlobalHeadConfig,
+    backbone_info,
+    maps_bytes,
+    prepare_maps,
+    save_global_head,
+    train_global_head,
+)
+from retrieval._src.image_folder import load_image_folder
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs
+
+_D = GlobalHeadConfig()
+_EXAMPLE = """\
+ckn train-global --images train_scenes --val-images val_scenes --head gem --out heads/gem
+ckn train-global --images train_scenes --head rmac --dim 512 --whiten --mining pool --out heads/rmac
+ckn eval-images --images test_scenes --global gem --global-head heads/gem
+"""
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """The checkpoint folder of a head folder: ``HEAD_DIR.ckpt`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _config(args: argparse.Namespace) -> GlobalHeadConfig:
+    return GlobalHeadConfig(
+        head=args.head,
+        whiten=args.whiten,
+        dim=args.dim,
+        loss=args.loss,
+        margin=args.margin,
+        epochs=args.epochs,
+        groups_per_batch=args.groups,
+        images_per_group=args.group_size,
+        mining=args.mining,
+        negatives=args.negatives,
+        pool_size=args.pool_size,
+        lr=args.lr,
+        patience=args.patience if args.patience > 0 else None,
+        side=args.side,
+        max_cache_mib=args.max_cache_mib,
+    )
+
+
+def _weights_file(spec: str) -> str | None:
+    _, _, path = spec.partition(":")
+    return path or None
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    out, ckpt = Path(args.out), checkpoint_dir(args.out)
+    inputs = {
+        "--images": args.images,
+        "--val-images": args.val_images,
+        "--backbone": _weights_file(args.backbone),
+    }
+    check_outputs(
+        [
+            Output(
+                "--out", out, kind="dir", replaced=True, overwrite=args.overwrite or args.resume
+            ),
+            Output("checkpoint", ckpt, kind="dir", replaced=True),
+        ],
+        inputs,
+    )
+    if ckpt.exists() and not (args.overwrite or args.resume):
+        raise InputError(
+            f"a checkpoint of an interrupted run is in {ckpt}: use --resume to continue it "
+            "or --overwrite to start again"
+        )
+    if args.resume and not (ckpt / "state.npz").is_file():
+        raise InputError(f"--resume: no checkpoint in {ckpt}")
+    return out, ckpt
+
+
+def _data(args: argparse.Namespace):
+    """Training paths and labels, validation paths and labels (or None), and a description."""
+    coll = load_image_folder(args.images)
+    paths, labels = list(coll.paths), coll.labels
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
+    if int((counts >= 2).sum()) < 2:
+        raise InputError(
+            f"{args.images}: training needs two groups of two or more images, "
+            f"found {int((counts >= 2).sum())}"
+        )
+    desc = {"images": str(args.images), "groups": len(coll.groups)}
+    if args.val_images is not None:
+        if args.val_fraction is not None:
+            raise InputError("give --val-images or --val-fraction, not both")
+        vcoll = load_image_folder(args.val_images)
+        shared = {p.resolve() for p in paths} & {p.resolve() for p in vcoll.paths}
+        if shared:
+            raise InputError(
+                f"--val-images shares {len(shared)} image(s) with --images, e.g. "
+                f"{sorted(shared)[0]}: validation needs other images"
+            )
+        desc.update(validation=str(args.val_images), validation_by="folder")
+        return paths, labels, list(vcoll.paths), vcoll.labels, desc
+    fraction = 0.2 if args.val_fraction is None else args.val_fraction
+    if fraction == 0:
+        desc.update(validation=None)
+        return paths, labels, None, None, desc
+    if not 0 < fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {fraction}")
+    grouped = np.flatnonzero(labels >= 0)
+    tr, va, _ = ckn.validation_split(labels[grouped], fraction=fraction, seed=args.seed)
+    val_rows = grouped[va]
+    held = np.unique(labels[val_rows])
+    left = np.bincount(labels[grouped[tr]])
+    if held.size < 2 or int((left >= 2).sum()) < 2:
+        raise InputError(
+            f"--val-fraction {fraction}: {len(coll.groups)} groups are too few to hold some out "
+            "(two for validation, two for training): use --val-images or --val-fraction 0"
+        )
+    keep = np.setdiff1d(np.arange(len(paths)), val_rows)
+    desc.update(
+        validation=f"{held.size} groups of {args.images} held out ({fraction:g})",
+        validation_by="groups",
+        validation_groups=[coll.groups[g] for g in held],
+    )
+    return (
+        [paths[i] for i in keep],
+        labels[keep],
+        [paths[i] for i in val_rows],
+        labels[val_rows],
+        desc,
+    )
+
+
+def cmd_train_global(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    cfg = _config(args)
+    out, ckpt = _check_paths(args)
+    paths, labels, vpaths, vlabels, data = _data(args)
+    backbone = load_backbone_spec(args.backbone)
+    if cfg.side % backbone.stride:
+        raise InputError(
+            f"--side {cfg.side} must be a multiple of {backbone.name}'s stride ({backbone.stride})"
+        )
+    n_all = len(paths) + (len(vpaths) if vpaths else 0)
+    need, limit = maps_bytes(n_all, backbone, cfg.side), cfg.max_cache_mib * 2**20
+    if need > limit:
+        raise InputError(
+            f"the float16 maps of {n_all} images at {cfg.side} px need {need / 2**20:.0f} MiB, "
+            f"above --max-cache-mib {cfg.max_cache_mib}: lower --side or use fewer images"
+        )
+    if args.overwrite and not args.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    print(
+        f"training a {cfg.head}{' + whitening' if cfg.whiten else ''} head on {backbone.name} "
+        f"maps ({backbone.channels} channels) of {len(paths)} images "
+        f"({data['groups']} groups) at {cfg.side} px; validation: {data['validation']}; "
+        f"{cfg.loss} loss, margin {cfg.margin_value}, {cfg.mining} mining, {cfg.epochs} epochs, "
+        f"lr {cfg.lr}, seed {args.seed}" + (f"; resuming from {ckpt}" if args.resume else ""),
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    info_t, info_v = {}, {}
+    maps = prepare_maps(backbone, paths, side=cfg.side, progress=not args.quiet, info=info_t)
+    validation = None
+    if vpaths:
+        vmaps = prepare_maps(backbone, vpaths, side=cfg.side, progress=not args.quiet, info=info_v)
+        validation = (vmaps, vlabels)
+    maps_seconds = time.perf_counter() - t0
+    head, report = train_global_head(
+        maps,
+        labels,
+        cfg,
+        seed=args.seed,
+        validation=validation,
+        backbone=backbone_info(backbone, args.backbone),
+        progress=not args.quiet,
+        checkpoint=ckpt,
+        resume=args.resume,
+    )
+    data.update(
+        train_images=len(paths),
+        validation_images=len(vpaths) if vpaths else 0,
+        gray_images=info_t.get("gray", 0) + info_v.get("gray", 0),
+        maps_mib=round((maps.nbytes + (validation[0].nbytes if validation else 0)) / 2**20, 1),
+        maps_seconds=maps_seconds,
+    )
+    training = {
+        "report": report.to_dict(),
+        "seed": args.seed,
+        "data": data,
+        "provenance": provenance.finish(meta),
+    }
+    save_global_head(head, out, training=training)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    hist = report.history
+    val = ""
+    if report.best_val_map is not None:
+        val = (
+            f"validation mAP {100 * hist[0]['val_map']:.2f} -> {100 * report.best_val_map:.2f} "
+            f"(epoch {report.best_epoch} of {report.epochs_done}"
+            f"{', stopped early' if report.stopped_early else ''}), "
+        )
+    p = "" if head.p is None else f"p {cfg.p:g} -> {float(head.p.get_value()):.3f}, "
+    print(
+        f"saved {out}: {head.kind}{' + whitening' if head.whitened else ''} head, "
+        f"{head.dim}-D; {p}{val}{report.steps} steps ({report.steps_per_second:.1f} steps/s), "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the ``train-global`` sub-command."""
+    p = add_command(
+        sub,
+        "train-global",
+        help="train a global head (GeM-p / R-MAC + projection) on a frozen backbone",
+        description="Trains a learned global descriptor head on the frozen maps of a backbone: "
+        "GeM with a learned p, or R-MAC regions with a learned shift and projection "
+        "(PCA-initialized), optionally followed by a learned whitening (Lw-initialized); "
+        "triplet or contrastive loss on groups of images (hardest in batch, or hard negatives "
+        "re-mined from a pool every epoch), Adam with a cosine schedule, validation mAP for "
+        "the best epoch and early stopping. Writes HEAD_DIR (config.json + arrays.npz) for "
+        "`ckn eval-images --global-head`; a checkpoint after every epoch in HEAD_DIR.ckpt/.",
+        example=_EXAMPLE,
+    )
+    p.add_argument(
+        "--images", required=True, help="training folder: ROOT/<group>/<image> (+ distractors)"
+    )
+    p.add_argument("--head", required=True, choices=HEAD_KINDS, help="gem (learned p) or rmac")
+    p.add_argument("--out", required=True, help="head folder to write (HEAD_DIR)")
+    p.add_argument(
+        "--backbone",
+        default="efficientnet-lite0",
+        help="efficientnet-lite0 (default), vgg16:FILE, resnet50:FILE, resnet101:FILE or "
+        "ckn:MODEL_DIR (as ckn eval-images)",
+    )
+    p.add_argument(
+        "--whiten", action="store_true", help="add a learned whitening (Lw-initialized, trained)"
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="output dimension: R-MAC projection (default C) or whitening (default "
+        "min(input, images - 1)); a gem head without --whiten keeps C",
+    )
+    p.add_argument("--val-images", default=None, help="folder of OTHER image groups for validation")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="without --val-images: share of the groups of --images held out for validation "
+        "(default 0.2; 0 = no validation, the last epoch is kept)",
+    )
+    p.add_argument(
+        "--loss", choices=tuple(HEAD_MARGINS), default=_D.loss, help=f"loss (default {_D.loss})"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help=f"loss margin (default: triplet {HEAD_MARGINS['triplet']} in squared distance, "
+        f"contrastive {HEAD_MARGINS['contrastive']} in distance)",
+    )
+    p.add_argument("--epochs", type=int, default=_D.epochs, help=f"epochs (default {_D.epochs})")
+    p.add_argument("--lr", type=float, default=_D.lr, help=f"peak learning rate (default {_D.lr})")
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=_D.groups_per_batch,
+        help=f"groups per batch (default {_D.groups_per_batch})",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=_D.images_per_group,
+        help=f"images drawn per group (default {_D.images_per_group})",
+    )
+    p.add_argument(
+        "--mining",
+        choices=MINING,
+        default=_D.mining,
+        help=f"hard negatives: batch (hardest in batch) or pool (re-mined every "
+        f"epoch from a pool; default {_D.mining})",
+    )
+    p.add_argument(
+        "--negatives",
+        type=int,
+        default=_D.negatives,
+        help=f"mined negatives per group with --mining pool (default {_D.negatives})",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=_D.pool_size,
+        help=f"images in the mining pool of an epoch (default {_D.pool_size})",
+    )
+    p.add_argument(
+        "--side",
+        type=int,
+        default=_D.side,
+        help=f"training images shrunk to at most this long side, padded square (default "
+        f"{_D.side}; a multiple of the backbone's stride)",
+    )
+    p.add_argument(
+        "--max-cache-mib",
+        type=int,
+        default=_D.max_cache_mib,
+        help=f"limit of the float16 maps kept in memory (default {_D.max_cache_mib})",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=_D.patience,
+        help=f"stop after this many epochs without a better validation mAP, 0 = never "
+        f"(default {_D.patience})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from HEAD_DIR.ckpt/")
+    p.add_argument("--overwrite", action="store_true", help="replace HEAD_DIR and its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_global)
