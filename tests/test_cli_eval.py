@@ -213,8 +213,9 @@ def test_eval_patches_bad_input(capsys, tmp_path, patch_file, model_dir):
     np.savez(nosplit, patches=patches, labels=labels)
     code, _, err = _eval(capsys, "--patches", nosplit, "--model", "sift", "--split", "test")
     _assert_one_line_error(code, err, "no 'split' array")
+    # An unwritable destination (even for root: /proc takes no new files), before any work.
     code, _, err = _eval(
-        capsys, "--patches", patch_file, "--model", "sift", "--json", tmp_path / "nodir" / "r.json"
+        capsys, "--patches", patch_file, "--model", "sift", "--json", "/proc/ckn-nodir/r.json"
     )
-    _assert_one_line_error(code, err, "output folder does not exist")
+    _assert_one_line_error(code, err, "--json", "not writable")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

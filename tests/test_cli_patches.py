@@ -157,7 +157,10 @@ def test_every_bad_input_exits_2_with_one_line_and_no_output(tmp_path, photos, s
     "argv, text",
     [
         (["--out", "x.npy"], "--out must be a .npz"),
-        (["--out", "/nonexistent-folder/x.npz"], "output folder does not exist"),
+        (["--out", "/proc/ckn-nonexistent-folder/x.npz"], "is not writable"),
+        (["--out", "x.npz", "--stats-json", "/proc/ckn-no/s.json"], "--stats-json"),
+        (["--out", "x.npz", "--contact-sheet", "/proc/x.png"], "--contact-sheet"),
+        (["--out", "x.npz", "--tfds", "/proc/ckn-no/tfds"], "--tfds"),
     ],
 )
 def test_bad_output_paths(argv, text, capsys):

@@ -168,7 +168,12 @@ def resolve_model(name_or_model) -> str | CKN:
 
 
 def describe_with(
-    name_or_model_dir, patches, *, batch_size: int = 256, progress: bool = False
+    name_or_model_dir,
+    patches,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+    any_size: bool = False,
 ) -> np.ndarray:
     """Describes patches with a baseline or a trained CKN.
 
@@ -183,6 +188,8 @@ def describe_with(
         baselines; a memory-mapped array streams for CKN models).
       batch_size: patches per jitted batch (CKN models; ignored by baselines).
       progress: show a progress bar (stderr).
+      any_size: CKN models: describe patches of another size or channel count
+        than the model's training patches (``ckn.describe``); refused otherwise.
 
     Returns:
       (N, D) float32 descriptors, L2-normalized rows (zero rows for flat
@@ -191,12 +198,13 @@ def describe_with(
     Raises:
       InputError: unknown name or missing / corrupt model directory; bad
         patches (shape, dtype, NaN); patches smaller than the model's
-        receptive field.
+        receptive field, or (CKN models) of another size or channel count
+        than its training patches.
     """
     what = resolve_model(name_or_model_dir)
     if isinstance(what, str):
         return describe_baseline(what, patches, progress=progress)
-    return describe(what, patches, batch_size=batch_size, progress=progress)
+    return describe(what, patches, batch_size=batch_size, progress=progress, any_size=any_size)
 
 
 def descriptor_info(name_or_model_dir, patch_shape) -> dict:

@@ -1,17 +1,20 @@
 """``ckn eval-patches``: patch retrieval mAP of a descriptor on a patch file.
 
-    ckn eval-patches --patches FILE.npz --model DIR|sift|rootsift|pixels \\
-        [--split train|test|all] [--json OUT] [--batch-size N]
+    ckn eval-patches --patches FILE.npz (--model DIR|sift|rootsift|pixels | --descriptors D.npy) \\
+        [--split train|test|all] [--json OUT] [--batch-size N] [--any-size]
 
-Describes the patches of each split with the model (or baseline) and prints,
-per split, mAP (non-interpolated, query excluded, ties against the relevant
-items), the trapezoid mAP, nearest-neighbour matching accuracy, FPR at 95%
-recall and ROC AUC of sampled pairs. Without ``--split``, a file with a
-``split`` array is evaluated on its train and test splits separately (each
-split is its own retrieval set, as in RomePatches); a file without one as a
-whole (``all``). ``--json`` writes the results (fractions, not percent)
-atomically: nothing is left behind on error.
+Describes the patches of each split with the model (or baseline), or takes
+precomputed descriptors (one row per patch of the file, in its row order, as
+``ckn describe`` writes them; or one row per patch of the one split asked
+for), and prints, per split, mAP (non-interpolated, query excluded, ties
+against the relevant items), the trapezoid mAP, nearest-neighbour matching
+accuracy, FPR at 95% recall and ROC AUC of sampled pairs. Without
+``--split``, a file with a ``split`` array is evaluated on its train and test
+splits separately (each split is its own retrieval set, as in RomePatches); a
+file without one as a whole (``all``). ``--json`` writes the results
+(fractions, not percent) atomically: nothing is left behind on error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import SPLITS, InputError, load_patch_file, write_json
+from ckn import SPLITS, InputError, load_npy, load_patch_file, write_json
 from retrieval._src.baselines import BASELINES
 from retrieval._src.evaluation import (
     AP_DEFINITION,
@@ -32,9 +35,13 @@ from retrieval._src.evaluation import (
     resolve_model,
 )
 from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs
 
-_HEADER = (f"{'split':<6} {'patches':>7} {'groups':>6} {'queries':>7} {'skipped':>7} {'mAP':>6} "
-           f"{'mAP-trap':>8} {'NN-acc':>6} {'FPR95':>6} {'AUC':>6} {'patch/s':>8}")
+# mAP, mAP-trap, NN-acc and FPR95 in percent; AUC a fraction; speed in patches per second.
+_HEADER = (
+    f"{'split':<6} {'patches':>7} {'groups':>6} {'queries':>7} {'skipped':>7} {'mAP%':>6} "
+    f"{'mAP-trap%':>9} {'NN-acc%':>7} {'FPR95%':>6} {'AUC':>6} {'patches/s':>9}"
+)
 
 
 def _splits_present(path: Path) -> list[str]:
@@ -62,10 +69,55 @@ def _load_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return patches, labels
 
 
-def _row(split: str, r: dict, rate: float) -> str:
-    return (f"{split:<6} {r['num_patches']:>7} {r['num_groups']:>6} {r['num_queries']:>7} "
-            f"{r['num_skipped']:>7} {100 * r['map']:>6.2f} {100 * r['map_trapezoid']:>8.2f} "
-            f"{100 * r['nn_accuracy']:>6.2f} {100 * r['fpr95']:>6.2f} {r['roc_auc']:>6.4f} {rate:>8.0f}")
+def _row(split: str, r: dict, rate: float | None) -> str:
+    speed = "-" if rate is None else f"{rate:.0f}"
+    return (
+        f"{split:<6} {r['num_patches']:>7} {r['num_groups']:>6} {r['num_queries']:>7} "
+        f"{r['num_skipped']:>7} {100 * r['map']:>6.2f} {100 * r['map_trapezoid']:>9.2f} "
+        f"{100 * r['nn_accuracy']:>7.2f} {100 * r['fpr95']:>6.2f} {r['roc_auc']:>6.4f} "
+        f"{speed:>9}"
+    )
+
+
+def _split_sizes(path: Path, splits: list[str]) -> tuple[int, dict[str, int]]:
+    """Rows of the whole file and of each split (reads the 'split' array only)."""
+    with np.load(path, allow_pickle=False) as z:
+        n = int(z["patches"].shape[0]) if "patches" in z.files else 0
+        split = z["split"] if "split" in z.files else None
+    sizes = {}
+    for name in splits:
+        if name == "all" or split is None:
+            sizes[name] = n
+        elif split.dtype.kind in "US":
+            sizes[name] = int((split == name).sum())
+        else:
+            sizes[name] = int((split == SPLITS[name]).sum())
+    return n, sizes
+
+
+def _descriptor_rows(path: Path, desc: np.ndarray, splits: list[str], explicit: bool) -> dict:
+    """{split: rows of ``desc`` for it}: all rows of the file, or the one split asked for."""
+    n, sizes = _split_sizes(path, splits)
+    if desc.shape[0] == n:
+        with np.load(path, allow_pickle=False) as z:
+            split = z["split"] if "split" in z.files else None
+        rows = {}
+        for name in splits:
+            if name == "all" or split is None:
+                rows[name] = slice(None)
+            elif split.dtype.kind in "US":
+                rows[name] = np.flatnonzero(split == name)
+            else:
+                rows[name] = np.flatnonzero(split == SPLITS[name])
+        return rows
+    if explicit and len(splits) == 1 and desc.shape[0] == sizes[splits[0]]:
+        return {splits[0]: slice(None)}
+    per = ", ".join(f"{k} {v}" for k, v in sizes.items() if k != "all")
+    raise InputError(
+        f"--descriptors has {desc.shape[0]} rows; {path.name} has {n} patches"
+        + (f" ({per})" if per else "")
+        + ": one row per patch of the file (or of the one --split), in its row order"
+    )
 
 
 def cmd_eval_patches(args: argparse.Namespace) -> int:
@@ -73,39 +125,81 @@ def cmd_eval_patches(args: argparse.Namespace) -> int:
     path = Path(args.patches)
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
-        raise InputError(f"output folder does not exist: {Path(args.json).parent}")
+    check_outputs(
+        [Output("--json", args.json)],
+        {"--patches": args.patches, "--model": args.model, "--descriptors": args.descriptors},
+    )
     if path.suffix != ".npz" or not path.is_file():
         load_patch_file(path)  # missing file, a directory: the loader's message
         raise InputError(f"{path}: eval-patches needs an .npz with 'patches' and 'labels'")
-    model = resolve_model(args.model)  # fails before reading the patches
+    if args.descriptors is not None:
+        model = None
+        given = load_npy(args.descriptors, what="--descriptors")
+        if given.ndim != 2 or not np.issubdtype(given.dtype, np.floating):
+            raise InputError(
+                f"--descriptors must be a float (N, D) array, got {given.dtype} {given.shape}"
+            )
+    else:
+        model = resolve_model(args.model)  # fails before reading the patches
     splits = [args.split] if args.split is not None else _splits_present(path)
+    rows = None
+    if model is None:
+        rows = _descriptor_rows(path, given, splits, explicit=args.split is not None)
     results: dict[str, dict] = {}
     info = None
     quiet = args.quiet
     for split in splits:
         patches, labels = _load_split(path, split)
         if info is None:
-            info = descriptor_info(model, patches.shape[1:])
-            print(f"{path.name}: {info['name']} ({info['kind']}, {info['dim']}-D, patches "
-                  f"{info['coverage']}); AP {AP_DEFINITION}, query excluded, ties against relevant")
+            if model is None:
+                info = {
+                    "name": Path(args.descriptors).name,
+                    "kind": "precomputed",
+                    "dim": int(given.shape[1]),
+                    "coverage": f"{patches.shape[1]}x{patches.shape[2]}",
+                }
+            else:
+                info = descriptor_info(model, patches.shape[1:])
+                if not isinstance(model, str):  # a CKN: its training patch size
+                    describe_with(model, patches[:0], any_size=args.any_size)
+            print(
+                f"{path.name}: {info['name']} ({info['kind']}, {info['dim']}-D, patches "
+                f"{info['coverage']}); AP {AP_DEFINITION}, query excluded, ties against "
+                "relevant; mAP, NN-acc, FPR95 in %"
+            )
             print(_HEADER)
         t0 = time.perf_counter()
-        desc = describe_with(model, patches, batch_size=args.batch_size, progress=not quiet)
+        if model is None:
+            desc = np.asarray(given[rows[split]], np.float32)
+            rate = None
+        else:
+            desc = describe_with(
+                model,
+                patches,
+                batch_size=args.batch_size,
+                progress=not quiet,
+                any_size=args.any_size,
+            )
         seconds = time.perf_counter() - t0
+        if model is not None:
+            rate = patches.shape[0] / max(seconds, 1e-9)
         if not np.isfinite(desc).all():
-            raise InputError(f"{info['name']} produced NaN or inf descriptors on the {split} split")
+            raise InputError(f"{info['name']} has NaN or inf descriptors on the {split} split")
         r = evaluate_descriptors(desc, labels, max_pairs=args.max_pairs, seed=args.seed)
-        r["describe_seconds"] = seconds
+        r["describe_seconds"] = None if model is None else seconds
         results[split] = r
-        print(_row(split, r, patches.shape[0] / max(seconds, 1e-9)), flush=True)
+        print(_row(split, r, rate), flush=True)
         if r["num_skipped"]:
-            print(f"  {split}: {r['num_skipped']} patches have no other patch of their group "
-                  f"in this split: not used as queries", file=sys.stderr)
+            print(
+                f"  {split}: {r['num_skipped']} patches have no other patch of their group "
+                f"in this split: not used as queries",
+                file=sys.stderr,
+            )
     if args.json is not None:
         doc = {
             "patches": str(path),
-            "model": str(args.model),
+            "model": None if args.model is None else str(args.model),
+            "descriptors": None if args.descriptors is None else str(args.descriptors),
             "descriptor": info,
             "protocol": {
                 "ap_definition": AP_DEFINITION,
@@ -123,26 +217,56 @@ def cmd_eval_patches(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "eval-patches",
-        help="patch retrieval mAP of a model or baseline on a patch file",
+        help="patch retrieval mAP of a model, a baseline or precomputed descriptors",
         description=(
             "Describes the patches of an .npz (with 'labels', optional 'split') and prints "
             "patch retrieval mAP (non-interpolated AP, query excluded, ties against the "
-            "relevant items), trapezoid mAP, nearest-neighbour accuracy, FPR at 95%% recall "
-            "and ROC AUC, per split."
+            "relevant items), trapezoid mAP, nearest-neighbour accuracy, FPR at 95% recall "
+            "(all in %), ROC AUC and the describe speed (patches per second), per split."
         ),
+        example="ckn eval-patches --patches default.npz --model models/grad --json grad.json\n"
+        "ckn eval-patches --patches default.npz --descriptors all.npy   # from ckn describe",
     )
-    p.add_argument("--patches", required=True, help=".npz with 'patches', 'labels' and optional 'split'")
-    p.add_argument("--model", required=True,
-                   help=f"model directory written by `ckn train`, or a baseline: {', '.join(BASELINES)}")
-    p.add_argument("--split", choices=("train", "test", "all"), default=None,
-                   help="evaluate one split (default: train and test separately if the file has "
-                        "a 'split' array, else all)")
+    p.add_argument(
+        "--patches", required=True, help=".npz with 'patches', 'labels' and optional 'split'"
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--model",
+        help=f"model directory written by `ckn train`, or a baseline: {', '.join(BASELINES)}",
+    )
+    what.add_argument(
+        "--descriptors",
+        metavar="NPY",
+        help="precomputed (N, D) descriptors: one row per patch of --patches in its row order "
+        "(all rows, or the rows of the one --split)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "test", "all"),
+        default=None,
+        help="evaluate one split (default: train and test separately if the file has "
+        "a 'split' array, else all)",
+    )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per jitted batch (default 256)")
-    p.add_argument("--max-pairs", type=int, default=100_000,
-                   help="matching pairs for FPR95 / ROC AUC, as many non-matching (default 100000)")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="patches per jitted batch (default 256)"
+    )
+    p.add_argument(
+        "--max-pairs",
+        type=int,
+        default=100_000,
+        help="matching pairs for FPR95 / ROC AUC, as many non-matching (default 100000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
+    p.add_argument(
+        "--any-size",
+        action="store_true",
+        help="describe patches of another size or channel count than the model's training "
+        "patches (refused by default)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval_patches)

@@ -4,13 +4,16 @@ Examples::
 
     ckn patches --default --out default.npz --contact-sheet default.png
     ckn patches --sequences ../shared/data/oxford_affine --out oxford.npz
-    ckn patches --photos my_photos/ --views 10 --seed 1 --out photos.npz --tfds ~/tensorflow_datasets
+    ckn patches --photos my_photos/ --views 10 --seed 1 --out photos.npz --tfds ~/tfds
     ckn patches --stereo --out motorcycle.npz      # scikit-image's Middlebury pair
 
 Every output (``.npz``, contact sheet, stats JSON, TFDS folder) is written to a
 temporary sibling and renamed, so a failure leaves none of them half-written;
-the output folders are checked before the (long) build starts.
+every destination is checked before the (long) build starts
+(``flags.check_outputs``: not a folder where a file goes, not an input,
+writable; missing parent folders are created).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +30,11 @@ from ckn import InputError, atomic_path
 from retrieval._src import data as P
 from retrieval._src.regions import PATCH_SIZE
 from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs
+
+_EXAMPLE = """\
+ckn patches --default --out default.npz --contact-sheet default.png
+ckn patches --photos my_photos/ --views 10 --out photos.npz --tfds ~/tensorflow_datasets"""
 
 
 def _source(args: argparse.Namespace) -> str:
@@ -43,17 +51,9 @@ def _source_path(args: argparse.Namespace, source: str) -> str | None:
     return {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
 
 
-def _check_output(path: str | None, suffix: str, flag: str) -> None:
-    if path is None:
-        return
-    p = Path(path)
-    if p.suffix.lower() != suffix:
+def _check_suffix(path: str | None, suffix: str, flag: str) -> None:
+    if path is not None and Path(path).suffix.lower() != suffix:
         raise InputError(f"{flag} must be a {suffix} file, got {path}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{flag}: output folder does not exist: {parent}")
-    if p.is_dir():
-        raise InputError(f"{flag}: is a folder: {path}")
 
 
 def _check_args(args: argparse.Namespace, source: str) -> None:
@@ -68,15 +68,20 @@ def _check_args(args: argparse.Namespace, source: str) -> None:
             raise InputError(f"--views must be >= 2, got {args.views}")
     if args.test_scenes is not None and source == "default":
         raise InputError("--test-scenes does not apply to --default (its split by photo is fixed)")
-    _check_output(args.out, ".npz", "--out")
-    _check_output(args.contact_sheet, ".png", "--contact-sheet")
-    _check_output(args.stats_json, ".json", "--stats-json")
-    if args.tfds is not None:
-        t = Path(args.tfds)
-        if t.exists() and not t.is_dir():
-            raise InputError(f"--tfds must be a folder, got the file {t}")
-        if not t.exists() and not (t.parent if str(t.parent) else Path(".")).is_dir():
-            raise InputError(f"--tfds: parent folder does not exist: {t.parent}")
+    _check_suffix(args.out, ".npz", "--out")
+    _check_suffix(args.contact_sheet, ".png", "--contact-sheet")
+    _check_suffix(args.stats_json, ".json", "--stats-json")
+    if args.tfds is not None and Path(args.tfds).exists() and not Path(args.tfds).is_dir():
+        raise InputError(f"--tfds must be a folder, got the file {args.tfds}")
+    check_outputs(
+        [
+            Output("--out", args.out),
+            Output("--contact-sheet", args.contact_sheet),
+            Output("--stats-json", args.stats_json),
+            Output("--tfds", args.tfds, kind="dir"),
+        ],
+        {f"--{source}": _source_path(args, source) or None},
+    )
 
 
 def build(args: argparse.Namespace, source: str) -> P.PatchSet:
@@ -86,15 +91,25 @@ def build(args: argparse.Namespace, source: str) -> P.PatchSet:
     views = 10 if args.views is None else args.views
     if source == "default":
         return P.build_default(
-            quick=args.quick, views=views, seed=args.seed,
-            config=P.default_config(args.quick, size=args.size), cache=not args.no_cache, progress=progress,
+            quick=args.quick,
+            views=views,
+            seed=args.seed,
+            config=P.default_config(args.quick, size=args.size),
+            cache=not args.no_cache,
+            progress=progress,
         )
     cfg = P.PatchSetConfig(size=args.size)
     if source == "sequences":
         return P.build_sequences(args.sequences, config=cfg, test_scenes=test, progress=progress)
     if source == "photos":
-        return P.build_photos(args.photos, views=views, seed=args.seed, config=cfg, test_scenes=test,
-                              progress=progress)
+        return P.build_photos(
+            args.photos,
+            views=views,
+            seed=args.seed,
+            config=cfg,
+            test_scenes=test,
+            progress=progress,
+        )
     return P.build_stereo(args.stereo or None, config=cfg, test_scenes=test, progress=progress)
 
 
@@ -106,9 +121,13 @@ def _command(args: argparse.Namespace, source: str) -> str:
     if args.quick:
         parts.append("--quick")
     parts += ["--out", args.out, "--size", str(args.size), "--seed", str(args.seed)]
-    for flag, v in (("--views", args.views), ("--test-scenes", args.test_scenes),
-                    ("--contact-sheet", args.contact_sheet), ("--tfds", args.tfds),
-                    ("--stats-json", args.stats_json)):
+    for flag, v in (
+        ("--views", args.views),
+        ("--test-scenes", args.test_scenes),
+        ("--contact-sheet", args.contact_sheet),
+        ("--tfds", args.tfds),
+        ("--stats-json", args.stats_json),
+    ):
         if v is not None:
             parts += [flag, str(v)]
     parts += [f for f, on in (("--no-cache", args.no_cache), ("--quiet", args.quiet)) if on]
@@ -135,10 +154,16 @@ def cmd_patches(args: argparse.Namespace) -> int:
     source = _source(args)
     _check_args(args, source)
     with _one_line_warnings("ckn patches"):
-        cached = source == "default" and not args.no_cache and P.default_cache_path(
-            quick=args.quick, views=10 if args.views is None else args.views, seed=args.seed,
-            config=P.default_config(args.quick, size=args.size),
-        ).is_file()
+        cached = (
+            source == "default"
+            and not args.no_cache
+            and P.default_cache_path(
+                quick=args.quick,
+                views=10 if args.views is None else args.views,
+                seed=args.seed,
+                config=P.default_config(args.quick, size=args.size),
+            ).is_file()
+        )
         t0 = time.perf_counter()
         ps = build(args, source)
         seconds = time.perf_counter() - t0
@@ -158,24 +183,35 @@ def cmd_patches(args: argparse.Namespace) -> int:
             path = _source_path(args, source)
             if path:
                 params["path"] = str(Path(path).resolve())
-            made = not Path(args.tfds).exists()
-            Path(args.tfds).mkdir(exist_ok=True)
+            made = [d for d in (Path(args.tfds), *Path(args.tfds).parents) if not d.exists()]
+            Path(args.tfds).mkdir(parents=True, exist_ok=True)
             try:
-                tfds_dir = write_tfds(ps, args.tfds, config=source, params=params, overwrite=True,
-                                      progress=not args.quiet)
+                tfds_dir = write_tfds(
+                    ps,
+                    args.tfds,
+                    config=source,
+                    params=params,
+                    overwrite=True,
+                    progress=not args.quiet,
+                )
             except BaseException:
-                if made:  # TFDS leaves no partial data set; do not leave our empty folder either
-                    shutil.rmtree(args.tfds, ignore_errors=True)
+                # TFDS leaves no partial data set; do not leave the folders made here either.
+                if made:
+                    shutil.rmtree(made[-1], ignore_errors=True)
                 raise
         P.save_patchset(ps, args.out)  # last: the main output appears only when all else worked
-    print(f"{source}: {len(ps)} patches in {stats['groups']} groups, built in {seconds:.1f} s"
-          f"{' (from the cache)' if cached else ''}; wrote {args.out}")
+    print(
+        f"{source}: {len(ps)} patches in {stats['groups']} groups, built in {seconds:.1f} s"
+        f"{' (from the cache)' if cached else ''}; wrote {args.out}"
+    )
     print(P.format_stats(stats))
     if args.contact_sheet:
         print(f"contact sheet: {args.contact_sheet}")
     if args.tfds:
-        print(f"TFDS data set: {tfds_dir} "
-              f"(tfds.data_source('ckn_patches/{source}', data_dir={str(args.tfds)!r}))")
+        print(
+            f"TFDS data set: {tfds_dir} "
+            f"(tfds.data_source('ckn_patches/{source}', data_dir={str(args.tfds)!r}))"
+        )
     if args.stats_json:
         record = {
             "metadata": {
@@ -196,40 +232,70 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "patches",
         help="build RomePatches-style patch groups (.npz, optional TFDS)",
         description=(
-            "Detects SIFT regions independently in every image of a scene, groups those that the known "
-            "geometry maps onto each other, cuts normalized patches from each region's own detection, splits "
-            "train/test by scene, writes one .npz and prints the group statistics."
+            "Detects SIFT regions independently in every image of a scene, groups those that the "
+            "known geometry maps onto each other, cuts normalized patches from each region's own "
+            "detection, splits train/test by scene, writes one .npz and prints the group "
+            "statistics."
         ),
+        example=_EXAMPLE,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--default", action="store_true",
-        help="the embedded default: synthetic views of 15 scikit-image photos (~20,000 patches, cached)",
+        "--default",
+        action="store_true",
+        help="the embedded default: synthetic views of 15 scikit-image photos "
+        "(~20,000 patches, cached)",
     )
     src.add_argument(
-        "--sequences", metavar="DIR",
-        help="homography sequences: <seq>/img1..N + H1toNp (Oxford) or <seq>/1..6.ppm + H_1_N (HPatches)",
+        "--sequences",
+        metavar="DIR",
+        help="homography sequences: <seq>/img1..N + H1toNp (Oxford) or <seq>/1..6.ppm + H_1_N "
+        "(HPatches)",
     )
     src.add_argument("--photos", metavar="DIR", help="a folder of photos: synthetic views of each")
     src.add_argument(
-        "--stereo", metavar="DIR", nargs="?", const="",
-        help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's motorcycle",
+        "--stereo",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's "
+        "motorcycle",
     )
     p.add_argument("--out", required=True, help="output .npz (patches, labels, split, metadata)")
     p.add_argument("--quick", action="store_true", help="with --default: 4 photos, ~1,000 patches")
-    p.add_argument("--size", type=int, default=PATCH_SIZE, help=f"patch side in pixels (default {PATCH_SIZE})")
-    p.add_argument("--views", type=int, default=None, help="views per photo for --default / --photos (default 10)")
+    p.add_argument(
+        "--size", type=int, default=PATCH_SIZE, help=f"patch side in pixels (default {PATCH_SIZE})"
+    )
+    p.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        help="views per photo for --default / --photos (default 10)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--test-scenes", metavar="A,B",
-                   help="scenes for the test split (default: balanced by patches)")
-    p.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG of a few groups, one row each")
-    p.add_argument("--tfds", metavar="DIR", help="also write the TFDS data set ckn_patches/<source> under DIR")
-    p.add_argument("--stats-json", metavar="FILE", help="also write the statistics and build metadata as JSON")
-    p.add_argument("--no-cache", action="store_true",
-                   help="with --default: rebuild, do not read or write the cache")
+    p.add_argument(
+        "--test-scenes",
+        metavar="A,B",
+        help="scenes for the test split (default: balanced by patches)",
+    )
+    p.add_argument(
+        "--contact-sheet", metavar="PNG", help="also write a PNG of a few groups, one row each"
+    )
+    p.add_argument(
+        "--tfds", metavar="DIR", help="also write the TFDS data set ckn_patches/<source> under DIR"
+    )
+    p.add_argument(
+        "--stats-json", metavar="FILE", help="also write the statistics and build metadata as JSON"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="with --default: rebuild, do not read or write the cache",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patches)

@@ -6,16 +6,34 @@ import argparse
 import sys
 from pathlib import Path
 
+import ckn
 from ckn import InputError
+from retrieval._src.baselines import BASELINES
 from retrieval._src.reproduce import DEFAULT_DESCRIPTORS, format_table, reproduce
 from retrieval.cli import provenance
-from retrieval.cli.flags import add_precision_flag
+from retrieval.cli.flags import Output, add_command, add_precision_flag, check_outputs
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     descriptors = tuple(d.strip() for d in args.descriptors.split(",") if d.strip())
     if args.sequences is not None and not Path(args.sequences).is_dir():
         raise InputError(f"--sequences {args.sequences}: not a directory")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.out)
+    models = [d for d in descriptors if d not in BASELINES and d in ckn.PRESETS]
+    check_outputs(
+        [
+            Output("--out", out, kind="dir"),
+            Output("--out (results.json)", out / "results.json"),
+            Output("--out (results.png)", out / "results.png"),
+            *(
+                Output(f"--out (models/{d})", out / "models" / d, kind="dir", replaced=True)
+                for d in models
+            ),
+        ],
+        {"--patches": args.patches, "--sequences": args.sequences},
+    )
     meta = provenance.start()
     results = reproduce(
         quick=args.quick,
@@ -36,25 +54,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "reproduce",
         help="the Patch-CKN patch-retrieval table (train without labels, mAP per split)",
         description=(
-            "Builds RomePatches-style data, trains ckn-raw, ckn-white and ckn-grad without labels on the train "
-            "split, and prints patch-retrieval mAP for them and the SIFT, RootSIFT and pixel baselines."
+            "Builds RomePatches-style data, trains ckn-raw, ckn-white and ckn-grad without labels "
+            "on the train split, and prints patch-retrieval mAP for them and the SIFT, RootSIFT "
+            "and pixel baselines (results.json, results.png and the models in --out)."
         ),
+        example="ckn reproduce --quick --out quick_out",
     )
-    p.add_argument("--quick", action="store_true", help="small default data and lighter training (minutes)")
+    p.add_argument(
+        "--quick", action="store_true", help="small default data and lighter training (minutes)"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sequences", help="Oxford/HPatches-layout folder of homography sequences")
     src.add_argument("--patches", help="a RomePatches-style .npz with patches, labels and split")
     p.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out)")
     p.add_argument(
-        "--descriptors", default=",".join(DEFAULT_DESCRIPTORS),
+        "--descriptors",
+        default=",".join(DEFAULT_DESCRIPTORS),
         help=f"comma-separated, in table order (default {','.join(DEFAULT_DESCRIPTORS)})",
     )
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per jitted describe call")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="patches per jitted describe call (default 256)"
+    )
     add_precision_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)
