@@ -118,3 +118,31 @@ def test_builder_errors(tmp_path):
         T.tfds_to_patchset(tmp_path / "w", config="photos").patches, _tiny(seed=1).patches
     )
     assert not list((tmp_path / "w" / "ckn_patches" / "photos").glob("incomplete*"))
+
+
+def test_no_temp_folder_left_per_builder(tmp_path, monkeypatch):
+    """TFDS's initialize_from_bucket made an empty tmp...tfds folder per unprepared builder."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    T.write_tfds(_tiny(), tmp_path / "w", config="photos", progress=False)
+    T.CknPatches(config="manual", data_dir=str(tmp_path / "d"))
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_registration_is_lazy_and_listed():
+    """`import retrieval` does not load tensorflow_datasets (+0.3 s for every `ckn` command);
+    `dir(retrieval)` lists the TFDS names and touching one registers ckn_patches."""
+    import subprocess
+
+    code = (
+        "import sys, retrieval\n"
+        "assert 'tensorflow_datasets' not in sys.modules\n"
+        "assert {'CknPatches', 'write_tfds', 'export_npz'} <= set(dir(retrieval))\n"
+        "retrieval.CknPatches\n"
+        "import tensorflow_datasets as tfds\n"
+        "assert 'ckn_patches' in tfds.list_builders(with_community_datasets=False)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

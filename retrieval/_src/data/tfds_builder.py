@@ -36,6 +36,12 @@ source arrays and the ``info`` JSON are in ``builder.info.metadata``, so that
 :func:`tfds_to_patchset` / :func:`export_npz` give back the ``.npz`` content
 exactly.
 
+Registration: TFDS knows a builder once its class is defined, i.e. once this
+module is imported. ``import retrieval`` does not import it (it would load
+tensorflow_datasets, +0.3 s on top of ~2 s, for every ``ckn`` command):
+touching any of its names (``retrieval.CknPatches``, ``retrieval.write_tfds``,
+...) does, and so does ``import retrieval._src.data.tfds_builder``.
+
 Example::
 
     import retrieval, tensorflow_datasets as tfds
@@ -82,6 +88,19 @@ _CONFIG_PARAMS = {
     "manual": {"path": None},
 }
 _CHUNK = 1024
+
+
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo that never looks for pre-computed info on GCS.
+
+    TFDS's ``initialize_from_bucket`` (called for every builder whose data is
+    not prepared yet) creates a ``tmp...tfds`` folder in the system's temp dir
+    and leaves it there when the data set is not on GCS, which ckn_patches
+    never is: one empty folder per ``ckn patches --tfds`` run.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        pass
 
 
 class CknPatches(tfds.core.GeneratorBasedBuilder):
@@ -150,7 +169,7 @@ class CknPatches(tfds.core.GeneratorBasedBuilder):
             )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=__doc__.split("\n\n")[0],
             features=tfds.features.FeaturesDict(
