@@ -1,4 +1,5 @@
-"""``ckn patches``: outputs, statistics, and every bad-input path (exit 2, one line, nothing left)."""
+"""``ckn patches``: outputs, statistics, every bad-input path (exit 2, one line, nothing left)."""
+
 import json
 import subprocess
 import sys
@@ -35,15 +36,31 @@ def sequence(tmp_path_factory):
     img = skimage.data.camera()[::2, ::2].copy()
     m = cv2.getRotationMatrix2D((127.5, 127.5), 20.0, 0.9)
     cv2.imwrite(str(d / "img1.pgm"), img)
-    cv2.imwrite(str(d / "img2.pgm"), cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT_101))
+    cv2.imwrite(
+        str(d / "img2.pgm"), cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT_101)
+    )
     np.savetxt(d / "H1to2p", np.vstack([m, [0, 0, 1]]))
     return d.parent
 
 
 def test_default_quick_writes_everything(tmp_path, capsys):
     out = tmp_path / "q.npz"
-    rc = main(["patches", "--default", "--quick", "--out", str(out), "--contact-sheet", str(tmp_path / "q.png"),
-               "--tfds", str(tmp_path / "tfds"), "--stats-json", str(tmp_path / "q.json"), "--quiet"])
+    rc = main(
+        [
+            "patches",
+            "--default",
+            "--quick",
+            "--out",
+            str(out),
+            "--contact-sheet",
+            str(tmp_path / "q.png"),
+            "--tfds",
+            str(tmp_path / "tfds"),
+            "--stats-json",
+            str(tmp_path / "q.json"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "groups:" in stdout and "intra-group" in stdout and "astronaut" in stdout
@@ -56,7 +73,9 @@ def test_default_quick_writes_everything(tmp_path, capsys):
     assert meta["cpu_count"] >= 1 and len(meta["commit"]) == 40 and isinstance(meta["dirty"], bool)
     assert meta["load_average_end"] is not None and meta["wall_seconds"] > 0
     ps = P.load_patchset(out)
-    assert record["results"]["patches"] == len(ps) and record["results"]["groups"] == len(np.unique(ps.labels))
+    assert record["results"]["patches"] == len(ps) and record["results"]["groups"] == len(
+        np.unique(ps.labels)
+    )
     from retrieval._src.data.tfds_builder import tfds_to_patchset
 
     back = tfds_to_patchset(tmp_path / "tfds")
@@ -91,14 +110,15 @@ def test_sequences_and_skipped_item_warning(tmp_path, sequence, capsys):
     assert rc == 0
     assert err == [
         "ckn patches: warning: sequence flat: no matching regions, skipped (SkippedItemWarning)",
-        "ckn patches: warning: the test split is empty (1 scene: cam); a split by scene needs 2 or more "
-        "(EmptySplitWarning)",
+        "ckn patches: warning: the test split is empty (1 scene: cam); a split by scene needs 2 "
+        "or more (EmptySplitWarning)",
     ]
     assert list(P.load_patchset(tmp_path / "s.npz").scene_names) == ["cam"]
 
 
 def _bad_inputs(tmp, photos, sequence):
     """(name, argv without --out, expected text) for every bad input."""
+
     def seq_with(name, fn):
         d = tmp / name / "cam"
         d.mkdir(parents=True)
@@ -120,23 +140,51 @@ def _bad_inputs(tmp, photos, sequence):
     return [
         ("missing folder", ["--sequences", str(tmp / "nope")], "not found"),
         ("no sequences", ["--sequences", str(empty)], "no image sequences"),
-        ("missing image", ["--sequences", str(seq_with("mi", lambda d: (d / "img2.pgm").unlink()))], "image 2 missing"),
-        ("unreadable image", ["--sequences", str(seq_with("ui", lambda d: (d / "img2.pgm").write_bytes(b"P5 x")))],
-         "cannot read image"),
-        ("unparsable homography", ["--sequences", str(seq_with("uh", lambda d: (d / "H1to2p").write_text("1 2\nx")))],
-         "cannot parse homography"),
-        ("singular homography",
-         ["--sequences", str(seq_with("sh", lambda d: (d / "H1to2p").write_text("1 2 3\n2 4 6\n0 0 1\n")))], "singular"),
+        (
+            "missing image",
+            ["--sequences", str(seq_with("mi", lambda d: (d / "img2.pgm").unlink()))],
+            "image 2 missing",
+        ),
+        (
+            "unreadable image",
+            ["--sequences", str(seq_with("ui", lambda d: (d / "img2.pgm").write_bytes(b"P5 x")))],
+            "cannot read image",
+        ),
+        (
+            "unparsable homography",
+            ["--sequences", str(seq_with("uh", lambda d: (d / "H1to2p").write_text("1 2\nx")))],
+            "cannot parse homography",
+        ),
+        (
+            "singular homography",
+            [
+                "--sequences",
+                str(seq_with("sh", lambda d: (d / "H1to2p").write_text("1 2 3\n2 4 6\n0 0 1\n"))),
+            ],
+            "singular",
+        ),
         ("no matches", ["--sequences", str(flat.parent)], "no groups of matching regions"),
         ("no images", ["--photos", str(empty)], "no images"),
         ("only unreadable images", ["--photos", str(corrupt)], "no readable image"),
         ("stereo without disparity", ["--stereo", str(photos)], "no stereo pairs"),
-        ("quick with photos", ["--photos", str(photos), "--quick"], "--quick applies to --default only"),
+        (
+            "quick with photos",
+            ["--photos", str(photos), "--quick"],
+            "--quick applies to --default only",
+        ),
         ("views < 2", ["--photos", str(photos), "--views", "1"], "--views must be >= 2"),
         ("views with sequences", ["--sequences", str(sequence), "--views", "4"], "--views applies"),
         ("size < 8", ["--default", "--size", "4"], "--size must be >= 8"),
-        ("sheet not png", ["--default", "--contact-sheet", str(tmp / "s.jpg")], "--contact-sheet must be a .png"),
-        ("tfds is a file", ["--default", "--tfds", str(photos / "astro.png")], "--tfds must be a folder"),
+        (
+            "sheet not png",
+            ["--default", "--contact-sheet", str(tmp / "s.jpg")],
+            "--contact-sheet must be a .png",
+        ),
+        (
+            "tfds is a file",
+            ["--default", "--tfds", str(photos / "astro.png")],
+            "--tfds must be a folder",
+        ),
     ]
 
 
@@ -148,9 +196,12 @@ def test_every_bad_input_exits_2_with_one_line_and_no_output(tmp_path, photos, s
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if "warning:" not in line]
         assert rc == 2, name
-        assert len(lines) == 1 and lines[0].startswith("ckn patches: error: ") and text in lines[0], (name, err)
+        assert (
+            len(lines) == 1 and lines[0].startswith("ckn patches: error: ") and text in lines[0]
+        ), (name, err)
         assert "Traceback" not in err
-        assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # nothing written, no temp file
+        # Nothing written, no temporary file.
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, name
 
 
 @pytest.mark.parametrize(
@@ -172,15 +223,32 @@ def test_bad_output_paths(argv, text, capsys):
 def test_real_entry_point_exit_code_and_no_traceback(tmp_path):
     out = tmp_path / "x.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "retrieval.cli", "patches", "--photos", str(tmp_path / "nope"), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "retrieval.cli",
+            "patches",
+            "--photos",
+            str(tmp_path / "nope"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"ckn patches: error: photos folder not found: {tmp_path / 'nope'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"ckn patches: error: photos folder not found: {tmp_path / 'nope'}"
+    ]
     assert not out.exists()
 
 
 def test_argparse_requires_exactly_one_source(capsys):
     assert main(["patches", "--default", "--photos", "x", "--out", "x.npz"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ckn patches: error: ") and "not allowed with argument" in err[0]
+    assert (
+        len(err) == 1
+        and err[0].startswith("ckn patches: error: ")
+        and "not allowed with argument" in err[0]
+    )
