@@ -31,7 +31,6 @@ from retrieval._src.global_eval import (
     expand_queries,
     fit_global_whitening,
     group_pairs,
-    learned_whitening_rank,
     load_backbone_spec,
     postprocess,
 )
@@ -294,32 +293,16 @@ def test_whitening_is_fitted_on_the_other_images(vgg, folders):
     w = fit_pca_whitening(train, 6)  # min(D, n - 1)
     np.testing.assert_allclose(pca.database, apply_whitening(w, plain.database), atol=1e-5)
     assert pca.info["whitening"]["num_images"] == 7 and pca.database.shape == (10, 6)
-    # Learned: every ordered pair of images of one group (2 groups of 3: 12 pairs), fitted in
-    # the 4 directions that the 4 independent within-group differences constrain.
+    # Learned: every ordered pair of images of one group (2 groups of 3: 12 pairs).
     with pytest.warns(UserWarning, match="gray"):
-        lw = evaluate_global(vgg, ev_dir, cfg, PostConfig(whiten="learned"), whiten_images=wh_dir)
+        lw = evaluate_global(
+            vgg, ev_dir, cfg, PostConfig(whiten="learned", whiten_dim=4), whiten_images=wh_dir
+        )
     assert lw.info["whitening"]["num_pairs"] == 12 and lw.database.shape == (10, 4)
     labels = np.array([-1, 0, 0, 0, 1, 1, 1])  # brick.png first: load_image_folder puts it last
     order = [1, 2, 3, 4, 5, 6, 0]
-    x, lab = train[order].astype(np.float64), labels[order]
-    assert learned_whitening_rank(x, lab) == 4
-    w = fit_global_whitening(x, "learned", labels=lab)
-    np.testing.assert_allclose(lw.database, apply_whitening(w, plain.database), atol=1e-5)
-    # Lw's defining property: matching differences come out white, P S P^T = I.
-    pairs = group_pairs(lab)
-    diff = x[pairs[:, 0]] - x[pairs[:, 1]]
-    pd = diff @ w.projection.T
-    np.testing.assert_allclose(pd.T @ pd / len(pairs), np.eye(4), atol=1e-6)
-    # With more vectors than dimensions it is plain Lw (cirtorch's whitenlearn).
-    rng = np.random.default_rng(0)
-    big = rng.normal(size=(60, 5))
-    big_lab = np.repeat(np.arange(12), 5)
-    plain_lw = fit_learned_whitening(big, group_pairs(big_lab))
-    np.testing.assert_allclose(
-        fit_global_whitening(big, "learned", labels=big_lab).projection, plain_lw.projection
-    )
-    with pytest.raises(InputError, match="dimension must be in 1..4"):
-        fit_global_whitening(x, "learned", labels=lab, dim=5)
+    manual = fit_learned_whitening(train[order], group_pairs(labels[order]), dim=4)
+    np.testing.assert_allclose(lw.database, apply_whitening(manual, plain.database), atol=1e-4)
     with pytest.raises(InputError, match="needs groups"):
         fit_global_whitening(train, "learned", labels=np.full(7, -1))
     with pytest.raises(InputError, match="needs whiten_images"):
@@ -421,7 +404,7 @@ def test_cli_default_backbone_whitening_qe_and_figure(folders, tmp_path, capsys)
     )  # fmt: skip
     assert rc == 0, err
     doc = json.loads(out.read_text())
-    assert doc["global"]["backbone"] == "efficientnet-lite0" and doc["global"]["dim"] == 4
+    assert doc["global"]["backbone"] == "efficientnet-lite0" and doc["global"]["dim"] == 6
     assert doc["whitening"]["kind"] == "learned" and doc["whitening"]["num_pairs"] == 12
     assert doc["global"]["post_label"] == "Lw-whitened, DBA 2, alpha-QE 2 (alpha 3)"
     assert doc["map"] > 0.5 and fig.stat().st_size > 0

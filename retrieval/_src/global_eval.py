@@ -18,13 +18,12 @@ Post-processing, in this order (Gordo et al. IJCV 2017, section 5.3; cirtorch):
 
 1. whitening (``PostConfig.whiten``): "pca" (:func:`retrieval.fit_pca_whitening`) or
    "learned" (:func:`retrieval.fit_learned_whitening`, matching pairs = every ordered
-   pair of images of one group, fitted in the subspace the pairs constrain: see
-   :func:`fit_global_whitening`), fitted on the descriptors of *other* images
-   (``whiten_images``), never on the evaluated ones; applied to database and queries;
-   output dimension ``whiten_dim`` (default min(D, n - 1) for n training images,
-   for "learned" also at most the number of independent within-group differences:
-   beyond these the training vectors say nothing, and whitening would only amplify
-   noise there);
+   pair of images of one group; see :func:`fit_global_whitening` for what it does with
+   few pairs), fitted on the descriptors of *other* images (``whiten_images``), never
+   on the evaluated ones; applied to database and queries; output dimension
+   ``whiten_dim`` (default min(D, n - 1) for n training images: beyond n - 1
+   directions the training vectors have no variance, and whitening would only
+   amplify noise there);
 2. database-side augmentation (``dba`` = k, counting the vector itself;
    :func:`retrieval.database_augmentation`, rank weights (k - r) / k, or
    alpha weights when ``alpha`` > 0);
@@ -83,8 +82,7 @@ class PostConfig:
     Attributes:
       whiten: "none", "pca" or "learned" (needs ``whiten_images``; "learned" needs groups
         there).
-      whiten_dim: output dimension of the whitening (None: min(D, n - 1); for "learned"
-        the rank of :func:`learned_whitening_rank`).
+      whiten_dim: output dimension of the whitening (None: min(D, n - 1)).
       qe: query-expansion neighbours (0: none).
       alpha: QE / DBA weight exponent; 0: average QE and rank-weighted DBA.
       dba: database-side augmentation neighbourhood, the vector itself included (0: none).
@@ -187,42 +185,28 @@ def group_pairs(labels) -> np.ndarray:
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def learned_whitening_rank(vectors, labels) -> int:
-    """Directions a learned whitening can be fitted in: min(D, rank of the centred training
-    vectors, number of independent within-group differences = sum over groups of size - 1)."""
-    x = np.asarray(vectors, np.float64)
-    lab = np.asarray(labels, np.int64)
-    _, counts = np.unique(lab[lab >= 0], return_counts=True)
-    diffs = int(np.sum(np.maximum(counts - 1, 0)))
-    span = int(np.linalg.matrix_rank(x - x.mean(axis=0))) if x.shape[0] > 1 else 0
-    return min(x.shape[1], span, diffs)
-
-
 def fit_global_whitening(
     vectors, kind: str, *, labels=None, dim: int | None = None
 ) -> PCAWhitening | Whitening:
     """Fits a PCA or learned whitening on training descriptors (not the evaluated ones).
 
-    PCA-whitening: :func:`retrieval.fit_pca_whitening` to ``dim`` (default min(D, n - 1)).
-
-    Learned whitening (Lw, :func:`retrieval.fit_learned_whitening`; matching pairs = every
-    ordered pair of images of one group), fitted inside the r-dimensional PCA subspace of
-    the training vectors, r = :func:`learned_whitening_rank`: the covariance S of matching
-    differences has rank at most the number of independent within-group differences,
-    and with fewer than D of them the jittered inverse Cholesky factor of S multiplies
-    the directions that no pair constrains by up to 1e5 (1 / sqrt of the jitter), and
-    those directions then dominate the whitened vectors. cirtorch fits Lw on ~10^5 pairs
-    of 2048-D vectors, where S is full rank; with the 48 Oxford images (8 groups: r = 40)
-    as training set, Lw in the full 1280-D space gave 38.6 mAP on the benchmark's tiles
-    set against 81.5 unwhitened. The fitted map is composed into one
-    :class:`retrieval.Whitening` y = L2(P (x - m)), with P = P_Lw C (C the r PCA directions)
-    and m = mu + C^T m_Lw; when r = D it is plain Lw.
+    PCA-whitening: :func:`retrieval.fit_pca_whitening`. Learned whitening (Lw):
+    :func:`retrieval.fit_learned_whitening` with every ordered pair of images of one group
+    as a matching pair, as cirtorch's ``whitenlearn``. cirtorch fits it on ~10^5 pairs of
+    2048-D vectors; with a few hundred pairs the covariance of matching differences is
+    singular (rank at most the sum of group sizes - 1) and is jittered. Measured on the
+    benchmark (``benchmarks/global_retrieval.py``, 48 Oxford images in 8 groups as
+    training set): Lw lowers mAP a lot (tiles set, GeM: 81.5 -> 38.6). Fitting Lw only in
+    the subspace that the pairs constrain was tried and is worse (27.5): with 8 groups it
+    learns those 8 scenes' discriminant; the jittered full-space fit at least keeps the
+    unconstrained directions nearly as they were.
 
     Args:
       vectors: (n, D) training descriptors.
       kind: "pca" or "learned".
       labels: (n,) int group ids, -1 for images of no group (used by "learned").
-      dim: output dimension (None: min(D, n - 1) for "pca", r for "learned").
+      dim: output dimension (None: min(D, n - 1): beyond n - 1 directions the training
+        vectors have no variance, and whitening would only amplify noise there).
 
     Returns:
       A :class:`retrieval.PCAWhitening` or :class:`retrieval.Whitening`; apply it with
@@ -239,26 +223,15 @@ def fit_global_whitening(
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] < 2:
         raise InputError(f"whitening needs (n, D) training vectors with n >= 2, got {x.shape}")
+    d = min(x.shape[1], x.shape[0] - 1) if dim is None else int(dim)
     if kind == "pca":
-        return fit_pca_whitening(x, min(x.shape[1], x.shape[0] - 1) if dim is None else int(dim))
+        return fit_pca_whitening(x, d)
     if labels is None:
         raise InputError("learned whitening needs group labels of the training images")
     pairs = group_pairs(labels)
     if pairs.shape[0] == 0:
         raise InputError("learned whitening needs groups: no group holds two training images")
-    r = learned_whitening_rank(x, labels)
-    d = r if dim is None else int(dim)
-    if not 1 <= d <= r:
-        raise InputError(
-            f"learned whitening dimension must be in 1..{r} (the directions that the "
-            f"{x.shape[0]} training images and their group pairs constrain), got {dim}"
-        )
-    if r == x.shape[1]:
-        return fit_learned_whitening(x, pairs, dim=d)
-    pca = fit_pca_whitening(x, r, whiten=False)
-    z = (x.astype(np.float64) - pca.mean) @ pca.components.T  # (n, r)
-    lw = fit_learned_whitening(z, pairs, dim=d)
-    return Whitening(pca.mean + pca.components.T @ lw.mean, lw.projection @ pca.components)
+    return fit_learned_whitening(x, pairs, dim=d)
 
 
 # --------------------------------------------------------------------------- QE / scores

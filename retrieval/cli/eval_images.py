@@ -518,8 +518,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--whiten-dim",
         type=int,
         default=None,
-        help="whitening output dimension (default: min(D, images - 1); learned: also at "
-        "most the within-group differences, sum of group sizes - 1)",
+        help="whitening output dimension (default: min(D, images - 1))",
     )
     g.add_argument(
         "--qe", type=int, default=0, help="query expansion with the top K results (default 0: none)"
