@@ -7,6 +7,7 @@ load average) in a JSON ``{"metadata": ..., "results": [...]}`` file. Each
 figure sits beside the machine's own limit measured in the same run:
 ``matmul_rate`` times a jitted float32 matrix product.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,11 @@ def metadata(extra_versions: dict | None = None) -> dict:
 def check_load(label: str) -> None:
     load = os.getloadavg()[0]
     if load > BUSY_LOAD:
-        print(f"[{label}] note: 1-min load average {load:.2f} > {BUSY_LOAD}: other jobs share the CPU", flush=True)
+        print(
+            f"[{label}] note: 1-min load average {load:.2f} > {BUSY_LOAD}: "
+            "other jobs share the CPU",
+            flush=True,
+        )
 
 
 def stats(times: list[float]) -> dict:
@@ -95,17 +100,28 @@ def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7, precision: str = "hi
         b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
         prec = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
         f = jax.jit(lambda a, b, prec=prec: jnp.dot(a, b, precision=prec))
-        impls = [("xla", lambda: f(a, b).block_until_ready())]
+        impls = [("xla", lambda f=f, a=a, b=b: f(a, b).block_until_ready())]
         if jax.default_backend() == "cpu":
             an, bn = np.asarray(a), np.asarray(b)
-            impls.append(("numpy_blas", lambda: an @ bn))
+            impls.append(("numpy_blas", lambda an=an, bn=bn: an @ bn))
         for impl, fn in impls:
             s = stats(time_repeats(fn, repeats=repeats, warmup=2))
-            rows.append({"impl": impl, "n": n, "gflops": 2 * n**3 / s["median_s"] / 1e9,
-                         "gflops_best": 2 * n**3 / s["min_s"] / 1e9, **s})
+            rows.append(
+                {
+                    "impl": impl,
+                    "n": n,
+                    "gflops": 2 * n**3 / s["median_s"] / 1e9,
+                    "gflops_best": 2 * n**3 / s["min_s"] / 1e9,
+                    **s,
+                }
+            )
     best = max(rows, key=lambda r: r["gflops"])
-    return {"sizes": rows, "gflops": best["gflops"], "best": {"impl": best["impl"], "n": best["n"]},
-            "precision": precision}
+    return {
+        "sizes": rows,
+        "gflops": best["gflops"],
+        "best": {"impl": best["impl"], "n": best["n"]},
+        "precision": precision,
+    }
 
 
 def write_json(path: str | os.PathLike, meta: dict, results: list, **extra) -> Path:

@@ -30,6 +30,7 @@ JSON records the ratio.
 Prints one line per measurement; writes JSON ``{"metadata", "results",
 "matmul", "target"}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
     images = []
     for _, img in default_photos():
         if img.ndim == 3:
-            img = (img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+            img = (img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(
+                np.uint8
+            )
         images.append(img)
     patches = []
     for i in range(photos):
@@ -98,7 +101,9 @@ def objective(x: np.ndarray, centres: np.ndarray) -> float:
     """J = mean(1 - max_j <c_j, x_i>), in float64 by blocks."""
     c = np.asarray(centres, np.float64)
     c = c / np.linalg.norm(c, axis=1, keepdims=True)
-    best = [np.max(x[i : i + 8192].astype(np.float64) @ c.T, axis=1) for i in range(0, len(x), 8192)]
+    best = [
+        np.max(x[i : i + 8192].astype(np.float64) @ c.T, axis=1) for i in range(0, len(x), 8192)
+    ]
     return float(np.mean(1.0 - np.concatenate(best)))
 
 
@@ -110,8 +115,13 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", choices=("subpatches", "synthetic"), default="subpatches",
-                    help="layer-2 sub-patches of ckn-ref64 on photo patches (d = 576 only), or synthetic clusters")
+    ap.add_argument(
+        "--data",
+        choices=("subpatches", "synthetic"),
+        default="subpatches",
+        help="layer-2 sub-patches of ckn-ref64 on photo patches (d = 576 only), "
+        "or synthetic clusters",
+    )
     ap.add_argument("--no-faiss", action="store_true", help="time ckn.kmeans only")
     ap.add_argument("--out", default=str(bc.RESULTS / f"bench_kmeans_{jax.default_backend()}.json"))
     args = ap.parse_args(argv)
@@ -155,19 +165,39 @@ def main(argv=None) -> int:
     if compile_s is None:
         compile_s = max(0.0, first_s - st["median_s"])
     j_jax = objective(x, centres)
-    row = {"method": "ckn.kmeans", "objective": j_jax, "objective_history_first_last": [float(hist[0]), float(hist[-1])],
-           "compile_s": compile_s, "first_fit_s": first_s, "gflops": gflop_fit / st["median_s"],
-           "fraction_of_matmul": gflop_fit / st["median_s"] / mm["gflops"], "devices": len(jax.local_devices()), **st}
+    row = {
+        "method": "ckn.kmeans",
+        "objective": j_jax,
+        "objective_history_first_last": [float(hist[0]), float(hist[-1])],
+        "compile_s": compile_s,
+        "first_fit_s": first_s,
+        "gflops": gflop_fit / st["median_s"],
+        "fraction_of_matmul": gflop_fit / st["median_s"] / mm["gflops"],
+        "devices": len(jax.local_devices()),
+        **st,
+    }
     results.append(row)
-    print(f"ckn.kmeans: {st['median_s']:.2f} s (min {st['min_s']:.2f}, max {st['max_s']:.2f}) for {iters} iterations; "
-          f"compile {compile_s:.1f} s; J = {j_jax:.5f}; {row['gflops']:.1f} GFLOP/s "
-          f"({row['fraction_of_matmul']:.0%} of matmul)", flush=True)
+    print(
+        f"ckn.kmeans: {st['median_s']:.2f} s (min {st['min_s']:.2f}, max {st['max_s']:.2f}) "
+        f"for {iters} iterations; "
+        f"compile {compile_s:.1f} s; J = {j_jax:.5f}; {row['gflops']:.1f} GFLOP/s "
+        f"({row['fraction_of_matmul']:.0%} of matmul)",
+        flush=True,
+    )
 
     # --- faiss ----------------------------------------------------------------
     if faiss:
+
         def fit_faiss():
-            km = faiss.Kmeans(d, k, niter=iters, spherical=True, max_points_per_centroid=n, seed=args.seed + 1,
-                              verbose=False)
+            km = faiss.Kmeans(
+                d,
+                k,
+                niter=iters,
+                spherical=True,
+                max_points_per_centroid=n,
+                seed=args.seed + 1,
+                verbose=False,
+            )
             km.train(x)
             return km
 
@@ -179,11 +209,22 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
         fst = bc.stats(times)
         j_faiss = objective(x, km.centroids)
-        results.append({"method": "faiss.Kmeans", "objective": j_faiss, "gflops": gflop_fit / fst["median_s"],
-                        "fraction_of_matmul": gflop_fit / fst["median_s"] / mm["gflops"],
-                        "max_points_per_centroid": n, **fst})
-        print(f"faiss.Kmeans: {fst['median_s']:.2f} s (min {fst['min_s']:.2f}, max {fst['max_s']:.2f}); "
-              f"J = {j_faiss:.5f}", flush=True)
+        results.append(
+            {
+                "method": "faiss.Kmeans",
+                "objective": j_faiss,
+                "gflops": gflop_fit / fst["median_s"],
+                "fraction_of_matmul": gflop_fit / fst["median_s"] / mm["gflops"],
+                "max_points_per_centroid": n,
+                **fst,
+            }
+        )
+        print(
+            f"faiss.Kmeans: {fst['median_s']:.2f} s "
+            f"(min {fst['min_s']:.2f}, max {fst['max_s']:.2f}); "
+            f"J = {j_faiss:.5f}",
+            flush=True,
+        )
         ratio = st["median_s"] / fst["median_s"]
         print(f"ckn.kmeans / faiss time: {ratio:.2f} (target <= 1)", flush=True)
     bc.check_load("end")
@@ -193,7 +234,15 @@ def main(argv=None) -> int:
         "met": None if not faiss else ratio <= 1.0,
         "peer": "public PyTorch CKN: ~24 s vs faiss ~13 s on a 2-core CPU (CKN_NOTES section 7)",
     }
-    setup = {"data": args.data, "n": n, "d": d, "k": k, "iters": iters, "seed": args.seed, "gflop_per_fit": gflop_fit}
+    setup = {
+        "data": args.data,
+        "n": n,
+        "d": d,
+        "k": k,
+        "iters": iters,
+        "seed": args.seed,
+        "gflop_per_fit": gflop_fit,
+    }
     bc.write_json(args.out, meta, results, setup=setup, matmul=mm, target=target)
     return 0
 

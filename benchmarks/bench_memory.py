@@ -23,6 +23,7 @@ over the 100-patch baseline, and the sizes of the input and output files
 
 Prints one line per run; writes JSON ``{"metadata", "results", "target"}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,8 @@ def write_patches(path: Path, n: int, size: int, seed: int = 0, chunk: int = 819
 
 
 def run_measured(cmd: list[str], interval: float = 0.01) -> dict:
-    """Runs cmd; returns its wall time, kernel peak RSS (wait4 rusage) and psutil-sampled peaks (bytes)."""
+    """Runs cmd; returns its wall time, kernel peak RSS (wait4 rusage) and psutil-sampled
+    peaks (bytes)."""
     import psutil
 
     t = time.perf_counter()
@@ -79,7 +81,10 @@ def run_measured(cmd: list[str], interval: float = 0.01) -> dict:
         seconds = time.perf_counter() - t
         if proc.returncode != 0:
             err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                f"{err.read().decode(errors='replace')[-2000:]}"
+            )
     # Linux reports ru_maxrss in KiB.
     return {"seconds": seconds, "peak_rss": int(usage.ru_maxrss) * 1024, "sampled_peak": peaks}
 
@@ -90,7 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--baseline", type=int, default=100, help="patches of the baseline run")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--work", default=None, help="directory for the files (default: a temporary one)")
+    ap.add_argument(
+        "--work", default=None, help="directory for the files (default: a temporary one)"
+    )
     ap.add_argument("--out", default=str(bc.RESULTS / "bench_memory_cpu.json"))
     args = ap.parse_args(argv)
 
@@ -105,8 +112,25 @@ def main(argv=None) -> int:
         write_patches(train_file, 500, size, seed=1)
         model = tmp / "model"
         t = time.perf_counter()
-        subprocess.run([*cli, "train", "--preset", args.preset, "--patches", str(train_file), "--out", str(model),
-                        "--num-patches", "5000", "--kmeans-iters", "5", "--quiet"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *cli,
+                "train",
+                "--preset",
+                args.preset,
+                "--patches",
+                str(train_file),
+                "--out",
+                str(model),
+                "--num-patches",
+                "5000",
+                "--kmeans-iters",
+                "5",
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+        )
         print(f"trained {args.preset} in {time.perf_counter() - t:.0f} s", flush=True)
         d = int(np.prod(cfg.output_shape(size, size)))
         results = []
@@ -114,8 +138,19 @@ def main(argv=None) -> int:
             src = tmp / f"patches_{n}.npy"
             dst = tmp / f"desc_{n}.npy"
             write_patches(src, n, size, seed=n)
-            cmd = [*cli, "describe", "--model", str(model), "--patches", str(src), "--out", str(dst), "--quiet",
-                   "--batch-size", str(args.batch_size)]
+            cmd = [
+                *cli,
+                "describe",
+                "--model",
+                str(model),
+                "--patches",
+                str(src),
+                "--out",
+                str(dst),
+                "--quiet",
+                "--batch-size",
+                str(args.batch_size),
+            ]
             run = run_measured(cmd)
             out = np.load(dst, mmap_mode="r")
             assert out.shape == (n, d) and np.isfinite(out[-10:]).all()
@@ -131,25 +166,39 @@ def main(argv=None) -> int:
                 "patches_per_s_incl_startup": n / run["seconds"],
             }
             results.append(row)
-            print(f"{n:7d} patches ({row['input_mb']:.0f} MB in, {row['output_mb']:.0f} MB out): peak RSS "
-                  f"{row['peak_rss_mb']:.0f} MB (sampled: {row['sampled_peak_anon_mb']:.0f} MB anonymous, "
-                  f"{row['sampled_peak_file_backed_mb']:.0f} MB file-backed), {row['seconds']:.1f} s", flush=True)
+            print(
+                f"{n:7d} patches ({row['input_mb']:.0f} MB in, {row['output_mb']:.0f} MB out): "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB "
+                f"(sampled: {row['sampled_peak_anon_mb']:.0f} MB anonymous, "
+                f"{row['sampled_peak_file_backed_mb']:.0f} MB file-backed), {row['seconds']:.1f} s",
+                flush=True,
+            )
             src.unlink()
             dst.unlink()
     base = results[0]["peak_rss_mb"]
     small, large = results[1], results[-1]
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     growth = {r["patches"]: r["peak_rss_mb"] - base for r in results[1:]}
-    print(f"peak RSS ratio {large['patches']} / {small['patches']} patches: {ratio:.2f} (target <= {MAX_RATIO}); "
-          f"growth over the {args.baseline}-patch baseline: "
-          + ", ".join(f"{k}: {v:+.0f} MB" for k, v in growth.items()), flush=True)
+    print(
+        f"peak RSS ratio {large['patches']} / {small['patches']} patches: {ratio:.2f} "
+        f"(target <= {MAX_RATIO}); "
+        f"growth over the {args.baseline}-patch baseline: "
+        + ", ".join(f"{k}: {v:+.0f} MB" for k, v in growth.items()),
+        flush=True,
+    )
     target = {
-        "rule": f"peak RSS({large['patches']}) <= {MAX_RATIO} x peak RSS({small['patches']}) (issue 6: not ~10x)",
+        "rule": f"peak RSS({large['patches']}) <= {MAX_RATIO} x peak RSS({small['patches']}) "
+        "(issue 6: not ~10x)",
         "ratio": ratio,
         "growth_over_baseline_mb": growth,
         "met": ratio <= MAX_RATIO,
     }
-    setup = {"preset": args.preset, "patch_size": size, "descriptor_dim": d, "batch_size": args.batch_size}
+    setup = {
+        "preset": args.preset,
+        "patch_size": size,
+        "descriptor_dim": d,
+        "batch_size": args.batch_size,
+    }
     bc.write_json(args.out, meta, results, setup=setup, target=target)
     return 0
 

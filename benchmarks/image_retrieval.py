@@ -35,6 +35,7 @@ Target band (the paper's image-retrieval claim, Paulin et al. IJCV 2017
 Sec. 6): VLAD over CKN-grad at or above VLAD over SIFT in mAP, same images,
 same protocol. The JSON says whether it holds for each (k, PCA) setting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,23 @@ _META = provenance.start()
 
 SEQUENCES = ("bark", "bikes", "boat", "graf", "leuven", "trees", "ubc", "wall")
 DISTRACTORS = (
-    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "horse",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "rocket", "text", "retina",
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "retina",
 )
 KS = (16, 64, 256)
 # (pca_dim, whiten): none, PCA-whitening to 64 and 256, plain PCA to 256.
@@ -98,13 +114,19 @@ def train_models(work: Path, presets: list[str]) -> dict[str, str]:
         path = work / preset
         if not (path / "config.json").is_file():
             if patches is None:
-                _log("building the default patch set (scikit-image photos) for unsupervised training")
+                _log(
+                    "building the default patch set (scikit-image photos) for unsupervised training"
+                )
                 ps = retrieval.build_default()
                 patches = ps.patches
             _log(f"training {preset} on {patches.shape[0]} patches (no labels)")
             t0 = time.perf_counter()
             model, _ = ckn.train(ckn.get_preset(preset), patches, seed=0)
-            ckn.save(model, path, training={"seconds": time.perf_counter() - t0, "patches": "build_default()"})
+            ckn.save(
+                model,
+                path,
+                training={"seconds": time.perf_counter() - t0, "patches": "build_default()"},
+            )
         out[preset] = str(path)
     return out
 
@@ -115,7 +137,9 @@ def describe_all(images, names, spec, local: retrieval.LocalConfig):
     Images without any region are reported and left out of the database.
     """
     d = retrieval.make_describer(spec)
-    warm = np.random.default_rng(0).integers(0, 256, (256, d.patch_size, d.patch_size), dtype=np.uint8)
+    warm = np.random.default_rng(0).integers(
+        0, 256, (256, d.patch_size, d.patch_size), dtype=np.uint8
+    )
     if d.color:
         warm = np.repeat(warm[..., None], 3, axis=3)
     d(warm)
@@ -131,14 +155,21 @@ def describe_all(images, names, spec, local: retrieval.LocalConfig):
 
 def _stats(xs) -> dict:
     xs = [float(x) for x in xs]
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "mean": statistics.fmean(xs)}
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "mean": statistics.fmean(xs),
+    }
 
 
 def encode_timing(feats, train, repeats: int = 5) -> dict:
     """Steady-state encoding seconds per image (median of repeats), compilation apart."""
     out = {}
-    for label, cfg in (("vlad_k64", retrieval.VladConfig(k=64, pca_dim=None)),
-                       ("vlad_k64_pca256", retrieval.VladConfig(k=64, pca_dim=256))):
+    for label, cfg in (
+        ("vlad_k64", retrieval.VladConfig(k=64, pca_dim=None)),
+        ("vlad_k64_pca256", retrieval.VladConfig(k=64, pca_dim=256)),
+    ):
         model = retrieval.fit_vlad(train, cfg)
         t0 = time.perf_counter()
         retrieval.encode_images(model, feats)
@@ -148,13 +179,17 @@ def encode_timing(feats, train, repeats: int = 5) -> dict:
             t0 = time.perf_counter()
             retrieval.encode_images(model, feats)
             runs.append((time.perf_counter() - t0) / len(feats))
-        out[label] = {"first_call_seconds_total": first, "per_image_seconds": _stats(runs),
-                      "images": len(feats)}
+        out[label] = {
+            "first_call_seconds_total": first,
+            "per_image_seconds": _stats(runs),
+            "images": len(feats),
+        }
     return out
 
 
 def faiss_recall(feats, train, seed: int = 0) -> dict:
-    """IVF-PQ recall@10 vs exact on VLADs (k=64, PCA-whitened 256) of 50 random windows per image."""
+    """IVF-PQ recall@10 vs exact on VLADs (k=64, PCA-whitened 256) of 50 random windows per
+    image."""
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -170,27 +205,49 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     exact = retrieval.make_index(vecs).search(q, 10)
     t_exact = time.perf_counter() - t0
-    out = {"database": int(vecs.shape[0]), "dim": int(vecs.shape[1]), "queries": 300, "exact_seconds": t_exact,
-           "settings": []}
+    out = {
+        "database": int(vecs.shape[0]),
+        "dim": int(vecs.shape[1]),
+        "queries": 300,
+        "exact_seconds": t_exact,
+        "settings": [],
+    }
     for m in (32, 64):
         t0 = time.perf_counter()
         index = retrieval.make_index(vecs, "ivfpq", m=m, nprobe=16)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         approx = index.search(q, 10)
-        out["settings"].append({**index.options, "bytes_per_vector": m * index.options["nbits"] // 8,
-                                "recall_at_10": retrieval.recall_at(approx.ids, exact.ids, 10),
-                                "build_seconds": t_build, "search_seconds": time.perf_counter() - t0})
+        out["settings"].append(
+            {
+                **index.options,
+                "bytes_per_vector": m * index.options["nbits"] // 8,
+                "recall_at_10": retrieval.recall_at(approx.ids, exact.ids, 10),
+                "build_seconds": t_build,
+                "search_seconds": time.perf_counter() - t0,
+            }
+        )
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--oxford", required=True, help="folder of the Oxford affine sequences")
-    ap.add_argument("--models", default=None, help="NAME=DIR[,NAME=DIR]: trained CKN models (default: train here)")
-    ap.add_argument("--presets", default="ckn-grad,ckn-grad-paper", help="presets to train without --models")
-    ap.add_argument("--work", default=str(Path(os.environ.get("CKN_CACHE") or Path.home() / ".cache" / "ckn") / "bench-models"),
-                    help="where models trained here go")
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="NAME=DIR[,NAME=DIR]: trained CKN models (default: train here)",
+    )
+    ap.add_argument(
+        "--presets", default="ckn-grad,ckn-grad-paper", help="presets to train without --models"
+    )
+    ap.add_argument(
+        "--work",
+        default=str(
+            Path(os.environ.get("CKN_CACHE") or Path.home() / ".cache" / "ckn") / "bench-models"
+        ),
+        help="where models trained here go",
+    )
     ap.add_argument("--max-regions", type=int, default=500, help="regions per image (default 500)")
     ap.add_argument("--out", default="benchmarks/results/image_retrieval.json")
     args = ap.parse_args(argv)
@@ -209,16 +266,20 @@ def main(argv=None) -> int:
     results, per_group, timing, dropped_all = [], {}, {}, {}
     faiss_report = None
     for dname, spec in descriptors.items():
-        _log(f"== {dname}: describing {len(images)} images (at most {args.max_regions} regions each)")
+        _log(
+            f"== {dname}: describing {len(images)} images (at most {args.max_regions} regions each)"
+        )
         t0 = time.perf_counter()
         d, feats, kept, dropped = describe_all(images, names, spec, local)
-        _log(f"   {time.perf_counter() - t0:.1f} s; {len(dropped)} images without regions: {dropped}")
+        _log(
+            f"   {time.perf_counter() - t0:.1f} s; {len(dropped)} images without regions: {dropped}"
+        )
         dropped_all[dname] = dropped
         lab = labels[kept]
         nm = [names[i] for i in kept]
         if (lab >= 0).sum() != n_oxford:
             raise InputError(f"{dname}: an Oxford image has no region: {dropped}")
-        train = [f for f, l in zip(feats, lab) if l < 0]  # the distractor photos
+        train = [f for f, lb in zip(feats, lab) if lb < 0]  # the distractor photos
         counts = [f.descriptors.shape[0] for f in feats]
         timing[dname] = {
             "dim": d.dim,
@@ -229,50 +290,91 @@ def main(argv=None) -> int:
         }
         timing[dname]["encode"] = encode_timing(feats, train)
         enc = timing[dname]["encode"]["vlad_k64_pca256"]["per_image_seconds"]["median"]
-        _log(f"   per image: regions+patches {timing[dname]['regions_seconds_per_image']['median'] * 1e3:.0f} ms, "
-             f"describe {timing[dname]['describe_seconds_per_image']['median'] * 1e3:.0f} ms, "
-             f"VLAD k=64 + PCA 256 encode {enc * 1e3:.2f} ms (medians)")
+        _log(
+            "   per image: regions+patches "
+            f"{timing[dname]['regions_seconds_per_image']['median'] * 1e3:.0f} ms, "
+            f"describe {timing[dname]['describe_seconds_per_image']['median'] * 1e3:.0f} ms, "
+            f"VLAD k=64 + PCA 256 encode {enc * 1e3:.2f} ms (medians)"
+        )
         settings = [(k, p, w, "distractors") for k in KS for p, w in PCAS]
         settings += [(64, None, False, "evaluated images"), (64, 256, True, "evaluated images")]
         for k, pca, whiten, on in settings:
             cfg = retrieval.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
-            ev = retrieval.evaluate_vlad(feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm)
-            row = {"descriptor": dname, "k": k, "pca": pca, "whiten": whiten, "codebook_on": on,
-                   "dim": ev.model.dim, "map": ev.result.mean_ap, "map_trapezoid": ev.result.mean_ap_trapezoid,
-                   "num_queries": ev.result.num_queries, "fit_seconds": ev.seconds["fit"]}
+            ev = retrieval.evaluate_vlad(
+                feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm
+            )
+            row = {
+                "descriptor": dname,
+                "k": k,
+                "pca": pca,
+                "whiten": whiten,
+                "codebook_on": on,
+                "dim": ev.model.dim,
+                "map": ev.result.mean_ap,
+                "map_trapezoid": ev.result.mean_ap_trapezoid,
+                "num_queries": ev.result.num_queries,
+                "fit_seconds": ev.seconds["fit"],
+            }
             results.append(row)
-            _log(f"   k={k:<3} pca={str(pca):<4} whiten={str(whiten):<5} on {on:<16} mAP {100 * ev.result.mean_ap:6.2f}")
+            _log(
+                f"   k={k:<3} pca={str(pca):<4} whiten={str(whiten):<5} on {on:<16} "
+                f"mAP {100 * ev.result.mean_ap:6.2f}"
+            )
             if (k, pca, on) == (64, None, "distractors"):
                 per = ev.result.per_query
-                per_group[dname] = {s: float(np.nanmean(per[lab == g])) for g, s in enumerate(SEQUENCES)}
+                per_group[dname] = {
+                    s: float(np.nanmean(per[lab == g])) for g, s in enumerate(SEQUENCES)
+                }
         if faiss_report is None:
             faiss_report = faiss_recall(feats, train)
-            _log(f"   faiss IVF-PQ vs exact on {faiss_report.get('database')} window VLADs: "
-                 f"{[(s['m'], round(s['recall_at_10'], 3)) for s in faiss_report.get('settings', [])]}")
+            faiss_recalls = [
+                (s["m"], round(s["recall_at_10"], 3)) for s in faiss_report.get("settings", [])
+            ]
+            _log(
+                f"   faiss IVF-PQ vs exact on {faiss_report.get('database')} window VLADs: "
+                f"{faiss_recalls}"
+            )
     target = []
     ckn_names = [n for n in descriptors if n not in ("sift", "rootsift")]
     for row in results:
         if row["descriptor"] != "sift":
             continue
         for cn in ckn_names:
-            other = next(r for r in results if r["descriptor"] == cn and all(
-                r[f] == row[f] for f in ("k", "pca", "whiten", "codebook_on")))
-            target.append({"ckn": cn, "k": row["k"], "pca": row["pca"], "whiten": row["whiten"],
-                           "codebook_on": row["codebook_on"], "sift_map": row["map"], "ckn_map": other["map"],
-                           "ckn_at_or_above_sift": other["map"] >= row["map"]})
+            other = next(
+                r
+                for r in results
+                if r["descriptor"] == cn
+                and all(r[f] == row[f] for f in ("k", "pca", "whiten", "codebook_on"))
+            )
+            target.append(
+                {
+                    "ckn": cn,
+                    "k": row["k"],
+                    "pca": row["pca"],
+                    "whiten": row["whiten"],
+                    "codebook_on": row["codebook_on"],
+                    "sift_map": row["map"],
+                    "ckn_map": other["map"],
+                    "ckn_at_or_above_sift": other["map"] >= row["map"],
+                }
+            )
     doc = {
         "metadata": {
             **provenance.finish(_META),
-            "command": "python benchmarks/image_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python benchmarks/image_retrieval.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
             "seconds_total": time.perf_counter() - t_start,
             "models": models,
         },
         "protocol": {
-            "database": f"{n_oxford} Oxford affine images (8 groups of 6) + {len(DISTRACTORS)} scikit-image distractors",
+            "database": f"{n_oxford} Oxford affine images (8 groups of 6) + "
+            f"{len(DISTRACTORS)} scikit-image distractors",
             "queries": "every Oxford image, against all other database images",
-            "ap_definition": "non-interpolated AP, query excluded, ties against relevant (map); Oxford trapezoid (map_trapezoid)",
+            "ap_definition": "non-interpolated AP, query excluded, ties against relevant (map); "
+            "Oxford trapezoid (map_trapezoid)",
             "local": dataclasses.asdict(local),
-            "vlad": "local PCA to 128-D when larger, signed sqrt + intra-norm + L2; codebook/PCA fitted on the distractors unless codebook_on says otherwise",
+            "vlad": "local PCA to 128-D when larger, signed sqrt + intra-norm + L2; "
+            "codebook/PCA fitted on the distractors unless codebook_on says otherwise",
             "distractors": list(DISTRACTORS),
             "dropped_images": dropped_all,
         },
@@ -294,11 +396,19 @@ def format_table(results) -> str:
     """Markdown: one row per (k, PCA, codebook set), one column per descriptor."""
     descs = list(dict.fromkeys(r["descriptor"] for r in results))
     keys = list(dict.fromkeys((r["k"], r["pca"], r["whiten"], r["codebook_on"]) for r in results))
-    lines = ["| k | PCA | codebook on | " + " | ".join(descs) + " |", "|---|---|---|" + "---|" * len(descs)]
+    lines = [
+        "| k | PCA | codebook on | " + " | ".join(descs) + " |",
+        "|---|---|---|" + "---|" * len(descs),
+    ]
     for k, pca, whiten, on in keys:
         cells = []
         for dn in descs:
-            r = next(r for r in results if r["descriptor"] == dn and (r["k"], r["pca"], r["whiten"], r["codebook_on"]) == (k, pca, whiten, on))
+            r = next(
+                r
+                for r in results
+                if r["descriptor"] == dn
+                and (r["k"], r["pca"], r["whiten"], r["codebook_on"]) == (k, pca, whiten, on)
+            )
             cells.append(f"{100 * r['map']:.1f}")
         p = "none" if pca is None else f"{pca}{' whitened' if whiten else ' plain'}"
         lines.append(f"| {k} | {p} | {on} | " + " | ".join(cells) + " |")

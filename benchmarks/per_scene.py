@@ -7,6 +7,7 @@ Each query's AP is computed exactly as in `ckn reproduce` (all-vs-all within
 its split), then averaged over the queries of each scene: it shows where one
 descriptor wins or loses against another.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,15 @@ def main(argv=None) -> int:
     print(f"{'scene':<22} {'split':<6}" + "".join(f"{n:>15}" for n in table))
     for sc in scenes:
         row = table[next(iter(table))][sc]
-        print(f"{sc:<22} {row['split']:<6}" + "".join(f"{table[n][sc]['map']:>15.1f}" for n in table))
+        print(
+            f"{sc:<22} {row['split']:<6}" + "".join(f"{table[n][sc]['map']:>15.1f}" for n in table)
+        )
     if args.json:
-        out = {"command": "python " + " ".join(sys.argv), "per_scene": table, "machine": provenance.finish(_META)}
+        out = {
+            "command": "python " + " ".join(sys.argv),
+            "per_scene": table,
+            "machine": provenance.finish(_META),
+        }
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 

@@ -1,4 +1,5 @@
-"""One-change variants of ckn-grad scored on two TRAIN splits: the embedded default data and the Oxford train sequences.
+"""One-change variants of ckn-grad scored on two TRAIN splits: the embedded default data and
+the Oxford train sequences.
 
     python benchmarks/validation_sweep.py --sequences ../shared/data/oxford_affine \\
         [--json benchmarks/results/validation_sweep.json] [--only NAME,...]
@@ -10,6 +11,7 @@ all-vs-all mAP on that same split, with the ablation's light training (20,000
 sub-patches, 15 k-means iterations per layer). No test split is looked at.
 About 8 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,27 +48,37 @@ VARIANTS = {
     "blur 1.0": _v(blur=1.0),
     "layer-1 sub-patch 2": _v(layers=(dataclasses.replace(L1, subpatch=2), L2)),
     "layer-2 sub-patch 5": _v(layers=(L1, dataclasses.replace(L2, subpatch=5))),
-    "grad subsampling 1, layer-1 subsampling 4": _v(grad_subsampling=1,
-                                                     layers=(dataclasses.replace(L1, subsampling=4), L2)),
+    "grad subsampling 1, layer-1 subsampling 4": _v(
+        grad_subsampling=1, layers=(dataclasses.replace(L1, subsampling=4), L2)
+    ),
 }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sequences", required=True, help="Oxford-layout folder (e.g. ../shared/data/oxford_affine)")
+    p.add_argument(
+        "--sequences",
+        required=True,
+        help="Oxford-layout folder (e.g. ../shared/data/oxford_affine)",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--only", help="comma-separated substrings of variant names")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not Path(args.sequences).is_dir():
         p.error(f"--sequences {args.sequences}: not a directory")
-    sets = {"default": patchsets.build_default(), "oxford": patchsets.build_sequences(args.sequences)}
+    sets = {
+        "default": patchsets.build_default(),
+        "oxford": patchsets.build_sequences(args.sequences),
+    }
     train = {k: (ps.patches[ps.split == 0], ps.labels[ps.split == 0]) for k, ps in sets.items()}
     rows = []
     for name, cfg in VARIANTS.items():
         if args.only and not any(s in name for s in args.only.split(",")):
             continue
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_patches=20_000, kmeans_iters=15))
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, num_patches=20_000, kmeans_iters=15)
+        )
         row = {"variant": name, "config": cfg.to_dict()}
         t0 = time.perf_counter()
         for k, (x, y) in train.items():
@@ -74,11 +86,18 @@ def main(argv=None) -> int:
             row[f"{k}_train_map"] = 100 * patch_retrieval_map(ckn.describe(model, x), y).mean_ap
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"oxford-train {row['oxford_train_map']:6.2f}  default-train {row['default_train_map']:6.2f}  {name}",
-              flush=True)
+        print(
+            f"oxford-train {row['oxford_train_map']:6.2f}  "
+            f"default-train {row['default_train_map']:6.2f}  {name}",
+            flush=True,
+        )
     if args.json:
-        out = {"command": "python " + " ".join(sys.argv), "protocol": __doc__.strip().splitlines()[3:9],
-               "rows": rows, "machine": provenance.finish(_META)}
+        out = {
+            "command": "python " + " ".join(sys.argv),
+            "protocol": __doc__.strip().splitlines()[3:9],
+            "rows": rows,
+            "machine": provenance.finish(_META),
+        }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

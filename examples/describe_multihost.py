@@ -14,6 +14,7 @@ them) and writes ``OUT_DIR/descriptors.{i}-of-{P}.npy``. Descriptors do not
 depend on how the rows are split (tests/test_sharding.py), so concatenating
 the parts in process order gives the one-process result bit for bit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,13 @@ import ckn
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
-    ap.add_argument("patches", help=".npy (memory-mapped) or .npz patch file, (N, H, W) or (N, H, W, C)")
+    ap.add_argument(
+        "patches", help=".npy (memory-mapped) or .npz patch file, (N, H, W) or (N, H, W, C)"
+    )
     ap.add_argument("out_dir")
-    ap.add_argument("--coordinator", help="host:port of process 0 (default: from the cluster environment)")
+    ap.add_argument(
+        "--coordinator", help="host:port of process 0 (default: from the cluster environment)"
+    )
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
     args = ap.parse_args(argv)
@@ -58,7 +63,9 @@ def main(argv=None) -> int:
         ckn.describe(model, patches[lo:hi], out=out)
         out.flush()
         del out
-    print(f"process {i}/{p}: rows {lo}:{hi} on {len(jax.local_devices())} local device(s) -> {part}")
+    print(
+        f"process {i}/{p}: rows {lo}:{hi} on {len(jax.local_devices())} local device(s) -> {part}"
+    )
     jax.distributed.shutdown()
     return 0
 

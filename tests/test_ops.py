@@ -5,13 +5,18 @@ Tolerances (float32 computations vs float64 references):
   sums / products of O(1) values:                     rtol 1e-5, atol 1e-5
   matrix functions (inverse square roots):            atol 1e-4
 """
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ckn
 
-TOL = {"exact": dict(atol=1e-6, rtol=0), "sum": dict(atol=1e-5, rtol=1e-5), "matrix": dict(atol=1e-4, rtol=0)}
+TOL = {
+    "exact": dict(atol=1e-6, rtol=0),
+    "sum": dict(atol=1e-5, rtol=1e-5),
+    "matrix": dict(atol=1e-4, rtol=0),
+}
 
 
 def np_patches(x, e, padding):
@@ -40,7 +45,9 @@ def np_pool(x, s):
         a = np.moveaxis(a, axis, 0)
         n = a.shape[0]
         pad = np.concatenate([np.zeros((s, *a.shape[1:])), a, np.zeros((s, *a.shape[1:]))])
-        out = np.stack([sum(g[k] * pad[i * s + k] for k in range(2 * s + 1)) for i in range((n - 1) // s + 1)])
+        out = np.stack(
+            [sum(g[k] * pad[i * s + k] for k in range(2 * s + 1)) for i in range((n - 1) // s + 1)]
+        )
         return np.moveaxis(out, 0, axis)
 
     return along(along(x, 1), 2)
@@ -58,7 +65,9 @@ def test_extract_patches(rng, padding, e, c):
     got = ckn.extract_patches(jnp.asarray(x), e, padding)
     np.testing.assert_allclose(got, np_patches(x, e, padding), **TOL["exact"])
     # The shifted-slice variant (used for small sub-patches) gives the same values exactly.
-    np.testing.assert_array_equal(ckn.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding))
+    np.testing.assert_array_equal(
+        ckn.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding)
+    )
 
 
 def test_normalize_patches(rng):
@@ -76,7 +85,9 @@ def test_kappa_is_gaussian_on_the_sphere(rng):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     u = x @ x.T
     sigma = 0.6
-    np.testing.assert_allclose(ckn.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp((u - 1) / sigma**2), **TOL["sum"])
+    np.testing.assert_allclose(
+        ckn.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp((u - 1) / sigma**2), **TOL["sum"]
+    )
     d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
     np.testing.assert_allclose(
         ckn.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp(-d2 / (2 * sigma**2)), **TOL["sum"]
@@ -162,9 +173,16 @@ def test_gaussian_blur(rng, std):
     g /= g.sum()
     # Plain reference: mirror-pad (repeatedly for radii larger than the image) and correlate.
     xp = x.astype(np.float64)
-    pad = lambda a, axis: np.take(a, [(k % (2 * a.shape[axis])) if (k % (2 * a.shape[axis])) < a.shape[axis]  # noqa: E731
-                                      else 2 * a.shape[axis] - 1 - (k % (2 * a.shape[axis]))
-                                      for k in range(-r, a.shape[axis] + r)], axis=axis)
+    pad = lambda a, axis: np.take(
+        a,
+        [
+            (k % (2 * a.shape[axis]))
+            if (k % (2 * a.shape[axis])) < a.shape[axis]  # noqa: E731
+            else 2 * a.shape[axis] - 1 - (k % (2 * a.shape[axis]))
+            for k in range(-r, a.shape[axis] + r)
+        ],
+        axis=axis,
+    )
     xp = pad(pad(xp, 1), 2)
     ref = sum(g[i] * xp[:, i : i + 11] for i in range(2 * r + 1))
     ref = sum(g[j] * ref[:, :, j : j + 9] for j in range(2 * r + 1))
@@ -257,7 +275,9 @@ def np_layer(x, z, sigma, lam, e, padding, s, preproc=None):
     return phi @ (v @ np.diag(w**-0.5) @ v.T)
 
 
-@pytest.mark.parametrize("padding,s,centre", [("same", 2, False), ("valid", 3, False), ("same", 1, True)])
+@pytest.mark.parametrize(
+    "padding,s,centre", [("same", 2, False), ("valid", 3, False), ("same", 1, True)]
+)
 def test_kernel_layer_against_numpy(rng, padding, s, centre):
     e, c, pnum, sigma, lam = 3, 2, 5, 0.7, 1e-3
     x = rng.uniform(size=(2, 9, 8, c)).astype(np.float32)
@@ -285,7 +305,9 @@ def test_kernel_layer_against_numpy(rng, padding, s, centre):
 def test_select_channels():
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 4, 4, 3)), jnp.float32)
     gray = ckn.select_channels(x, "gray")
-    np.testing.assert_allclose(gray[..., 0], 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2], atol=1e-6)
+    np.testing.assert_allclose(
+        gray[..., 0], 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2], atol=1e-6
+    )
     np.testing.assert_array_equal(ckn.select_channels(x, "green"), x[..., 1:2])
     assert ckn.select_channels(x[..., 0], "gray").shape == (2, 4, 4, 1)
     with pytest.raises(ValueError, match="rgb"):
