@@ -69,6 +69,20 @@ from retrieval._src.global_eval import (
     load_backbone_spec,
 )
 
+# Learned global heads on a frozen backbone (retrieval._src.global_head).
+from retrieval._src.global_head import (
+    GlobalHead,
+    GlobalHeadConfig,
+    GlobalHeadReport,
+    HeadMaps,
+    HeadParams,
+    head_forward,
+    load_global_head,
+    prepare_maps,
+    save_global_head,
+    train_global_head,
+)
+
 # VLAD / image retrieval (retrieval._src.local / vlad / vlad_fit / image_eval / image_folder).
 from retrieval._src.image_eval import VladEvaluation, evaluate_vlad
 from retrieval._src.image_folder import ImageCollection, list_images, load_image_folder
@@ -307,6 +321,17 @@ __all__ = [
     "extract_per_scale",
     "fit_global_whitening",
     "load_backbone_spec",
+    # learned global heads
+    "GlobalHead",
+    "GlobalHeadConfig",
+    "GlobalHeadReport",
+    "HeadMaps",
+    "HeadParams",
+    "head_forward",
+    "load_global_head",
+    "prepare_maps",
+    "save_global_head",
+    "train_global_head",
     # global-descriptor pooling heads
     "crow",
     "gem",

@@ -116,8 +116,9 @@ class GlobalHeadConfig:
     Attributes:
       head: "gem" (learned p) or "rmac" (regions + learned shift and projection).
       whiten: follow the head with a learned whitening (Lw-initialized, then trained).
-      dim: output dimension. rmac: the projection's (None: C); whitening: its output
-        (None: min(input dim, training images - 1)); gem without whitening keeps C.
+      dim: output dimension. rmac: the projection's (None: C), which a whitening keeps
+        when it can (min(dim, training images - 1)); gem + whitening: the whitening's
+        (None: min(C, training images - 1)); gem without whitening keeps C.
       p: initial GeM exponent (3, cirtorch).
       levels: R-MAC levels.
       loss: "triplet" or "contrastive" (``ckn`` batch losses, hardest in batch).
@@ -282,13 +283,42 @@ def pool_forward(
     """
     x = maps.astype(_dtype(params))
     if kind == "gem":
-        return pooling.l2_normalize(pooling.gem(x, params.p, mask=mask))
+        return pooling.l2_normalize(_scaled_gem(x, params.p, mask))
     regions, valid = pooling.regional_mac(x, levels, mask=mask)  # (N, R, C), (N, R)
     if max_regions is not None and max_regions < valid.shape[1]:
         first = jnp.argsort(~valid, axis=1, stable=True)[:, :max_regions]  # valid slots first
         regions = jnp.take_along_axis(regions, first[..., None], axis=1)
         valid = jnp.take_along_axis(valid, first, axis=1)
-    r = pooling.l2_normalize(regions) - params.shift[None, None, :]
+    return project_regions(params, regions, valid)
+
+
+def _scaled_gem(x: jax.Array, p: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """GeM computed as s * GeM(x / s), s = each channel's max (not differentiated).
+
+    The same function of x and p (GeM is positively homogeneous: GeM(c x) = c GeM(x)),
+    and the same gradients, but (x / s)^p <= 1 cannot overflow: in float32 a plain
+    x^p overflows for p = 32 and x = 16 (EfficientNet's maps reach 6, and 6^64 does).
+    """
+    valid = jnp.ones(x.shape[:3], bool) if mask is None else mask
+    top = jnp.max(jnp.where(valid[..., None], x, 0.0), axis=(1, 2), keepdims=True)
+    s = jax.lax.stop_gradient(jnp.maximum(top, 1e-6))  # (N, 1, 1, C), >= GeM's eps
+    return pooling.gem(x / s, p, eps=1e-6 / s, mask=mask) * s[:, 0, 0, :]
+
+
+def project_regions(params: HeadParams, regions: jax.Array, valid: jax.Array) -> jax.Array:
+    """Gordo's aggregation of region MACs: L2(sum over valid r of L2((L2(r) - m) W)).
+
+    The part of the rmac head that depends on its parameters (the regions do not).
+
+    Args:
+      params: with ``shift`` (C,) and ``proj`` (C, D0).
+      regions: (N, R, C) region MACs (:func:`pooling.regional_mac`).
+      valid: (N, R) bool.
+
+    Returns:
+      (N, D0), L2-normalized.
+    """
+    r = pooling.l2_normalize(regions.astype(params.proj.dtype)) - params.shift[None, None, :]
     y = pooling.l2_normalize(jnp.matmul(r, params.proj, precision="highest"))
     y = jnp.where(valid[..., None], y, 0.0)
     return pooling.l2_normalize(jnp.sum(y, axis=1))
@@ -776,7 +806,7 @@ def init_head_params(maps: HeadMaps, labels, config: GlobalHeadConfig, *, seed: 
         params = params._replace(p=jnp.asarray(config.p, jnp.float32))
     else:
         regions = _regions(maps, config.levels, MAX_PCA_REGIONS, seed)
-        dim = c if config.dim is None or config.whiten else config.dim
+        dim = c if config.dim is None else config.dim
         if dim > c:
             raise InputError(f"dim {dim} exceeds the backbone's {c} channels")
         pca = fit_pca_whitening(regions, dim)
@@ -795,7 +825,10 @@ def init_head_params(maps: HeadMaps, labels, config: GlobalHeadConfig, *, seed: 
         if pairs.shape[0] == 0:
             raise InputError("learned whitening needs groups: no group holds two training images")
         d_in = v.shape[1]
-        dim = min(d_in, v.shape[0] - 1) if config.dim is None else config.dim
+        if config.head == "gem" and config.dim is not None:
+            dim = config.dim
+        else:  # beyond n - 1 directions the training vectors have no variance
+            dim = min(d_in, v.shape[0] - 1)
         if dim > d_in:
             raise InputError(f"whitening dim {dim} exceeds its input dimension {d_in}")
         lw = fit_learned_whitening(v, pairs, dim=dim)

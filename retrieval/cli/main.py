@@ -24,10 +24,28 @@ import threading
 
 import ckn
 from ckn import InputError
-from retrieval.cli import describe, eval_images, eval_patches, index, patches, reproduce, train
+from retrieval.cli import (
+    describe,
+    eval_images,
+    eval_patches,
+    index,
+    patches,
+    reproduce,
+    train,
+    train_global,
+)
 
 # Modules that contribute sub-commands, in the order of `ckn --help`.
-_COMMAND_MODULES = (train, describe, patches, eval_patches, reproduce, eval_images, index)
+_COMMAND_MODULES = (
+    train,
+    describe,
+    patches,
+    eval_patches,
+    reproduce,
+    eval_images,
+    index,
+    train_global,
+)
 
 
 class _UsageError(Exception):
