@@ -55,14 +55,17 @@ def code_state(root: str | os.PathLike = ROOT) -> dict:
     """``{"commit": full SHA or None, "dirty": bool or None}`` of the checkout at ``root``.
 
     ``dirty`` is True when a tracked file under ``MEASURED`` is modified or an
-    untracked (not ignored) file exists there; both are None outside a git
-    checkout (an installed wheel).
+    untracked (not ignored) file exists there (``benchmarks/results/`` excluded);
+    both are None outside a git checkout (an installed wheel).
     """
     root = Path(root)
     sha = _git("rev-parse", "HEAD", root=root)
     if not sha:
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--", *MEASURED, root=root)
+    # Result files (benchmarks/results/) are outputs, not measured code.
+    status = _git(
+        "status", "--porcelain", "--", *MEASURED, ":(exclude)benchmarks/results", root=root
+    )
     return {"commit": sha, "dirty": None if status is None else bool(status)}
 
 
