@@ -148,6 +148,22 @@ def test_gradients_match_central_differences_float64():
                     assert abs(g - fd) <= 1e-7 + 1e-6 * abs(fd), (kind, name, j, g, fd)
 
 
+def test_shrunk_learned_whitening():
+    """alpha = 0 is Radenovic's Lw; alpha > 0 whitens the shrunk difference covariance."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(30, 6))
+    pairs = GH.group_pairs(np.repeat(np.arange(10), 3))
+    exact = GH.fit_learned_whitening(x, pairs, dim=6)
+    same = GH._learned_whitening(x, pairs, 6, 0.0)
+    np.testing.assert_array_equal(same.projection, exact.projection)
+    lw = GH._learned_whitening(x, pairs, 6, 0.3)
+    d = x[pairs[:, 0]] - x[pairs[:, 1]]
+    s = d.T @ d / len(d)
+    s = 0.7 * s + 0.3 * np.trace(s) / 6 * np.eye(6)
+    np.testing.assert_allclose(lw.projection @ s @ lw.projection.T, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(lw.mean, x[pairs[:, 0]].mean(axis=0))
+
+
 # ---- training -----------------------------------------------------------------------------------
 def _separable(seed=0, groups=10, k=4, c=16):
     """Groups of noisy copies of one random map each: separable, with some overlap."""
