@@ -8,9 +8,9 @@ with gradients through the kernel and the Nystrom map
 
 * A pure functional split rather than ``nnx.Optimizer(model, tx, wrt=Filters)``:
   every layer array is a ``Filters`` variable, but only the filters (and
-  optionally the input pre-processing matrix and log lam) are free
-  parameters; the Nystrom map is a function of them, alpha and bias are
-  fixed. The model passed in is not modified.
+  optionally the input pre-processing matrix, log lam and a matrix W after
+  each Nystrom map) are free parameters; the Nystrom map is a function of
+  them, alpha and bias are fixed. The model passed in is not modified.
 * One jitted step (``_train_step``), compiled once per model structure and
   loss: learning rate, margin and weight decay are traced, batches have a
   static shape (G * K rows, a mask for groups smaller than K and the last
@@ -22,6 +22,13 @@ with gradients through the kernel and the Nystrom map
   from (seed, epoch), K members drawn per group: a run resumed from a
   checkpoint draws the same batches and ends with the same bits.
 * Training runs on one device (``jax.local_devices()[0]``).
+
+Measured (benchmarks/finetune_patches.py, ckn-grad, 2-core CPU under load
+~8): fine-tuning moves test mAP by +0.2 (default data 88.2 -> 88.5, Oxford
+92.3 -> 92.5; SIFT 89.7 and 91.8): the filters (and sigma, tried by hand)
+have little leverage on this architecture, whose gradient-orientation input
+map and pooling are fixed. 0.5 - 0.8 steps/s for 256 patches, 8 - 11 minutes
+for 8,200 patches with validation.
 """
 
 from __future__ import annotations
