@@ -28,6 +28,7 @@ from retrieval.cli import (
     describe,
     eval_images,
     eval_patches,
+    finetune,
     index,
     patches,
     reproduce,
@@ -38,6 +39,7 @@ from retrieval.cli import (
 # Modules that contribute sub-commands, in the order of `ckn --help`.
 _COMMAND_MODULES = (
     train,
+    finetune,
     describe,
     patches,
     eval_patches,
