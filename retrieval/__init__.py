@@ -2,6 +2,7 @@
 
 Public API; implementation modules under ``retrieval._src`` are private.
 """
+
 # RomePatches-style patch data sets (retrieval._src.regions / data / figures).
 # Patch metrics, baselines, evaluation, search, the reproduce pipeline.
 from retrieval._src.baselines import (

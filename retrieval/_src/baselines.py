@@ -39,6 +39,7 @@ References:
   IJCV 2004, Sec. 6.1. R. Arandjelovic, A. Zisserman, "Three things everyone
   should know to improve object retrieval", CVPR 2012 (RootSIFT).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -81,8 +82,9 @@ def _gray_uint8(patches: np.ndarray) -> np.ndarray:
     return gray.reshape(n, h, w)
 
 
-def sift_descriptors(patches, *, keypoint_size: float | None = None, root: bool = False,
-                     progress: bool = False) -> np.ndarray:
+def sift_descriptors(
+    patches, *, keypoint_size: float | None = None, root: bool = False, progress: bool = False
+) -> np.ndarray:
     """SIFT (or RootSIFT) of one centred keypoint per patch, orientation 0.
 
     Args:
