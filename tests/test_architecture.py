@@ -5,6 +5,7 @@
 - the libraries do not import the app layer (``retrieval.cli``);
 - ``from ckn import *`` and ``from retrieval import *`` work, every public name is bound
   and every public function or class has a docstring;
+- no file of the libraries exceeds 700 lines.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 700
 
 
 def _py_files(*folders: str) -> list[Path]:
@@ -94,3 +96,12 @@ def test_star_import_and_docstrings(package):
         and not (inspect.getdoc(ns[name]) or "").strip()
     ]
     assert not undocumented, undocumented
+
+
+def test_library_files_stay_small():
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in _py_files("ckn", "retrieval")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not big, big
