@@ -347,3 +347,13 @@ def test_oxford_two_sequences_sift():
     )
     ev = evaluate_vlad(feats, np.array(labels), config=VladConfig(k=16, pca_dim=None))
     assert ev.result.mean_ap == 1.0
+
+
+def test_one_default_for_pca_and_max_side_in_python_and_cli():
+    # Fault 8 of the reliability issue: VladConfig defaulted to 256-D PCA, the CLI to none,
+    # and VladConfig(pca_dim=0) raised. Fault 6: no --max-side default for local features.
+    assert VladConfig().pca_dim is None
+    assert VladConfig(pca_dim=0).pca_dim is None
+    assert LocalConfig().max_side == 1024
+    with pytest.raises(InputError, match="pca_dim must be >= 1"):
+        VladConfig(pca_dim=-1)

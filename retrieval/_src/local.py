@@ -43,7 +43,9 @@ class LocalConfig:
       nms_radius: regions closer than nms_radius * size to a stronger one are dropped.
       max_outside: largest fraction of a patch square that may leave the image.
       magnification: patch side in image pixels = magnification * region size.
-      max_side: images whose long side exceeds it are first resized (None: never).
+      max_side: images whose long side exceeds it are first shrunk to it (default
+        1024, so that a huge photo neither floods the detector with hundreds of
+        thousands of keypoints nor the memory; None: never).
     """
 
     max_regions: int = 1000
@@ -54,7 +56,7 @@ class LocalConfig:
     nms_radius: float = 1.0
     max_outside: float = 0.05
     magnification: float = R.MAGNIFICATION
-    max_side: int | None = None
+    max_side: int | None = 1024
 
     def __post_init__(self):
         if self.max_regions < 1:

@@ -143,7 +143,9 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         seed=args.seed,
         pca_whiten=not args.no_whiten,
     )
-    local = LocalConfig(max_regions=args.max_regions, max_side=args.max_side)
+    local = LocalConfig(
+        max_regions=args.max_regions, max_side=1024 if args.max_side is None else args.max_side
+    )
     coll = load_image_folder(args.images)
     names = coll.names
     n_dis = int((coll.labels < 0).sum())
@@ -481,7 +483,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-side",
         type=int,
         default=None,
-        help="shrink images whose long side exceeds this (--global: default 1024)",
+        help="shrink images whose long side exceeds this (default 1024, --local and --global)",
     )
     p.add_argument(
         "--search",
