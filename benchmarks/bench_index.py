@@ -56,7 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
-from retrieval._src import index_store as S  # noqa: E402
+from retrieval._src import index as S  # noqa: E402
 from retrieval._src.global_desc import GlobalConfig  # noqa: E402
 from retrieval._src.search import recall_at  # noqa: E402
 

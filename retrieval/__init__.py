@@ -88,8 +88,8 @@ from retrieval._src.global_head import (
 from retrieval._src.image_eval import VladEvaluation, evaluate_vlad
 from retrieval._src.image_folder import ImageCollection, list_images, load_image_folder
 
-# A saved, searchable image index (retrieval._src.index_store).
-from retrieval._src.index_store import (
+# A saved, searchable image index (retrieval._src.index).
+from retrieval._src.index import (
     IndexQueryResult,
     IndexSettings,
     SavedIndex,

@@ -14,7 +14,7 @@ import pytest
 from test_cli import _assert_one_line_error, _run
 
 from ckn import InputError
-from retrieval._src import index_store as S
+from retrieval._src import index as S
 from retrieval._src.global_desc import GlobalConfig, extract_global
 from retrieval._src.postprocess import apply_whitening
 from retrieval._src.search import ExactIndex, FaissIndex, exact_search, recall_at

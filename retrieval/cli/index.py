@@ -10,7 +10,7 @@
 
 ``build`` describes every image under DIR once and writes INDEX (a folder:
 descriptors, image paths, fitted whitening / VLAD codebook, settings; see
-:mod:`retrieval._src.index_store`), atomically. ``add`` describes more images
+:mod:`retrieval._src.index`), atomically. ``add`` describes more images
 with the index's settings and fitted models (never refitted) and commits them
 with one rename: an interrupted add leaves the previous index. ``query``
 describes one image the same way and prints rank, score (inner product of
@@ -33,8 +33,7 @@ import numpy as np
 
 from ckn import InputError, atomic_path, write_json
 from retrieval._src.global_desc import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
-from retrieval._src.index_figure import query_figure
-from retrieval._src.index_store import (
+from retrieval._src.index import (
     DEFAULT_BACKBONE,
     EXACT_LIMIT,
     SEARCH_MODES,
@@ -48,6 +47,7 @@ from retrieval._src.index_store import (
     query_index,
     save_index,
 )
+from retrieval._src.index_figure import query_figure
 from retrieval._src.local import LocalConfig
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import provenance

@@ -1,0 +1,327 @@
+"""Building an index and adding images to it: collecting, describing, whitening.
+
+:func:`build_index` describes a collection and fits what the description needs
+(PCA-whitening; the VLAD codebook and PCAs); :func:`add_to_index` appends images
+described and whitened exactly as the indexed ones (:func:`describe_for_index`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ckn import InputError
+from retrieval._src.data import IMAGE_EXTENSIONS
+from retrieval._src.global_desc import extract_global, read_image_any
+from retrieval._src.image_folder import list_images
+from retrieval._src.index.core import Part, SavedIndex, _grow, _make_searcher, _method
+from retrieval._src.index.models import _backbone, _describer
+from retrieval._src.index.settings import (
+    EXACT_LIMIT,
+    VLAD_WHITEN_DIM,
+    WHITEN_MIN_RATIO,
+    IndexSettings,
+)
+from retrieval._src.local import describe_images
+from retrieval._src.postprocess import apply_whitening, fit_pca_whitening
+from retrieval._src.vlad_fit import encode_images, fit_vlad
+
+# --------------------------------------------------------------------------- images
+
+
+def _collect(images, root) -> tuple[str, Path, list[Path], list[str]]:
+    """(root as given, root absolute, absolute image paths, paths relative to root)."""
+    if isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        files = list_images(folder)
+        given = os.fspath(images)
+        return (
+            given,
+            folder.resolve(),
+            [f.resolve() for f in files],
+            [f.relative_to(folder).as_posix() for f in files],
+        )
+    if not isinstance(images, Sequence) or isinstance(images, (bytes, np.ndarray)):
+        raise InputError(
+            f"images must be a folder or a list of image paths, got {type(images).__name__}"
+        )
+    if len(images) == 0:
+        raise InputError("images: empty list, nothing to index")
+    base = Path(root) if root is not None else None
+    out, rels = [], []
+    for p in images:
+        if not isinstance(p, (str, os.PathLike)):
+            raise InputError(f"images must be image paths, got a {type(p).__name__}")
+        p = Path(p)
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise InputError(f"not an image file ({', '.join(IMAGE_EXTENSIONS)}): {p}")
+        full = (base / p) if base is not None and not p.is_absolute() else p
+        if not full.is_file():
+            raise InputError(f"image not found: {full}")
+        out.append(full.resolve())
+        rels.append(p.as_posix())
+    given = "" if root is None else os.fspath(root)
+    return given, (base.resolve() if base is not None else Path.cwd()), out, rels
+
+
+def _check_new(index: SavedIndex | None, files: list[Path]) -> None:
+    seen = {}
+    for f in files:
+        if f in seen:
+            raise InputError(f"image given twice: {f}")
+        seen[f] = True
+    if index is not None:
+        have = set(index.resolved_paths())
+        for f in files:
+            if f in have:
+                raise InputError(f"already in the index: {f} (nothing added)")
+
+
+# --------------------------------------------------------------------------- describing
+
+
+def _describe_global(index_like: dict, files: list[Path], progress: bool) -> np.ndarray:
+    settings = index_like["settings"]
+    net, _, _ = _backbone(settings.backbone, index_like["description"].get("weights_sha256"))
+    return extract_global(net, [str(f) for f in files], settings.global_config, progress=progress)
+
+
+def _local_feats(settings: IndexSettings, describer, files: list[Path], progress: bool):
+    return describe_images(
+        [str(f) for f in files], describer, config=settings.local_config, progress=progress
+    )
+
+
+def _whiten_plan(settings: IndexSettings, n_fit: int, d: int, where: str) -> tuple[int | None, str]:
+    """(whitened dimension or None, reason) for ``n_fit`` fitting images."""
+    if settings.whiten == "none":
+        return None, "whiten none"
+    if settings.whiten == "auto":
+        dim = settings.whiten_dim or (VLAD_WHITEN_DIM if settings.kind == "local" else d)
+        need = WHITEN_MIN_RATIO * dim
+        if n_fit < need:
+            return None, (
+                f"whiten auto: {n_fit} images ({where}) < {need} = {WHITEN_MIN_RATIO} x {dim} "
+                "dimensions: not whitened"
+            )
+        return dim, (
+            f"whiten auto: {n_fit} images ({where}) >= {need} = {WHITEN_MIN_RATIO} x {dim} "
+            f"dimensions: PCA-whitened to {dim}-D"
+        )
+    if n_fit < 2:
+        raise InputError(f"PCA-whitening needs at least 2 images ({where}), got {n_fit}")
+    if settings.kind == "local":
+        dim = settings.whiten_dim or VLAD_WHITEN_DIM
+    else:
+        dim = settings.whiten_dim or min(d, max(1, n_fit // WHITEN_MIN_RATIO))
+    return dim, f"whiten pca: PCA-whitened to {dim}-D, fitted on {n_fit} images ({where})"
+
+
+def _utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_index(
+    images,
+    settings: IndexSettings,
+    *,
+    root: str | os.PathLike | None = None,
+    whiten_images=None,
+    progress: bool = False,
+    record: dict | None = None,
+) -> SavedIndex:
+    """Describes a collection, fits whitening / VLAD, and returns a searchable index.
+
+    Args:
+      images: a folder (every image under it, recursively) or a list of image paths
+        (relative to ``root`` when given).
+      settings: an :class:`IndexSettings`.
+      root: base folder of a list of paths.
+      whiten_images: a folder (or list of paths) of other images to fit the whitening
+        (and for VLAD the codebook) on; default: the indexed images.
+      progress: progress bars.
+      record: extra JSON-ready facts for the history entry (e.g. the command's provenance).
+
+    Returns:
+      A :class:`SavedIndex` (not written: :func:`save_index` it).
+
+    Raises:
+      InputError: no image, an unreadable image, bad settings, too few images to whiten.
+    """
+    if not isinstance(settings, IndexSettings):
+        raise InputError(f"settings must be IndexSettings, got {type(settings).__name__}")
+    t0 = time.perf_counter()
+    given, root_abs, files, rels = _collect(images, root)
+    _check_new(None, files)
+    fit_files = None
+    where = "the indexed images"
+    if whiten_images is not None:
+        _, _, fit_files, _ = _collect(whiten_images, None)
+        where = os.fspath(whiten_images) if isinstance(whiten_images, (str, os.PathLike)) else (
+            f"{len(fit_files)} other images")  # fmt: skip
+    whitening, vlad = None, None
+    if settings.kind == "global":
+        net, wpath, sha = _backbone(settings.backbone)
+        description = {
+            "kind": "global",
+            "backbone": net.name,
+            "weights": str(wpath.resolve()),
+            "weights_sha256": sha,
+        }
+        ctx = {"settings": settings, "description": description}
+        raw = _describe_global(ctx, files, progress)
+        fit = raw if fit_files is None else _describe_global(ctx, fit_files, progress)
+        wdim, reason = _whiten_plan(settings, fit.shape[0], raw.shape[1], where)
+        if wdim is not None:
+            whitening = fit_pca_whitening(fit, min(wdim, raw.shape[1]))
+            vectors = apply_whitening(whitening, raw)
+        else:
+            vectors = np.asarray(raw, np.float32)
+        description["raw_dim"] = int(raw.shape[1])
+    else:
+        describer, sha = _describer(settings.local)
+        description = {
+            "kind": "local",
+            "local": settings.local if sha is None else str(Path(settings.local).resolve()),
+            "model_sha256": sha,
+            "local_dim": describer.dim,
+        }
+        feats = _local_feats(settings, describer, files, progress)
+        train = (
+            feats if fit_files is None else _local_feats(settings, describer, fit_files, progress)
+        )
+        wdim, reason = _whiten_plan(settings, len(train), 0, where)
+        config = dataclasses.replace(settings.vlad, pca_dim=wdim)
+        vlad = fit_vlad(train, config)
+        vectors = encode_images(vlad, feats, names=rels)
+        description["vlad_dim"] = int(vlad.centers.size)
+    whitening_info = {
+        "kind": "none" if wdim is None else "pca",
+        "requested": settings.whiten,
+        "dim": wdim,
+        "fitted_on": where if wdim is not None else None,
+        "fit_images": int(len(fit_files) if fit_files is not None else len(files)),
+        "reason": reason,
+    }
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    description["dim"] = int(vectors.shape[1])
+    method = _method(settings, vectors.shape[0])
+    searcher, search_info = _make_searcher(vectors, method)
+    search_info.update(requested=settings.search, exact_limit=EXACT_LIMIT)
+    part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
+    entry = {
+        "op": "build",
+        "images": given or f"{len(files)} paths",
+        "count": len(files),
+        "utc": _utc(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **(record or {}),
+    }
+    return SavedIndex(
+        settings=settings,
+        description=description,
+        vectors=vectors,
+        parts=(part,),
+        whitening=whitening,
+        whitening_info=whitening_info,
+        vlad=vlad,
+        search_info=search_info,
+        uid=uuid.uuid4().hex,
+        generation=1,
+        history=(entry,),
+        searcher=searcher,
+    )
+
+
+def describe_for_index(index: SavedIndex, images, *, progress: bool = False) -> np.ndarray:
+    """Searchable (N, dim) vectors of images (paths or uint8 arrays), as the index describes.
+
+    Raises:
+      InputError: an unreadable image, a backbone weights file or CKN model that changed.
+    """
+    items = list(images)
+    if not items:
+        raise InputError("images: empty list, nothing to describe")
+    s = index.settings
+    if s.kind == "global":
+        net, _, _ = _backbone(s.backbone, index.description["weights_sha256"])
+        imgs = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
+        raw = extract_global(net, imgs, s.global_config, progress=progress)
+        if index.whitening is not None:
+            return apply_whitening(index.whitening, raw)
+        return np.asarray(raw, np.float32)
+    describer, _ = _describer(s.local, index.description.get("model_sha256"))
+    arrays = [
+        read_image_any(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x) for x in items
+    ]
+    names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"image {i}"
+             for i, x in enumerate(items)]  # fmt: skip
+    feats = describe_images(
+        arrays, describer, config=s.local_config, names=names, progress=progress
+    )
+    return encode_images(index.vlad, feats, names=names)
+
+
+def add_to_index(
+    index: SavedIndex,
+    images,
+    *,
+    root: str | os.PathLike | None = None,
+    progress: bool = False,
+    record: dict | None = None,
+) -> SavedIndex:
+    """A new index with more images, described and whitened as the indexed ones.
+
+    The fitted whitening / VLAD models are kept (never refitted); an IVF-PQ index
+    keeps its trained quantizer and gets the new vectors; under ``search="auto"``
+    an exact index that reaches ``EXACT_LIMIT`` vectors becomes IVF-PQ, trained on
+    all of them. ``index`` itself is unchanged.
+
+    Args:
+      index: a :class:`SavedIndex`.
+      images: a folder or a list of image paths (relative to ``root`` when given).
+      root, progress, record: as :func:`build_index`.
+
+    Raises:
+      InputError: no image, an image already indexed, an unreadable image, a changed
+        weights file / model.
+    """
+    t0 = time.perf_counter()
+    given, root_abs, files, rels = _collect(images, root)
+    _check_new(index, files)
+    new = describe_for_index(index, files, progress=progress)
+    vectors = np.ascontiguousarray(np.concatenate([index.vectors, new]), np.float32)
+    method = _method(index.settings, vectors.shape[0])
+    search_info = dict(index.search_info)
+    if method == "exact":
+        searcher, info = _make_searcher(vectors, "exact")
+    elif index.search_info["method"] == "ivfpq":
+        searcher, info = _grow(index, new, vectors, index.search_info["ivfpq"])
+    else:
+        searcher, info = _make_searcher(vectors, "ivfpq")
+    search_info.update(info)
+    part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
+    entry = {
+        "op": "add",
+        "images": given or f"{len(files)} paths",
+        "count": len(files),
+        "utc": _utc(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **(record or {}),
+    }
+    return dataclasses.replace(
+        index,
+        vectors=vectors,
+        parts=(*index.parts, part),
+        search_info=search_info,
+        generation=index.generation + 1,
+        history=(*index.history, entry),
+        searcher=searcher,
+    )

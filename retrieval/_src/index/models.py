@@ -1,0 +1,100 @@
+"""The networks and local describers an index describes images with, identified by SHA-256.
+
+A backbone weights file or a CKN model folder is hashed at build; a later query or add
+that finds other content is refused (:mod:`retrieval._src.index.settings`,
+:func:`retrieval._src.index.build.describe_for_index`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ckn import InputError
+from retrieval._src.local import make_describer
+
+DEFAULT_BACKBONE = "efficientnet-lite0"
+LOCAL_BASELINES = ("sift", "rootsift", "pixels")
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) for the process."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"file not found: {p}")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _sha256_any(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, or of a model folder's files (a CKN backbone)."""
+    return _sha256_tree(Path(path)) if Path(path).is_dir() else _sha256_file(path)
+
+
+def _sha256_tree(folder: Path) -> str:
+    """SHA-256 over a folder's files (relative names and contents, sorted)."""
+    h = hashlib.sha256()
+    for p in sorted(x for x in folder.rglob("*") if x.is_file()):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(_sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def _weights_path(spec: str) -> Path:
+    from retrieval._src.nets.backbone import efficientnet_lite0_weights
+
+    name, _, path = spec.partition(":")
+    if path:
+        return Path(path)
+    if name == DEFAULT_BACKBONE:
+        return Path(efficientnet_lite0_weights())
+    what = "MODEL_DIR" if name == "ckn" else "FILE"
+    raise InputError(f"{name} needs weights: --backbone {name}:{what}")
+
+
+_BACKBONES: dict[tuple[str, str], Any] = {}
+
+
+def _backbone(spec: str, sha: str | None = None):
+    """The backbone of "NAME[:FILE]" and its weights file's SHA-256 (checked against ``sha``)."""
+    from retrieval._src.global_eval import load_backbone_spec
+
+    path = _weights_path(spec)
+    got = _sha256_any(path)
+    if sha is not None and got != sha:
+        raise InputError(
+            f"the weights file {path} changed since the index was built "
+            f"(SHA-256 {got[:12]}... instead of {sha[:12]}...): rebuild the index"
+        )
+    key = (spec.partition(":")[0], got)
+    if key not in _BACKBONES:
+        _BACKBONES.clear()  # one network in memory at a time
+        _BACKBONES[key] = load_backbone_spec(f"{key[0]}:{path}")
+    return _BACKBONES[key], path, got
+
+
+def _describer(spec: str, sha: str | None = None):
+    if spec in LOCAL_BASELINES:
+        return make_describer(spec), None
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise InputError(f"--local: not sift, rootsift, pixels nor a model folder: {spec}")
+    got = _sha256_tree(folder)
+    if sha is not None and got != sha:
+        raise InputError(
+            f"the model {folder} changed since the index was built "
+            f"(SHA-256 {got[:12]}... instead of {sha[:12]}...): rebuild the index"
+        )
+    return make_describer(str(folder)), got
