@@ -32,8 +32,12 @@ of every epoch from a random pool of training images with the current head
 (cirtorch), at most one per other group. Adam (optax) with a warm-up + cosine
 schedule (``optax.warmup_cosine_decay_schedule``, evaluated on the host and
 passed traced, so one compilation serves every step); p learns ``p_lr_scale``
-times faster (``p_lr_scale``) and is kept in [1, 64]. One jitted step per
-(head, loss); a non-finite gradient skips the step. Validation mAP on other
+times faster and is kept in [1, 64] (GeM is computed as s GeM(x / s), s the
+channel max, so that x^p cannot overflow); an optional decoupled decay pulls every
+parameter towards its initialization (L2-SP). One jitted step per (head, loss,
+region count: the R-MAC projection runs on the valid regions only, at most
+:func:`region_cap` of the training maps, not on the 50 slots of the padded region
+table); a non-finite gradient skips the step. Validation mAP on other
 images (groups protocol, :func:`retrieval.evaluate_scores`) after each epoch:
 the best epoch is kept, early stopping after ``patience`` epochs without
 progress. A checkpoint after every epoch; a resumed run ends with the same bits
