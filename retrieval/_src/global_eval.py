@@ -54,7 +54,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.global_desc import GlobalConfig, extract_global, read_image_any
-from retrieval._src.image_folder import list_images, load_image_folder
+from retrieval._src.image_folder import check_images, list_images, load_image_folder
 from retrieval._src.metrics.image import ImageRetrievalResult, evaluate_scores
 from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE
@@ -334,6 +334,7 @@ class _Plan(NamedTuple):
     queries: list  # paths or crop arrays (revisited), None for groups
     query_names: list[str]
     gnd: dict | None
+    skipped: tuple = ()  # "NAME: reason" of images left out (unreadable, truncated, too small)
 
 
 def _crop(path: Path, bbx: np.ndarray, name: str, min_size: int) -> np.ndarray:
@@ -350,12 +351,12 @@ def _crop(path: Path, bbx: np.ndarray, name: str, min_size: int) -> np.ndarray:
     return np.ascontiguousarray(img[y1:y2, x1:x2])
 
 
-def _plan(images, gnd) -> _Plan:
+def _plan(images, gnd, strict: bool = False) -> _Plan:
     """Lists (and checks) what will be described, before any network runs."""
     root = Path(images)
     if gnd is None:
-        coll = load_image_folder(root)
-        return _Plan(coll.paths, coll.names, coll.labels, coll.junk, [], [], None)
+        coll, skipped = check_images(load_image_folder(root), strict=strict)
+        return _Plan(coll.paths, coll.names, coll.labels, coll.junk, [], [], None, tuple(skipped))
     if not root.is_dir():
         raise InputError(f"image folder not found: {root}")
     g = load_gnd(gnd)
@@ -406,6 +407,7 @@ def evaluate_global(
     gnd: str | os.PathLike | None = None,
     depth: int = 10,
     progress: bool = False,
+    strict: bool = False,
 ) -> GlobalEvaluation:
     """Describes a folder with global descriptors, post-processes, searches and scores.
 
@@ -422,6 +424,8 @@ def evaluate_global(
       gnd: a revisitop ground-truth pickle: the revisited protocol.
       depth: length of the returned rankings.
       progress: progress bars.
+      strict: fail on the first unreadable, truncated or too small image instead of
+        skipping it (skipped images are listed in ``info["skipped_images"]``).
 
     Returns:
       A :class:`GlobalEvaluation`.
@@ -431,14 +435,14 @@ def evaluate_global(
         naming images beyond imlist, whitening without other images or groups, images
         too small for the network, a bad QE / DBA k.
     """
-    plan = _plan(images, gnd)
+    plan = _plan(images, gnd, strict)
     w_paths, w_labels = _whiten_plan(whiten_images, post)
     n_db = len(plan.db)
     if post.dba and post.dba > n_db:
         raise InputError(f"DBA k = {post.dba} exceeds the {n_db} database images")
     if post.qe and post.qe > n_db - (1 if gnd is None else 0):
         raise InputError(f"QE k = {post.qe} exceeds the {n_db} database images")
-    info: dict = {"seconds": {}}
+    info: dict = {"seconds": {}, "skipped_images": list(plan.skipped)}
     sec = info["seconds"]
     queries = plan.queries
     if gnd is not None:

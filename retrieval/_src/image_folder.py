@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 from ckn import InputError
@@ -99,6 +100,70 @@ def load_image_folder(root: str | os.PathLike) -> ImageCollection:
         for q in np.flatnonzero(lab == g):
             junk[int(q)] = set(ids) - {int(q)}
     return ImageCollection(root, paths, lab, names, junk)
+
+
+#: Smallest image side kept by :func:`check_images` (smaller images hold no useful region).
+MIN_SIDE = 32
+
+
+def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
+    """Why ``path`` cannot be used (unreadable, truncated, too small), or None.
+
+    Decodes a reduced copy (libjpeg scales by 1/8 while decoding, so an 8000 px
+    photo is cheap) and, for JPEG files, checks the end-of-image marker: OpenCV
+    returns a truncated JPEG half grey with only a libjpeg message on stderr.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot read ({e.strerror or type(e).__name__})"
+    buf = np.frombuffer(data, np.uint8)
+    head = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if head is None or head.size == 0:
+        return "not a readable image"
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    h, w = head.shape[:2]
+    if min(h, w) < min_side:
+        return f"too small ({w}x{h} px, under {min_side} px)"
+    return None
+
+
+def check_images(
+    coll: ImageCollection, *, min_side: int = MIN_SIDE, strict: bool = False
+) -> tuple[ImageCollection, list[str]]:
+    """Drops unreadable, truncated or too small images from a collection.
+
+    Returns the collection without them (labels and junk lists renumbered) and
+    one ``"NAME: reason"`` line per skipped image, in path order.
+
+    Raises:
+      InputError: ``strict`` and a bad image (the first, named); or a group or
+        the whole query set left empty by the skipped images.
+    """
+    keep, skipped = [], []
+    for i, (path, name) in enumerate(zip(coll.paths, coll.names)):
+        why = image_problem(path, min_side)
+        if why is None:
+            keep.append(i)
+            continue
+        if strict:
+            raise InputError(f"{name}: {why}")
+        skipped.append(f"{name}: {why}")
+    if not skipped:
+        return coll, []
+    labels = coll.labels[keep]
+    for g, group in enumerate(coll.groups):
+        if not (labels == g).any():
+            raise InputError(f"group {group}: every image was skipped ({'; '.join(skipped)})")
+    new_index = {old: new for new, old in enumerate(keep)}
+    junk = {
+        new_index[q]: {new_index[j] for j in js if j in new_index}
+        for q, js in coll.junk.items()
+        if q in new_index
+    }
+    paths = [coll.paths[i] for i in keep]
+    return ImageCollection(coll.root, paths, labels, coll.groups, junk), skipped
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

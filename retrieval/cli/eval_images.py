@@ -55,7 +55,7 @@ from retrieval._src.global_eval import (
     load_backbone_spec,
 )
 from retrieval._src.image_eval import evaluate_vlad
-from retrieval._src.image_folder import list_images, load_image_folder
+from retrieval._src.image_folder import check_images, list_images, load_image_folder
 from retrieval._src.local import LocalConfig, describe_images, make_describer
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import provenance
@@ -146,7 +146,9 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     local = LocalConfig(
         max_regions=args.max_regions, max_side=1024 if args.max_side is None else args.max_side
     )
-    coll = load_image_folder(args.images)
+    coll, skipped_images = check_images(load_image_folder(args.images), strict=args.strict)
+    for line in skipped_images:
+        print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
     names = coll.names
     n_dis = int((coll.labels < 0).sum())
     describer = make_describer(args.local)
@@ -219,6 +221,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         "num_distractors": n_dis,
         "num_queries": res.num_queries,
         "skipped": list(res.skipped),
+        "skipped_images": list(skipped_images),
         "images": str(args.images),
         "local": describer.name,
         "local_dim": describer.dim,
@@ -314,8 +317,10 @@ def _cmd_global(args: argparse.Namespace, meta: dict) -> int:
         warnings.simplefilter("always", UserWarning)
         ev = evaluate_global(
             backbone, args.images, config, post, whiten_images=args.whiten_images,
-            gnd=args.gnd, progress=not args.quiet,
+            gnd=args.gnd, progress=not args.quiet, strict=args.strict,
         )  # fmt: skip
+    for line in ev.info["skipped_images"]:
+        print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
     for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
         print(f"note: {msg}", file=sys.stderr)
     info = ev.info
@@ -381,6 +386,7 @@ def _cmd_global(args: argparse.Namespace, meta: dict) -> int:
                 "num_distractors": info["num_distractors"],
                 "num_queries": res.num_queries,
                 "skipped": list(res.skipped),
+                "skipped_images": list(info["skipped_images"]),
                 "per_query": [
                     {"image": ev.names[q], "ap": float(res.per_query[q])}
                     for q in range(len(ev.names))
@@ -552,6 +558,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="seed of k-means, subsamples and PCA windows (default 0)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable, truncated or too small image (default: skip it "
+        "with a warning, count it in the JSON, and fail only if a group is left empty)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval_images)
