@@ -1,0 +1,439 @@
+"""Training a head on precomputed maps: the report, batches (groups x images, pool
+mining), the jitted Adam step, the schedule, validation and the loop
+(:func:`train_global_head`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ckn import InputError
+from retrieval._src.global_head.checkpoint import (
+    _CKPT_FORMAT,
+    _CKPT_VERSION,
+    _fingerprint,
+    _load_checkpoint,
+    _save_checkpoint,
+)
+from retrieval._src.global_head.config import (
+    _LOSSES,
+    P_BOUNDS,
+    GlobalHeadConfig,
+)
+from retrieval._src.global_head.forward import (
+    HeadParams,
+    _chunks,
+    _forward,
+    head_forward,
+    region_cap,
+)
+from retrieval._src.global_head.initialize import (
+    init_head_params,
+)
+from retrieval._src.global_head.maps import (
+    HeadMaps,
+)
+from retrieval._src.global_head.model import (
+    GlobalHead,
+)
+from retrieval._src.metrics.image import evaluate_scores
+
+
+@dataclass
+class GlobalHeadReport:
+    """What :func:`train_global_head` measured.
+
+    Attributes:
+      history: one dict per epoch (epoch, loss, val_map, p, seconds, steps); epoch 0 is
+        the initial head (val_map only).
+      best_epoch: epoch of the returned head (best validation mAP; the last without
+        validation).
+      best_val_map: its validation mAP in [0, 1] (None without validation).
+      epochs_done, steps: totals, resumed part included.
+      finished, stopped_early: the planned epochs ran / early stopping fired.
+      resumed_from: epoch of the checkpoint resumed from, or None.
+      seconds: wall time of this call; init_seconds: of the initialization;
+        steps_per_second: of its training steps.
+      nonfinite_steps: steps skipped for a non-finite gradient (expected 0).
+      traces: compilations of the training step during this call (0 or 1).
+      init: :func:`init_head_params`'s info.
+      config: the GlobalHeadConfig as a dict.
+    """
+
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_map: float | None = None
+    epochs_done: int = 0
+    steps: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    init_seconds: float = 0.0
+    steps_per_second: float = 0.0
+    nonfinite_steps: int = 0
+    traces: int = 0
+    init: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- batches and step
+
+
+def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
+    """Rows of every group with two or more members (labels >= 0), in label order."""
+    out = []
+    for g in np.unique(labels[labels >= 0]):
+        rows = np.flatnonzero(labels == g)
+        if rows.size >= 2:
+            out.append(rows)
+    return out
+
+
+class _Plan(NamedTuple):
+    rows: np.ndarray  # (S, B) int64 image rows
+    labels: np.ndarray  # (S, B) int32 group ids (-1: padding)
+    mask: np.ndarray  # (S, B) bool
+
+
+def _epoch_plan(groups, labels, cfg: GlobalHeadConfig, seed: int, epoch: int, mine=None) -> _Plan:
+    """One epoch: every group once, in an order drawn from (seed, epoch); K members each.
+
+    ``mine(anchors (G,)) -> (G, M) rows, (G, M) valid`` adds hard negatives per group.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    g, k = cfg.groups_per_batch, cfg.images_per_group
+    m = cfg.negatives if mine is not None else 0
+    order = rng.permutation(len(groups))
+    steps = -(-len(groups) // g)
+    rows = np.zeros((steps, g, k + m), np.int64)
+    mask = np.zeros((steps, g, k + m), bool)
+    for j, gi in enumerate(order):
+        members = groups[gi]
+        take = rng.choice(members, size=min(k, members.size), replace=False)
+        rows[j // g, j % g, : take.size] = take
+        mask[j // g, j % g, : take.size] = True
+    if mine is not None:
+        for s in range(steps):
+            have = mask[s, :, 0]
+            neg, ok = mine(rows[s, have, 0])
+            rows[s, have, k:], mask[s, have, k:] = neg, ok
+    lab = np.where(mask, labels[rows], -1).astype(np.int32)
+    return _Plan(rows.reshape(steps, -1), lab.reshape(steps, -1), mask.reshape(steps, -1))
+
+
+def _pool_miner(desc: np.ndarray, labels: np.ndarray, cfg: GlobalHeadConfig, seed, epoch):
+    """cirtorch's mining: a random pool of training images; per anchor the M most similar
+    images of other groups in it, at most one per group (descriptors of this epoch's start)."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    n = labels.shape[0]
+    pool = np.sort(rng.choice(n, size=min(cfg.pool_size, n), replace=False))
+    pdesc, plab = desc[pool], labels[pool]
+    m = cfg.negatives
+
+    def mine(anchors: np.ndarray):
+        neg = np.zeros((anchors.size, m), np.int64)
+        ok = np.zeros((anchors.size, m), bool)
+        sims = desc[anchors] @ pdesc.T  # (G, P)
+        for a, row in enumerate(anchors):
+            seen = {int(labels[row])}
+            j = 0
+            for c in np.argsort(-sims[a], kind="stable"):
+                if int(plab[c]) in seen:
+                    continue
+                seen.add(int(plab[c]))
+                neg[a, j], ok[a, j] = pool[c], True
+                j += 1
+                if j == m:
+                    break
+        return neg, ok
+
+    return mine
+
+
+_ADAM = optax.scale_by_adam()
+_TRACES = [0]  # compilations of _train_step (reported; tested)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "levels", "cap", "loss"))
+def _train_step(
+    kind, levels, cap, loss, params, params0, opt_state, maps, mask, labels, rowmask, hyper
+):
+    """One Adam step on a batch; ``hyper`` = (lr, margin, p_lr_scale, weight decay), traced.
+
+    Returns (params, opt_state, loss, finite); a non-finite gradient leaves the
+    parameters and the optimizer state unchanged.
+    """
+    _TRACES[0] += 1
+    lr, margin, p_scale, decay = hyper
+
+    def objective(prm):
+        v = head_forward(prm, maps, mask, kind=kind, levels=levels, max_regions=cap)
+        return _LOSSES[loss](v, labels, margin, rowmask)
+
+    value, grads = jax.value_and_grad(objective)(params)
+    leaves = jax.tree.leaves(grads)
+    finite = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in leaves]))
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    with jax.numpy_dtype_promotion("standard"):  # optax's b1 ** count (float ** int32)
+        updates, new_opt = _ADAM.update(grads, opt_state)
+    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
+    if params.p is not None:
+        p = params.p - lr * p_scale * (updates.p + decay * (params.p - params0.p))
+        new = new._replace(p=jnp.clip(p, *P_BOUNDS))
+    keep = lambda a, b: jnp.where(finite, a, b)
+    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+
+
+def _schedule(cfg: GlobalHeadConfig, total: int):
+    warm = int(round(cfg.warmup * total))
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, max(total, warm + 1), 0.0)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, max(warm, 1)), optax.constant_schedule(cfg.lr)],
+        [warm],
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _check_data(maps, labels, what: str) -> np.ndarray:
+    if not isinstance(maps, HeadMaps):
+        raise InputError(f"{what} maps must be HeadMaps (prepare_maps), got {type(maps).__name__}")
+    if maps.maps.ndim != 4 or maps.mask.shape != maps.maps.shape[:3]:
+        raise InputError(
+            f"{what} maps must be (N, h, w, C) with a (N, h, w) mask, got "
+            f"{maps.maps.shape} and {maps.mask.shape}"
+        )
+    lab = np.asarray(labels)
+    if lab.shape != (len(maps),) or not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"{what} labels must be (N,) ints with N = {len(maps)}, got {lab.shape}")
+    return lab.astype(np.int64)
+
+
+def validation_map(head_params: HeadParams, maps: HeadMaps, labels, config, cap=None) -> float:
+    """Groups-protocol mAP (every image of a group queries the others) of a head on maps."""
+    fn = lambda x, m: _forward(
+        head_params, x, m, kind=config.head, levels=config.levels, max_regions=cap
+    )
+    v = _chunks(fn, maps.maps, maps.mask)
+    return float(evaluate_scores(v.astype(np.float64) @ v.T.astype(np.float64), labels).mean_ap)
+
+
+def train_global_head(
+    maps: HeadMaps,
+    labels,
+    config: GlobalHeadConfig = GlobalHeadConfig(),  # noqa: B008 (frozen)
+    *,
+    seed: int = 0,
+    validation: tuple[HeadMaps, np.ndarray] | None = None,
+    backbone: dict | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> tuple[GlobalHead, GlobalHeadReport]:
+    """Trains a global head on precomputed backbone maps of image groups.
+
+    Args:
+      maps: the training images' :class:`HeadMaps` (:func:`prepare_maps`).
+      labels: (N,) int group ids (one group = one scene / object); -1: a distractor
+        (never an anchor nor a positive; pool mining may pick it as a negative).
+      config: the head and its training.
+      seed: batches and pools are drawn from (seed, epoch): the same seed, the same head.
+      validation: (maps, labels) of OTHER images, for the validation mAP, the best
+        epoch and early stopping; None: the last epoch is kept.
+      backbone: :func:`backbone_info` of the backbone, stored in the head.
+      progress: a progress bar with the loss and the validation mAP.
+      checkpoint: a folder; ``state.npz`` is written there (atomically) after every epoch.
+      resume: continue from the checkpoint (same data, config, seed: checked).
+      stop_after: return after this many epochs in total (the schedule still plans
+        ``config.epochs``); resume later.
+
+    Returns:
+      (:class:`GlobalHead` of the best epoch, :class:`GlobalHeadReport`).
+
+    Raises:
+      InputError: bad maps or labels, fewer than two groups of two images, validation
+        without a group of two, a checkpoint of another run or none to resume.
+    """
+    t_start = time.perf_counter()
+    traces0 = _TRACES[0]
+    if not isinstance(config, GlobalHeadConfig):
+        raise InputError(f"config must be a GlobalHeadConfig, got {type(config).__name__}")
+    lab = _check_data(maps, labels, "training")
+    # A distractor is a group of its own: never an anchor nor a positive (not even of
+    # another distractor), still a negative that pool mining can pick.
+    lab = lab.copy()
+    alone = lab < 0
+    lab[alone] = lab.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    groups = _group_rows(lab)
+    if len(groups) < 2:
+        raise InputError(
+            f"{len(groups)} group(s) of two or more images among {lab.shape[0]} training "
+            "images: training needs at least two"
+        )
+    val_lab = None
+    if validation is not None:
+        val_lab = _check_data(validation[0], validation[1], "validation")
+        if not _group_rows(val_lab):
+            raise InputError("the validation images have no group of two or more images")
+        if validation[0].maps.shape[3] != maps.maps.shape[3]:
+            raise InputError("validation and training maps have different channels")
+    if resume and checkpoint is None:
+        raise InputError("resume needs a checkpoint folder")
+    t0 = time.perf_counter()
+    params0, init_info = init_head_params(maps, lab, config, seed=seed)
+    report = GlobalHeadReport(config=config.to_dict(), init=init_info)
+    report.init_seconds = time.perf_counter() - t0
+    params, opt_state, best = params0, _ADAM.init(params0), params0
+    fingerprint = _fingerprint(maps, lab, validation, config, seed)
+    steps_per_epoch = -(-len(groups) // config.groups_per_batch)
+    total = config.epochs * steps_per_epoch
+    schedule = _schedule(config, total)
+    epoch, step, bad = 0, 0, 0
+    kind, levels = config.head, config.levels
+    cap = cap_val = None
+    if kind == "rmac":
+        cap = region_cap(maps.mask, levels)
+        cap_val = None if validation is None else region_cap(validation[0].mask, levels)
+
+    def evaluate(p) -> float | None:
+        if validation is None:
+            return None
+        return validation_map(p, validation[0], val_lab, config, cap_val)
+
+    def p_value(p) -> float | None:
+        return None if p.p is None else float(p.p)
+
+    if resume:
+        templates = {"params": params, "opt": opt_state, "best": best}
+        meta, trees = _load_checkpoint(Path(checkpoint), fingerprint, templates)
+        params, opt_state, best = trees["params"], trees["opt"], trees["best"]
+        epoch, step, bad = meta["epoch"], meta["step"], meta["bad_epochs"]
+        report.history, (report.best_epoch, report.best_val_map) = meta["history"], meta["best"]
+        report.nonfinite_steps, report.finished = meta["nonfinite_steps"], meta["finished"]
+        report.stopped_early, report.resumed_from = meta["stopped_early"], epoch
+    else:
+        v0 = evaluate(params)
+        report.history.append(
+            {
+                "epoch": 0,
+                "loss": None,
+                "val_map": v0,
+                "p": p_value(params),
+                "seconds": 0.0,
+                "steps": 0,
+            }
+        )
+        report.best_val_map = v0
+    hyper_fixed = tuple(
+        np.float32(v) for v in (config.margin_value, config.p_lr_scale, config.weight_decay)
+    )
+    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    bar = tqdm(total=total, initial=step, desc="training head", unit="step", disable=not progress)
+    train_steps, train_seconds = 0, 0.0
+    while not report.finished and epoch < last:
+        epoch += 1
+        t0 = time.perf_counter()
+        mine = None
+        if config.mining == "pool":
+            fn = lambda x, m, p=params: _forward(p, x, m, kind=kind, levels=levels, max_regions=cap)
+            desc = _chunks(fn, maps.maps, maps.mask)
+            mine = _pool_miner(desc, lab, config, seed, epoch)
+        plan = _epoch_plan(groups, lab, config, seed, epoch, mine)
+        losses, weights = [], []
+        for s in range(plan.rows.shape[0]):
+            rows = plan.rows[s]
+            hyper = (np.float32(schedule(step)), *hyper_fixed)
+            params, opt_state, value, finite = _train_step(
+                kind,
+                levels,
+                cap,
+                config.loss,
+                params,
+                params0,
+                opt_state,
+                maps.maps[rows],
+                maps.mask[rows],
+                plan.labels[s],
+                plan.mask[s],
+                hyper,
+            )
+            step += 1
+            report.nonfinite_steps += int(not bool(finite))
+            losses.append(float(value))
+            weights.append(int(plan.mask[s].sum()))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        seconds = time.perf_counter() - t0
+        train_steps, train_seconds = train_steps + len(losses), train_seconds + seconds
+        v = evaluate(params)
+        loss = float(np.average(losses, weights=weights))
+        report.history.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "val_map": v,
+                "p": p_value(params),
+                "seconds": seconds,
+                "steps": len(losses),
+            }
+        )
+        if v is None or v > report.best_val_map:
+            best, report.best_epoch, report.best_val_map, bad = params, epoch, v, 0
+        else:
+            bad += 1
+        if v is not None:
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", val_mAP=f"{100 * v:.2f}")
+        report.stopped_early = (
+            config.patience is not None and v is not None and bad >= config.patience
+        )
+        report.finished = report.stopped_early or epoch == config.epochs
+        if checkpoint is not None:
+            meta = {
+                "format": _CKPT_FORMAT,
+                "version": _CKPT_VERSION,
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "step": step,
+                "bad_epochs": bad,
+                "history": report.history,
+                "best": [report.best_epoch, report.best_val_map],
+                "finished": report.finished,
+                "nonfinite_steps": report.nonfinite_steps,
+                "stopped_early": report.stopped_early,
+            }
+            _save_checkpoint(
+                Path(checkpoint), meta, {"params": params, "opt": opt_state, "best": best}
+            )
+    bar.close()
+    report.epochs_done, report.steps = epoch, step
+    report.seconds = time.perf_counter() - t_start
+    report.steps_per_second = train_steps / train_seconds if train_seconds else 0.0
+    report.traces = _TRACES[0] - traces0
+    head = GlobalHead(
+        best,
+        kind=kind,
+        channels=maps.maps.shape[3],
+        levels=levels,
+        backbone=backbone,
+        config=config,
+        training={"report": report.to_dict()},
+    )
+    return head, report
