@@ -24,7 +24,8 @@ from retrieval._src.nets import backbone as B
 from retrieval._src.nets import resnet as R
 from retrieval._src.nets.weights import write_state_dict
 from retrieval._src.pooling import rmac_regions
-from retrieval.cli.main import main
+from retrieval.cli import train_global as TG
+from retrieval.cli.main import build_parser, main
 
 # float32 JAX against float64 NumPy.
 TOL = {"forward": 2e-5, "maps16": 2e-2}
@@ -396,6 +397,20 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path, capsys):
     assert main([*base, "--head", "rmac", "--dim", "16", "--whiten", "--val-fraction", "0",
                  "--out", str(rmac)]) == 0  # fmt: skip
     assert GH.load_global_head(rmac).dim == 11  # projection 16, whitening to 12 images - 1
+    # An interrupted run (a checkpoint after epoch 1 in OUT.ckpt) resumed by the command
+    # ends with the bits of the uninterrupted one.
+    again = tmp_path / "heads" / "again"
+    argv = [*base, "--head", "gem", "--val-images", str(val), "--out", str(again)]
+    args = build_parser().parse_args(argv)
+    paths, labels, vpaths, vlabels, _ = TG._data(args)
+    GH.train_global_head(
+        GH.prepare_maps(net, paths, side=64), labels, TG._config(args),
+        validation=(GH.prepare_maps(net, vpaths, side=64), vlabels),
+        checkpoint=TG.checkpoint_dir(again), stop_after=1,
+    )  # fmt: skip
+    assert main([*argv, "--resume"]) == 0 and not TG.checkpoint_dir(again).exists()
+    with np.load(out / "arrays.npz") as a, np.load(again / "arrays.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     capsys.readouterr()
     x = str(tmp_path / "x")
     g = [*base, "--head", "gem", "--val-fraction", "0"]
