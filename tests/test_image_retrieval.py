@@ -387,3 +387,15 @@ def test_bad_images_are_skipped_with_a_warning_and_counted(image_dir, tmp_path, 
     assert len(doc["skipped_images"]) == 3
     assert main(["eval-images", "--images", str(root), "--local", "sift", "--strict"]) == 2
     assert "not_an_image.jpg: not a readable image" in capsys.readouterr().err
+
+
+def test_cli_local_dim_no_whiten_and_search_reach_the_results(image_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["eval-images", "--images", str(image_dir), "--local", "sift", "--k", "8",
+            "--max-regions", "60", "--local-dim", "32", "--pca", "8", "--no-whiten",
+            "--search", "ivfpq", "--json", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["vlad"]["local_dim"] == 32 and doc["vlad"]["pca_dim"] == 8
+    assert doc["vlad"]["pca_whiten"] is False and doc["search"]["method"] == "ivfpq"
+    assert 0.0 <= doc["map"] <= 1.0
