@@ -448,7 +448,9 @@ def _error_cases(tmp, vgg_file, folders):
         ),
         ([*g, "--backbone", "ckn"], "needs a model directory: ckn:MODEL_DIR"),
         ([*g, "--backbone", f"vgg16:{r50}"], f"vgg16 weights file {r50}: missing key"),
-        (["--images", tiny, "--global", "gem", *vgg], "b.png: 20x20 px is smaller than the 32 px"),
+        # a too-small image is skipped with a warning (tests/test_image_retrieval.py);
+        # --strict makes it the one-line error
+        (["--images", tiny, "--global", "gem", "--strict", *vgg], "b.png: too small (20x20 px"),
         (["--images", tmp / "jpg", "--gnd", corrupt, "--global", "gem", *vgg], "not a readable"),
         (
             ["--images", tmp / "jpg", "--gnd", beyond, "--global", "gem", *vgg],
