@@ -59,6 +59,7 @@ from retrieval._src.image_folder import check_images, list_images, load_image_fo
 from retrieval._src.local import LocalConfig, describe_images, make_describer
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import provenance
+from retrieval.cli.flags import parse_scales
 
 AP_TEXT = (
     "non-interpolated AP (precision at each relevant rank, averaged), query excluded, "
@@ -105,20 +106,6 @@ _LOCAL_ONLY = (
     ("no_whiten", "--no-whiten", False),
     ("search", "--search", "exact"),
 )
-
-
-def _parse_scales(text: str | None) -> tuple[float, ...]:
-    if text is None:
-        return MULTI_SCALE
-    try:
-        scales = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(
-            f"--scales must be comma-separated numbers, e.g. 1,0.707,0.5, got {text!r}"
-        ) from None
-    if not all(np.isfinite(v) and v > 0 for v in scales):
-        raise InputError(f"--scales must be numbers > 0, got {text!r}")
-    return scales
 
 
 def cmd_eval_images(args: argparse.Namespace) -> int:
@@ -289,7 +276,7 @@ def _cmd_global(args: argparse.Namespace, meta: dict) -> int:
         raise InputError(f"--max-side must be >= 1, got {args.max_side}")
     config = GlobalConfig(
         head=args.global_head,
-        scales=_parse_scales(args.scales),
+        scales=parse_scales(args.scales) or MULTI_SCALE,
         max_side=1024 if args.max_side is None else args.max_side,
     )
     post = PostConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -321,3 +322,18 @@ def config_from_args(args: argparse.Namespace) -> CKNConfig:
         train=dataclasses.replace(cfg.train, **train_over),
         **top,
     )
+
+
+def parse_scales(text: str | None) -> tuple[float, ...] | None:
+    """``--scales 1,0.707,0.5`` as a tuple of numbers > 0 (None when not given)."""
+    if text is None:
+        return None
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"--scales must be comma-separated numbers, e.g. 1,0.707,0.5, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v > 0 for v in scales):
+        raise InputError(f"--scales must be numbers > 0, got {text!r}")
+    return scales

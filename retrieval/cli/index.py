@@ -29,8 +29,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from ckn import InputError, atomic_path, write_json
 from retrieval._src.global_desc import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
 from retrieval._src.index import (
@@ -51,7 +49,7 @@ from retrieval._src.index_figure import query_figure
 from retrieval._src.local import LocalConfig
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.cli.flags import Output, add_command, check_outputs, parse_scales
 
 # Flags of one description only: (dest, flag, value when not given).
 _GLOBAL_ONLY = (
@@ -64,20 +62,6 @@ _LOCAL_ONLY = (
     ("max_regions", "--max-regions", None),
     ("local_dim", "--local-dim", None),
 )
-
-
-def _parse_scales(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        scales = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(
-            f"--scales must be comma-separated numbers, e.g. 1,0.707,0.5, got {text!r}"
-        ) from None
-    if not all(np.isfinite(v) and v > 0 for v in scales):
-        raise InputError(f"--scales must be numbers > 0, got {text!r}")
-    return scales
 
 
 def _check_mode_flags(args: argparse.Namespace) -> None:
@@ -97,7 +81,7 @@ def _settings(args: argparse.Namespace) -> IndexSettings:
             raise InputError(f"--max-side must be >= 1, got {args.max_side}")
         config = GlobalConfig(
             head=args.global_head,
-            scales=_parse_scales(args.scales) or MULTI_SCALE,
+            scales=parse_scales(args.scales) or MULTI_SCALE,
             max_side=1024 if args.max_side is None else args.max_side,
         )
         return IndexSettings(
@@ -204,7 +188,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         global_head=args.global_head,
         local=args.local,
         backbone=args.backbone,
-        scales=_parse_scales(args.scales),
+        scales=parse_scales(args.scales),
         max_side=args.max_side,
     )
     image = read_image_any(args.image)  # an unreadable query fails before any work

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ckn import InputError
+
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -154,3 +156,24 @@ def conv_bn(state: Mapping[str, np.ndarray], conv: str, bn: str, eps: float, *, 
     """
     w, b = fold_bn(state[f"{conv}.weight"], {k: state[f"{bn}.{k}"] for k in BN_KEYS}, eps)
     return {"w": np.ascontiguousarray(w[:, :, 0, 0].T) if pointwise else conv_kernel(w), "b": b}
+
+
+def check_image_batch(images, *, min_size: int, name: str, stride: int) -> tuple[int, ...]:
+    """Checks a batch of uint8 images for a backbone; returns its shape.
+
+    ``images`` must be (N, H, W, 3) RGB or (N, H, W) gray uint8, N >= 1, with H and W at
+    least ``min_size`` (the backbone ``name`` of stride ``stride``); else InputError.
+    """
+    shape = tuple(images.shape)
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3):
+        raise InputError(f"images must be (N, H, W, 3) RGB or (N, H, W) gray, got shape {shape}")
+    if images.dtype != np.uint8:
+        raise InputError(f"images must be uint8, got dtype {images.dtype}")
+    if shape[0] == 0:
+        raise InputError("images: empty batch")
+    if min(shape[1:3]) < min_size:
+        raise InputError(
+            f"images of {shape[1]}x{shape[2]} px are smaller than the {min_size} px "
+            f"that {name} needs (stride {stride})"
+        )
+    return shape

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from ckn import InputError
-from retrieval._src.nets import efficientnet, resnet, vgg
+from retrieval._src.nets import check_image_batch, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
 from retrieval._src.nets.weights import load_params, read_state_dict
 
@@ -177,20 +177,9 @@ class Backbone(nnx.Module):
     def _images(self, images) -> jax.Array:
         if not isinstance(images, (np.ndarray, jax.Array)):
             images = np.asarray(images)
-        shape = tuple(images.shape)
-        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3):
-            raise InputError(
-                f"images must be (N, H, W, 3) RGB or (N, H, W) gray, got shape {shape}"
-            )
-        if images.dtype != np.uint8:
-            raise InputError(f"images must be uint8, got dtype {images.dtype}")
-        if shape[0] == 0:
-            raise InputError("images: empty batch")
-        if min(shape[1:3]) < self.min_size:
-            raise InputError(
-                f"images of {shape[1]}x{shape[2]} px are smaller than the {self.min_size} px "
-                f"that {self.name} needs (stride {self.stride})"
-            )
+        shape = check_image_batch(
+            images, min_size=self.min_size, name=self.name, stride=self.stride
+        )
         if len(shape) == 3:  # Python's default filter shows it once per calling line
             warnings.warn("gray images (N, H, W): repeated to RGB", UserWarning, stacklevel=3)
         return images

@@ -57,6 +57,7 @@ from flax import nnx
 
 import ckn
 from ckn import InputError
+from retrieval._src.nets import check_image_batch
 
 #: Name of the CKN backbone in ``load_backbone``.
 CKN_BACKBONE = "ckn"
@@ -210,20 +211,9 @@ class CknBackbone(nnx.Module):
     def _images(self, images) -> np.ndarray:
         if not isinstance(images, (np.ndarray, jax.Array)):
             images = np.asarray(images)
-        shape = tuple(images.shape)
-        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3):
-            raise InputError(
-                f"images must be (N, H, W, 3) RGB or (N, H, W) gray, got shape {shape}"
-            )
-        if images.dtype != np.uint8:
-            raise InputError(f"images must be uint8, got dtype {images.dtype}")
-        if shape[0] == 0:
-            raise InputError("images: empty batch")
-        if min(shape[1:3]) < self.min_size:
-            raise InputError(
-                f"images of {shape[1]}x{shape[2]} px are smaller than the {self.min_size} px "
-                f"that {self.name} needs (stride {self.stride})"
-            )
+        shape = check_image_batch(
+            images, min_size=self.min_size, name=self.name, stride=self.stride
+        )
         images = np.asarray(images)
         if len(shape) == 3 and self.model.config.channels == "rgb":
             warnings.warn("gray images (N, H, W): repeated to RGB", UserWarning, stacklevel=3)
