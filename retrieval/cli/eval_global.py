@@ -1,0 +1,181 @@
+"""``ckn eval-images --global``: global descriptors, post-processing, exact search, mAP.
+
+The global branch of :mod:`retrieval.cli.eval_images` (which parses the flags and
+checks the output destinations before calling :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+
+import numpy as np
+
+from ckn import InputError, atomic_path, write_json
+from retrieval._src.data import read_image
+from retrieval._src.figures import save_figure, thumbnail
+from retrieval._src.global_desc import MULTI_SCALE, GlobalConfig
+from retrieval._src.global_eval import PostConfig, evaluate_global, load_backbone_spec
+from retrieval.cli import provenance
+from retrieval.cli.flags import parse_scales
+
+AP_TEXT = (
+    "non-interpolated AP (precision at each relevant rank, averaged), query excluded, "
+    "junk removed, ties against relevant"
+)
+
+
+def figure_queries(labels: np.ndarray, count: int = 4) -> list[int]:
+    """The first image of each of the first ``count`` groups that have a query."""
+    out = []
+    for g in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == g)
+        if members.size >= 2:
+            out.append(int(members[0]))
+        if len(out) == count:
+            break
+    return out
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def run(args: argparse.Namespace, meta: dict) -> int:
+    """``--global HEAD``: global CNN descriptors, post-processing, exact search, mAP."""
+    if args.gnd is not None and args.figure is not None:
+        raise InputError("--figure works with the groups layout, not with --gnd")
+    for flag, v in (("--qe", args.qe), ("--dba", args.dba)):
+        if v < 0:
+            raise InputError(f"{flag} must be >= 0, got {v}")
+    if args.max_side is not None and args.max_side < 1:
+        raise InputError(f"--max-side must be >= 1, got {args.max_side}")
+    config = GlobalConfig(
+        head=args.global_head,
+        scales=parse_scales(args.scales) or MULTI_SCALE,
+        max_side=1024 if args.max_side is None else args.max_side,
+    )
+    post = PostConfig(
+        whiten=args.whiten or "none",
+        whiten_dim=args.whiten_dim,
+        qe=args.qe,
+        alpha=0.0 if args.alpha is None else args.alpha,
+        dba=args.dba,
+    )
+    if post.whiten == "none" and args.whiten_images is not None:
+        raise InputError("--whiten-images needs --whiten pca or --whiten learned")
+    if post.whiten != "none" and args.whiten_images is None:
+        raise InputError(
+            f"--whiten {post.whiten} needs --whiten-images DIR: other images to fit it on "
+            "(never the evaluated ones)"
+        )
+    spec = args.backbone or "efficientnet-lite0"
+    backbone = load_backbone_spec(spec)
+    print(
+        f"{args.images}: global {config.head} descriptors of {backbone.name} "
+        f"({backbone.channels} channels, stride {backbone.stride}), scales "
+        f"{', '.join(f'{s:g}' for s in config.scales)}, max side {config.max_side}; {post.label}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ev = evaluate_global(
+            backbone, args.images, config, post, whiten_images=args.whiten_images,
+            gnd=args.gnd, progress=not args.quiet, strict=args.strict,
+        )  # fmt: skip
+    for line in ev.info["skipped_images"]:
+        print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
+    for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
+        print(f"note: {msg}", file=sys.stderr)
+    info = ev.info
+    extract = dict(
+        info["extract"], skipped_scales=[list(x) for x in info["extract"]["skipped_scales"]]
+    )
+    doc = {
+        "protocol": "revisited" if args.gnd is not None else "groups",
+        "images": str(args.images),
+        "global": {
+            "head": config.head,
+            "backbone": backbone.name,
+            "backbone_spec": spec,
+            "dim": info["dim"],
+            "config": dataclasses.asdict(config),
+            "post": dataclasses.asdict(post),
+            "post_label": post.label,
+        },  # fmt: skip
+        "whitening": info.get("whitening"),
+        "extract": extract,
+        "seconds": info["seconds"],
+    }
+    if args.gnd is not None:
+        rev = ev.revisited
+        for protocol in ("easy", "medium", "hard"):
+            r = rev[protocol]
+            mp = " / ".join(_pct(v) for v in (r["mp@k"] or []))
+            print(
+                f"revisited {protocol}: mAP {_pct(r['map'])}, "
+                f"mP@{','.join(map(str, r['kappas']))} {mp or 'n/a'} over {r['num_queries']} "
+                f"queries ({r['num_skipped']} without positives skipped)"
+            )
+        doc.update(
+            {
+                "map": rev["medium"]["map"],
+                "map_definition": "revisited medium mAP (revisitop trapezoid AP, junk removed)",
+                **{p: rev[p] for p in ("easy", "medium", "hard")},
+                "gnd": str(args.gnd),
+                "num_images": info["num_database"] + info["num_queries"],
+                "num_database": info["num_database"],
+                "num_queries": info["num_queries"],
+                "query_images": ev.query_names,
+            }
+        )
+    else:
+        res = ev.result
+        for msg in res.skipped:
+            print(f"skipped: {msg}", file=sys.stderr)
+        if res.num_queries == 0:
+            raise InputError(f"{args.images}: no group has two images: nothing to evaluate")
+        print(
+            f"{config.head}, {info['dim']}-D, exact search: mAP {100 * res.mean_ap:.2f} "
+            f"(trapezoid {100 * res.mean_ap_trapezoid:.2f}) over {res.num_queries} queries; "
+            f"{AP_TEXT}"
+        )
+        doc.update(
+            {
+                "map": res.mean_ap,
+                "map_trapezoid": res.mean_ap_trapezoid,
+                "ap_definition": AP_TEXT,
+                "num_images": info["num_database"],
+                "num_groups": info["num_groups"],
+                "num_distractors": info["num_distractors"],
+                "num_queries": res.num_queries,
+                "skipped": list(res.skipped),
+                "skipped_images": list(info["skipped_images"]),
+                "per_query": [
+                    {"image": ev.names[q], "ap": float(res.per_query[q])}
+                    for q in range(len(ev.names))
+                    if not np.isnan(res.per_query[q])
+                ],
+            }
+        )
+    doc["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
+    doc["metadata"] = provenance.finish(meta)
+    if args.json is not None:
+        write_json(args.json, doc)
+        print(f"wrote {args.json}")
+    if args.figure is not None:
+        queries = figure_queries(ev.labels)
+        shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
+        thumbs = [
+            thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
+            for i, p in enumerate(ev.paths)
+        ]
+        with atomic_path(args.figure) as tmp:
+            save_figure(
+                tmp, thumbs, ev.labels, ev.ranking, queries, names=ev.names, junk=ev.junk,
+                title=f"{backbone.name} {config.head}, {post.label}, "
+                f"mAP {100 * ev.result.mean_ap:.1f}",
+            )  # fmt: skip
+        print(f"wrote {args.figure}")
+    return 0
