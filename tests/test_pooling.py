@@ -334,3 +334,23 @@ def test_rmac_larger_maps_in_a_bucket():
     for i, (h, w) in enumerate(sizes):
         want = ref_rmac(x[i, :h, :w].astype(np.float64))
         np.testing.assert_allclose(out[i], want, rtol=RTOL, atol=ATOL, err_msg=f"{h}x{w}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rmac_and_regional_mac_with_x64_enabled(padded, dtype):
+    """Under ``jax_enable_x64`` (Python ints become int64) the int32 R-MAC grid still
+    compiles and gives the NumPy values; float64 maps stay float64."""
+    x, mask, maps = padded
+    with jax.enable_x64(True):
+        xj, mj = jnp.asarray(x.astype(dtype)), jnp.asarray(mask)
+        out = np.asarray(P.rmac(xj, mask=mj))
+        regions, valid = P.regional_mac(xj, mask=mj)
+        regions, valid = np.asarray(regions), np.asarray(valid)
+    assert not jax.config.jax_enable_x64  # restored
+    assert out.dtype == dtype and regions.dtype == dtype
+    for i, m in enumerate(maps):
+        np.testing.assert_allclose(out[i], ref_rmac(m), rtol=RTOL, atol=ATOL, err_msg=f"{i}")
+        boxes = ref_regions(*m.shape[:2])
+        want = np.stack([ref_mac(m[y : y + a, z : z + b]) for y, z, a, b in boxes])
+        np.testing.assert_allclose(regions[i][valid[i]], want, rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(regions[i][~valid[i]], 0.0)
