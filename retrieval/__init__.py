@@ -25,6 +25,7 @@ from retrieval._src.cam import (
     heatmap_boxes,
     online_aggregation,
 )
+from retrieval._src.cam_eval import CamConfig, evaluate_cam
 from retrieval._src.data import (
     EmptySplitWarning,
     PatchSet,
@@ -60,6 +61,7 @@ from retrieval._src.global_desc import (
     extract_global,
     extract_global_heads,
     extract_per_scale,
+    iter_feature_maps,
 )
 from retrieval._src.global_eval import (
     GlobalEvaluation,
@@ -309,6 +311,8 @@ __all__ = [
     "class_activation_maps",
     "heatmap_boxes",
     "online_aggregation",
+    "CamConfig",
+    "evaluate_cam",
     # global image descriptors and their retrieval pipeline
     "GlobalConfig",
     "GlobalEvaluation",
@@ -320,6 +324,7 @@ __all__ = [
     "extract_global",
     "extract_global_heads",
     "extract_per_scale",
+    "iter_feature_maps",
     "fit_global_whitening",
     "load_backbone_spec",
     # learned global heads

@@ -473,7 +473,9 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(vgg_file, folders, tmp_pa
         assert rc == 2 and len(lines) == 1, (argv, err)
         assert lines[0].startswith("ckn eval-images: error: ") and message in lines[0], lines
         assert not out.exists()
+    # a missing output folder is created (as mkdir -p), not refused
     rc, _, err = _run(
-        capsys, "--images", folders[0], "--global", "gem", "--json", tmp_path / "no" / "r.json"
-    )
-    assert rc == 2 and "output folder does not exist" in err
+        capsys, "--images", folders[0], "--global", "gem", "--backbone", f"vgg16:{vgg_file}",
+        "--scales", "1", "--json", tmp_path / "no" / "r.json",
+    )  # fmt: skip
+    assert rc == 0 and (tmp_path / "no" / "r.json").is_file(), err

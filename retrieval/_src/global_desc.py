@@ -452,12 +452,25 @@ def _report(backbone, rec: dict, info: dict | None) -> None:
         )
 
 
-def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
-    """Pooled heads at every scale, by bucket: ({head: (S, N, C)}, have (S, N))."""
-    batch = _batch_size(config)
-    n_scales, n = len(config.scales), len(src)
+class MapBatch(NamedTuple):
+    """One padded batch of feature maps (:func:`iter_feature_maps`).
+
+    Attributes:
+      items: (image index, scale index) of each real row; rows beyond ``len(items)`` pad the
+        batch.
+      features: (B, h, w, C) the backbone's maps of the bucket.
+      mask: (B, h, w) bool validity of each row's image (False on padding rows).
+    """
+
+    items: list[tuple[int, int]]
+    features: jax.Array
+    mask: np.ndarray
+
+
+def _plan_items(backbone, src, sizes, config, rec):
+    """Bucket plan: ({(H, W): [(image, scale, h, w)]}, have (S, N) bool)."""
     items: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
-    have = np.zeros((n_scales, n), bool)
+    have = np.zeros((len(config.scales), len(src)), bool)
     for i, (h, w) in enumerate(sizes):
         kept = 0
         for s, (hs, ws) in enumerate(scaled_sizes(h, w, config, backbone.stride)):
@@ -475,10 +488,16 @@ def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
                 f"{backbone.name} needs at every scale (max side {config.max_side}, scales "
                 f"{', '.join(f'{x:g}' for x in config.scales)})"
             )
+    return items, have
+
+
+def _map_batches(backbone, src, items, config, progress, rec):
+    """Yields a :class:`MapBatch` per padded batch, bucket by bucket (one batch in memory)."""
+    batch = _batch_size(config)
     colour = pad_colour(backbone)
     stride = backbone.stride
-    vecs = {head: np.zeros((n_scales, n, backbone.channels), np.float32) for head in heads}
-    bar = tqdm(total=int(have.sum()), desc="describing", unit="image-scale", disable=not progress)
+    total = sum(len(v) for v in items.values())
+    bar = tqdm(total=total, desc="describing", unit="image-scale", disable=not progress)
     last = (-1, None)  # the last image read: its scales are usually in nearby batches
     for key in sorted(items):
         rec["buckets"][f"{key[0]}x{key[1]}"] = len(items[key])
@@ -495,13 +514,52 @@ def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
             mask = np.zeros(feats.shape[:3], bool)
             for r, (_, _, hs, ws) in enumerate(chunk):
                 mask[r, : _ceil_div(hs, stride), : _ceil_div(ws, stride)] = True
-            for head in heads:
-                v = _pool(head, feats, mask, config)
-                for r, (i, s, _, _) in enumerate(chunk):
-                    vecs[head][s, i] = v[r]
             rec["batches"] += 1
+            yield MapBatch([(i, s) for i, s, _, _ in chunk], feats, mask)
             bar.update(len(chunk))
     bar.close()
+
+
+def iter_feature_maps(
+    backbone: Backbone,
+    images: Sequence,
+    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (a frozen dataclass)
+    *,
+    progress: bool = False,
+    info: dict | None = None,
+):
+    """The backbone's feature maps of images, one padded bucket batch at a time.
+
+    Images are shrunk, resized per scale, bucketed and padded as :func:`extract_global`
+    does (``config.head`` is not used); a consumer pools each :class:`MapBatch` itself
+    (class-weighted pooling, stored maps for re-ranking). Every image is checked (and its
+    size read) before the first batch is yielded.
+
+    Args:
+      backbone, images, config, progress: as :func:`extract_global`.
+      info: filled, once the iteration is done, as :func:`extract_global`'s.
+
+    Yields:
+      :class:`MapBatch` ``(items, features (B, h, w, C), mask (B, h, w))``.
+
+    Raises:
+      InputError: as :func:`extract_global` (before the first batch).
+    """
+    src, sizes, rec = _prepare(backbone, images, config)
+    items, _ = _plan_items(backbone, src, sizes, config, rec)
+    yield from _map_batches(backbone, src, items, config, progress, rec)
+    _report(backbone, rec, info)
+
+
+def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
+    """Pooled heads at every scale, by bucket: ({head: (S, N, C)}, have (S, N))."""
+    items, have = _plan_items(backbone, src, sizes, config, rec)
+    vecs = {h: np.zeros((*have.shape, backbone.channels), np.float32) for h in heads}
+    for mb in _map_batches(backbone, src, items, config, progress, rec):
+        for head in heads:
+            v = _pool(head, mb.features, mb.mask, config)
+            for r, (i, s) in enumerate(mb.items):
+                vecs[head][s, i] = v[r]
     return vecs, have
 
 
