@@ -160,8 +160,9 @@ def tiles_set(n_views: int, seed: int = 0):
     return images, names, np.asarray(labels, np.int64)
 
 
-def cached_describe(net, images, label: str, cache: Path | None, extra=None) -> dict:
-    """:func:`describe`, or its saved result (``--cache``: a development aid, said in the JSON)."""
+def cached_describe(net, images, label: str, cache: Path | None, extra=None, **kw) -> dict:
+    """:func:`describe` (``kw`` passed on), or its saved result (``--cache``: a development aid,
+    said in the JSON)."""
     f = None if cache is None else cache / f"{label}.npz"
     if f is not None and f.is_file():
         z = np.load(f, allow_pickle=False)
@@ -169,7 +170,7 @@ def cached_describe(net, images, label: str, cache: Path | None, extra=None) -> 
         timing = json.loads(str(z["timing"]))
         _log(f"[{label}] descriptors read from {f} (timings of the run that wrote it)")
         return {"vectors": vecs, "timing": {**timing, "from_cache": str(f)}}
-    d = describe(net, images, label)
+    d = describe(net, images, label, **kw)
     if extra is not None:
         d["timing"].update(extra())
     if f is not None:
@@ -179,30 +180,41 @@ def cached_describe(net, images, label: str, cache: Path | None, extra=None) -> 
     return d
 
 
-def describe(net, images, label: str) -> dict:
-    """Per-scale pooled heads and codes of every image, timed (compilation included)."""
+def describe(
+    net, images, label: str, *, heads=POOLED, codes: bool = True, max_side: int | None = 1024
+) -> dict:
+    """Per-scale pooled heads (and codes) of every image, timed (compilation included).
+
+    ``heads``, ``codes`` and ``max_side`` are for backbones without codes (a CKN) and for
+    smaller images; the defaults are this benchmark's settings.
+    """
     info_p, info_c = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # gray photos: repeated to RGB
         t0 = time.perf_counter()
-        per = extract_per_scale(net, images, GlobalConfig(scales=MULTI_SCALE), heads=POOLED,
-                                info=info_p)  # fmt: skip
+        per = extract_per_scale(net, images, GlobalConfig(scales=MULTI_SCALE, max_side=max_side),
+                                heads=heads, info=info_p)  # fmt: skip
         t1 = time.perf_counter()
-        codes = extract_global_heads(net, images, GlobalConfig(), heads=("codes",), info=info_c)
+        if codes:
+            cc = extract_global_heads(net, images, GlobalConfig(), heads=("codes",), info=info_c)
         t2 = time.perf_counter()
     n = len(images)
     _log(f"[{label}] {n} images: pooled heads at 3 scales {t1 - t0:.1f} s "
-         f"({len(info_p['buckets'])} buckets), codes {t2 - t1:.1f} s")  # fmt: skip
+         f"({len(info_p['buckets'])} buckets)"
+         + (f", codes {t2 - t1:.1f} s" if codes else ""))  # fmt: skip
     vecs = {}
-    for head in POOLED:
+    for head in heads:
         vecs[(head, "single")] = per.vectors[head][0]
         vecs[(head, "multi")] = combine_scales(
             per.vectors[head], per.have, 3.0 if head == "gem" else 1.0
         )
-    vecs[("codes", "single")] = codes["codes"]
+    first = {f"pooled_{len(MULTI_SCALE)}_scales_{len(heads)}_heads": t1 - t0}
+    if codes:
+        vecs[("codes", "single")] = cc["codes"]
+        first["codes"] = t2 - t1
     timing = {
         "images": n,
-        "first_pass_seconds": {"pooled_3_scales_5_heads": t1 - t0, "codes": t2 - t1},
+        "first_pass_seconds": first,
         "first_pass_seconds_per_image": (t2 - t0) / n,
         "buckets": info_p["buckets"],
         "gray_images": info_p["gray"],
@@ -211,14 +223,14 @@ def describe(net, images, label: str) -> dict:
     return {"vectors": vecs, "timing": timing}
 
 
-def steady_state(net, images) -> dict:
+def steady_state(net, images, max_side: int | None = 1024) -> dict:
     """Seconds per image of a second pass (compiled buckets), multi-scale GeM and single scale."""
     out = {"images": len(images)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for label, cfg in (
-            ("gem_3_scales", GlobalConfig()),
-            ("gem_1_scale", GlobalConfig(scales=(1.0,))),
+            ("gem_3_scales", GlobalConfig(max_side=max_side)),
+            ("gem_1_scale", GlobalConfig(scales=(1.0,), max_side=max_side)),
         ):
             extract_global(net, images[:1], cfg)  # compiled already; a warm-up call anyway
             t0 = time.perf_counter()
