@@ -47,6 +47,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -397,6 +398,18 @@ def _whiten_plan(whiten_images, post: PostConfig):
     return coll.paths, coll.labels
 
 
+def _described(describe, images: list, progress: bool, info: dict) -> np.ndarray:
+    """A caller's ``describe(images, progress, info)``, checked: (N, D) finite floats."""
+    v = np.asarray(describe(images, progress, info))
+    if v.ndim != 2 or v.shape[0] != len(images) or v.shape[1] < 1:
+        raise InputError(
+            f"describe returned shape {v.shape} for {len(images)} images, expected (N, D)"
+        )
+    if not np.issubdtype(v.dtype, np.floating) or not np.isfinite(v).all():
+        raise InputError(f"describe returned non-finite or non-float vectors ({v.dtype})")
+    return v.astype(np.float32, copy=False)
+
+
 def evaluate_global(
     backbone: Backbone,
     images: str | os.PathLike,
@@ -408,6 +421,7 @@ def evaluate_global(
     depth: int = 10,
     progress: bool = False,
     strict: bool = False,
+    describe: Callable[[Sequence, bool, dict], np.ndarray] | None = None,
 ) -> GlobalEvaluation:
     """Describes a folder with global descriptors, post-processes, searches and scores.
 
@@ -426,6 +440,13 @@ def evaluate_global(
       progress: progress bars.
       strict: fail on the first unreadable, truncated or too small image instead of
         skipping it (skipped images are listed in ``info["skipped_images"]``).
+      describe: how images become vectors: ``describe(images, progress, info)`` -> (N, D)
+        float32, L2-normalized, for a list of N images (paths, or (h, w, 3) uint8 query
+        crops with ``gnd``), filling ``info`` as :func:`retrieval.extract_global` does.
+        Used for the database, the queries and the whitening images. None:
+        :func:`retrieval.extract_global` with ``backbone`` and ``config``. A learned head:
+        ``lambda ims, progress, info: head.describe_images(backbone, ims, config,
+        progress=progress, info=info)`` (:func:`retrieval.load_global_head`).
 
     Returns:
       A :class:`GlobalEvaluation`.
@@ -433,8 +454,18 @@ def evaluate_global(
     Raises:
       InputError: a missing folder or image, no group, a corrupt ground truth or one
         naming images beyond imlist, whitening without other images or groups, images
-        too small for the network, a bad QE / DBA k.
+        too small for the network, a bad QE / DBA k, ``describe`` returning other than
+        (N, D) finite values.
     """
+    if describe is None:
+
+        def describe_(ims, progress, info):
+            return extract_global(backbone, ims, config, progress=progress, info=info)
+    else:
+
+        def describe_(ims, progress, info):
+            return _described(describe, ims, progress, info)
+
     plan = _plan(images, gnd, strict)
     w_paths, w_labels = _whiten_plan(whiten_images, post)
     n_db = len(plan.db)
@@ -452,7 +483,7 @@ def evaluate_global(
         ]
     t0 = time.perf_counter()
     extract: dict = {}
-    vecs = extract_global(backbone, plan.db + queries, config, progress=progress, info=extract)
+    vecs = describe_(plan.db + queries, progress, extract)
     sec["describe"] = time.perf_counter() - t0
     sec["describe_per_image"] = sec["describe"] / vecs.shape[0]
     info["extract"] = extract
@@ -461,7 +492,7 @@ def evaluate_global(
     if w_paths is not None:
         t0 = time.perf_counter()
         w_extract: dict = {}
-        wv = extract_global(backbone, w_paths, config, progress=progress, info=w_extract)
+        wv = describe_(w_paths, progress, w_extract)
         sec["whiten_describe"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         whitening = fit_global_whitening(wv, post.whiten, labels=w_labels, dim=post.whiten_dim)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from retrieval._src.data import read_image
 from retrieval._src.figures import save_figure, thumbnail
 from retrieval._src.global_desc import MULTI_SCALE, GlobalConfig
 from retrieval._src.global_eval import PostConfig, evaluate_global, load_backbone_spec
+from retrieval._src.global_head import GlobalHead, load_global_head
 from retrieval.cli import provenance
 from retrieval.cli.flags import parse_scales
 
@@ -43,8 +46,58 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
+def learned_head(args: argparse.Namespace):
+    """``--global-head HEAD_DIR``: (head, backbone, spec), the backbone checked against the head.
+
+    The backbone is ``--backbone`` if given, else the one HEAD_DIR records (its
+    ``ckn train-global --backbone``); either way it must be the network (name and
+    weights) the head was trained on. A ``--global`` beside it must name the head's kind.
+    """
+    folder = args.learned_head
+    head = load_global_head(folder)
+    if args.global_head is not None and args.global_head != head.kind:
+        raise InputError(
+            f"--global {args.global_head} does not match {folder}, a {head.kind} head: "
+            f"leave --global out or give --global {head.kind}"
+        )
+    rec = head.backbone
+    if args.backbone is not None:
+        spec, where, hint = args.backbone, f"--backbone {args.backbone}", ""
+    elif rec.get("spec") or rec.get("name"):
+        spec = rec.get("spec") or rec["name"]
+        where, hint = f"{folder} records the backbone {spec}", " (give --backbone)"
+    else:
+        raise InputError(f"{folder} does not record its backbone: give --backbone")
+    try:
+        backbone = load_backbone_spec(spec)
+        head.check_backbone(backbone)
+    except InputError as e:
+        raise InputError(f"{where}: {e}{hint}") from None
+    return head, backbone, spec
+
+
+def head_record(head: GlobalHead, folder) -> dict:
+    """What the JSON keeps of a learned head: folder, shape, p, backbone, config, and the
+    SHA-256 of each of its files (config.json, arrays.npz)."""
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file())
+    digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {
+        "folder": str(folder),
+        "kind": head.kind,
+        "dim": head.dim,
+        "whitened": head.whitened,
+        "p": None if head.p is None else float(head.p.get_value()),
+        "levels": head.levels,
+        "channels": head.channels,
+        "backbone": head.backbone,
+        "config": None if head.config is None else head.config.to_dict(),
+        "sha256": digests,
+    }
+
+
 def run(args: argparse.Namespace, meta: dict) -> int:
-    """``--global HEAD``: global CNN descriptors, post-processing, exact search, mAP."""
+    """``--global HEAD`` or ``--global-head HEAD_DIR``: global descriptors, post-processing,
+    exact search, mAP."""
     if args.gnd is not None and args.figure is not None:
         raise InputError("--figure works with the groups layout, not with --gnd")
     for flag, v in (("--qe", args.qe), ("--dba", args.dba)):
@@ -52,11 +105,20 @@ def run(args: argparse.Namespace, meta: dict) -> int:
             raise InputError(f"{flag} must be >= 0, got {v}")
     if args.max_side is not None and args.max_side < 1:
         raise InputError(f"--max-side must be >= 1, got {args.max_side}")
+    head = describe = None
+    if args.learned_head is not None:
+        head, backbone, spec = learned_head(args)
     config = GlobalConfig(
-        head=args.global_head,
+        head=args.global_head if head is None else head.kind,
         scales=parse_scales(args.scales) or MULTI_SCALE,
         max_side=1024 if args.max_side is None else args.max_side,
     )
+    if head is not None:  # the head's own p and levels (used by describe_images)
+        config = dataclasses.replace(config, p=head.combine_p, levels=head.levels)
+
+        def describe(images, progress, info):
+            return head.describe_images(backbone, images, config, progress=progress, info=info)
+
     post = PostConfig(
         whiten=args.whiten or "none",
         whiten_dim=args.whiten_dim,
@@ -71,10 +133,12 @@ def run(args: argparse.Namespace, meta: dict) -> int:
             f"--whiten {post.whiten} needs --whiten-images DIR: other images to fit it on "
             "(never the evaluated ones)"
         )
-    spec = args.backbone or "efficientnet-lite0"
-    backbone = load_backbone_spec(spec)
+    if head is None:
+        spec = args.backbone or "efficientnet-lite0"
+        backbone = load_backbone_spec(spec)
+    name = config.head if head is None else f"learned {head.kind}"
     print(
-        f"{args.images}: global {config.head} descriptors of {backbone.name} "
+        f"{args.images}: global {name} descriptors of {backbone.name} "
         f"({backbone.channels} channels, stride {backbone.stride}), scales "
         f"{', '.join(f'{s:g}' for s in config.scales)}, max side {config.max_side}; {post.label}"
     )
@@ -82,7 +146,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         warnings.simplefilter("always", UserWarning)
         ev = evaluate_global(
             backbone, args.images, config, post, whiten_images=args.whiten_images,
-            gnd=args.gnd, progress=not args.quiet, strict=args.strict,
+            gnd=args.gnd, progress=not args.quiet, strict=args.strict, describe=describe,
         )  # fmt: skip
     for line in ev.info["skipped_images"]:
         print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
@@ -103,6 +167,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
             "config": dataclasses.asdict(config),
             "post": dataclasses.asdict(post),
             "post_label": post.label,
+            "learned_head": None if head is None else head_record(head, args.learned_head),
         },  # fmt: skip
         "whitening": info.get("whitening"),
         "extract": extract,
@@ -137,7 +202,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         if res.num_queries == 0:
             raise InputError(f"{args.images}: no group has two images: nothing to evaluate")
         print(
-            f"{config.head}, {info['dim']}-D, exact search: mAP {100 * res.mean_ap:.2f} "
+            f"{name}, {info['dim']}-D, exact search: mAP {100 * res.mean_ap:.2f} "
             f"(trapezoid {100 * res.mean_ap_trapezoid:.2f}) over {res.num_queries} queries; "
             f"{AP_TEXT}"
         )
@@ -174,7 +239,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         with atomic_path(args.figure) as tmp:
             save_figure(
                 tmp, thumbs, ev.labels, ev.ranking, queries, names=ev.names, junk=ev.junk,
-                title=f"{backbone.name} {config.head}, {post.label}, "
+                title=f"{backbone.name} {name}, {post.label}, "
                 f"mAP {100 * ev.result.mean_ap:.1f}",
             )  # fmt: skip
         print(f"wrote {args.figure}")

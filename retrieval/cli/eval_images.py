@@ -8,6 +8,8 @@
         [--scales 1,0.707,0.5] [--max-side 1024] [--whiten none|pca|learned] \\
         [--whiten-images DIR2] [--whiten-dim D] [--qe K] [--alpha A] [--dba K] \\
         [--gnd FILE] [--json OUT] [--figure PNG]
+    ckn eval-images --images DIR --global-head HEAD_DIR [--global gem|rmac] \\
+        [the --global flags above]
 
 DIR holds one subfolder per group (scene or object); images directly in DIR
 are distractors; an optional ``junk.txt`` per group lists images left out of
@@ -28,6 +30,10 @@ ground-truth pickle) DIR is the flat folder of ``<name>.jpg`` images: the
 database is ``imlist``, the queries are ``qimlist`` cropped to their boxes,
 scored with the revisited protocol (easy / medium / hard mAP, mP@k; ``map`` is
 the medium mAP).
+
+``--global-head``: the same pipeline with a learned head (``ckn train-global``)
+in place of the pooling head: its GeM p or R-MAC projection, then its whitening
+(:meth:`retrieval.GlobalHead.describe_images`), on the backbone HEAD_DIR records.
 
 ``--json`` writes the results (with a ``map`` field) atomically; ``--figure``
 a PNG of a few queries with their top results.
@@ -78,6 +84,7 @@ _GLOBAL_ONLY = (
     ("alpha", "--alpha", None),
     ("dba", "--dba", 0),
     ("gnd", "--gnd", None),
+    ("learned_head", "--global-head", None),
 )
 _LOCAL_ONLY = (
     ("codebook_images", "--codebook-images", None),
@@ -91,13 +98,18 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     meta = provenance.start()
     _check_out(args.json, ".json", "--json")
     _check_out(args.figure, ".png", "--figure")
-    mode, other = (
-        ("--global", _LOCAL_ONLY) if args.global_head is not None else ("--local", _GLOBAL_ONLY)
-    )
+    # --global-head alone, or with a --global naming its kind (checked by eval_global.run).
+    if args.local is not None:
+        mode, other = "--local", _GLOBAL_ONLY
+    elif args.learned_head is not None or args.global_head is not None:
+        mode = "--global-head" if args.learned_head is not None else "--global"
+        other = _LOCAL_ONLY
+    else:
+        raise InputError("give one of --local, --global or --global-head")
     for dest, flag, unset in other:
         if getattr(args, dest) != unset:
             raise InputError(f"{flag} does not apply to {mode}")
-    if args.global_head is not None:
+    if mode != "--local":
         return eval_global.run(args, meta)
     for flag in ("k", "max_regions"):
         if getattr(args, flag) < 1:
@@ -259,7 +271,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  ckn eval-images --images photos/ --global gem --whiten learned "
             "--whiten-images other/ --qe 2 --json gem.json\n"
             "  ckn eval-images --images roxford5k/jpg --gnd gnd_roxford5k.pkl --global rmac "
-            "--backbone resnet101:resnet101.pth --scales 1 --json rmac.json"
+            "--backbone resnet101:resnet101.pth --scales 1 --json rmac.json\n"
+            "  ckn eval-images --images photos/ --global-head heads/gem --json learned.json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -268,7 +281,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="folder of group subfolders (images directly in it are distractors)",
     )
-    mode = p.add_mutually_exclusive_group(required=True)
+    mode = p.add_mutually_exclusive_group()  # or --global-head (checked in cmd_eval_images)
     mode.add_argument(
         "--local",
         default=None,
@@ -281,6 +294,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="global CNN descriptor: the pooling head (codes: VGG16 fc6 or the "
         "average of the last map, at 224 x 224)",
+    )
+    p.add_argument(
+        "--global-head",
+        dest="learned_head",
+        default=None,
+        metavar="HEAD_DIR",
+        help="global descriptor from a learned head (ckn train-global): its pooling "
+        "(GeM with the learned p, or R-MAC + projection) and whitening; --global may be left "
+        "out or must name the head's kind. The backbone defaults to the one HEAD_DIR "
+        "records (a --backbone with other weights is refused); --scales, --max-side, "
+        "--whiten, --qe, --dba and --gnd apply as with --global",
     )
     p.add_argument(
         "--codebook-images",
