@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn import InputError, atomic_path, write_json
+from retrieval._src.cam_eval import CamConfig, evaluate_cam
 from retrieval._src.data import read_image
 from retrieval._src.figures import save_figure, thumbnail
 from retrieval._src.global_desc import MULTI_SCALE, GlobalConfig
@@ -95,6 +96,32 @@ def head_record(head: GlobalHead, folder) -> dict:
     }
 
 
+_CAM_ONLY = (
+    ("cam_variant", "--cam-variant", None),
+    ("top_classes", "--top-classes", None),
+    ("rerank", "--rerank", 0),
+)
+
+
+def cam_settings(args: argparse.Namespace) -> CamConfig | None:
+    """The :class:`CamConfig` of ``--global cam`` (None for the other heads); flag checks."""
+    if args.global_head != "cam":
+        for dest, flag, unset in _CAM_ONLY:
+            if getattr(args, dest) != unset:
+                raise InputError(f"{flag} applies to --global cam only")
+        return None
+    if args.learned_head is not None:
+        raise InputError("--global-head does not combine with --global cam")
+    for flag, v in (("--rerank", args.rerank), ("--top-classes", args.top_classes)):
+        if v is not None and v < (0 if flag == "--rerank" else 1):
+            raise InputError(f"{flag} must be >= {0 if flag == '--rerank' else 1}, got {v}")
+    return CamConfig(
+        variant=args.cam_variant or "ofa",
+        top_classes=64 if args.top_classes is None else args.top_classes,
+        rerank=args.rerank,
+    )
+
+
 def run(args: argparse.Namespace, meta: dict) -> int:
     """``--global HEAD`` or ``--global-head HEAD_DIR``: global descriptors, post-processing,
     exact search, mAP."""
@@ -106,11 +133,12 @@ def run(args: argparse.Namespace, meta: dict) -> int:
     if args.max_side is not None and args.max_side < 1:
         raise InputError(f"--max-side must be >= 1, got {args.max_side}")
     head = describe = None
+    cam = cam_settings(args)
     if args.learned_head is not None:
         head, backbone, spec = learned_head(args)
     config = GlobalConfig(
-        head=args.global_head if head is None else head.kind,
-        scales=parse_scales(args.scales) or MULTI_SCALE,
+        head="mac" if cam is not None else args.global_head if head is None else head.kind,
+        scales=parse_scales(args.scales) or (MULTI_SCALE if cam is None else (1.0,)),
         max_side=1024 if args.max_side is None else args.max_side,
     )
     if head is not None:  # the head's own p and levels (used by describe_images)
@@ -137,6 +165,8 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         spec = args.backbone or "efficientnet-lite0"
         backbone = load_backbone_spec(spec)
     name = config.head if head is None else f"learned {head.kind}"
+    if cam is not None:
+        name = cam.label
     print(
         f"{args.images}: global {name} descriptors of {backbone.name} "
         f"({backbone.channels} channels, stride {backbone.stride}), scales "
@@ -144,7 +174,10 @@ def run(args: argparse.Namespace, meta: dict) -> int:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        ev = evaluate_global(
+        ev = evaluate_cam(
+            backbone, args.images, config, cam, post, whiten_images=args.whiten_images,
+            gnd=args.gnd, progress=not args.quiet, strict=args.strict,
+        ) if cam is not None else evaluate_global(
             backbone, args.images, config, post, whiten_images=args.whiten_images,
             gnd=args.gnd, progress=not args.quiet, strict=args.strict, describe=describe,
         )  # fmt: skip
@@ -160,11 +193,16 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         "protocol": "revisited" if args.gnd is not None else "groups",
         "images": str(args.images),
         "global": {
-            "head": config.head,
+            "head": "cam" if cam is not None else config.head,
+            "cam": None if cam is None else {**dataclasses.asdict(cam), "label": cam.label},
             "backbone": backbone.name,
             "backbone_spec": spec,
             "dim": info["dim"],
-            "config": dataclasses.asdict(config),
+            "config": {  # CAM: one scale, its own pooling (no head, p or levels)
+                k: v
+                for k, v in dataclasses.asdict(config).items()
+                if cam is None or k not in ("head", "p", "levels")
+            },
             "post": dataclasses.asdict(post),
             "post_label": post.label,
             "learned_head": None if head is None else head_record(head, args.learned_head),

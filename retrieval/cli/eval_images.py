@@ -8,6 +8,8 @@
         [--scales 1,0.707,0.5] [--max-side 1024] [--whiten none|pca|learned] \\
         [--whiten-images DIR2] [--whiten-dim D] [--qe K] [--alpha A] [--dba K] \\
         [--gnd FILE] [--json OUT] [--figure PNG]
+    ckn eval-images --images DIR --global cam [--cam-variant ofa|ona] [--top-classes 64] \\
+        [--rerank R] [--whiten pca --whiten-images DIR2] [--qe K] [--max-side 1024]
     ckn eval-images --images DIR --global-head HEAD_DIR [--global gem|rmac] \\
         [the --global flags above]
 
@@ -35,6 +37,10 @@ the medium mAP).
 in place of the pooling head: its GeM p or R-MAC projection, then its whitening
 (:meth:`retrieval.GlobalHead.describe_images`), on the backbone HEAD_DIR records.
 
+``--global cam``: class-weighted pooling (Jimenez et al. 2017) at one scale, OfA or OnA,
+optional CAM re-ranking of the top R before QE (:mod:`retrieval._src.cam_eval`); the backbone
+needs a GAP + linear classifier (efficientnet-lite0, resnet50, resnet101).
+
 ``--json`` writes the results (with a ``map`` field) atomically; ``--figure``
 a PNG of a few queries with their top results.
 """
@@ -45,7 +51,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -62,15 +67,21 @@ from retrieval._src.local import LocalConfig, describe_images, make_describer
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import eval_global, provenance
 from retrieval.cli.eval_global import AP_TEXT, figure_queries
+from retrieval.cli.flags import Output, check_outputs
 
 
-def _check_out(path: str | None, suffix: str, flag: str) -> None:
-    if path is None:
-        return
-    if not str(path).lower().endswith(suffix):
-        raise InputError(f"{flag} must be a {suffix} file, got {path}")
-    if not Path(path).resolve().parent.is_dir():
-        raise InputError(f"output folder does not exist: {Path(path).parent}")
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --figure: the right suffix, writable, not an input (missing folders are
+    created when they are written)."""
+    for path, suffix, flag in ((args.json, ".json", "--json"), (args.figure, ".png", "--figure")):
+        if path is not None and not str(path).lower().endswith(suffix):
+            raise InputError(f"{flag} must be a {suffix} file, got {path}")
+    inputs = {
+        "--images": args.images, "--whiten-images": args.whiten_images,
+        "--codebook-images": args.codebook_images, "--gnd": args.gnd,
+        "--global-head": args.learned_head,
+    }  # fmt: skip
+    check_outputs([Output("--json", args.json), Output("--figure", args.figure)], inputs)
 
 
 # Flags of one mode only: (dest, flag, value when not given).
@@ -85,6 +96,9 @@ _GLOBAL_ONLY = (
     ("dba", "--dba", 0),
     ("gnd", "--gnd", None),
     ("learned_head", "--global-head", None),
+    ("cam_variant", "--cam-variant", None),
+    ("top_classes", "--top-classes", None),
+    ("rerank", "--rerank", 0),
 )
 _LOCAL_ONLY = (
     ("codebook_images", "--codebook-images", None),
@@ -96,8 +110,7 @@ _LOCAL_ONLY = (
 
 def cmd_eval_images(args: argparse.Namespace) -> int:
     meta = provenance.start()
-    _check_out(args.json, ".json", "--json")
-    _check_out(args.figure, ".png", "--figure")
+    _check_outputs(args)
     # --global-head alone, or with a --global naming its kind (checked by eval_global.run).
     if args.local is not None:
         mode, other = "--local", _GLOBAL_ONLY
@@ -270,6 +283,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  ckn eval-images --images photos/ --local rootsift --json vlad.json\n"
             "  ckn eval-images --images photos/ --global gem --whiten learned "
             "--whiten-images other/ --qe 2 --json gem.json\n"
+            "  ckn eval-images --images photos/ --global cam --cam-variant ona --rerank 100 "
+            "--qe 5 --json cam.json\n"
             "  ckn eval-images --images roxford5k/jpg --gnd gnd_roxford5k.pkl --global rmac "
             "--backbone resnet101:resnet101.pth --scales 1 --json rmac.json\n"
             "  ckn eval-images --images photos/ --global-head heads/gem --json learned.json"
@@ -290,10 +305,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode.add_argument(
         "--global",
         dest="global_head",
-        choices=HEADS,
+        choices=(*HEADS, "cam"),
         default=None,
         help="global CNN descriptor: the pooling head (codes: VGG16 fc6 or the "
-        "average of the last map, at 224 x 224)",
+        "average of the last map, at 224 x 224; cam: class-weighted pooling of Jimenez et al. "
+        "2017, one scale, needs a backbone with a GAP + linear classifier)",
     )
     p.add_argument(
         "--global-head",
@@ -390,6 +406,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="database-side augmentation over K neighbours, itself included (default 0: none)",
+    )
+    g.add_argument(
+        "--cam-variant",
+        choices=("ofa", "ona"),
+        default=None,
+        help="--global cam: ofa pools each image with its own top classes (default); ona "
+        "pools every database image again with each query's classes",
+    )
+    g.add_argument(
+        "--top-classes",
+        type=int,
+        default=None,
+        help="--global cam: predicted classes pooled per image (default 64, the paper's)",
+    )
+    g.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="--global cam: re-rank the top R by each image's best CAM region, before QE "
+        "(default 0: none; the paper re-ranks 1000)",
     )
     g.add_argument(
         "--gnd",
