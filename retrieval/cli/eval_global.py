@@ -43,6 +43,18 @@ def figure_queries(labels: np.ndarray, count: int = 4) -> list[int]:
     return out
 
 
+def write_figure(path, paths, labels, ranking, *, names, junk, title: str) -> None:
+    """A PNG of the first query of a few groups and their top 5 results (atomic)."""
+    queries = figure_queries(labels)
+    shown = set(queries) | {int(i) for q in queries for i in ranking[q][:5] if i >= 0}
+    thumbs = [
+        thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
+        for i, p in enumerate(paths)
+    ]
+    with atomic_path(path) as tmp:
+        save_figure(tmp, thumbs, labels, ranking, queries, names=names, junk=junk, title=title)
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -268,17 +280,9 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
     if args.figure is not None:
-        queries = figure_queries(ev.labels)
-        shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
-        thumbs = [
-            thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
-            for i, p in enumerate(ev.paths)
-        ]
-        with atomic_path(args.figure) as tmp:
-            save_figure(
-                tmp, thumbs, ev.labels, ev.ranking, queries, names=ev.names, junk=ev.junk,
-                title=f"{backbone.name} {name}, {post.label}, "
-                f"mAP {100 * ev.result.mean_ap:.1f}",
-            )  # fmt: skip
+        write_figure(
+            args.figure, ev.paths, ev.labels, ev.ranking, names=ev.names, junk=ev.junk,
+            title=f"{backbone.name} {name}, {post.label}, mAP {100 * ev.result.mean_ap:.1f}",
+        )  # fmt: skip
         print(f"wrote {args.figure}")
     return 0

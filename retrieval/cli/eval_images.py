@@ -54,9 +54,7 @@ import time
 
 import numpy as np
 
-from ckn import InputError, atomic_path, write_json
-from retrieval._src.data import read_image
-from retrieval._src.figures import save_figure, thumbnail
+from ckn import InputError, write_json
 from retrieval._src.global_desc import HEADS
 from retrieval._src.global_eval import (
     WHITENINGS,
@@ -66,7 +64,7 @@ from retrieval._src.image_folder import check_images, list_images, load_image_fo
 from retrieval._src.local import LocalConfig, describe_images, make_describer
 from retrieval._src.vlad_fit import VladConfig
 from retrieval.cli import eval_global, provenance
-from retrieval.cli.eval_global import AP_TEXT, figure_queries
+from retrieval.cli.eval_global import AP_TEXT, write_figure
 from retrieval.cli.flags import Output, check_outputs
 
 
@@ -244,23 +242,10 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
     if args.figure is not None:
-        queries = figure_queries(coll.labels)
-        shown = set(queries) | {int(i) for q in queries for i in ev.ranking[q][:5] if i >= 0}
-        thumbs = [
-            thumbnail(read_image(p)) if i in shown else np.zeros((2, 2), np.uint8)
-            for i, p in enumerate(coll.paths)
-        ]
-        with atomic_path(args.figure) as tmp:
-            save_figure(
-                tmp,
-                thumbs,
-                coll.labels,
-                ev.ranking,
-                queries,
-                names=names,
-                junk=coll.junk,
-                title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}",
-            )
+        write_figure(
+            args.figure, coll.paths, coll.labels, ev.ranking, names=names, junk=coll.junk,
+            title=f"{describer.name}, VLAD k={config.k}, mAP {100 * res.mean_ap:.1f}",
+        )  # fmt: skip
         print(f"wrote {args.figure}")
     return 0
 
