@@ -23,6 +23,18 @@ from ckn._src.differentiable import (
     nystrom_map,
     trainable_parts,
 )
+from ckn._src.epochs import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointFormat,
+    EpochResult,
+    EpochsConfig,
+    EpochsReport,
+    EpochsRun,
+    load_checkpoint,
+    run_epochs,
+    save_checkpoint,
+)
 from ckn._src.errors import InputError
 from ckn._src.fileio import (
     SPLITS,
@@ -111,9 +123,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHANNELS",
+    "CHECKPOINT_FILE",
     "CKN",
     "CKNConfig",
+    "Checkpoint",
+    "CheckpointFormat",
     "DEFAULT_MARGINS",
+    "EpochResult",
+    "EpochsConfig",
+    "EpochsReport",
+    "EpochsRun",
     "Filters",
     "FinetuneConfig",
     "FinetuneReport",
@@ -174,6 +193,7 @@ __all__ = [
     "kmeans_objective",
     "kmeans_step",
     "load",
+    "load_checkpoint",
     "load_npy",
     "load_patch_file",
     "nips14_loss",
@@ -189,8 +209,10 @@ __all__ = [
     "read_training_report",
     "refine_nystrom",
     "replicated",
+    "run_epochs",
     "sample_subpatches",
     "save",
+    "save_checkpoint",
     "select_channels",
     "sigma_from_quantile",
     "to_float",

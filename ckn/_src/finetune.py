@@ -41,14 +41,12 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from ckn._src.differentiable import (
     forward,
@@ -58,8 +56,9 @@ from ckn._src.differentiable import (
     trainable_parts,
     unit_rows,
 )
+from ckn._src.epochs import Checkpoint, CheckpointFormat, EpochResult, run_epochs
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, check_patches
+from ckn._src.fileio import check_patches
 from ckn._src.layers import CKN
 from ckn._src.losses import BATCH_LOSSES
 from ckn._src.model import describe
@@ -351,7 +350,14 @@ def _train_step(graphdef, loss, state, params, params0, opt_state, patches, labe
 
 # --- Checkpoints -----------------------------------------------------------------------------
 
-_CKPT_FORMAT, _CKPT_VERSION, _CKPT_FILE = "ckn-finetune-checkpoint", 1, "state.npz"
+_CHECKPOINT = CheckpointFormat(
+    "ckn-finetune-checkpoint",
+    1,
+    label="fine-tuning",
+    config_key="finetune_config",
+    subject="model",
+    mismatch="a checkpoint of another configuration (differs in: {differs})",
+)
 
 
 def _digest(*arrays) -> str:
@@ -375,59 +381,6 @@ def _fingerprint(model, patches, labels, validation, cfg, seed) -> dict:
         "validation": None if validation is None else _digest(*validation),
     }
     return json.loads(json.dumps(doc))  # as it reads back from the checkpoint
-
-
-def _save_checkpoint(folder: Path, meta: dict, trees: dict) -> None:
-    arrays = {"meta": np.asarray(json.dumps(meta))}
-    for name, tree in trees.items():
-        for i, leaf in enumerate(jax.tree.leaves(tree)):
-            arrays[f"{name}.{i}"] = np.asarray(leaf)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / _CKPT_FILE) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-def _device(a: jax.Array):
-    return next(iter(a.devices()))
-
-
-def _load_checkpoint(folder: Path, expect: dict, templates: dict) -> tuple[dict, dict]:
-    path = folder / _CKPT_FILE
-    if not path.is_file():
-        raise InputError(f"no checkpoint to resume in {folder} (missing {_CKPT_FILE})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            stored = {k: z[k] for k in z.files if k != "meta"}
-    except (ValueError, OSError, KeyError, EOFError) as e:
-        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
-    if meta.get("format") != _CKPT_FORMAT or meta.get("version") != _CKPT_VERSION:
-        raise InputError(f"{path}: not a fine-tuning checkpoint of version {_CKPT_VERSION}")
-    got = meta.get("fingerprint", {})
-    diff = sorted(k for k in expect if k != "finetune_config" and got.get(k) != expect[k])
-    diff += sorted(
-        f"finetune_config.{k}"
-        for k, v in expect["finetune_config"].items()
-        if got.get("finetune_config", {}).get(k) != v
-    )
-    if diff:
-        raise InputError(
-            f"{path}: a checkpoint of another configuration (differs in: {', '.join(diff)})"
-        )
-    trees = {}
-    for name, template in templates.items():
-        leaves, treedef = jax.tree.flatten(template)
-        try:
-            new = [jax.device_put(stored[f"{name}.{i}"], _device(b)) for i, b in enumerate(leaves)]
-        except KeyError:
-            raise InputError(f"{path}: checkpoint arrays do not match the model") from None
-        if any(a.shape != jnp.shape(b) for a, b in zip(new, leaves)):
-            raise InputError(f"{path}: checkpoint arrays do not match the model")
-        trees[name] = jax.tree.unflatten(
-            treedef, [a.astype(jnp.result_type(b)) for a, b in zip(new, leaves)]
-        )
-    return meta, trees
 
 
 # --- The training loop -------------------------------------------------------------------------
@@ -512,42 +465,28 @@ def finetune(
     params0 = jax.device_put(initial_params(model, config.trainable), device)
     graphdef, state = split(model)
     state = jax.device_put(state, device)
-    params, opt_state, best = params0, jax.device_put(_ADAM.init(params0), device), params0
-    report = FinetuneReport(trained=sorted(params), config=dataclasses.asdict(config))
+    report = FinetuneReport(trained=sorted(params0), config=dataclasses.asdict(config))
     fingerprint = _fingerprint(model, patches, labels, validation, config, seed)
     steps_per_epoch = -(-len(groups) // config.groups_per_batch)
     total = config.epochs * steps_per_epoch
-    epoch, step, bad = 0, 0, 0
 
     def evaluate(p) -> float | None:
         if validation is None:
             return None
         return validation_map(describe(install(model, p), validation[0]), val_lab)
 
-    if resume:
-        templates = {"params": params, "opt": opt_state, "best": best}
-        meta, trees = _load_checkpoint(Path(checkpoint), fingerprint, templates)
-        params, opt_state, best = trees["params"], trees["opt"], trees["best"]
-        epoch, step, bad = meta["epoch"], meta["step"], meta["bad_epochs"]
-        report.history, report.best_epoch, report.best_val_map = meta["history"], *meta["best"]
-        report.nonfinite_steps, report.finished = meta["nonfinite_steps"], meta["finished"]
-        report.stopped_early, report.resumed_from = meta["stopped_early"], epoch
-    else:
-        v0 = evaluate(params)
-        report.history.append({"epoch": 0, "loss": None, "val_map": v0, "seconds": 0.0, "steps": 0})
-        report.best_val_map = v0
     hyper_fixed = (np.float32(config.margin_value), np.float32(config.weight_decay))
-    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = tqdm(total=total, initial=step, desc="fine-tuning", unit="step", disable=not progress)
-    train_steps, train_seconds, first_step = 0, 0.0, None
-    while not report.finished and epoch < last:
-        epoch += 1
+    first_step = None  # seconds of the first step of this call (with compilation, if not cached)
+
+    def train_epoch(epoch: int, step: int, params, opt_state, tick) -> EpochResult:
+        """The batches of ``_epoch_plan(..., epoch)``, from global step ``step``."""
+        nonlocal first_step
         t0 = time.perf_counter()
         plan = _epoch_plan(groups, config, seed, epoch)
-        losses, weights = [], []
+        losses, weights, nonfinite = [], [], 0
         batch = np.asarray(patches[plan.rows[0]])
         for s in range(plan.rows.shape[0]):
-            hyper = (np.float32(_learning_rate(step, total, config)), *hyper_fixed)
+            hyper = (np.float32(_learning_rate(step + s, total, config)), *hyper_fixed)
             params, opt_state, value, finite = _train_step(
                 graphdef,
                 config.loss,
@@ -562,53 +501,30 @@ def finetune(
             )
             if s + 1 < plan.rows.shape[0]:  # read the next batch while the step runs
                 batch = np.asarray(patches[plan.rows[s + 1]])
-            step += 1
-            report.nonfinite_steps += int(not bool(finite))
+            nonfinite += int(not bool(finite))
             losses.append(float(value))
-            if first_step is None:  # compilation (when not cached) + one step
+            if first_step is None:
                 first_step = time.perf_counter() - t0
             weights.append(int(plan.mask[s].sum()))
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        seconds = time.perf_counter() - t0
-        train_steps, train_seconds = train_steps + plan.rows.shape[0], train_seconds + seconds
-        v = evaluate(params)
-        loss = float(np.average(losses, weights=weights))
-        report.history.append(
-            {"epoch": epoch, "loss": loss, "val_map": v, "seconds": seconds, "steps": len(losses)}
-        )
-        if v is None or v > report.best_val_map:
-            best, report.best_epoch, report.best_val_map, bad = params, epoch, v, 0
-        else:
-            bad += 1
-        if v is not None:
-            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", val_mAP=f"{100 * v:.2f}")
-        report.stopped_early = (
-            config.patience is not None and v is not None and bad >= config.patience
-        )
-        report.finished = report.stopped_early or epoch == config.epochs
-        if checkpoint is not None:
-            meta = {
-                "format": _CKPT_FORMAT,
-                "version": _CKPT_VERSION,
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "step": step,
-                "bad_epochs": bad,
-                "history": report.history,
-                "best": [report.best_epoch, report.best_val_map],
-                "finished": report.finished,
-                "nonfinite_steps": report.nonfinite_steps,
-                "stopped_early": report.stopped_early,
-            }
-            _save_checkpoint(
-                Path(checkpoint), meta, {"params": params, "opt": opt_state, "best": best}
-            )
-    bar.close()
-    report.epochs_done, report.steps = epoch, step
+            tick(losses[-1])
+        return EpochResult(params, opt_state, losses, weights, nonfinite)
+
+    run = run_epochs(
+        train_epoch,
+        params0,
+        jax.device_put(_ADAM.init(params0), device),
+        report,
+        config,
+        evaluate=evaluate,
+        steps_per_epoch=steps_per_epoch,
+        checkpoint=None if checkpoint is None else Checkpoint(checkpoint, _CHECKPOINT, fingerprint),
+        resume=resume,
+        stop_after=stop_after,
+        progress="fine-tuning" if progress else None,
+    )
     report.seconds = time.perf_counter() - t_start
-    if train_steps > 1:  # steady state: the first step (and compilation) left out
+    if run.steps > 1:  # steady state: the first step (and compilation) left out
         report.first_step_seconds = first_step
-        report.steps_per_second = (train_steps - 1) / (train_seconds - first_step)
+        report.steps_per_second = (run.steps - 1) / (run.seconds - first_step)
     report.traces = _TRACES[0] - traces0
-    return install(model, best), report
+    return install(model, run.best), report

@@ -73,14 +73,7 @@ from __future__ import annotations
 from ckn import InputError
 from retrieval._src import pooling
 from retrieval._src.global_eval import group_pairs
-from retrieval._src.global_head.checkpoint import (
-    _CKPT_FILE,
-    _CKPT_FORMAT,
-    _CKPT_VERSION,
-    _fingerprint,
-    _load_checkpoint,
-    _save_checkpoint,
-)
+from retrieval._src.global_head.checkpoint import CHECKPOINT_FORMAT, _fingerprint
 from retrieval._src.global_head.config import (
     _LOSSES,
     DESCRIBE_CHUNK,
@@ -152,6 +145,7 @@ from retrieval._src.metrics.image import evaluate_scores
 from retrieval._src.postprocess import Whitening, fit_learned_whitening, fit_pca_whitening
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "DESCRIBE_CHUNK",
     "FORMAT",
     "GlobalHead",
@@ -170,9 +164,6 @@ __all__ = [
     "Whitening",
     "_ADAM",
     "_ARRAYS_FILE",
-    "_CKPT_FILE",
-    "_CKPT_FORMAT",
-    "_CKPT_VERSION",
     "_CONFIG_FILE",
     "_LOSSES",
     "_Plan",
@@ -188,13 +179,11 @@ __all__ = [
     "_group_rows",
     "_is_int",
     "_learned_whitening",
-    "_load_checkpoint",
     "_per_scale",
     "_pool",
     "_pool_miner",
     "_regions",
     "_rescaled",
-    "_save_checkpoint",
     "_scaled_gem",
     "_schedule",
     "_train_step",

@@ -9,23 +9,16 @@ import functools
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+import ckn
 from ckn import InputError
-from retrieval._src.global_head.checkpoint import (
-    _CKPT_FORMAT,
-    _CKPT_VERSION,
-    _fingerprint,
-    _load_checkpoint,
-    _save_checkpoint,
-)
+from retrieval._src.global_head.checkpoint import CHECKPOINT_FORMAT, _fingerprint
 from retrieval._src.global_head.config import (
     _LOSSES,
     P_BOUNDS,
@@ -301,12 +294,9 @@ def train_global_head(
     params0, init_info = init_head_params(maps, lab, config, seed=seed)
     report = GlobalHeadReport(config=config.to_dict(), init=init_info)
     report.init_seconds = time.perf_counter() - t0
-    params, opt_state, best = params0, _ADAM.init(params0), params0
     fingerprint = _fingerprint(maps, lab, validation, config, seed)
     steps_per_epoch = -(-len(groups) // config.groups_per_batch)
-    total = config.epochs * steps_per_epoch
-    schedule = _schedule(config, total)
-    epoch, step, bad = 0, 0, 0
+    schedule = _schedule(config, config.epochs * steps_per_epoch)
     kind, levels = config.head, config.levels
     cap = cap_val = None
     if kind == "rmac":
@@ -318,49 +308,25 @@ def train_global_head(
             return None
         return validation_map(p, validation[0], val_lab, config, cap_val)
 
-    def p_value(p) -> float | None:
-        return None if p.p is None else float(p.p)
+    def p_entry(p) -> dict:
+        return {"p": None if p.p is None else float(p.p)}
 
-    if resume:
-        templates = {"params": params, "opt": opt_state, "best": best}
-        meta, trees = _load_checkpoint(Path(checkpoint), fingerprint, templates)
-        params, opt_state, best = trees["params"], trees["opt"], trees["best"]
-        epoch, step, bad = meta["epoch"], meta["step"], meta["bad_epochs"]
-        report.history, (report.best_epoch, report.best_val_map) = meta["history"], meta["best"]
-        report.nonfinite_steps, report.finished = meta["nonfinite_steps"], meta["finished"]
-        report.stopped_early, report.resumed_from = meta["stopped_early"], epoch
-    else:
-        v0 = evaluate(params)
-        report.history.append(
-            {
-                "epoch": 0,
-                "loss": None,
-                "val_map": v0,
-                "p": p_value(params),
-                "seconds": 0.0,
-                "steps": 0,
-            }
-        )
-        report.best_val_map = v0
     hyper_fixed = tuple(
         np.float32(v) for v in (config.margin_value, config.p_lr_scale, config.weight_decay)
     )
-    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = tqdm(total=total, initial=step, desc="training head", unit="step", disable=not progress)
-    train_steps, train_seconds = 0, 0.0
-    while not report.finished and epoch < last:
-        epoch += 1
-        t0 = time.perf_counter()
+
+    def train_epoch(epoch: int, step: int, params, opt_state, tick) -> ckn.EpochResult:
+        """Pool mining (with this epoch's starting head), then the batches of the epoch."""
         mine = None
         if config.mining == "pool":
             fn = lambda x, m, p=params: _forward(p, x, m, kind=kind, levels=levels, max_regions=cap)
             desc = _chunks(fn, maps.maps, maps.mask)
             mine = _pool_miner(desc, lab, config, seed, epoch)
         plan = _epoch_plan(groups, lab, config, seed, epoch, mine)
-        losses, weights = [], []
+        losses, weights, nonfinite = [], [], 0
         for s in range(plan.rows.shape[0]):
             rows = plan.rows[s]
-            hyper = (np.float32(schedule(step)), *hyper_fixed)
+            hyper = (np.float32(schedule(step + s)), *hyper_fixed)
             params, opt_state, value, finite = _train_step(
                 kind,
                 levels,
@@ -375,60 +341,33 @@ def train_global_head(
                 plan.mask[s],
                 hyper,
             )
-            step += 1
-            report.nonfinite_steps += int(not bool(finite))
+            nonfinite += int(not bool(finite))
             losses.append(float(value))
             weights.append(int(plan.mask[s].sum()))
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-        seconds = time.perf_counter() - t0
-        train_steps, train_seconds = train_steps + len(losses), train_seconds + seconds
-        v = evaluate(params)
-        loss = float(np.average(losses, weights=weights))
-        report.history.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "val_map": v,
-                "p": p_value(params),
-                "seconds": seconds,
-                "steps": len(losses),
-            }
-        )
-        if v is None or v > report.best_val_map:
-            best, report.best_epoch, report.best_val_map, bad = params, epoch, v, 0
-        else:
-            bad += 1
-        if v is not None:
-            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", val_mAP=f"{100 * v:.2f}")
-        report.stopped_early = (
-            config.patience is not None and v is not None and bad >= config.patience
-        )
-        report.finished = report.stopped_early or epoch == config.epochs
-        if checkpoint is not None:
-            meta = {
-                "format": _CKPT_FORMAT,
-                "version": _CKPT_VERSION,
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "step": step,
-                "bad_epochs": bad,
-                "history": report.history,
-                "best": [report.best_epoch, report.best_val_map],
-                "finished": report.finished,
-                "nonfinite_steps": report.nonfinite_steps,
-                "stopped_early": report.stopped_early,
-            }
-            _save_checkpoint(
-                Path(checkpoint), meta, {"params": params, "opt": opt_state, "best": best}
-            )
-    bar.close()
-    report.epochs_done, report.steps = epoch, step
+            tick(losses[-1])
+        return ckn.EpochResult(params, opt_state, losses, weights, nonfinite)
+
+    run = ckn.run_epochs(
+        train_epoch,
+        params0,
+        _ADAM.init(params0),
+        report,
+        config,
+        evaluate=evaluate,
+        steps_per_epoch=steps_per_epoch,
+        extra=p_entry,
+        checkpoint=None
+        if checkpoint is None
+        else ckn.Checkpoint(checkpoint, CHECKPOINT_FORMAT, fingerprint),
+        resume=resume,
+        stop_after=stop_after,
+        progress="training head" if progress else None,
+    )
     report.seconds = time.perf_counter() - t_start
-    report.steps_per_second = train_steps / train_seconds if train_seconds else 0.0
+    report.steps_per_second = run.steps / run.seconds if run.seconds else 0.0
     report.traces = _TRACES[0] - traces0
     head = GlobalHead(
-        best,
+        run.best,
         kind=kind,
         channels=maps.maps.shape[3],
         levels=levels,
