@@ -29,6 +29,7 @@ import ckn
 from ckn import InputError
 from retrieval import load_patchset
 from retrieval.cli import provenance
+from retrieval.cli.flags import add_training_flags
 
 _DEFAULTS = ckn.FinetuneConfig()
 _EXAMPLE = """example:
@@ -178,16 +179,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="train",
         help="rows to train and validate on (default train; 'all' is for files without a split)",
     )
-    p.add_argument("--loss", choices=ckn.LOSSES, default=d.loss, help=f"loss (default {d.loss})")
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=None,
-        help="loss margin (default: triplet "
-        f"{ckn.DEFAULT_MARGINS['triplet']} in squared distance, contrastive "
-        f"{ckn.DEFAULT_MARGINS['contrastive']} in distance)",
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -200,7 +191,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=d.patches_per_group,
         help=f"patches drawn per group (default {d.patches_per_group})",
     )
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument(
         "--trainable",
         default=d.trainable,
@@ -209,19 +199,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"Nystrom map) (default {d.trainable})",
     )
     p.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help=f"stop after this many epochs without progress, 0 = never (default {d.patience})",
-    )
-    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
         help="share of the rows held out for validation (default 0.2)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.ckpt/")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_flags(
+        p,
+        d,
+        margins=ckn.DEFAULT_MARGINS,
+        out="OUT",
+        help={
+            "patience": "stop after this many epochs without progress, 0 = never "
+            f"(default {d.patience})"
+        },
+    )
     p.set_defaults(func=cmd_finetune)

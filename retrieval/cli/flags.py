@@ -1,4 +1,5 @@
-"""What several commands share: architecture overrides, precision, output checks, help layout."""
+"""What several commands share: architecture overrides, precision, training flags, output checks,
+help layout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import dataclasses
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import ckn
 from ckn import (
@@ -244,6 +246,69 @@ def _preset_defaults(field: str) -> str:
     common = max(set(values.values()), key=list(values.values()).count)
     others = ", ".join(f"{name} {v}" for name, v in values.items() if v != common)
     return f"{common}" + (f"; {others}" if others else "")
+
+
+class TrainingDefaults(Protocol):
+    """The settings whose defaults :func:`add_training_flags` shows (a training config)."""
+
+    loss: str
+    epochs: int
+    lr: float
+    patience: int | None
+
+
+def add_training_flags(
+    p: argparse.ArgumentParser,
+    defaults: TrainingDefaults,
+    *,
+    margins: Mapping[str, float],
+    out: str,
+    help: Mapping[str, str] | None = None,
+) -> None:
+    """The flags of a supervised training command (``ckn finetune``, ``ckn train-global``).
+
+    --loss, --margin, --epochs, --lr, --patience (0 = never), --seed, --resume (from the
+    checkpoint folder ``OUT.ckpt/``), --overwrite, --quiet.
+
+    Args:
+      p: the command's parser.
+      defaults: its config's defaults (``loss``, ``epochs``, ``lr``, ``patience``).
+      margins: {loss: default margin}; its keys are the --loss choices.
+      out: how the help names the output folder (``OUT``, ``HEAD_DIR``).
+      help: {dest: help text} for a flag whose text differs from the one given here.
+    """
+    texts = {
+        "patience": "stop after this many epochs without a better validation mAP, 0 = never "
+        f"(default {defaults.patience})",
+        "resume": f"continue from {out}.ckpt/",
+        "overwrite": f"replace {out} and {out}.ckpt/",
+        "quiet": "no progress bar",
+        **(help or {}),
+    }
+    p.add_argument(
+        "--loss",
+        choices=tuple(margins),
+        default=defaults.loss,
+        help=f"loss (default {defaults.loss})",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help=f"loss margin (default: triplet {margins['triplet']} in squared distance, "
+        f"contrastive {margins['contrastive']} in distance)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help=f"epochs (default {defaults.epochs})"
+    )
+    p.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})"
+    )
+    p.add_argument("--patience", type=int, default=defaults.patience, help=texts["patience"])
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help=texts["resume"])
+    p.add_argument("--overwrite", action="store_true", help=texts["overwrite"])
+    p.add_argument("--quiet", action="store_true", help=texts["quiet"])
 
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:

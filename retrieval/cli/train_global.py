@@ -46,7 +46,7 @@ from retrieval._src.global_head import (
 )
 from retrieval._src.image_folder import load_image_folder
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.cli.flags import Output, add_command, add_training_flags, check_outputs
 
 _D = GlobalHeadConfig()
 _EXAMPLE = """\
@@ -290,18 +290,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default 0.2; 0 = no validation, the last epoch is kept)",
     )
     p.add_argument(
-        "--loss", choices=tuple(HEAD_MARGINS), default=_D.loss, help=f"loss (default {_D.loss})"
-    )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=None,
-        help=f"loss margin (default: triplet {HEAD_MARGINS['triplet']} in squared distance, "
-        f"contrastive {HEAD_MARGINS['contrastive']} in distance)",
-    )
-    p.add_argument("--epochs", type=int, default=_D.epochs, help=f"epochs (default {_D.epochs})")
-    p.add_argument("--lr", type=float, default=_D.lr, help=f"peak learning rate (default {_D.lr})")
-    p.add_argument(
         "--groups",
         type=int,
         default=_D.groups_per_batch,
@@ -345,15 +333,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=_D.max_cache_mib,
         help=f"limit of the float16 maps kept in memory (default {_D.max_cache_mib})",
     )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=_D.patience,
-        help=f"stop after this many epochs without a better validation mAP, 0 = never "
-        f"(default {_D.patience})",
+    add_training_flags(
+        p,
+        _D,
+        margins=HEAD_MARGINS,
+        out="HEAD_DIR",
+        help={"overwrite": "replace HEAD_DIR and its checkpoint", "quiet": "no progress bars"},
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from HEAD_DIR.ckpt/")
-    p.add_argument("--overwrite", action="store_true", help="replace HEAD_DIR and its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_global)
