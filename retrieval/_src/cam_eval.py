@@ -152,8 +152,20 @@ class _Maps:
         self.maps[i, :h, :w] = features[:h, :w]
         self.mask[i, :h, :w] = mask[:h, :w]
 
+    def crop(self) -> None:
+        """Keeps the rows and columns some image uses (OnA and re-ranking compute every cell)."""
+        used = self.mask.any(axis=0)
+        h = int(np.flatnonzero(used.any(axis=1))[-1]) + 1 if used.any() else 1
+        w = int(np.flatnonzero(used.any(axis=0))[-1]) + 1 if used.any() else 1
+        self.maps, self.mask = self.maps[:, :h, :w], self.mask[:, :h, :w]
+
     def rows(self, ids: np.ndarray) -> _Rows:
         return _Rows(self.maps, np.asarray(ids, np.int64))
+
+
+def _even_batch(n: int) -> int:
+    """Batch size <= MAP_BATCH splitting n rows into equal batches (least padding)."""
+    return -(-n // -(-n // MAP_BATCH))
 
 
 class _Rows:
@@ -237,7 +249,7 @@ class _Searcher:
             return self.db
         return online_aggregation(
             self.maps.maps, self.weight, classes, whitening=self.whitening,
-            mask=self.maps.mask, batch_size=MAP_BATCH,
+            mask=self.maps.mask, batch_size=_even_batch(self.n_db),
         )  # fmt: skip
 
     def _rerank(self, s: np.ndarray, qv: np.ndarray, classes: np.ndarray, qid: int):
@@ -249,7 +261,7 @@ class _Searcher:
             qv, classes[: self.cam.rerank_classes], self.maps.rows(short), self.weight,
             ids=short, whitening=self.whitening, mask=self.maps.mask[short],
             thresholds=self.cam.thresholds, min_cells=self.cam.min_cells,
-            heatmap_classes=self.cam.heatmap_classes, batch_size=MAP_BATCH,
+            heatmap_classes=self.cam.heatmap_classes, batch_size=_even_batch(len(short)),
         )  # fmt: skip
         s = s.copy()
         s[res.ids] = 2.0 + res.scores.astype(np.float64)
@@ -396,6 +408,8 @@ def evaluate_cam(
         sec["describe_per_image"] = sec["describe"] / (n_db + len(queries))
         info["extract"] = extract
         db_vectors = db.vectors
+        if maps is not None:
+            maps.crop()
         if post.dba:
             weighting = "alpha" if post.alpha > 0 else "rank"
             db_vectors = database_augmentation(
