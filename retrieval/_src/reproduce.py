@@ -5,6 +5,9 @@ trains CKN-raw, CKN-white and CKN-grad without labels on the train split,
 describes every patch with them and with the baselines (SIFT, RootSIFT,
 normalized pixels), and reports all-vs-all patch-retrieval mAP per split in
 the paper's form (descriptor, coverage, dimension, train mAP, test mAP).
+With a ``finetune`` config, the run's ckn-grad is also fine-tuned with labels
+(``ckn.finetune``) on the train split's groups, whole train scenes held out for
+validation (``finetune_rows``), and scored as one more row on both splits.
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ DEFAULT_DESCRIPTORS = ("ckn-raw", "ckn-white", "ckn-grad", "sift", "rootsift", "
 #: architectures are the presets').
 QUICK_TRAIN = {"num_patches": 30_000, "kmeans_iters": 20}
 
+#: The fine-tuned row (``finetune=``): its name, the model it starts from, and
+#: the share of train rows held out by scene for validation (0.2, as
+#: ``ckn finetune``'s default and ``benchmarks/finetune_patches.py``).
+FINETUNED = "ckn-grad fine-tuned"
+FINETUNE_FROM = "ckn-grad"
+FINETUNED_DIR = "ckn-grad-finetuned"  # its model folder under OUT/models
+FINETUNE_VAL_FRACTION = 0.2
+#: ``--quick --finetune``: epochs of the short fine-tune (the rest as ckn.FinetuneConfig).
+QUICK_FINETUNE_EPOCHS = 5
+
 
 def load_data(
     *, quick: bool, sequences: str | None, patches: str | None, seed: int, progress: bool
@@ -65,6 +78,23 @@ def ckn_config(name: str, *, quick: bool, train_overrides: dict | None = None) -
     return cfg
 
 
+def finetune_rows(ps, *, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Rows of ``ps`` to fine-tune on and to validate on: the train split only.
+
+    Whole train scenes (or groups, without scene ids) are held out for
+    validation by ``ckn.validation_split``; no test-split row is in either.
+
+    Returns:
+      (fine-tune rows (N_f,), validation rows (N_v,) sorted int64 indices into
+      ``ps``, "scene" or "group").
+    """
+    train = np.flatnonzero(np.asarray(ps.split) == 0)
+    ft, va, by = ckn.validation_split(
+        ps.labels[train], ps.scene[train], fraction=FINETUNE_VAL_FRACTION, seed=seed
+    )
+    return train[ft], train[va], by
+
+
 def reproduce(
     *,
     quick: bool = False,
@@ -76,6 +106,7 @@ def reproduce(
     configs: dict[str, ckn.CKNConfig] | None = None,
     batch_size: int = 256,
     precision: str = "highest",
+    finetune: ckn.FinetuneConfig | None = None,
     progress: bool = True,
     log=print,
     metadata: Callable[[], dict] | None = None,
@@ -94,6 +125,9 @@ def reproduce(
         (fp32) or "default" (the backend's fastest: TF32 / bf16 passes on
         GPUs, the same as "highest" on CPU); training always runs in fp32.
       batch_size: patches per jitted describe call.
+      finetune: settings of the fine-tuned row (FINETUNED, placed after
+        ckn-grad, which ``descriptors`` must hold): the run's ckn-grad
+        fine-tuned on ``finetune_rows`` with seed ``seed``; None: no such row.
       progress: show progress bars (stderr).
       log: called with each progress line.
       metadata: called once at the end; its dict is stored as the results'
@@ -106,6 +140,8 @@ def reproduce(
         if name not in configs and name not in BASELINES and name not in ckn.PRESETS:
             known = ", ".join([*ckn.PRESETS, *BASELINES])
             raise InputError(f"unknown descriptor {name!r}; expected one of {known}")
+    if finetune is not None and FINETUNE_FROM not in descriptors:
+        raise InputError(f"the fine-tuned row starts from {FINETUNE_FROM}: add it to descriptors")
     t0 = time.perf_counter()
     ps, data_desc = load_data(
         quick=quick, sequences=sequences, patches=patches, seed=seed, progress=progress
@@ -143,20 +179,12 @@ def reproduce(
                 model, ps.patches, batch_size=batch_size, progress=progress, precision=precision
             )
         row["describe_seconds"] = time.perf_counter() - t0
-        row["dim"] = int(desc.shape[1])
-        for sname, sval in SPLITS:
-            sel = split == sval
-            ev = evaluate_descriptors(desc[sel], ps.labels[sel])
-            row[f"{sname}_map"] = 100.0 * ev["map"]
-            row[f"{sname}_metrics"] = ev
-            if sname == "test":
-                curves[name] = ev["precision_recall"]
-        log(
-            f"{name:>10}: dim {row['dim']:5d}  train mAP {row['train_map']:5.1f}  "
-            f"test mAP {row['test_map']:5.1f}  "
-            f"(train {row['train_seconds']:.1f} s, describe {row['describe_seconds']:.1f} s)"
-        )
-        rows.append(row)
+        rows.append(_score(row, desc, ps, curves, log))
+        if name == FINETUNE_FROM and finetune is not None:
+            row = _finetuned_row(
+                model, ps, finetune, seed, data_desc, out, batch_size, precision, progress
+            )
+            rows.append(_score(row, row.pop("_desc"), ps, curves, log))
     results = {
         "data": {
             "description": data_desc,
@@ -171,6 +199,7 @@ def reproduce(
         "quick": quick,
         "seed": seed,
         "precision": precision,
+        "finetune": None if finetune is None else dataclasses.asdict(finetune),
         "rows": rows,
         "paper_romepatches": PAPER_ROMEPATCHES,
         "seconds": time.perf_counter() - t_start,
@@ -181,17 +210,79 @@ def reproduce(
     return results
 
 
+def _score(row: dict, desc: np.ndarray, ps, curves: dict, log) -> dict:
+    """Adds dim and the per-split mAP and metrics of (N, D) ``desc`` to ``row``; logs it."""
+    name = row["descriptor"]
+    split = np.asarray(ps.split)
+    row["dim"] = int(desc.shape[1])
+    for sname, sval in SPLITS:
+        sel = split == sval
+        ev = evaluate_descriptors(desc[sel], ps.labels[sel])
+        row[f"{sname}_map"] = 100.0 * ev["map"]
+        row[f"{sname}_metrics"] = ev
+        if sname == "test":
+            curves[name] = ev["precision_recall"]
+    log(
+        f"{name:>10}: dim {row['dim']:5d}  train mAP {row['train_map']:5.1f}  "
+        f"test mAP {row['test_map']:5.1f}  "
+        f"(train {row['train_seconds']:.1f} s, describe {row['describe_seconds']:.1f} s)"
+    )
+    return row
+
+
+def _finetuned_row(model, ps, cfg, seed, data_desc, out, batch_size, precision, progress) -> dict:
+    """The FINETUNED row: ``model`` fine-tuned on ``finetune_rows`` (descriptors in "_desc")."""
+    size = ps.patches.shape[1]
+    ft, va, by = finetune_rows(ps, seed=seed)
+    names = np.asarray(ps.scene_names)
+    info = {
+        "from": FINETUNE_FROM,
+        "seed": seed,
+        "validation_by": by,
+        "validation_fraction": FINETUNE_VAL_FRACTION,
+        "finetune_patches": int(ft.size),
+        "validation_patches": int(va.size),
+        "finetune_scenes": sorted(set(names[ps.scene[ft]].tolist())),
+        "validation_scenes": sorted(set(names[ps.scene[va]].tolist())) if by == "scene" else [],
+    }
+    t0 = time.perf_counter()
+    tuned, report = ckn.finetune(
+        model,
+        ps.patches[ft],
+        ps.labels[ft],
+        config=cfg,
+        seed=seed,
+        validation=(ps.patches[va], ps.labels[va]),
+        progress=progress,
+    )
+    row: dict = {"descriptor": FINETUNED, "coverage": f"{size}x{size}"}
+    row["train_seconds"] = time.perf_counter() - t0
+    row["finetune"] = {**info, "report": report.to_dict()}
+    if out is not None:
+        ckn.save(
+            tuned,
+            out / "models" / FINETUNED_DIR,
+            training={"seed": seed, "data": data_desc, **row["finetune"]},
+        )
+    t0 = time.perf_counter()
+    row["_desc"] = ckn.describe(
+        tuned, ps.patches, batch_size=batch_size, progress=progress, precision=precision
+    )
+    row["describe_seconds"] = time.perf_counter() - t0
+    return row
+
+
 def format_table(results: dict) -> str:
     """The paper's table: descriptor, coverage, dimension, train mAP, test mAP (+ the paper's)."""
     lines = [
-        f"{'descriptor':<15} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   "
+        f"{'descriptor':<19} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   "
         "paper (RomePatches) train/test",
     ]
     for r in results["rows"]:
         paper = PAPER_ROMEPATCHES.get(r["descriptor"])
         ref = f"{paper['train_map']:.1f} / {paper['test_map']:.1f}" if paper else "-"
         lines.append(
-            f"{r['descriptor']:<15} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} "
+            f"{r['descriptor']:<19} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} "
             f"{r['test_map']:>9.1f}   {ref}"
         )
     return "\n".join(lines)
