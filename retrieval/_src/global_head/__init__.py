@@ -124,7 +124,6 @@ from retrieval._src.global_head.maps import (
 from retrieval._src.global_head.model import (
     GlobalHead,
     _fingerprint_arrays,
-    _per_scale,
     backbone_info,
 )
 from retrieval._src.global_head.train import (
@@ -179,7 +178,6 @@ __all__ = [
     "_group_rows",
     "_is_int",
     "_learned_whitening",
-    "_per_scale",
     "_pool",
     "_pool_miner",
     "_regions",

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from ckn import InputError
 from retrieval._src import global_desc as G
@@ -215,65 +214,14 @@ class GlobalHead(nnx.Module):
           (N, D) float32, L2-normalized.
         """
         self.check_backbone(backbone)
-        src, sizes, rec = G._prepare(backbone, images, config)
         prm = self.params()
-        pool = lambda x, m: _pool(prm, x, m, kind=self.kind, levels=self.levels)
-        vecs, have = _per_scale(backbone, src, sizes, config, pool, progress, rec)
-        G._report(backbone, rec, info)
+        vecs = have = None  # (S, N, D0) pre-whitening vectors; (S, N) scales each image has
+        for mb in G.iter_feature_maps(backbone, images, config, progress=progress, info=info):
+            v = np.asarray(_pool(prm, mb.features, mb.mask, kind=self.kind, levels=self.levels))
+            if vecs is None:  # config and images are checked by now
+                have = np.zeros((len(config.scales), len(images)), bool)
+                vecs = np.zeros((*have.shape, v.shape[1]), np.float32)
+            for r, (i, s) in enumerate(mb.items):
+                vecs[s, i], have[s, i] = v[r], True
         v = G.combine_scales(vecs, have, self.combine_p)
         return np.asarray(_whiten(prm, jnp.asarray(v, _dtype(prm))), np.float32)
-
-
-def _per_scale(backbone, src, sizes, config, pool, progress, rec):
-    """Pooled (pre-whitening) vectors of every image at every scale: ((S, N, D0), have (S, N)).
-
-    The bucketing of ``global_desc._extract_pooled`` (same sizes, padding, masks).
-    """
-    batch = G._batch_size(config)
-    n_scales, n = len(config.scales), len(src)
-    items: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
-    have = np.zeros((n_scales, n), bool)
-    for i, (h, w) in enumerate(sizes):
-        for s, (hs, ws) in enumerate(G.scaled_sizes(h, w, config, backbone.stride)):
-            if min(hs, ws) < backbone.min_size:
-                rec["skipped_scales"].append((src.name(i), config.scales[s]))
-                continue
-            key = (
-                G._ceil_div(hs, config.bucket) * config.bucket,
-                G._ceil_div(ws, config.bucket) * config.bucket,
-            )
-            items.setdefault(key, []).append((i, s, hs, ws))
-            have[s, i] = True
-        if not have[:, i].any():
-            raise InputError(
-                f"{src.name(i)}: {h}x{w} px is smaller than the {backbone.min_size} px that "
-                f"{backbone.name} needs at every scale"
-            )
-    colour, stride = G.pad_colour(backbone), backbone.stride
-    vecs = None
-    bar = tqdm(total=int(have.sum()), desc="describing", unit="image-scale", disable=not progress)
-    last = (-1, None)
-    for key in sorted(items):
-        rec["buckets"][f"{key[0]}x{key[1]}"] = len(items[key])
-        group = items[key]
-        for start in range(0, len(group), batch):
-            chunk = group[start : start + batch]
-            x = np.empty((batch, key[0], key[1], 3), np.uint8)
-            x[:] = colour
-            for r, (i, _, hs, ws) in enumerate(chunk):
-                if last[0] != i:
-                    last = (i, src.load(i))
-                x[r, :hs, :ws] = G._resize(last[1], hs, ws)
-            feats = backbone.features(x)
-            mask = np.zeros(feats.shape[:3], bool)
-            for r, (_, _, hs, ws) in enumerate(chunk):
-                mask[r, : G._ceil_div(hs, stride), : G._ceil_div(ws, stride)] = True
-            v = np.asarray(pool(feats, mask), np.float32)
-            if vecs is None:
-                vecs = np.zeros((n_scales, n, v.shape[1]), np.float32)
-            for r, (i, s, _, _) in enumerate(chunk):
-                vecs[s, i] = v[r]
-            rec["batches"] += 1
-            bar.update(len(chunk))
-    bar.close()
-    return vecs, have
