@@ -256,3 +256,14 @@ def test_cli_cam_bad_input_one_line_exit_2_nothing_written(folders, tmp_path, ca
     rc, _, err = _run(capsys, "--images", folders[0], *extra, "--json", out)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_cli_cam_with_a_ckn_backbone_is_refused(folders, tmp_path, capsys, tiny_model):
+    import ckn
+
+    model = ckn.save(tiny_model[0], tmp_path / "tiny")
+    out = tmp_path / "x.json"
+    rc, _, err = _run(capsys, "--images", folders[0], "--global", "cam", "--backbone",
+                      f"ckn:{model}", "--json", out)  # fmt: skip
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "has no classifier" in err and "--global cam needs" in err and not out.exists()
