@@ -121,8 +121,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "patches), so --quick --finetune "
             f"({QUICK_FINETUNE_EPOCHS} epochs) is a smoke run that leaves test mAP at 97.2 "
             "and cost 42 s, half of it compiling, on a 274 s --quick run at load 7.5 "
-            "(15%%). On the full default data it adds about 8 minutes (20 epochs, early "
-            "stop at 15: 456 s at load 6-7 in benchmarks/results/finetune_patches.json)"
+            "(15%%). On the full default data it adds about 9 minutes (20 epochs, early "
+            "stop at 15: 531 s at load 5.5-7.7 in benchmarks/results/reproduce_default.json)"
         ),
     )
     p.add_argument(
