@@ -60,7 +60,6 @@ from retrieval._src.global_desc import GlobalConfig, iter_feature_maps
 from retrieval._src.global_eval import (
     GlobalEvaluation,
     PostConfig,
-    _crop,
     _plan,
     _whiten_plan,
     fit_global_whitening,
@@ -295,7 +294,7 @@ class _Searcher:
         return s, qv
 
 
-def _check_plan(backbone, config, cam, post, gnd, n_db):
+def _check_plan(backbone, config, cam, post):
     if not isinstance(config, GlobalConfig) or not isinstance(cam, CamConfig):
         raise InputError("evaluate_cam needs a GlobalConfig and a CamConfig")
     if not isinstance(post, PostConfig):
@@ -309,10 +308,6 @@ def _check_plan(backbone, config, cam, post, gnd, n_db):
         raise InputError("OnA and re-ranking keep the maps: they need a max_side")
     if post.dba and cam.variant == "ona":
         raise InputError("DBA applies to OfA only (OnA database vectors depend on the query)")
-    if post.dba and post.dba > n_db:
-        raise InputError(f"DBA k = {post.dba} exceeds the {n_db} database images")
-    if post.qe and post.qe > n_db - (1 if gnd is None else 0):
-        raise InputError(f"QE k = {post.qe} exceeds the {n_db} database images")
     weight, bias = _check_backbone(backbone)
     if cam.top_classes > weight.shape[0]:
         raise InputError(
@@ -364,16 +359,12 @@ def evaluate_cam(
     plan = _plan(images, gnd, strict)
     w_paths, w_labels = _whiten_plan(whiten_images, post)
     n_db = len(plan.db)
-    classifier, stored = _check_plan(backbone, config, cam, post, gnd, n_db)
+    classifier, stored = _check_plan(backbone, config, cam, post)
+    plan.check_post(post)
     info: dict = {"seconds": {}, "skipped_images": list(plan.skipped)}
     info["cam"] = {**dataclasses.asdict(cam), "label": cam.label, "map_dtype": "float16"}
     sec = info["seconds"]
-    queries = []
-    if gnd is not None:
-        queries = [
-            _crop(p, g["bbx"], n, backbone.min_size)
-            for p, g, n in zip(plan.queries, plan.gnd["gnd"], plan.query_names)
-        ]
+    queries = plan.query_images(backbone.min_size)
     whitening = None
     if w_paths is not None:
         t0 = time.perf_counter()
@@ -438,12 +429,6 @@ def evaluate_cam(
     info.update(
         num_database=n_db, num_queries=n_q, dim=int(db_vectors.shape[1]),
         gray=extract.get("gray", 0),
-        num_groups=None if plan.labels is None else len(np.unique(plan.labels[plan.labels >= 0])),
-        num_distractors=None if plan.labels is None else int((plan.labels < 0).sum()),
         boxes={int(q): b.tolist() for q, b in list(searcher.boxes.items())[:8]},
     )  # fmt: skip
-    return GlobalEvaluation(
-        result, revisited, final, db_vectors, np.asarray(ranking, np.int64), plan.names,
-        plan.query_names if gnd is not None else plan.names, list(plan.db), plan.labels,
-        plan.junk, info,
-    )  # fmt: skip
+    return plan.evaluation(result, revisited, final, db_vectors, ranking, info)

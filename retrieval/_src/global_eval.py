@@ -337,6 +337,36 @@ class _Plan(NamedTuple):
     gnd: dict | None
     skipped: tuple = ()  # "NAME: reason" of images left out (unreadable, truncated, too small)
 
+    def check_post(self, post: PostConfig) -> None:
+        """Checks that DBA and QE fit the database (groups protocol: the query is in it)."""
+        n_db = len(self.db)
+        if post.dba and post.dba > n_db:
+            raise InputError(f"DBA k = {post.dba} exceeds the {n_db} database images")
+        if post.qe and post.qe > n_db - (1 if self.gnd is None else 0):
+            raise InputError(f"QE k = {post.qe} exceeds the {n_db} database images")
+
+    def query_images(self, min_size: int) -> list:
+        """The revisited queries cropped to their boxes; [] in the groups protocol."""
+        if self.gnd is None:
+            return []
+        return [
+            _crop(p, g["bbx"], n, min_size)
+            for p, g, n in zip(self.queries, self.gnd["gnd"], self.query_names)
+        ]
+
+    def evaluation(self, result, revisited, queries, database, ranking, info) -> GlobalEvaluation:
+        """The :class:`GlobalEvaluation`, with the collection's counts added to ``info``."""
+        lab = self.labels
+        info.update(
+            num_groups=None if lab is None else len(np.unique(lab[lab >= 0])),
+            num_distractors=None if lab is None else int((lab < 0).sum()),
+        )
+        return GlobalEvaluation(
+            result, revisited, queries, database, np.asarray(ranking, np.int64), self.names,
+            self.query_names if self.gnd is not None else self.names, list(self.db), lab,
+            self.junk, info,
+        )  # fmt: skip
+
 
 def _crop(path: Path, bbx: np.ndarray, name: str, min_size: int) -> np.ndarray:
     """The query crop (x1, y1, x2, y2), rounded as PIL's crop, clipped to the image."""
@@ -469,18 +499,10 @@ def evaluate_global(
     plan = _plan(images, gnd, strict)
     w_paths, w_labels = _whiten_plan(whiten_images, post)
     n_db = len(plan.db)
-    if post.dba and post.dba > n_db:
-        raise InputError(f"DBA k = {post.dba} exceeds the {n_db} database images")
-    if post.qe and post.qe > n_db - (1 if gnd is None else 0):
-        raise InputError(f"QE k = {post.qe} exceeds the {n_db} database images")
+    plan.check_post(post)
     info: dict = {"seconds": {}, "skipped_images": list(plan.skipped)}
     sec = info["seconds"]
-    queries = plan.queries
-    if gnd is not None:
-        queries = [
-            _crop(p, g["bbx"], n, backbone.min_size)
-            for p, g, n in zip(plan.queries, plan.gnd["gnd"], plan.query_names)
-        ]
+    queries = plan.query_images(backbone.min_size)
     t0 = time.perf_counter()
     extract: dict = {}
     vecs = describe_(plan.db + queries, progress, extract)
@@ -527,11 +549,5 @@ def evaluate_global(
         num_queries=len(q),
         dim=int(db.shape[1]),
         gray=extract.get("gray", 0),
-        num_groups=None if plan.labels is None else len(np.unique(plan.labels[plan.labels >= 0])),
-        num_distractors=None if plan.labels is None else int((plan.labels < 0).sum()),
     )
-    return GlobalEvaluation(
-        result, revisited, q, db, np.asarray(ranking, np.int64), plan.names,
-        plan.query_names if gnd is not None else plan.names, list(plan.db), plan.labels,
-        plan.junk, info,
-    )  # fmt: skip
+    return plan.evaluation(result, revisited, q, db, ranking, info)
