@@ -20,9 +20,9 @@ from pathlib import Path
 
 import ckn
 from ckn import LayerConfig as L
-from retrieval._src import data as patchsets
-from retrieval._src.metrics import patch_retrieval_map
+from retrieval import patches as patchsets
 from retrieval.cli import provenance
+from retrieval.metrics import patch_retrieval_map
 
 # Taken when the script starts: the code that ran, not HEAD at the end.
 _META = provenance.start()

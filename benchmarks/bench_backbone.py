@@ -44,8 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
-from retrieval._src.global_desc import DEFAULT_BATCH, DEFAULT_BATCH_ACCELERATOR  # noqa: E402
-from retrieval._src.nets import backbone as B  # noqa: E402
+from retrieval.image import DEFAULT_BATCH, DEFAULT_BATCH_ACCELERATOR  # noqa: E402
+from retrieval.nets import load_backbone  # noqa: E402
 
 
 def _flops(cost) -> float | None:
@@ -59,10 +59,8 @@ def _flops(cost) -> float | None:
 
 def measure(net, size: int, batch: int, repeats: int, gflops_limit: float) -> dict:
     x = np.random.default_rng(size + batch).integers(0, 256, (batch, size, size, 3), np.uint8)
-    args = (net.arrays(), x)
-    static = dict(arch=net._arch, output="features", precision=net.precision)
     t0 = time.perf_counter()
-    compiled = B._apply.lower(*args, **static).compile()
+    compiled = net.lower_features(x).compile()
     compile_s = time.perf_counter() - t0
     flops = _flops(compiled.cost_analysis())
     times = bc.time_repeats(lambda: net.features(x).block_until_ready(), repeats=repeats, warmup=1)
@@ -100,7 +98,7 @@ def main(argv=None) -> int:
     backend = jax.default_backend()
     default_batch = DEFAULT_BATCH.get(backend, DEFAULT_BATCH_ACCELERATOR)
     batches = args.batches or sorted({1, default_batch, 4 if backend == "cpu" else 8})
-    net = B.load_backbone("efficientnet-lite0")
+    net = load_backbone("efficientnet-lite0")
     mm = bc.matmul_rate()
     print(f"matmul: {mm['gflops']:.1f} GFLOP/s ({mm['best']['impl']}, n={mm['best']['n']})",
           flush=True)  # fmt: skip

@@ -14,7 +14,7 @@ values), on seeded random uint8 patches of the preset's size:
 * ``kernel``: the jitted ``apply_describe`` alone on one device-resident
   group (``block_until_ready`` inside the timed region), for each group size
   in ``--groups`` (rows per jitted call): the measurement behind
-  ``ckn.group_size``.
+  ``ckn.sharding.group_size``.
 * compile time: ``lower().compile()`` of the call ``describe`` makes, apart;
   and describe's first call on one patch from a cold cache.
 
@@ -62,8 +62,8 @@ def _pool_flops(n_h: int, n_w: int, channels: int, s: int, mode: str, std) -> in
     """Separable pooling: 2 flops per non-zero tap, H pass then W pass."""
     if s == 1:
         return 0
-    ph = ckn.pooling_matrix(n_h, s, mode=mode, std=std)
-    pw = ckn.pooling_matrix(n_w, s, mode=mode, std=std)
+    ph = ckn.ops.pooling_matrix(n_h, s, mode=mode, std=std)
+    pw = ckn.ops.pooling_matrix(n_w, s, mode=mode, std=std)
     return (
         2 * channels * (int(np.count_nonzero(ph)) * n_w + ph.shape[0] * int(np.count_nonzero(pw)))
     )
@@ -114,12 +114,12 @@ def bench_preset(
     fl = flops_per_patch(cfg, s, s)
     gflop = fl["total"] / 1e9
     rng = np.random.default_rng(0)
-    mesh = ckn.batch_mesh()
+    mesh = ckn.sharding.batch_mesh()
     ndev = mesh.size
-    auto_group = ckn.group_size(cfg, s, s, mesh.devices.flat[0].platform)
+    auto_group = ckn.sharding.group_size(cfg, s, s, mesh.devices.flat[0].platform)
     graphdef, state = nnx.split(model)
     kw = {} if ndev == 1 else {"mesh": mesh}
-    target = mesh.devices.flat[0] if ndev == 1 else ckn.batch_sharding(mesh)
+    target = mesh.devices.flat[0] if ndev == 1 else ckn.sharding.batch_sharding(mesh)
     print(
         f"{name}: {s}x{s} patches, {gflop:.4f} GFLOP/patch, {ndev} device(s), group {auto_group}",
         flush=True,
@@ -134,9 +134,9 @@ def bench_preset(
         rng.integers(0, 256, (call_rows(auto_group or 256), s, s), dtype=np.uint8), target
     )
     t = time.perf_counter()
-    ckn.apply_describe.lower(graphdef, state, x0, **kw).compile()
+    ckn.sharding.apply_describe.lower(graphdef, state, x0, **kw).compile()
     compile_s = time.perf_counter() - t
-    ckn.apply_describe.clear_cache()
+    ckn.sharding.apply_describe.clear_cache()
     t = time.perf_counter()
     ckn.describe(model, np.asarray(x0[:1]))
     first_call_s = time.perf_counter() - t
@@ -144,7 +144,7 @@ def bench_preset(
     kernel = []
     for g in groups:
         x = jax.device_put(rng.integers(0, 256, (call_rows(g), s, s), dtype=np.uint8), target)
-        f = lambda x=x: ckn.apply_describe(graphdef, state, x, **kw).block_until_ready()  # noqa: E731
+        f = lambda x=x: ckn.sharding.apply_describe(graphdef, state, x, **kw).block_until_ready()  # noqa: E731
         f()  # compile
         # Enough calls per timed region for ~0.5 s, so small groups are timed over many calls.
         t = time.perf_counter()

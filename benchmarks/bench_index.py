@@ -9,10 +9,10 @@ Synthetic part, for each size N: N L2-normalized vectors of dimension D drawn
 around N / 100 random centres (unit centre + Gaussian noise of norm ~1, then
 L2-normalized: a clustered set whose neighbours mean something, unlike
 isotropic noise where all distances are alike), and 100 held-out queries
-from the same centres. Indexes are :class:`retrieval.SavedIndex` values as
+from the same centres. Indexes are :class:`retrieval.index.SavedIndex` values as
 ``ckn index`` builds them:
 
-* ``exact``: :class:`retrieval.ExactIndex` (jitted blocked matmul + top-k);
+* ``exact``: :class:`retrieval.index.ExactIndex` (jitted blocked matmul + top-k);
 * ``ivfpq``: faiss IVF-PQ with ``make_index``'s sizes for N, as the index
   searches it: ``RERANK`` x k candidates re-scored exactly with the stored
   vectors (``ivfpq_rerank``; its recall@10 also for other re-ranking factors,
@@ -56,9 +56,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
-from retrieval._src import index as S  # noqa: E402
-from retrieval._src.global_desc import GlobalConfig  # noqa: E402
-from retrieval._src.search import recall_at  # noqa: E402
+from retrieval import index as S  # noqa: E402
+from retrieval.image import GlobalConfig  # noqa: E402
+from retrieval.index import ExactIndex, make_index, recall_at  # noqa: E402
 
 NUM_QUERIES = 100
 SETTINGS = S.IndexSettings(global_config=GlobalConfig(head="gem"), whiten="none")
@@ -78,9 +78,31 @@ def synthetic(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return draw(n), draw(NUM_QUERIES)
 
 
+def _searcher(x: np.ndarray, method: str):
+    """(searcher, search info) over ``x`` as a built index holds them."""
+    if method == "exact":
+        s = ExactIndex(x.shape[1], metric="ip")
+        s.add(x)
+        return s, {"method": "exact"}
+    s = make_index(x, "ivfpq")
+    return s, {"method": "ivfpq", "ivfpq": dict(s.options), "rerank": S.RERANK}
+
+
+def _reranked(idx: S.SavedIndex, q: np.ndarray, k: int, factor: int) -> np.ndarray:
+    """(Q, k) ids: ``factor * k`` IVF-PQ candidates re-scored with the stored vectors, as
+    ``SavedIndex.search`` does with ``RERANK`` candidates per neighbour."""
+    _, cand = idx.searcher.search(q, min(idx.ntotal, k * factor))
+    ids = np.full((q.shape[0], k), -1, np.int64)
+    for r in range(q.shape[0]):
+        c = np.unique(cand[r][cand[r] >= 0])
+        order = np.argsort(-(idx.vectors[c] @ q[r]), kind="stable")[:k]
+        ids[r, : order.size] = c[order]
+    return ids
+
+
 def _index(x: np.ndarray, method: str) -> tuple[S.SavedIndex, float]:
     t = time.perf_counter()
-    searcher, info = S._make_searcher(x, method)
+    searcher, info = _searcher(x, method)
     if method == "exact":
         searcher.search(x[:1], 1)  # pads and uploads the database
     build_s = time.perf_counter() - t
@@ -112,11 +134,8 @@ def bench_synthetic(n: int, d: int, repeats: int, tmp: Path) -> list[dict]:
     _, ids_raw = raw.search(q, 10)
     _, ids_rr = ivf.search(q, 10)
     sweep = {}
-    default = S.RERANK
     for factor in (1, 2, 4, 10, 20):  # candidates re-scored per neighbour
-        S.RERANK = factor
-        sweep[factor] = recall_at(ivf.search(q, 10)[1], ids_exact, 10)
-    S.RERANK = default
+        sweep[factor] = recall_at(_reranked(ivf, q, 10, factor), ids_exact, 10)
     for name, idx, fn, build_s, ids in (
         ("exact", exact, exact.search, build_exact, ids_exact),
         ("ivfpq_rerank", ivf, ivf.search, build_ivf, ids_rr),

@@ -11,7 +11,7 @@ layer 1 trained on 64 x 64 patches of the scikit-image photos (``subpatch_data``
 ~20 s to build). ``--data synthetic``: n unit vectors around 1000 random
 directions (these separate so well that k-means converges in ~10 iterations).
 
-* ``ckn.kmeans(x, k, iters=60, spherical=True)``: compile time (``lower().compile()``)
+* ``ckn.unsupervised.kmeans(x, k, iters=60, spherical=True)``: compile time (``lower().compile()``)
   apart, then ``--repeats`` timed fits after one warm-up fit (the result
   copied to the host inside the timed region).
 * ``faiss.Kmeans(d, k, niter=60, spherical=True, max_points_per_centroid=n)``
@@ -23,7 +23,7 @@ J = mean_i (1 - max_j <c_j, x_i>) (lower is better). Each fit's assignment
 work (2 n d k FLOPs per iteration) is also given as GFLOP/s beside the
 machine's fp32 matmul rate measured in the same run.
 
-Target band (issue 6): ckn.kmeans no slower than faiss (the public PyTorch
+Target band (issue 6): ckn.unsupervised.kmeans no slower than faiss (the public PyTorch
 CKN: ~24 s against faiss' ~13 s on a 2-core CPU, CKN_NOTES section 7); the
 JSON records the ratio.
 
@@ -68,7 +68,7 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
 
     from flax import nnx
 
-    from retrieval._src.data import default_photos
+    from retrieval.patches import default_photos
 
     rng = np.random.default_rng(seed)
     images = []
@@ -88,9 +88,11 @@ def subpatch_data(n: int, seed: int = 0, photos: int = 4000) -> np.ndarray:
     first, _ = ckn.train(dataclasses.replace(cfg, layers=cfg.layers[:1]), patches, seed=seed)
     model = ckn.CKN(cfg, rngs=nnx.Rngs(seed))
     nnx.update(model.layers[0], nnx.state(first.layers[0]))
-    raw = ckn.sample_subpatches(model, 1, patches, int(n * 1.1), key=jax.random.key(seed))
+    raw = ckn.unsupervised.sample_subpatches(
+        model, 1, patches, int(n * 1.1), key=jax.random.key(seed)
+    )
     norms = np.linalg.norm(raw, axis=1)
-    keep = norms >= ckn.NORM_EPS
+    keep = norms >= ckn.ops.NORM_EPS
     x = (raw[keep] / norms[keep, None]).astype(np.float32)
     if x.shape[0] < n:
         raise RuntimeError(f"only {x.shape[0]} non-flat sub-patches, wanted {n}")
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
         help="layer-2 sub-patches of ckn-ref64 on photo patches (d = 576 only), "
         "or synthetic clusters",
     )
-    ap.add_argument("--no-faiss", action="store_true", help="time ckn.kmeans only")
+    ap.add_argument("--no-faiss", action="store_true", help="time ckn.unsupervised.kmeans only")
     ap.add_argument("--out", default=str(bc.RESULTS / f"bench_kmeans_{jax.default_backend()}.json"))
     args = ap.parse_args(argv)
     n, d, k, iters = args.n, args.d, args.k, args.iters
@@ -148,14 +150,14 @@ def main(argv=None) -> int:
     gflop_fit = 2.0 * n * d * k * (iters + 1) / 1e9  # iters steps and the final objective
     results = []
 
-    # --- ckn.kmeans -----------------------------------------------------------
+    # --- ckn.unsupervised.kmeans -----------------------------------------------------------
     xj = jnp.asarray(x)
     key = jax.random.key(args.seed)
     t = time.perf_counter()
     compile_s = None  # timed as the first fit minus steady state below
 
     def fit_jax():
-        c, h = ckn.kmeans(xj, k, key=key, iters=iters, spherical=True)
+        c, h = ckn.unsupervised.kmeans(xj, k, key=key, iters=iters, spherical=True)
         return np.asarray(c), np.asarray(h)
 
     t = time.perf_counter()
@@ -178,7 +180,8 @@ def main(argv=None) -> int:
     }
     results.append(row)
     print(
-        f"ckn.kmeans: {st['median_s']:.2f} s (min {st['min_s']:.2f}, max {st['max_s']:.2f}) "
+        f"ckn.unsupervised.kmeans: {st['median_s']:.2f} s "
+        f"(min {st['min_s']:.2f}, max {st['max_s']:.2f}) "
         f"for {iters} iterations; "
         f"compile {compile_s:.1f} s; J = {j_jax:.5f}; {row['gflops']:.1f} GFLOP/s "
         f"({row['fraction_of_matmul']:.0%} of matmul)",
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         ratio = st["median_s"] / fst["median_s"]
-        print(f"ckn.kmeans / faiss time: {ratio:.2f} (target <= 1)", flush=True)
+        print(f"ckn.unsupervised.kmeans / faiss time: {ratio:.2f} (target <= 1)", flush=True)
     bc.check_load("end")
     target = {
         "rule": "ckn.kmeans median time <= faiss.Kmeans median time, same data and iterations",

@@ -52,7 +52,7 @@ Measured, in this order, one process for ckn and one subprocess for the peer:
   (``bench_kmeans.subpatch_data``) -> 256 centres, 60 iterations: the peer's
   ``ckn.utils.spherical_kmeans`` (in its subprocess, one warm-up fit, stops
   early if its objective's relative change falls below 1e-6: the iterations
-  run are recorded) against ``ckn.kmeans(..., iters=60, spherical=True)``
+  run are recorded) against ``ckn.unsupervised.kmeans(..., iters=60, spherical=True)``
   (first fit = compile + run, then timed fits); times per fit and per
   iteration run; both objectives
   J = mean(1 - max_j <c_j, x_i>) computed the same way afterwards;
@@ -116,9 +116,9 @@ def photo_patches(n: int, size: int = 64, seed: int = 0):
     import numpy as np
 
     try:
-        from retrieval._src.data import default_photos
+        from retrieval.patches import default_photos
     except ImportError:  # before the data package split
-        from retrieval._src.patchsets import default_photos
+        from retrieval.patches import default_photos
 
     rng = np.random.default_rng(seed)
     images = []
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
             "precision": "highest",
             "patches": len(patches),
             "batch": 256,
-            "group": ckn.group_size(cfg, size, size, jax.devices()[0].platform),
+            "group": ckn.sharding.group_size(cfg, size, size, jax.devices()[0].platform),
             "descriptor_dim": dim,
             "patches_per_s": pps_ckn,
             "gflops": pps_ckn * gflop,
@@ -439,7 +439,7 @@ def main(argv=None) -> int:
             last = {}
 
             def fit():
-                c, h = ckn.kmeans(xj, k, key=key, iters=iters, spherical=True)
+                c, h = ckn.unsupervised.kmeans(xj, k, key=key, iters=iters, spherical=True)
                 last["centres"] = np.asarray(c)  # host copy inside the timed region
                 return last["centres"], np.asarray(h)
 
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
             )
             kratio = pk["median_s"] / st["median_s"]
             print(
-                f"ckn.kmeans: {st['median_s']:.2f} s (min {st['min_s']:.2f}, "
+                f"ckn.unsupervised.kmeans: {st['median_s']:.2f} s (min {st['min_s']:.2f}, "
                 f"max {st['max_s']:.2f}); first fit {first_s:.1f} s; J = {j_ckn:.5f}",
                 flush=True,
             )

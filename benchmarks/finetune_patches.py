@@ -5,14 +5,14 @@
 
 For each data set, the embedded default (``retrieval.build_default``, ~20,500 patches,
 split 0 = train, 1 = test) and, when the folder exists, the Oxford affine sequences
-(``retrieval.build_sequences``):
+(``retrieval.patches.build_sequences``):
 
 1. ckn-grad is trained without labels on the train split (``ckn.train``, the preset's
    settings, as ``ckn reproduce`` does);
 2. it is fine-tuned (``ckn.finetune``) on the groups of the train split, with 20% of the
-   train rows held out by scene (``ckn.validation_split``) for early stopping and the
+   train rows held out by scene (``ckn.supervised.validation_split``) for early stopping and the
    choice of the best epoch; the test split is used by no training or selection step;
-3. all-vs-all patch-retrieval mAP (``retrieval.patch_retrieval_map``: non-interpolated,
+3. all-vs-all patch-retrieval mAP (``retrieval.metrics.patch_retrieval_map``: non-interpolated,
    ties against the relevant items) of the unsupervised and fine-tuned models, SIFT and
    RootSIFT on the test split (and the train split, for reference).
 
@@ -55,13 +55,13 @@ ABLATION = {
 
 
 def _map(desc: np.ndarray, labels: np.ndarray) -> float:
-    return 100.0 * retrieval.patch_retrieval_map(desc, labels).mean_ap
+    return 100.0 * retrieval.metrics.patch_retrieval_map(desc, labels).mean_ap
 
 
 def _load(name: str, sequences: str | None):
     if name == "default":
         return retrieval.build_default()
-    return retrieval.build_sequences(sequences)
+    return retrieval.patches.build_sequences(sequences)
 
 
 def _scores(desc: np.ndarray, ps) -> dict:
@@ -103,7 +103,7 @@ def run_dataset(name: str, args, log) -> dict:
     ps = _load(name, args.sequences)
     data_seconds = time.perf_counter() - t0
     train = np.flatnonzero(ps.split == 0)
-    a, b, by = ckn.validation_split(
+    a, b, by = ckn.supervised.validation_split(
         ps.labels[train], ps.scene[train], fraction=VAL_FRACTION, seed=args.seed
     )
     rows = (train[a], train[b])
@@ -122,7 +122,7 @@ def run_dataset(name: str, args, log) -> dict:
         "validation_patches": int(b.size),
     }
     for base in ("sift", "rootsift"):
-        out[base] = _scores(retrieval.describe_baseline(base, ps.patches), ps)
+        out[base] = _scores(retrieval.patches.describe_baseline(base, ps.patches), ps)
         log(f"    {base}: test {out[base]['test']:.2f}, train {out[base]['train']:.2f}")
     t0 = time.perf_counter()
     model, _ = ckn.train(ckn.get_preset("ckn-grad"), ps.patches[train], seed=args.seed)
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         "all-vs-all patch retrieval within each split, query excluded, relevant = same "
         "group, non-interpolated AP, ties against relevant items; mAP in percent"
     )
-    ckn.write_json(args.json, {"metadata": meta, "results": results})
+    ckn.files.write_json(args.json, {"metadata": meta, "results": results})
     print(f"wrote {args.json}")
     return 0
 

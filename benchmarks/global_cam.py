@@ -8,10 +8,10 @@ Command (from the project root):
 The two image sets of ``benchmarks/global_retrieval.py`` (``oxford``: 48 Oxford affine images in
 8 groups + 17 distractors; ``tiles``: 48 groups of synthetic views of photo quadrants + 12
 distractors), written as group folders (PNG, lossless) and evaluated with the library's own
-pipelines, ``retrieval.evaluate_cam`` and ``retrieval.evaluate_global`` (every image of a group a
-query against all others, itself excluded; non-interpolated AP). Whitening, when on, is fitted on
-the OTHER set (as in global_retrieval.py): PCA-whitening of the top-1 class vectors for CAM (the
-paper's), of the descriptors for R-MAC, to min(D, n - 1) dimensions.
+pipelines, ``retrieval.image.evaluate_cam`` and ``retrieval.evaluate_global`` (every image of a
+group a query against all others, itself excluded; non-interpolated AP). Whitening, when on, is
+fitted on the OTHER set (as in global_retrieval.py): PCA-whitening of the top-1 class vectors for
+CAM (the paper's), of the descriptors for R-MAC, to min(D, n - 1) dimensions.
 
 Rows: R-MAC single scale (CAM is single scale) and multi-scale; CAM OfA and OnA (64 classes), each
 alone, + re-ranking of the top R (``--rerank``; the paper re-ranks 1000 of Oxford5k's 5063, 20 %:
@@ -43,16 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from global_retrieval import oxford_set, tiles_set  # noqa: E402
 
-from retrieval import (  # noqa: E402
+from retrieval import GlobalConfig, evaluate_global, load_backbone  # noqa: E402
+from retrieval.cli import provenance  # noqa: E402
+from retrieval.image import (  # noqa: E402
+    MULTI_SCALE,
     CamConfig,
-    GlobalConfig,
     PostConfig,
     evaluate_cam,
-    evaluate_global,
-    load_backbone,
 )
-from retrieval._src.global_desc import MULTI_SCALE  # noqa: E402
-from retrieval.cli import provenance  # noqa: E402
 
 META = provenance.start()
 
@@ -241,7 +239,7 @@ def main(argv=None) -> int:
             "whitening": "PCA, fitted on the other set (CAM: top-1 class vectors), "
             "min(D, n - 1) dimensions",
             "qe": "average QE over the top k after re-ranking; with re-ranking the expanded "
-            "query is re-ranked again (retrieval._src.cam_eval)",
+            "query is re-ranked again (retrieval.image.evaluate_cam)",
             "ap_definition": "non-interpolated AP, query excluded, ties against relevant",
         },  # fmt: skip
         "results": rows,

@@ -9,7 +9,7 @@ Command (from the project root):
 Backbone: ``load_backbone("ckn", weights=MODEL_DIR)`` (``--backbone ckn:MODEL_DIR`` on the
 command line), the whole-image maps of a ckn-grad model (stride 16, 64 channels) trained
 without labels exactly as ``ckn reproduce`` trains it: the ``ckn-grad`` preset, seed 0, on the
-train split of the embedded default patch set (``retrieval._src.reproduce.load_data`` and
+train split of the embedded default patch set (``retrieval.patches.load_data`` and
 ``ckn_config``). Without ``--model`` the model is trained once into ``--work`` (default
 ``$CKN_CACHE/bench-models/ckn-grad-reproduce``, else ``~/.cache/ckn/...``) and reused from there.
 
@@ -53,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import global_retrieval as GR  # noqa: E402
 
 import ckn  # noqa: E402
-from retrieval._src.global_desc import MULTI_SCALE, GlobalConfig, extract_global  # noqa: E402
-from retrieval._src.nets.backbone import load_backbone  # noqa: E402
-from retrieval._src.reproduce import ckn_config, load_data  # noqa: E402
 from retrieval.cli import provenance  # noqa: E402
+from retrieval.image import MULTI_SCALE, GlobalConfig, extract_global  # noqa: E402
+from retrieval.nets import load_backbone  # noqa: E402
+from retrieval.patches import ckn_config, load_data  # noqa: E402
 
 META = provenance.start()
 
@@ -99,12 +99,8 @@ def train_model(work: Path) -> dict:
 
 def probe(model_dir: str) -> dict:
     """Time and memory of the CKN backbone at 1024 px, in this (fresh) process."""
-    import jax
+    import cv2
     import skimage.data
-    from flax import nnx
-
-    from retrieval._src.global_desc import _resize
-    from retrieval._src.nets import ckn_backbone as CB
 
     rss0 = _rss_mib()
     net = load_backbone("ckn", weights=model_dir)
@@ -112,7 +108,9 @@ def probe(model_dir: str) -> dict:
     out = {"rss_before_load_mib": rss0, "max_bytes": net.max_bytes, "sizes": []}
     out["rss_after_load_mib"] = _rss_mib()
     for h, w in PROBE_SIZES:
-        img = _resize(photo, h, w)[None]
+        shrink = h <= photo.shape[0] and w <= photo.shape[1]
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR  # as extract_global resizes
+        img = cv2.resize(photo, (w, h), interpolation=interp)[None]
         row = {"height": h, "width": w, "estimate_bytes": net.estimate_bytes(h, w)}
         row["tiled"] = row["estimate_bytes"] > net.max_bytes
         t0 = time.perf_counter()
@@ -138,12 +136,7 @@ def probe(model_dir: str) -> dict:
                 times.append(time.perf_counter() - t0)
         row["gem_3_scales_median_s"] = float(np.median(times))
         try:  # XLA's account of the jitted map (the estimate's basis), after the timings
-            graphdef, state = nnx.split(net.model)
-            ma = (
-                CB._ckn_map.lower(graphdef, state, jax.numpy.asarray(img), precision=net.precision)
-                .compile()
-                .memory_analysis()
-            )
+            ma = net.lower_features(img).compile().memory_analysis()
             row["xla_temp_bytes"] = int(ma.temp_size_in_bytes)
             row["xla_output_bytes"] = int(ma.output_size_in_bytes)
         except Exception as e:  # noqa: BLE001 - optional figure; say why it is missing

@@ -7,7 +7,7 @@ Command (from the project root; about 10 minutes on the 2-core CPU when it is no
 
 Backbone: EfficientNet-Lite0 with its shipped ImageNet weights (no fine-tuning).
 Each image is described once at the scales (1, 1/sqrt 2, 1/2) (long side at most
-1024 px, ``retrieval._src.global_desc``); the single-scale descriptor is the scale-1
+1024 px, ``retrieval.image.extract_global``); the single-scale descriptor is the scale-1
 one of the same run, the multi-scale one their power mean (p = 3 for GeM, else 1,
 as cirtorch). ``codes``: the global average of the last map at 224 x 224 (no fc6 in
 EfficientNet), one scale.
@@ -69,26 +69,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from retrieval._src.data import default_photos  # noqa: E402
-from retrieval._src.data.default import DEFAULT_TEST, DEFAULT_TRAIN  # noqa: E402
-from retrieval._src.data.photos import ViewParams, synthetic_view  # noqa: E402
-from retrieval._src.global_desc import (  # noqa: E402
+from retrieval.cli import provenance  # noqa: E402
+from retrieval.image import (  # noqa: E402
     MULTI_SCALE,
     GlobalConfig,
+    PCAWhitening,
+    PostConfig,
+    Whitening,
     combine_scales,
     extract_global,
     extract_global_heads,
     extract_per_scale,
-)
-from retrieval._src.global_eval import (  # noqa: E402
-    PostConfig,
     fit_global_whitening,
     postprocess,
 )
-from retrieval._src.metrics.image import evaluate_scores  # noqa: E402
-from retrieval._src.nets.backbone import load_backbone  # noqa: E402
-from retrieval._src.postprocess import PCAWhitening, Whitening  # noqa: E402
-from retrieval.cli import provenance  # noqa: E402
+from retrieval.metrics import evaluate_scores  # noqa: E402
+from retrieval.nets import load_backbone  # noqa: E402
+from retrieval.patches import (  # noqa: E402
+    DEFAULT_TEST,
+    DEFAULT_TRAIN,
+    ViewParams,
+    default_photos,  # noqa: E402
+    synthetic_view,
+)
 
 META = provenance.start()
 

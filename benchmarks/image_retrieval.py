@@ -52,9 +52,8 @@ import numpy as np
 import ckn
 import retrieval
 from ckn import InputError
-from retrieval._src import vlad_fit as VF
-from retrieval._src.data import default_photos, read_image
 from retrieval.cli import provenance
+from retrieval.patches import default_photos, read_image
 
 # Taken when the script starts: the code that ran, not HEAD at the end.
 _META = provenance.start()
@@ -131,12 +130,12 @@ def train_models(work: Path, presets: list[str]) -> dict[str, str]:
     return out
 
 
-def describe_all(images, names, spec, local: retrieval.LocalConfig):
+def describe_all(images, names, spec, local: retrieval.local.LocalConfig):
     """Local features of every image (describer warmed up first: no compilation in the timings).
 
     Images without any region are reported and left out of the database.
     """
-    d = retrieval.make_describer(spec)
+    d = retrieval.local.make_describer(spec)
     warm = np.random.default_rng(0).integers(
         0, 256, (256, d.patch_size, d.patch_size), dtype=np.uint8
     )
@@ -146,7 +145,7 @@ def describe_all(images, names, spec, local: retrieval.LocalConfig):
     feats, kept, dropped = [], [], []
     for i, (img, name) in enumerate(zip(images, names)):
         try:
-            feats.append(retrieval.local_features(img, d, config=local, name=name))
+            feats.append(retrieval.local.local_features(img, d, config=local, name=name))
             kept.append(i)
         except InputError as e:
             dropped.append(str(e))
@@ -167,17 +166,17 @@ def encode_timing(feats, train, repeats: int = 5) -> dict:
     """Steady-state encoding seconds per image (median of repeats), compilation apart."""
     out = {}
     for label, cfg in (
-        ("vlad_k64", retrieval.VladConfig(k=64, pca_dim=None)),
-        ("vlad_k64_pca256", retrieval.VladConfig(k=64, pca_dim=256)),
+        ("vlad_k64", retrieval.local.VladConfig(k=64, pca_dim=None)),
+        ("vlad_k64_pca256", retrieval.local.VladConfig(k=64, pca_dim=256)),
     ):
-        model = retrieval.fit_vlad(train, cfg)
+        model = retrieval.local.fit_vlad(train, cfg)
         t0 = time.perf_counter()
-        retrieval.encode_images(model, feats)
+        retrieval.local.encode_images(model, feats)
         first = time.perf_counter() - t0
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            retrieval.encode_images(model, feats)
+            retrieval.local.encode_images(model, feats)
             runs.append((time.perf_counter() - t0) / len(feats))
         out[label] = {
             "first_call_seconds_total": first,
@@ -194,16 +193,18 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
         import faiss  # noqa: F401
     except ImportError:
         return {"skipped": "faiss not installed"}
-    model = retrieval.fit_vlad(train, retrieval.VladConfig(k=64, pca_dim=256))
+    model = retrieval.local.fit_vlad(train, retrieval.local.VladConfig(k=64, pca_dim=256))
     rng = np.random.default_rng(seed)
     sets = []
     for f in feats:
-        xr = VF._reduce_local(model.local_pca, f.descriptors)
-        sets += [xr[idx] for idx in VF._window_subsets(f, 50, rng, min_count=16)]
-    vecs = retrieval.encode_images(model, sets)
+        xr = f.descriptors
+        if model.local_pca is not None:
+            xr = retrieval.image.apply_pca_whitening(model.local_pca, xr, l2_norm=False)
+        sets += [xr[idx] for idx in retrieval.local.window_subsets(f, 50, rng, min_count=16)]
+    vecs = retrieval.local.encode_images(model, sets)
     q = vecs[rng.choice(vecs.shape[0], 300, replace=False)]
     t0 = time.perf_counter()
-    exact = retrieval.make_index(vecs).search(q, 10)
+    exact = retrieval.index.make_index(vecs).search(q, 10)
     t_exact = time.perf_counter() - t0
     out = {
         "database": int(vecs.shape[0]),
@@ -214,7 +215,7 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
     }
     for m in (32, 64):
         t0 = time.perf_counter()
-        index = retrieval.make_index(vecs, "ivfpq", m=m, nprobe=16)
+        index = retrieval.index.make_index(vecs, "ivfpq", m=m, nprobe=16)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         approx = index.search(q, 10)
@@ -222,7 +223,7 @@ def faiss_recall(feats, train, seed: int = 0) -> dict:
             {
                 **index.options,
                 "bytes_per_vector": m * index.options["nbits"] // 8,
-                "recall_at_10": retrieval.recall_at(approx.ids, exact.ids, 10),
+                "recall_at_10": retrieval.index.recall_at(approx.ids, exact.ids, 10),
                 "build_seconds": t_build,
                 "search_seconds": time.perf_counter() - t0,
             }
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
     else:
         models = train_models(Path(args.work), args.presets.split(","))
     images, names, labels, n_oxford = load_database(oxford)
-    local = retrieval.LocalConfig(max_regions=args.max_regions, max_side=1000)
+    local = retrieval.local.LocalConfig(max_regions=args.max_regions, max_side=1000)
     descriptors = {"sift": "sift", "rootsift": "rootsift", **models}
     results, per_group, timing, dropped_all = [], {}, {}, {}
     faiss_report = None
@@ -299,7 +300,7 @@ def main(argv=None) -> int:
         settings = [(k, p, w, "distractors") for k in KS for p, w in PCAS]
         settings += [(64, None, False, "evaluated images"), (64, 256, True, "evaluated images")]
         for k, pca, whiten, on in settings:
-            cfg = retrieval.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
+            cfg = retrieval.local.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
             ev = retrieval.evaluate_vlad(
                 feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm
             )

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 import ckn
-from retrieval._src import data as patchsets
-from retrieval._src.baselines import BASELINES, describe_baseline
-from retrieval._src.metrics import patch_retrieval_map
+from retrieval import patches as patchsets
 from retrieval.cli import provenance
+from retrieval.metrics import patch_retrieval_map
+from retrieval.patches import BASELINES, describe_baseline
 
 # Taken when the script starts: the code that ran, not HEAD at the end.
 _META = provenance.start()

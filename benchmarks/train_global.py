@@ -9,7 +9,7 @@ R-MAC head with pool mining):
 
 Backbone: EfficientNet-Lite0 with its shipped ImageNet weights, frozen. Every image is a
 224 x 224 crop (7 x 7 x 1280 maps, one backbone compilation); the maps of every set
-are computed once (float16, ``retrieval._src.global_head.prepare_maps``) and every head,
+are computed once (float16, ``retrieval.image.prepare_maps``) and every head,
 off-the-shelf or learned, is applied to the same maps.
 
 Task: region retrieval. A group is one region of a photo (a square of a grid of 3 rows,
@@ -21,7 +21,7 @@ perspective; the crop follows the region's centre and local scale with a 15 % si
 10 % position jitter; then gamma, contrast, blur, noise, JPEG). The other regions of
 the same photo (same colours, same texture) are the hard negatives. Every image of a
 group queries all the other images (itself excluded; non-interpolated AP, ties
-against the relevant images; ``retrieval.evaluate_scores``).
+against the relevant images; ``retrieval.metrics.evaluate_scores``).
 
 Sets (no photo in two of them):
 
@@ -73,22 +73,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from retrieval._src import pooling
-from retrieval._src.data import default_photos, read_image
-from retrieval._src.data.default import DEFAULT_TEST
-from retrieval._src.data.photos import ViewParams, photometric, random_homography
-from retrieval._src.global_eval import fit_global_whitening
-from retrieval._src.global_head import (
+from retrieval.cli import provenance
+from retrieval.image import (
     GlobalHeadConfig,
     HeadMaps,
+    apply_whitening,
     backbone_info,
+    fit_global_whitening,
+    gem,
+    l2_normalize,
     prepare_maps,
+    rmac,
     train_global_head,
 )
-from retrieval._src.metrics.image import evaluate_scores
-from retrieval._src.nets.backbone import load_backbone
-from retrieval._src.postprocess import apply_whitening
-from retrieval.cli import provenance
+from retrieval.metrics import evaluate_scores
+from retrieval.nets import load_backbone
+from retrieval.patches import (
+    DEFAULT_TEST,
+    ViewParams,
+    default_photos,
+    photometric,
+    random_homography,
+    read_image,
+)
 
 META = provenance.start()
 
@@ -256,8 +263,8 @@ def off_the_shelf(maps: HeadMaps) -> dict[str, np.ndarray]:
     """GeM p = 3 + L2 and R-MAC (Tolias) of float16 maps, (N, C) float32."""
     out = {}
     for name, fn in (
-        ("GeM p=3", lambda x, m: pooling.l2_normalize(pooling.gem(x, 3.0, mask=m))),
-        ("R-MAC (Tolias)", lambda x, m: pooling.rmac(x, 3, mask=m)),
+        ("GeM p=3", lambda x, m: l2_normalize(gem(x, 3.0, mask=m))),
+        ("R-MAC (Tolias)", lambda x, m: rmac(x, 3, mask=m)),
     ):
         v = [np.asarray(fn(maps.maps[i : i + 64].astype(np.float32), maps.mask[i : i + 64]))
              for i in range(0, len(maps), 64)]  # fmt: skip

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import ckn
-from retrieval._src import data as patchsets
-from retrieval._src.metrics import patch_retrieval_map
+from retrieval import patches as patchsets
 from retrieval.cli import provenance
+from retrieval.metrics import patch_retrieval_map
 
 # Taken when the script starts: the code that ran, not HEAD at the end.
 _META = provenance.start()

@@ -1,14 +1,28 @@
 """Convolutional kernel networks (Patch-CKN) in JAX + Flax NNX.
 
-Public API; everything under ``ckn._src`` is private. ``ckn`` is a library:
-it imports nothing from ``retrieval`` or the command line.
+The top level holds the entry points: the model (:class:`CKN`, :class:`KernelLayer`,
+:func:`kernel_layer_apply`), its settings and presets, :func:`train`, :func:`describe`,
+:func:`finetune`, :func:`save` / :func:`load` and :class:`InputError`. The rest is
+public by stage:
+
+- :mod:`ckn.ops`: pure array math (sub-patches, kappa, Nystrom, Gaussian pooling, input maps);
+- :mod:`ckn.unsupervised`: k-means and layer-by-layer training;
+- :mod:`ckn.supervised`: the differentiable descriptor, validation, the epoch loop;
+- :mod:`ckn.losses`: contrastive and triplet losses, hardest-in-batch mining;
+- :mod:`ckn.files`: patch files, atomic writes, progress bars;
+- :mod:`ckn.sharding`: the batch mesh and the sharded describe step.
+
+Everything under ``ckn._src`` is private. ``ckn`` is a library: it imports nothing
+from ``retrieval`` or the command line.
 """
 
+from ckn import files as files
+from ckn import losses as losses
+from ckn import ops as ops
+from ckn import sharding as sharding
+from ckn import supervised as supervised
+from ckn import unsupervised as unsupervised
 from ckn._src.config import (
-    CHANNELS,
-    INPUTS,
-    METHODS,
-    NORMALIZATIONS,
     PRESETS,
     CKNConfig,
     LayerConfig,
@@ -16,211 +30,34 @@ from ckn._src.config import (
     TrainConfig,
     get_preset,
 )
-from ckn._src.differentiable import (
-    TRAINABLE_PARTS,
-    descriptor_function,
-    initial_params,
-    nystrom_map,
-    trainable_parts,
-)
-from ckn._src.epochs import (
-    CHECKPOINT_FILE,
-    Checkpoint,
-    CheckpointFormat,
-    EpochResult,
-    EpochsConfig,
-    EpochsReport,
-    EpochsRun,
-    load_checkpoint,
-    run_epochs,
-    save_checkpoint,
-)
 from ckn._src.errors import InputError
-from ckn._src.fileio import (
-    SPLITS,
-    atomic_path,
-    check_patches,
-    load_npy,
-    load_patch_file,
-    progress_bar,
-    write_json,
-)
-from ckn._src.finetune import (
-    DEFAULT_MARGINS,
-    LOSSES,
-    SCHEDULES,
-    FinetuneConfig,
-    FinetuneReport,
-    finetune,
-    validation_map,
-    validation_split,
-)
-from ckn._src.kmeans import (
-    NUM_BLOCKS,
-    KMeansState,
-    kmeans,
-    kmeans_init,
-    kmeans_objective,
-    kmeans_step,
-)
-from ckn._src.layers import (
-    CKN,
-    PRECISIONS,
-    Filters,
-    KernelLayer,
-    LayerParams,
-    apply_describe,
-    check_precision,
-    kernel_layer_apply,
-)
-from ckn._src.losses import (
-    Mined,
-    batch_contrastive_loss,
-    batch_triplet_loss,
-    check_batch,
-    contrastive_loss,
-    hardest_in_batch,
-    pairwise_sq_distances,
-    triplet_loss,
-)
-from ckn._src.model import describe, group_size, load, read_training_report, save
-from ckn._src.ops import (
-    NORM_EPS,
-    POOLINGS,
-    blur_matrix,
-    centering_matrix,
-    central_gradient,
-    extract_patches,
-    extract_patches_shifted,
-    gaussian_blur,
-    gaussian_filter_1d,
-    gaussian_pool,
-    gradient_map,
-    kappa,
-    normalize_patches,
-    nystrom_projection,
-    pooled_size,
-    pooling_matrix,
-    select_channels,
-    to_float,
-    whitening_matrix,
-)
-from ckn._src.sharding import batch_mesh, batch_sharding, padded_size, replicated
-from ckn._src.training import (
-    MIN_SUBPATCHES_PER_FILTER,
-    LayerReport,
-    check_training_set,
-    fit_nips14,
-    nips14_loss,
-    nystrom_residual,
-    refine_nystrom,
-    sample_subpatches,
-    sigma_from_quantile,
-    train,
-)
+from ckn._src.finetune import FinetuneConfig, FinetuneReport, finetune
+from ckn._src.layers import CKN, PRECISIONS, Filters, KernelLayer, LayerParams, kernel_layer_apply
+from ckn._src.model import describe, load, read_training_report, save
+from ckn._src.training import train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CHANNELS",
-    "CHECKPOINT_FILE",
     "CKN",
     "CKNConfig",
-    "Checkpoint",
-    "CheckpointFormat",
-    "DEFAULT_MARGINS",
-    "EpochResult",
-    "EpochsConfig",
-    "EpochsReport",
-    "EpochsRun",
     "Filters",
     "FinetuneConfig",
     "FinetuneReport",
-    "INPUTS",
     "InputError",
-    "KMeansState",
     "KernelLayer",
-    "LOSSES",
     "LayerConfig",
     "LayerGeometry",
     "LayerParams",
-    "LayerReport",
-    "METHODS",
-    "MIN_SUBPATCHES_PER_FILTER",
-    "Mined",
-    "NORMALIZATIONS",
-    "NORM_EPS",
-    "NUM_BLOCKS",
-    "POOLINGS",
     "PRECISIONS",
     "PRESETS",
-    "SCHEDULES",
-    "SPLITS",
-    "TRAINABLE_PARTS",
     "TrainConfig",
-    "apply_describe",
-    "atomic_path",
-    "batch_contrastive_loss",
-    "batch_mesh",
-    "batch_sharding",
-    "batch_triplet_loss",
-    "blur_matrix",
-    "centering_matrix",
-    "central_gradient",
-    "check_batch",
-    "check_patches",
-    "check_precision",
-    "check_training_set",
-    "contrastive_loss",
     "describe",
-    "descriptor_function",
-    "extract_patches",
-    "extract_patches_shifted",
     "finetune",
-    "fit_nips14",
-    "gaussian_blur",
-    "gaussian_filter_1d",
-    "gaussian_pool",
     "get_preset",
-    "gradient_map",
-    "group_size",
-    "hardest_in_batch",
-    "initial_params",
-    "kappa",
     "kernel_layer_apply",
-    "kmeans",
-    "kmeans_init",
-    "kmeans_objective",
-    "kmeans_step",
     "load",
-    "load_checkpoint",
-    "load_npy",
-    "load_patch_file",
-    "nips14_loss",
-    "normalize_patches",
-    "nystrom_map",
-    "nystrom_projection",
-    "nystrom_residual",
-    "padded_size",
-    "pairwise_sq_distances",
-    "pooled_size",
-    "pooling_matrix",
-    "progress_bar",
     "read_training_report",
-    "refine_nystrom",
-    "replicated",
-    "run_epochs",
-    "sample_subpatches",
     "save",
-    "save_checkpoint",
-    "select_channels",
-    "sigma_from_quantile",
-    "to_float",
     "train",
-    "trainable_parts",
-    "triplet_loss",
-    "validation_map",
-    "validation_split",
-    "whitening_matrix",
-    "write_json",
 ]

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     # Bad input is one line and exit 2, as in the `ckn` command line. The patch
     # file is checked first (NumPy only: jax.distributed wants to come first).
     try:
-        patches, _ = ckn.load_patch_file(args.patches)  # a .npy is memory-mapped
+        patches, _ = ckn.files.load_patch_file(args.patches)  # a .npy is memory-mapped
     except ckn.InputError as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     part = out_dir / f"descriptors.{i}-of-{p}.npy"
     d = int(np.prod(model.config.output_shape(*patches.shape[1:3])))
-    with ckn.atomic_path(part) as tmp:  # the part appears only once complete
+    with ckn.files.atomic_path(part) as tmp:  # the part appears only once complete
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(hi - lo, d))
         ckn.describe(model, patches[lo:hi], out=out)
         out.flush()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import cam
-from retrieval._src.postprocess import apply_whitening, fit_pca_whitening
+from retrieval import image as cam
+from retrieval._src.cam import THRESHOLDS, _query_cams, _region_vectors
+from retrieval.image import apply_whitening, fit_pca_whitening
 
 # --------------------------------------------------------------------------- NumPy references
 
@@ -322,7 +323,7 @@ def test_cam_rerank_order_scores_and_boxes_vs_reference():
     classes = np.array([0, 1], np.int32)
     qv = cam.aggregate_class_vectors(ref_class_vectors(query, w[classes])[None])[0]
     got = cam.cam_rerank(qv, classes, maps, w, ids=ids, min_cells=3)
-    want = _ref_rerank(qv, classes, maps, w, ids, cam.THRESHOLDS, 3)
+    want = _ref_rerank(qv, classes, maps, w, ids, THRESHOLDS, 3)
     np.testing.assert_array_equal(got.ids, want[0])
     np.testing.assert_allclose(got.scores, want[1], atol=1e-5)
     np.testing.assert_array_equal(got.boxes, want[2])
@@ -395,9 +396,9 @@ def test_compilations_top_classes_static_ids_and_thresholds_not():
     query, maps, w2, ids = _rerank_example()
     qv = np.ones(6, np.float32) / np.sqrt(6.0)
     cam.cam_rerank(qv, np.array([0, 1]), maps, w2)
-    sizes = cam._region_vectors._cache_size(), cam._query_cams._cache_size()
+    sizes = _region_vectors._cache_size(), _query_cams._cache_size()
     cam.cam_rerank(qv, np.array([2, 3]), maps, w2, thresholds=(0.05, 0.5, 0.7))  # host-side
-    assert (cam._region_vectors._cache_size(), cam._query_cams._cache_size()) == sizes
+    assert (_region_vectors._cache_size(), _query_cams._cache_size()) == sizes
 
 
 def test_input_errors():

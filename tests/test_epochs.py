@@ -1,8 +1,8 @@
-"""ckn.run_epochs and its checkpoint files: the best epoch, early stopping, exact resume, errors.
+"""ckn.supervised.run_epochs and its checkpoints: best epoch, early stopping, exact resume, errors.
 
 A toy "training" whose epochs are plain NumPy functions of (seed, epoch) and whose validation
 scores are scripted, so every expected value is written out by hand. The report is a
-``ckn.FinetuneReport`` (it has the fields of ``ckn.EpochsReport``).
+``ckn.FinetuneReport`` (it has the fields of ``ckn.supervised.EpochsReport``).
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import pytest
 
 import ckn
 
-FMT = ckn.CheckpointFormat("toy-checkpoint", 3, label="toy", subject="toy model")
+FMT = ckn.supervised.CheckpointFormat("toy-checkpoint", 3, label="toy", subject="toy model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def train_epoch(epoch, step, params, opt_state, tick):
         opt_state = opt_state + 1
         losses.append(float(step + s))
         tick(losses[-1])
-    return ckn.EpochResult(params, opt_state, losses, [1, 1, 2], nonfinite=epoch % 2)
+    return ckn.supervised.EpochResult(params, opt_state, losses, [1, 1, 2], nonfinite=epoch % 2)
 
 
 def start():
@@ -61,7 +61,7 @@ def scores(*values):
 
 
 def run(report, cfg=Cfg(), values=(0.1, 0.2, 0.3, 0.25, 0.3, 0.1), **kw):
-    return ckn.run_epochs(
+    return ckn.supervised.run_epochs(
         train_epoch,
         *start(),
         report,
@@ -88,7 +88,7 @@ def test_best_epoch_and_early_stopping():
 
 def test_without_validation_or_patience_the_last_epoch_is_kept():
     rep = ckn.FinetuneReport()
-    out = ckn.run_epochs(
+    out = ckn.supervised.run_epochs(
         train_epoch, *start(), rep, Cfg(epochs=3), evaluate=lambda p: None, steps_per_epoch=STEPS
     )
     assert rep.best_epoch == 3 and rep.best_val_map is None and not rep.stopped_early
@@ -106,12 +106,14 @@ def _no_time(history):
 @pytest.mark.parametrize("stop", [1, 3])
 def test_resume_equals_an_uninterrupted_run(tmp_path, stop):
     full = ckn.FinetuneReport()
-    whole = run(full, checkpoint=ckn.Checkpoint(tmp_path / "a", FMT, {"config": {"x": 1}}))
-    ck = ckn.Checkpoint(tmp_path / "b", FMT, {"config": {"x": 1}, "seed": 0})
+    whole = run(
+        full, checkpoint=ckn.supervised.Checkpoint(tmp_path / "a", FMT, {"config": {"x": 1}})
+    )
+    ck = ckn.supervised.Checkpoint(tmp_path / "b", FMT, {"config": {"x": 1}, "seed": 0})
     part = ckn.FinetuneReport()
     run(part, checkpoint=ck, stop_after=stop)
     assert part.epochs_done == stop and not part.finished
-    meta, trees = ckn.load_checkpoint(tmp_path / "b", FMT, ck.fingerprint, templates())
+    meta, trees = ckn.supervised.load_checkpoint(tmp_path / "b", FMT, ck.fingerprint, templates())
     assert meta["epoch"] == stop and meta["step"] == STEPS * stop
     assert meta["format"] == "toy-checkpoint" and meta["version"] == 3
     resumed = ckn.FinetuneReport()
@@ -137,17 +139,21 @@ def test_save_load_round_trip_keeps_structure_dtype_and_device(tmp_path):
         "a": jax.device_put(jnp.arange(4, dtype=jnp.int32), dev),
         "b": (jnp.ones((2, 3), jnp.float16), None),
     }
-    ckn.save_checkpoint(
+    ckn.supervised.save_checkpoint(
         tmp_path / "new" / "ck", {"format": "toy-checkpoint", "version": 3}, {"t": tree}
     )
-    assert sorted(p.name for p in (tmp_path / "new" / "ck").iterdir()) == [ckn.CHECKPOINT_FILE]
+    assert sorted(p.name for p in (tmp_path / "new" / "ck").iterdir()) == [
+        ckn.supervised.CHECKPOINT_FILE
+    ]
     fmt = FMT._replace(config_key="cfg")
-    meta, got = ckn.load_checkpoint(tmp_path / "new" / "ck", fmt, {"cfg": {}}, {"t": tree})
+    meta, got = ckn.supervised.load_checkpoint(
+        tmp_path / "new" / "ck", fmt, {"cfg": {}}, {"t": tree}
+    )
     assert jax.tree.structure(got["t"]) == jax.tree.structure(tree)
     assert got["t"]["a"].devices() == {dev} and got["t"]["b"][0].dtype == jnp.float16
     np.testing.assert_array_equal(got["t"]["a"], tree["a"])
     # A NumPy template gives an array on the default device.
-    _, got = ckn.load_checkpoint(
+    _, got = ckn.supervised.load_checkpoint(
         tmp_path / "new" / "ck", fmt, {"cfg": {}}, {"t": jax.tree.map(np.asarray, tree)}
     )
     assert isinstance(got["t"]["a"], jax.Array)
@@ -155,7 +161,7 @@ def test_save_load_round_trip_keeps_structure_dtype_and_device(tmp_path):
 
 def test_errors(tmp_path):
     fp = {"config": {"lr": 0.1, "epochs": 5}, "seed": 0, "data": "abc"}
-    ck = ckn.Checkpoint(tmp_path / "ck", FMT, fp)
+    ck = ckn.supervised.Checkpoint(tmp_path / "ck", FMT, fp)
     with pytest.raises(ckn.InputError, match="resume needs a checkpoint folder"):
         run(ckn.FinetuneReport(), resume=True)
     with pytest.raises(ckn.InputError, match="no checkpoint to resume in .* \\(missing state.npz"):
@@ -164,24 +170,24 @@ def test_errors(tmp_path):
     tpl = templates()
     other = {"config": {"lr": 0.2, "epochs": 5}, "seed": 1, "data": "abc"}
     with pytest.raises(ckn.InputError, match=r"another run \(differs in: seed, config.lr\)$"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT, other, tpl)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT, other, tpl)
     worded = FMT._replace(mismatch="not this one ({differs}); start again")
     with pytest.raises(
         ckn.InputError, match=r"ck/state.npz: not this one \(seed, config.lr\); start"
     ):
-        ckn.load_checkpoint(tmp_path / "ck", worded, other, tpl)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", worded, other, tpl)
     with pytest.raises(ckn.InputError, match="not a toy checkpoint of version 4"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT._replace(version=4), fp, tpl)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT._replace(version=4), fp, tpl)
     bigger = dict(tpl, params=Params(jnp.zeros(4, jnp.float32), None))
     with pytest.raises(ckn.InputError, match="checkpoint arrays do not match the toy model"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT, fp, bigger)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT, fp, bigger)
     more = dict(tpl, params=Params(jnp.zeros(3, jnp.float32), jnp.zeros(())))
     with pytest.raises(ckn.InputError, match="checkpoint arrays do not match the toy model"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT, fp, more)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT, fp, more)
     (tmp_path / "ck" / "state.npz").write_bytes(b"not a zip file")
     with pytest.raises(ckn.InputError, match="corrupt checkpoint"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT, fp, tpl)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT, fp, tpl)
     # meta is JSON, not a pickle
     np.savez(tmp_path / "ck" / "state.npz", meta=np.asarray(json.dumps({"format": "x"})))
     with pytest.raises(ckn.InputError, match="not a toy checkpoint"):
-        ckn.load_checkpoint(tmp_path / "ck", FMT, fp, tpl)
+        ckn.supervised.load_checkpoint(tmp_path / "ck", FMT, fp, tpl)

@@ -18,14 +18,12 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval import GlobalConfig, PostConfig, evaluate_global, extract_global
-from retrieval._src import global_head as GH
-from retrieval._src.global_eval import fit_global_whitening
-from retrieval._src.nets import backbone as B
-from retrieval._src.nets import resnet as R
-from retrieval._src.nets.weights import write_state_dict
-from retrieval._src.postprocess import apply_whitening
+from retrieval import GlobalConfig, evaluate_global, extract_global
+from retrieval import image as GH
+from retrieval import nets as B
 from retrieval.cli.main import main
+from retrieval.image import PostConfig, apply_whitening, fit_global_whitening
+from retrieval.nets import state_dict_shapes, write_state_dict
 
 ONE = GlobalConfig(scales=(1.0,))
 
@@ -34,7 +32,7 @@ def _state(divisor, seed):
     """A random ResNet-50 state dict of widths / divisor (He-initialized convolutions)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for key, shape in R.resnet_shapes(R.DEPTHS["resnet50"], divisor).items():
+    for key, shape in state_dict_shapes("resnet50", divisor).items():
         if key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
             a = rng.uniform(0.5, 1.5, shape)
         elif key.endswith(".weight"):

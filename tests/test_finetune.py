@@ -11,8 +11,8 @@ import skimage.data
 from flax import nnx
 
 import ckn
-from retrieval import patch_retrieval_map
 from retrieval.cli.finetune import checkpoint_dir, register
+from retrieval.metrics import patch_retrieval_map
 
 # All fine-tuning runs below share one compiled training step (same model
 # structure, loss "triplet"): the file stays within its time budget.
@@ -57,7 +57,7 @@ def model(data):
 
 @pytest.fixture(scope="module")
 def split(data):
-    return ckn.validation_split(data[1], fraction=0.25, seed=0)
+    return ckn.supervised.validation_split(data[1], fraction=0.25, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_nystrom_map_value_and_gradient():
     z = rng.normal(size=(6, 5)).astype(np.float32)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     np.testing.assert_allclose(
-        ckn.nystrom_map(jnp.asarray(z), 1 / 0.7**2, 1e-3),
-        ckn.nystrom_projection(jnp.asarray(z), 0.7, 1e-3),
+        ckn.supervised.nystrom_map(jnp.asarray(z), 1 / 0.7**2, 1e-3),
+        ckn.ops.nystrom_projection(jnp.asarray(z), 0.7, 1e-3),
         rtol=1e-4,
         atol=1e-5,
     )
@@ -88,7 +88,7 @@ def test_nystrom_map_value_and_gradient():
         w = jnp.asarray(rng.normal(size=(6, 6)))
         for z in (rng.normal(size=(6, 5)), np.eye(6, 7)):  # orthogonal rows: 5 equal eigenvalues
             z = jnp.asarray(z / np.linalg.norm(z, axis=1, keepdims=True))
-            f = jax.jit(lambda z: jnp.sum(w * ckn.nystrom_map(z, 2.0, 1e-2)))
+            f = jax.jit(lambda z: jnp.sum(w * ckn.supervised.nystrom_map(z, 2.0, 1e-2)))
             g = jax.jit(jax.grad(f))(z)
             d = jnp.asarray(rng.normal(size=z.shape))
             fd = (f(z + 1e-6 * d) - f(z - 1e-6 * d)) / 2e-6
@@ -99,19 +99,23 @@ def test_nystrom_map_value_and_gradient():
 
 
 def test_descriptor_function_matches_describe(model, data):
-    fn = jax.jit(ckn.descriptor_function(model))
+    fn = jax.jit(ckn.supervised.descriptor_function(model))
     x = data[0][:32]
-    np.testing.assert_allclose(fn(ckn.initial_params(model), x), ckn.describe(model, x), atol=2e-6)
+    np.testing.assert_allclose(
+        fn(ckn.supervised.initial_params(model), x), ckn.describe(model, x), atol=2e-6
+    )
 
 
 def test_descriptor_gradient_matches_finite_differences(model, data):
     patches = data[0][:12].copy()
     patches[0] = 0  # flat: a zero descriptor
     patches[1, :9] = 200  # a flat region: zero norms inside the second layer
-    fn = ckn.descriptor_function(model)
+    fn = ckn.supervised.descriptor_function(model)
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), ckn.initial_params(model))
+        params = jax.tree.map(
+            lambda a: jnp.asarray(a, jnp.float64), ckn.supervised.initial_params(model)
+        )
         w = jnp.asarray(rng.normal(size=(12, 32)))
         f = jax.jit(lambda p: jnp.sum(w * fn(p, jnp.asarray(patches))))
         g = jax.jit(jax.grad(f))(params)
@@ -139,7 +143,7 @@ def test_loss_decreases_filters_stay_unit_and_one_compilation(run, model):
         sigma = float(lay.alpha.get_value()) ** -0.5
         np.testing.assert_allclose(
             lay.linear.get_value(),
-            ckn.nystrom_projection(lay.filters.get_value(), sigma),
+            ckn.ops.nystrom_projection(lay.filters.get_value(), sigma),
             atol=2e-4,
         )
     vals = [h["val_map"] for h in report.history]
@@ -206,9 +210,9 @@ def test_every_part_and_contrastive_on_a_raw_model(tmp_path):
     # A learned linear map is no Nystrom map: only "+linear" may start from it, with the W
     # that reproduces it.
     with pytest.raises(ckn.InputError, match="not a Nystrom layer"):
-        ckn.initial_params(tuned, "filters")
-    fn = jax.jit(ckn.descriptor_function(tuned))
-    again = ckn.initial_params(tuned, "filters+linear")
+        ckn.supervised.initial_params(tuned, "filters")
+    fn = jax.jit(ckn.supervised.descriptor_function(tuned))
+    again = ckn.supervised.initial_params(tuned, "filters+linear")
     np.testing.assert_allclose(fn(again, p[:8]), ckn.describe(tuned, p[:8]), atol=1e-4)
 
 
@@ -252,19 +256,19 @@ def test_validation_map_equals_the_retrieval_metric():
     x = np.round(x / np.linalg.norm(x, axis=1, keepdims=True), 1)  # many tied scores
     lab = rng.integers(0, 60, 300)
     np.testing.assert_allclose(
-        ckn.validation_map(x, lab), patch_retrieval_map(x, lab).mean_ap, rtol=1e-12
+        ckn.supervised.validation_map(x, lab), patch_retrieval_map(x, lab).mean_ap, rtol=1e-12
     )
     # A constant descriptor scores at chance, not 1 (ties against the relevant items).
-    assert ckn.validation_map(np.ones((300, 8), np.float32), lab) < 0.2
+    assert ckn.supervised.validation_map(np.ones((300, 8), np.float32), lab) < 0.2
 
 
 def test_validation_split_by_scene_and_by_group():
     labels = np.repeat(np.arange(50), 4)
     scenes = np.repeat([0, 1, 2, 3, 4], 40)  # 5 scenes of 40 rows
-    tr, va, by = ckn.validation_split(labels, scenes, fraction=0.2)
+    tr, va, by = ckn.supervised.validation_split(labels, scenes, fraction=0.2)
     assert by == "scene" and va.size == 40 and np.unique(scenes[va]).size == 1
     assert not set(scenes[va]) & set(scenes[tr])
-    tr, va, by = ckn.validation_split(labels, None, fraction=0.2, seed=3)
+    tr, va, by = ckn.supervised.validation_split(labels, None, fraction=0.2, seed=3)
     assert by == "group" and va.size == 40 and not set(labels[va]) & set(labels[tr])
     assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(200))
 

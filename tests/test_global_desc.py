@@ -15,37 +15,32 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval._src import pooling
-from retrieval._src.global_desc import (
+from retrieval import image as pooling
+from retrieval import nets as B
+from retrieval._src.nets.backbone import _apply
+from retrieval.cli.main import main
+from retrieval.image import (
     HEADS,
     GlobalConfig,
+    PostConfig,
+    alpha_qe,
+    apply_whitening,
     combine_scales,
+    evaluate_global,
+    expand_queries,
     extract_global,
     extract_global_heads,
     extract_per_scale,
-    scaled_sizes,
-)
-from retrieval._src.global_eval import (
-    PostConfig,
-    evaluate_global,
-    expand_queries,
     fit_global_whitening,
-    group_pairs,
-    load_backbone_spec,
-    postprocess,
-)
-from retrieval._src.nets import backbone as B
-from retrieval._src.nets import resnet as R
-from retrieval._src.nets import vgg as V
-from retrieval._src.nets.weights import write_state_dict
-from retrieval._src.postprocess import (
-    alpha_qe,
-    apply_whitening,
     fit_learned_whitening,
     fit_pca_whitening,
+    group_pairs,
+    load_backbone_spec,
     multiscale_combine,
+    postprocess,
+    scaled_sizes,
 )
-from retrieval.cli.main import main
+from retrieval.nets import state_dict_shapes, write_state_dict
 
 SINGLE = GlobalConfig(scales=(1.0,))
 
@@ -68,7 +63,7 @@ def random_state(shapes, seed=0):
 @pytest.fixture(scope="module")
 def vgg_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "vgg16-tiny.pth"
-    write_state_dict(path, random_state(V.vgg16_shapes(16), seed=7), format="legacy")
+    write_state_dict(path, random_state(state_dict_shapes("vgg16", 16), seed=7), format="legacy")
     return path
 
 
@@ -241,10 +236,10 @@ def test_a_new_size_in_the_same_bucket_does_not_recompile(vgg):
     photo = skimage.data.chelsea()
     cfg = GlobalConfig(scales=(1.0,), batch_size=2)
     extract_global(vgg, [photo[:100, :120], photo[:115, :127], photo[:97, :113]], cfg)
-    counts = (B._apply._cache_size(), pooling.gem._cache_size())
+    counts = (_apply._cache_size(), pooling.gem._cache_size())
     # Another size (and one image: the batch is padded to 2 rows) in the same 128 x 128 bucket.
     v = extract_global(vgg, [photo[10:120, 20:140]], cfg)
-    assert (B._apply._cache_size(), pooling.gem._cache_size()) == counts
+    assert (_apply._cache_size(), pooling.gem._cache_size()) == counts
     assert v.shape == (1, 32)
 
 
@@ -432,7 +427,7 @@ def _error_cases(tmp, vgg_file, folders):
     _write(tiny / "g" / "a.png", skimage.data.coffee()[:100, :100])
     _write(tiny / "g" / "b.png", skimage.data.coffee()[:20, :20])
     r50 = tmp / "r50.pth"
-    write_state_dict(r50, random_state(R.resnet_shapes(R.DEPTHS["resnet50"], 16)), format="zip")
+    write_state_dict(r50, random_state(state_dict_shapes("resnet50", 16)), format="zip")
     corrupt = tmp / "corrupt.pkl"
     corrupt.write_bytes(b"\x80\x02garbage")
     names, gnd = _revisited_folder(tmp / "jpg")

@@ -1,4 +1,4 @@
-"""Learned global heads (retrieval._src.global_head) and ``ckn train-global``.
+"""Learned global heads (retrieval.image, and the head internals) and ``ckn train-global``.
 
 NumPy references of the forward (GeM with p, R-MAC + shift + projection, learned
 whitening), float64 gradients against central differences, training on separable
@@ -19,13 +19,14 @@ import skimage.data
 import ckn
 from ckn import InputError
 from retrieval import GlobalConfig
+from retrieval import nets as B
 from retrieval._src import global_head as GH
-from retrieval._src.nets import backbone as B
-from retrieval._src.nets import resnet as R
-from retrieval._src.nets.weights import write_state_dict
-from retrieval._src.pooling import rmac_regions
+from retrieval._src.global_head.forward import _forward
+from retrieval._src.global_head.initialize import _learned_whitening
 from retrieval.cli import train_global as TG
 from retrieval.cli.main import build_parser, main
+from retrieval.image import rmac_regions
+from retrieval.nets import state_dict_shapes, write_state_dict
 
 # float32 JAX against float64 NumPy.
 TOL = {"forward": 2e-5, "maps16": 2e-2}
@@ -155,9 +156,9 @@ def test_shrunk_learned_whitening():
     x = rng.normal(size=(30, 6))
     pairs = GH.group_pairs(np.repeat(np.arange(10), 3))
     exact = GH.fit_learned_whitening(x, pairs, dim=6)
-    same = GH._learned_whitening(x, pairs, 6, 0.0)
+    same = _learned_whitening(x, pairs, 6, 0.0)
     np.testing.assert_array_equal(same.projection, exact.projection)
-    lw = GH._learned_whitening(x, pairs, 6, 0.3)
+    lw = _learned_whitening(x, pairs, 6, 0.3)
     d = x[pairs[:, 0]] - x[pairs[:, 1]]
     s = d.T @ d / len(d)
     s = 0.7 * s + 0.3 * np.trace(s) / 6 * np.eye(6)
@@ -202,8 +203,8 @@ def toy():
 
 def _full_loss(prm, maps, labels, cfg):
     """The batch-hard triplet loss of the whole training set in one batch (a fixed measure)."""
-    v = GH._forward(prm, maps.maps, maps.mask, kind=cfg.head)  # jitted: one compilation
-    return float(ckn.batch_triplet_loss(v, labels, cfg.margin_value))
+    v = _forward(prm, maps.maps, maps.mask, kind=cfg.head)  # jitted: one compilation
+    return float(ckn.losses.batch_triplet_loss(v, labels, cfg.margin_value))
 
 
 def _no_time(history):
@@ -330,7 +331,7 @@ def random_state(shapes, seed=0):
 def tiny(tmp_path_factory):
     """A ResNet-50 of widths / 16 (128 channels) as a weights file, and the network."""
     path = tmp_path_factory.mktemp("w") / "r50.pth"
-    write_state_dict(path, random_state(R.resnet_shapes(R.DEPTHS["resnet50"], 16), 5), format="zip")
+    write_state_dict(path, random_state(state_dict_shapes("resnet50", 16), 5), format="zip")
     return path, B.load_backbone("resnet50", path, width_divisor=16)
 
 
@@ -356,7 +357,7 @@ def test_describe_images_matches_maps_and_checks_the_backbone(tiny):
     multi = head.describe_images(net, images, GlobalConfig(scales=(1.0, 0.5), max_side=64))
     assert multi.shape == (3, 4) and np.allclose(np.linalg.norm(multi, axis=1), 1, atol=1e-5)
     other = B.load_backbone(
-        "resnet50", random_state(R.resnet_shapes(R.DEPTHS["resnet50"], 16), 6), width_divisor=16
+        "resnet50", random_state(state_dict_shapes("resnet50", 16), 6), width_divisor=16
     )
     with pytest.raises(InputError, match="other weights"):
         head.describe_images(other, images, one)

@@ -13,12 +13,19 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src.image_eval import evaluate_vlad
-from retrieval._src.image_folder import load_image_folder
-from retrieval._src.local import LocalConfig, describe_images, local_features, make_describer
-from retrieval._src.metrics.image import evaluate_rankings, evaluate_scores, image_retrieval_map
-from retrieval._src.vlad_fit import VladConfig, encode_images, fit_vlad
 from retrieval.cli.main import main
+from retrieval.image import load_image_folder
+from retrieval.local import (
+    LocalConfig,
+    VladConfig,
+    describe_images,
+    encode_images,
+    evaluate_vlad,
+    fit_vlad,
+    local_features,
+    make_describer,
+)
+from retrieval.metrics import evaluate_rankings, evaluate_scores, image_retrieval_map
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
 

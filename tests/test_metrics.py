@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import metrics as M
-from retrieval._src.metrics import patch as MP
+from retrieval import metrics as M
+from retrieval._src.metrics import MODES
+from retrieval._src.metrics.patch import _retrieval_pass
 
 
 def _slow_ap(scores, relevant, mode):
@@ -145,7 +146,7 @@ def test_map_equals_slow_reference(count_method):
         x = rng.integers(-2, 3, size=(n, int(rng.integers(1, 4)))).astype(np.float32)
         labels = rng.integers(0, int(rng.integers(1, 8)), size=n)
         block = int(rng.integers(1, n + 1))
-        res = MP._retrieval_pass(x, labels, block_size=block, count_method=count_method)
+        res = _retrieval_pass(x, labels, block_size=block, count_method=count_method)
         for mode, got in (("noninterpolated", res.ap), ("trapezoid", res.ap_trapezoid)):
             ref = _slow_map(x, labels, mode)
             np.testing.assert_allclose(
@@ -159,7 +160,7 @@ def test_map_public_api_on_clustered_data():
     labels = np.repeat(np.arange(40), 5)
     x = (centres[labels] + 0.8 * rng.standard_normal((200, 16))).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    for mode in M.MODES:
+    for mode in MODES:
         res = M.patch_retrieval_map(x, labels, mode=mode, return_per_query=True, block_size=37)
         ref = _slow_map(x, labels, mode)
         np.testing.assert_allclose(res.per_query, ref, rtol=0, atol=1e-12)

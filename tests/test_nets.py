@@ -20,7 +20,7 @@ from retrieval._src.nets import bn_shapes, conv_bn
 from retrieval._src.nets import efficientnet as E
 from retrieval._src.nets import resnet as R
 from retrieval._src.nets import vgg as V
-from retrieval._src.nets.weights import write_state_dict
+from retrieval.nets import write_state_dict
 
 # float32 JAX against float64 NumPy: max abs error on blocks (values of order 1), and relative to
 # the largest output value on whole networks.

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ckn
+from ckn._src.ops import to_float
 
 TOL = {
     "exact": dict(atol=1e-6, rtol=0),
@@ -62,18 +63,18 @@ def rng():
 @pytest.mark.parametrize("e,c", [(1, 1), (3, 1), (3, 2), (4, 3)])
 def test_extract_patches(rng, padding, e, c):
     x = rng.normal(size=(2, 7, 6, c)).astype(np.float32)
-    got = ckn.extract_patches(jnp.asarray(x), e, padding)
+    got = ckn.ops.extract_patches(jnp.asarray(x), e, padding)
     np.testing.assert_allclose(got, np_patches(x, e, padding), **TOL["exact"])
     # The shifted-slice variant (used for small sub-patches) gives the same values exactly.
     np.testing.assert_array_equal(
-        ckn.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding)
+        ckn.ops.extract_patches_shifted(jnp.asarray(x), e, padding), np_patches(x, e, padding)
     )
 
 
 def test_normalize_patches(rng):
     x = rng.normal(size=(5, 4)).astype(np.float32)
     x[2] = 0.0
-    xn, rho = ckn.normalize_patches(jnp.asarray(x))
+    xn, rho = ckn.ops.normalize_patches(jnp.asarray(x))
     ref_rho = np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(rho, ref_rho, **TOL["sum"])
     np.testing.assert_allclose(xn, x / np.maximum(ref_rho, 1e-5), **TOL["sum"])
@@ -86,11 +87,13 @@ def test_kappa_is_gaussian_on_the_sphere(rng):
     u = x @ x.T
     sigma = 0.6
     np.testing.assert_allclose(
-        ckn.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp((u - 1) / sigma**2), **TOL["sum"]
+        ckn.ops.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp((u - 1) / sigma**2), **TOL["sum"]
     )
     d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
     np.testing.assert_allclose(
-        ckn.kappa(jnp.asarray(u, jnp.float32), sigma), np.exp(-d2 / (2 * sigma**2)), **TOL["sum"]
+        ckn.ops.kappa(jnp.asarray(u, jnp.float32), sigma),
+        np.exp(-d2 / (2 * sigma**2)),
+        **TOL["sum"],
     )
 
 
@@ -98,7 +101,7 @@ def test_nystrom_projection(rng):
     z = rng.normal(size=(8, 12))
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     sigma, lam = 0.5, 1e-3
-    p = np.asarray(ckn.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam), np.float64)
+    p = np.asarray(ckn.ops.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam), np.float64)
     k = np.exp((z @ z.T - 1) / sigma**2) + lam * np.eye(8)
     w, v = np.linalg.eigh(k)
     ref = v @ np.diag(w**-0.5) @ v.T
@@ -119,7 +122,7 @@ def test_nystrom_map_is_exact_when_filters_are_the_data(rng):
             filters=z,
             alpha=jnp.asarray(1 / sigma**2, jnp.float32),
             bias=jnp.full((n,), -1 / sigma**2, jnp.float32),
-            linear=ckn.nystrom_projection(z, sigma, 1e-6),
+            linear=ckn.ops.nystrom_projection(z, sigma, 1e-6),
         ),
         ckn.LayerConfig(filters=n, subpatch=1, padding="valid", subsampling=1),
         precision="highest",
@@ -132,7 +135,7 @@ def test_nystrom_map_is_exact_when_filters_are_the_data(rng):
 @pytest.mark.parametrize("s", [1, 2, 3, 6])
 def test_gaussian_pool(rng, s):
     x = rng.normal(size=(2, 13, 10, 3)).astype(np.float32)
-    got = ckn.gaussian_pool(jnp.asarray(x), s)
+    got = ckn.ops.gaussian_pool(jnp.asarray(x), s)
     ref = np_pool(x.astype(np.float64), s)
     assert got.shape == (2, -(-13 // s), -(-10 // s), 3)
     np.testing.assert_allclose(got, ref, **TOL["sum"])
@@ -140,7 +143,7 @@ def test_gaussian_pool(rng, s):
 
 @pytest.mark.parametrize("n, s, std", [(13, 4, 1.0), (26, 2, None), (10, 3, 0.7), (7, 7, 2.0)])
 def test_centered_pooling(rng, n, s, std):
-    m = ckn.pooling_matrix(n, s, mode="centered", std=std)
+    m = ckn.ops.pooling_matrix(n, s, mode="centered", std=std)
     n_out = -(-n // s)
     std = s / np.sqrt(2) if std is None else std
     # Plain reference: cell centres, Gaussian weights within distance s, zero padding.
@@ -155,7 +158,7 @@ def test_centered_pooling(rng, n, s, std):
     np.testing.assert_allclose(m, ref, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(m, m[::-1, ::-1], atol=1e-12)  # symmetric layout
     x = rng.normal(size=(2, n, n, 3)).astype(np.float32)
-    got = ckn.gaussian_pool(jnp.asarray(x), s, mode="centered", std=std)
+    got = ckn.ops.gaussian_pool(jnp.asarray(x), s, mode="centered", std=std)
     want = np.einsum("ah,bw,nhwc->nabc", ref, ref, x.astype(np.float64))
     np.testing.assert_allclose(got, want, **TOL["sum"])
 
@@ -163,7 +166,7 @@ def test_centered_pooling(rng, n, s, std):
 @pytest.mark.parametrize("std", [0.0, 0.8, 1.5, 4.0])
 def test_gaussian_blur(rng, std):
     x = rng.normal(size=(2, 11, 9, 2)).astype(np.float32)
-    got = np.asarray(ckn.gaussian_blur(jnp.asarray(x), std))
+    got = np.asarray(ckn.ops.gaussian_blur(jnp.asarray(x), std))
     if std == 0:
         np.testing.assert_array_equal(got, x)
         return
@@ -188,12 +191,12 @@ def test_gaussian_blur(rng, std):
     ref = sum(g[j] * ref[:, :, j : j + 9] for j in range(2 * r + 1))
     np.testing.assert_allclose(got, ref, **TOL["sum"])
     flat = np.full((1, 11, 9, 1), 0.3, np.float32)
-    np.testing.assert_allclose(ckn.gaussian_blur(jnp.asarray(flat), std), flat, rtol=1e-6)
+    np.testing.assert_allclose(ckn.ops.gaussian_blur(jnp.asarray(flat), std), flat, rtol=1e-6)
 
 
 def test_pooling_mode_errors():
     with pytest.raises(ValueError, match="pooling mode"):
-        ckn.pooling_matrix(5, 2, mode="max")
+        ckn.ops.pooling_matrix(5, 2, mode="max")
     with pytest.raises(ckn.InputError, match="pooling"):
         ckn.LayerConfig(pooling="max")
     with pytest.raises(ckn.InputError, match="pool_std"):
@@ -202,7 +205,7 @@ def test_pooling_mode_errors():
 
 def test_gaussian_filter_taps():
     for s in (1, 2, 5):
-        g = ckn.gaussian_filter_1d(s)
+        g = ckn.ops.gaussian_filter_1d(s)
         t = np.arange(-s, s + 1)
         assert g.shape == (2 * s + 1,) and abs(g.sum() - 1) < 1e-12
         ref = np.exp(-(t**2) / s**2)  # exp(-t^2 / (2 (s/sqrt2)^2))
@@ -212,7 +215,7 @@ def test_gaussian_filter_taps():
 def test_centering_matrix(rng):
     e, c = 3, 2
     x = rng.normal(size=(4, e * e * c))
-    got = x @ ckn.centering_matrix(e, c)
+    got = x @ ckn.ops.centering_matrix(e, c)
     r = x.reshape(4, e * e, c)
     ref = (r - r.mean(axis=1, keepdims=True)).reshape(4, -1)
     np.testing.assert_allclose(got, ref, atol=1e-12)
@@ -222,7 +225,7 @@ def test_whitening_matrix(rng):
     a = rng.normal(size=(6, 6))
     x = rng.normal(size=(5000, 6)) @ a
     x[:, 5] = x[:, 0]  # a rank-deficient direction is dropped, not blown up
-    w = ckn.whitening_matrix(x)
+    w = ckn.ops.whitening_matrix(x)
     y = x @ w
     cov = y.T @ y / x.shape[0]
     ev = np.linalg.eigvalsh(cov)
@@ -231,7 +234,7 @@ def test_whitening_matrix(rng):
     np.testing.assert_allclose(w, w.T, atol=1e-10)
     # Regularized: each eigenvalue lambda of the covariance becomes lambda / (lambda + reg * max).
     lam = np.linalg.eigvalsh(x.T @ x / x.shape[0])
-    wr = ckn.whitening_matrix(x, reg=0.1)
+    wr = ckn.ops.whitening_matrix(x, reg=0.1)
     evr = np.linalg.eigvalsh(wr @ (x.T @ x / x.shape[0]) @ wr)
     want = np.sort(np.where(lam >= 1e-8 * lam.max(), lam / (lam + 0.1 * lam.max()), 0.0))
     np.testing.assert_allclose(evr, want, atol=1e-6)
@@ -239,7 +242,7 @@ def test_whitening_matrix(rng):
 
 def test_central_gradient(rng):
     x = rng.normal(size=(2, 6, 5)).astype(np.float32)
-    gx, gy = ckn.central_gradient(jnp.asarray(x))
+    gx, gy = ckn.ops.central_gradient(jnp.asarray(x))
     ref_gy, ref_gx = np.gradient(x.astype(np.float64), axis=(1, 2))
     np.testing.assert_allclose(gx, ref_gx, **TOL["exact"])
     np.testing.assert_allclose(gy, ref_gy, **TOL["exact"])
@@ -249,7 +252,7 @@ def test_gradient_map(rng):
     x = rng.normal(size=(2, 6, 7, 1)).astype(np.float32)
     x[1] = 0.5  # flat image: zero map, no NaN
     k, sigma = 8, 0.4
-    got = np.asarray(ckn.gradient_map(jnp.asarray(x), k, sigma))
+    got = np.asarray(ckn.ops.gradient_map(jnp.asarray(x), k, sigma))
     gy, gx = np.gradient(x[..., 0].astype(np.float64), axis=(1, 2))
     rho = np.hypot(gx, gy)
     ux, uy = gx / np.maximum(rho, 1e-5), gy / np.maximum(rho, 1e-5)
@@ -284,14 +287,14 @@ def test_kernel_layer_against_numpy(rng, padding, s, centre):
     x[0, :4, :4] = 0.0  # zero sub-patches: finite output
     z = rng.normal(size=(pnum, e * e * c))
     z /= np.linalg.norm(z, axis=1, keepdims=True)
-    pre = ckn.centering_matrix(e, c) if centre else None
+    pre = ckn.ops.centering_matrix(e, c) if centre else None
     got = ckn.kernel_layer_apply(
         jnp.asarray(x),
         ckn.LayerParams(
             filters=jnp.asarray(z, jnp.float32),
             alpha=jnp.asarray(1 / sigma**2, jnp.float32),
             bias=jnp.full((pnum,), -1 / sigma**2, jnp.float32),
-            linear=ckn.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam),
+            linear=ckn.ops.nystrom_projection(jnp.asarray(z, jnp.float32), sigma, lam),
             preproc=None if pre is None else jnp.asarray(pre, jnp.float32),
         ),
         ckn.LayerConfig(filters=pnum, subpatch=e, padding=padding, subsampling=s),
@@ -304,16 +307,16 @@ def test_kernel_layer_against_numpy(rng, padding, s, centre):
 
 def test_select_channels():
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 4, 4, 3)), jnp.float32)
-    gray = ckn.select_channels(x, "gray")
+    gray = ckn.ops.select_channels(x, "gray")
     np.testing.assert_allclose(
         gray[..., 0], 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2], atol=1e-6
     )
-    np.testing.assert_array_equal(ckn.select_channels(x, "green"), x[..., 1:2])
-    assert ckn.select_channels(x[..., 0], "gray").shape == (2, 4, 4, 1)
+    np.testing.assert_array_equal(ckn.ops.select_channels(x, "green"), x[..., 1:2])
+    assert ckn.ops.select_channels(x[..., 0], "gray").shape == (2, 4, 4, 1)
     with pytest.raises(ValueError, match="rgb"):
-        ckn.select_channels(x[..., :1], "rgb")
+        ckn.ops.select_channels(x[..., :1], "rgb")
 
 
 def test_to_float():
-    assert np.allclose(ckn.to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
-    assert ckn.to_float(np.array([0.5], np.float64)).dtype == jnp.float32
+    assert np.allclose(to_float(np.array([0, 255], np.uint8)), [0.0, 1.0])
+    assert to_float(np.array([0.5], np.float64)).dtype == jnp.float32

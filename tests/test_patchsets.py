@@ -1,4 +1,4 @@
-"""RomePatches-style patch sets (retrieval._src.data): grouping, splits, sources, bad input."""
+"""RomePatches-style patch sets (retrieval.patches): grouping, splits, sources, bad input."""
 
 import warnings
 from pathlib import Path
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ckn import InputError, load_patch_file
+from ckn import InputError
+from ckn.files import load_patch_file
+from retrieval import local as R
 from retrieval._src import data as P
-from retrieval._src import regions as R
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
 SMALL = P.PatchSetConfig(max_regions=60)
@@ -152,7 +153,7 @@ def test_save_load_round_trip_and_ckn_patch_file(quick, tmp_path):
 
 
 def test_contact_sheet(quick, tmp_path):
-    from retrieval._src.figures import contact_sheet
+    from retrieval.patches import contact_sheet
 
     ps, _ = quick
     out = contact_sheet(ps, tmp_path / "sheet.png", groups=5)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import pooling as P
+from retrieval import image as P
+from retrieval._src.pooling import _region_boxes
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -253,7 +254,7 @@ def test_traced_grid_equals_rmac_regions_for_every_valid_size():
     h, w = 13, 11
     vh, vw = np.meshgrid(np.arange(1, h + 1), np.arange(1, w + 1), indexing="ij")
     vh, vw = jnp.asarray(vh.ravel(), jnp.int32), jnp.asarray(vw.ravel(), jnp.int32)
-    boxes, valid = jax.jit(lambda a, b: P._region_boxes(a, b, h, w, 3, 0.4))(vh, vw)
+    boxes, valid = jax.jit(lambda a, b: _region_boxes(a, b, h, w, 3, 0.4))(vh, vw)
     boxes, valid = np.asarray(boxes), np.asarray(valid)
     assert boxes.shape[1] == 7 + 16 + 27  # sum over levels of l (l + 6) slots
     for i in range(len(vh)):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import postprocess as PP
+from retrieval import image as PP
 
 RTOL, ATOL = 1e-6, 1e-7
 S2 = np.sqrt(2.0)

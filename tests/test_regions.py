@@ -1,4 +1,4 @@
-"""Interest regions and normalized patch sampling (retrieval._src.regions)."""
+"""Interest regions and normalized patch sampling (retrieval.local)."""
 
 import cv2
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval._src import regions as R
+from retrieval import local as R
+from retrieval._src.regions import inside_fraction, patch_frames
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_detect_rejects_bad_images(image):
 
 
 def test_patch_frame_maps_centre_and_side():
-    f = R.patch_frames([10.0], [20.0], [4.0], [90.0], size=51, magnification=6.0)
+    f = patch_frames([10.0], [20.0], [4.0], [90.0], size=51, magnification=6.0)
     c = 25.0
     np.testing.assert_allclose(f[0, :, :2] @ [c, c] + f[0, :, 2], [10.0, 20.0])
     # +x of the patch points along the orientation (90 degrees: image +y), one patch = 24 image
@@ -112,7 +113,7 @@ def test_select_regions_nms_size_and_border(camera):
     r = np.maximum(sel.size[:, None], sel.size[None])
     np.fill_diagonal(d, np.inf)
     assert np.all(d >= r)
-    frac = R.inside_fraction(camera.shape, sel.x, sel.y, sel.size, sel.angle)
+    frac = inside_fraction(camera.shape, sel.x, sel.y, sel.size, sel.angle)
     np.testing.assert_array_equal(frac, 1.0)
     assert len(R.select_regions(det, camera.shape, max_regions=7)) == 7
 

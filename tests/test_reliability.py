@@ -91,7 +91,7 @@ def test_train_and_save_create_missing_parent_folders(tmp_path, data, tiny_model
 
 def test_atomic_path_removes_the_folders_it_made_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
-        with ckn.atomic_path(tmp_path / "x" / "y" / "f.npy") as tmp:
+        with ckn.files.atomic_path(tmp_path / "x" / "y" / "f.npy") as tmp:
             np.save(tmp, np.zeros(3))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -219,7 +219,7 @@ def test_output_that_is_an_input_is_refused(capsys, tmp_path, data):
 def test_outputs_get_the_modes_of_a_plain_open_and_mkdir(tmp_path, tiny_model, mask):
     old = os.umask(mask)
     try:
-        with ckn.atomic_path(tmp_path / "f.npy") as tmp:
+        with ckn.files.atomic_path(tmp_path / "f.npy") as tmp:
             np.save(tmp, np.zeros(2))
         ckn.save(tiny_model[0], tmp_path / "m")
         with open(tmp_path / "plain", "w"):
@@ -364,7 +364,7 @@ def test_a_text_file_named_npy_gets_a_plain_message(capsys, tmp_path, data):
     _assert_one_line_error(code, err, "t.npy: not a .npy file")
     assert "pickle" not in err
     with pytest.raises(ckn.InputError, match="not a .npy file"):
-        ckn.load_npy(tmp_path / "t.npy")
+        ckn.files.load_array(tmp_path / "t.npy")
 
 
 def test_eval_patches_table_has_units(capsys, data):
@@ -384,7 +384,7 @@ def test_reproduce_with_baselines_only_makes_no_models_folder(tmp_path, monkeypa
 
 
 def test_results_figure_is_zoomed_labelled_and_marks_the_paper():
-    from retrieval._src.reproduce import make_figure
+    from retrieval.patches import make_figure
 
     rows = [
         {"descriptor": n, "train_map": tr, "test_map": te}
@@ -410,8 +410,8 @@ def test_results_figure_is_zoomed_labelled_and_marks_the_paper():
 def test_kmeans_progress_gives_the_same_bits(capsys):
     x = jax.random.normal(jax.random.key(0), (3001, 27))
     x = x / jax.numpy.linalg.norm(x, axis=1, keepdims=True)
-    plain = ckn.kmeans(x, 16, key=1, iters=12)
-    shown = ckn.kmeans(x, 16, key=1, iters=12, progress="layer 9: k-means")
+    plain = ckn.unsupervised.kmeans(x, 16, key=1, iters=12)
+    shown = ckn.unsupervised.kmeans(x, 16, key=1, iters=12, progress="layer 9: k-means")
     np.testing.assert_array_equal(np.asarray(plain[0]), np.asarray(shown[0]))
     np.testing.assert_array_equal(np.asarray(plain[1]), np.asarray(shown[1]))
 

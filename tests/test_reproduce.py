@@ -9,7 +9,8 @@ import pytest
 import ckn
 import retrieval
 from ckn import InputError
-from retrieval import PAPER_ROMEPATCHES, format_table, reproduce
+from retrieval import reproduce
+from retrieval.patches import PAPER_ROMEPATCHES, format_table
 
 
 def _tiny(name):
@@ -103,7 +104,7 @@ def test_reproduce_on_homography_sequences(tmp_path):
     assert res["data"]["description"].startswith("homography sequences")
     assert [r["descriptor"] for r in res["rows"]] == ["ckn-grad", "sift"]
     # Measured: 100.0 for both (synthetic views of two photos are easy); chance about 1%.
-    ps = retrieval.build_sequences(str(tmp_path / "seqs"))
+    ps = retrieval.patches.build_sequences(str(tmp_path / "seqs"))
     chance = constant_descriptor_map(ps.labels[ps.split == 1])
     assert 0 < chance < 2
     assert all(chance + 60 < r["test_map"] <= 100 for r in res["rows"])

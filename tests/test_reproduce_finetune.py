@@ -12,7 +12,8 @@ import pytest
 
 import ckn
 import retrieval
-from retrieval._src import reproduce as R
+from retrieval import patches as R
+from retrieval._src import reproduce as reproduce_module  # its ckn_config, patched
 from retrieval.cli.main import main
 from tests.test_reproduce import _tiny
 
@@ -30,7 +31,8 @@ def _run_cli(out, calls, *, drop_validation=False):
         return real(model, patches, labels, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(R, "ckn_config", lambda name, quick, train_overrides=None: _tiny(name))
+        tiny = lambda name, quick, train_overrides=None: _tiny(name)
+        mp.setattr(reproduce_module, "ckn_config", tiny)
         mp.setattr(ckn, "finetune", spy)
         assert main([*ARGS, "--finetune-epochs", str(EPOCHS), "--out", str(out)]) == 0
     return json.loads((out / "results.json").read_text())

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import revisited as RV
+from retrieval import metrics as RV
+from retrieval._src.revisited import PROTOCOLS, _protocol_lists
 
 # --------------------------------------------------------------------------- hand example
 
@@ -136,8 +137,8 @@ def test_matches_reference_on_random_rankings():
     ranks = np.stack([rng.permutation(n_db) for _ in range(n_q)], axis=1)
     for rows in (n_db, 25):  # full and truncated rankings
         out = RV.revisited_map(ranks[:rows], gnd, kappas=(1, 3, 7))
-        for protocol in RV.PROTOCOLS:
-            ok, junk = zip(*[RV._protocol_lists(g, protocol) for g in gnd])
+        for protocol in PROTOCOLS:
+            ok, junk = zip(*[_protocol_lists(g, protocol) for g in gnd])
             m, aps, pr = ref_compute_map(ranks[:rows], ok, junk, (1, 3, 7))
             r = out[protocol]
             got = np.array([np.nan if a is None else a for a in r["ap"]])

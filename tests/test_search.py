@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import search as S
+from retrieval import index as S
+from retrieval._src import search as search_module
 
 
 def _brute_force(queries, database, k, metric, exclude_self=False):
@@ -75,15 +76,15 @@ def test_no_recompilation_for_same_shapes_and_new_n_within_blocks():
     rng = np.random.default_rng(2)
     q = rng.standard_normal((20, 8)).astype(np.float32)
     S.exact_search(q, rng.standard_normal((100, 8)).astype(np.float32), 5, block_size=64)
-    before = S._trace_count
+    before = search_module._trace_count
     # Same shapes, new values; then N = 120 (still 2 blocks of 64); then 13
     # queries (same padded chunk of 32).
     S.exact_search(q + 1, rng.standard_normal((100, 8)).astype(np.float32), 5, block_size=64)
     S.exact_search(q, rng.standard_normal((120, 8)).astype(np.float32), 5, block_size=64)
     S.exact_search(q[:13], rng.standard_normal((128, 8)).astype(np.float32), 5, block_size=64)
-    assert S._trace_count == before
+    assert search_module._trace_count == before
     S.exact_search(q, rng.standard_normal((129, 8)).astype(np.float32), 5, block_size=64)
-    assert S._trace_count == before + 1  # 3 blocks: a new shape
+    assert search_module._trace_count == before + 1  # 3 blocks: a new shape
 
 
 def test_exact_index_add_search():

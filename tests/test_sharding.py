@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 import ckn
-from ckn import NUM_BLOCKS, apply_describe
+from ckn._src.kmeans import NUM_BLOCKS
+from ckn.sharding import apply_describe
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,15 @@ def unit_rows(a):
 
 
 def test_batch_mesh(devices):
-    mesh = ckn.batch_mesh(devices)
+    mesh = ckn.sharding.batch_mesh(devices)
     assert mesh.axis_names == ("batch",) and mesh.size == 4
-    x = jax.device_put(np.arange(8.0, dtype=np.float32).reshape(8, 1), ckn.batch_sharding(mesh))
+    x = jax.device_put(
+        np.arange(8.0, dtype=np.float32).reshape(8, 1), ckn.sharding.batch_sharding(mesh)
+    )
     assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape == (2, 1)
-    assert ckn.padded_size(9, 4) == 12 and ckn.padded_size(8, 4) == 8
+    assert ckn.sharding.padded_size(9, 4) == 12 and ckn.sharding.padded_size(8, 4) == 8
     with pytest.raises(ValueError, match="at least one device"):
-        ckn.batch_mesh([])
+        ckn.sharding.batch_mesh([])
 
 
 @pytest.mark.parametrize("n, batch_size", [(70, 32), (3, 256), (64, 16)])
@@ -49,9 +52,9 @@ def test_describe_same_bits_on_1_and_4_devices(photo_patches, tiny_model, device
 
 def test_describe_sharded_call_puts_rows_on_every_device(photo_patches, tiny_model, devices):
     model, _ = tiny_model
-    mesh = ckn.batch_mesh(devices)
+    mesh = ckn.sharding.batch_mesh(devices)
     graphdef, state = nnx.split(model)
-    x = jax.device_put(jnp.asarray(photo_patches[:8]), ckn.batch_sharding(mesh))
+    x = jax.device_put(jnp.asarray(photo_patches[:8]), ckn.sharding.batch_sharding(mesh))
     y = apply_describe(graphdef, state, x, mesh=mesh)
     assert y.shape == (8, 128)
     assert {s.device for s in y.addressable_shards} == set(devices)
@@ -84,9 +87,9 @@ def clustered(n, d, seed=0):
 @pytest.mark.parametrize("spherical", [True, False])
 def test_kmeans_same_bits_on_1_2_and_4_devices(devices, n, spherical):
     x = clustered(n, 16)
-    ref = ckn.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devices[:1])
+    ref = ckn.unsupervised.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devices[:1])
     for devs in (devices[:2], devices):
-        got = ckn.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devs)
+        got = ckn.unsupervised.kmeans(x, 12, key=3, iters=8, spherical=spherical, devices=devs)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
     hist = np.asarray(ref[1])
@@ -95,14 +98,16 @@ def test_kmeans_same_bits_on_1_2_and_4_devices(devices, n, spherical):
 
 def test_kmeans_step_on_a_mesh_equals_one_device_step(devices):
     x = clustered(8 * NUM_BLOCKS * 4, 8, seed=1)
-    mesh = ckn.batch_mesh(devices)
-    state = ckn.kmeans_init(jax.random.key(0), x, 6)
-    ref = ckn.kmeans_step(state, x)
-    got = ckn.kmeans_step(state, jax.device_put(x, ckn.batch_sharding(mesh)), mesh=mesh)
+    mesh = ckn.sharding.batch_mesh(devices)
+    state = ckn.unsupervised.kmeans_init(jax.random.key(0), x, 6)
+    ref = ckn.unsupervised.kmeans_step(state, x)
+    got = ckn.unsupervised.kmeans_step(
+        state, jax.device_put(x, ckn.sharding.batch_sharding(mesh)), mesh=mesh
+    )
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="multiple of the device count"):
-        ckn.kmeans_step(state, x[:30], mesh=mesh)
+        ckn.unsupervised.kmeans_step(state, x[:30], mesh=mesh)
 
 
 def test_kmeans_reseeds_empty_clusters_the_same_way_on_4_devices(devices):
@@ -110,9 +115,13 @@ def test_kmeans_reseeds_empty_clusters_the_same_way_on_4_devices(devices):
     # worst-fitted point, found across the devices as on one.
     x = clustered(256, 4, seed=2)
     centres = jnp.concatenate([x[:3], x[:3]])
-    state = ckn.KMeansState(centres, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
-    mesh = ckn.batch_mesh(devices)
-    ref = ckn.kmeans_step(state, x)
-    got = ckn.kmeans_step(state, jax.device_put(x, ckn.batch_sharding(mesh)), mesh=mesh)
+    state = ckn.unsupervised.KMeansState(
+        centres, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32)
+    )
+    mesh = ckn.sharding.batch_mesh(devices)
+    ref = ckn.unsupervised.kmeans_step(state, x)
+    got = ckn.unsupervised.kmeans_step(
+        state, jax.device_put(x, ckn.sharding.batch_sharding(mesh)), mesh=mesh
+    )
     assert int(ref.num_empty) == 3 == int(got.num_empty)
     np.testing.assert_array_equal(got.centers, ref.centers)

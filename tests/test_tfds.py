@@ -8,8 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ckn import InputError
-from retrieval._src import data as P
-from retrieval._src.data import tfds_builder as T
+from retrieval import patches as P
 
 
 def _tiny(color=False, n=23, seed=0):
@@ -46,12 +45,12 @@ def _npz_equal(a, b):
 def test_round_trip_is_exact(tmp_path, color):
     ps = _tiny(color)
     src = P.save_patchset(ps, tmp_path / "src.npz")
-    vdir = T.write_tfds(P.load_patchset(src), tmp_path / "tfds", config="manual", progress=False)
+    vdir = P.write_tfds(P.load_patchset(src), tmp_path / "tfds", config="manual", progress=False)
     assert vdir.name == "1.0.0" and list(vdir.glob("*.array_record-*"))
-    out = T.export_npz(tmp_path / "tfds", tmp_path / "out.npz", config="manual")
+    out = P.export_npz(tmp_path / "tfds", tmp_path / "out.npz", config="manual")
     _npz_equal(src, out)
     # The version folder works as well as data_dir + config.
-    _npz_equal(src, T.export_npz(vdir, tmp_path / "out2.npz"))
+    _npz_equal(src, P.export_npz(vdir, tmp_path / "out2.npz"))
     assert "tensorflow" not in sys.modules
 
 
@@ -94,28 +93,28 @@ def test_default_config_is_built_by_the_builder(tmp_path_factory):
         )
         ps = P.build_default(quick=True)
     assert len(src["train"]) + len(src["test"]) == len(ps)
-    back = T.tfds_to_patchset(data_dir)
+    back = P.tfds_to_patchset(data_dir)
     for k in P.PatchSet.ARRAYS:
         np.testing.assert_array_equal(getattr(back, k), getattr(ps, k))
 
 
 def test_builder_errors(tmp_path):
     with pytest.raises(InputError, match="takes builder kwargs path"):
-        T.CknPatches(config="manual", data_dir=str(tmp_path), views=3)
+        P.CknPatches(config="manual", data_dir=str(tmp_path), views=3)
     with pytest.raises(InputError, match="needs builder_kwargs"):
         tfds.data_source("ckn_patches/sequences", data_dir=str(tmp_path / "d"))
     with pytest.raises(InputError, match="no prepared"):
-        T.tfds_to_patchset(tmp_path)
+        P.tfds_to_patchset(tmp_path)
     with pytest.raises(InputError, match="not found"):
-        T.tfds_to_patchset(tmp_path / "missing")
+        P.tfds_to_patchset(tmp_path / "missing")
     with pytest.raises(InputError, match="config must be"):
-        T.write_tfds(_tiny(), tmp_path, config="rome")
-    T.write_tfds(_tiny(), tmp_path / "w", config="photos", progress=False)
+        P.write_tfds(_tiny(), tmp_path, config="rome")
+    P.write_tfds(_tiny(), tmp_path / "w", config="photos", progress=False)
     with pytest.raises(InputError, match="already exists"):
-        T.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", progress=False)
-    T.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", overwrite=True, progress=False)
+        P.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", progress=False)
+    P.write_tfds(_tiny(seed=1), tmp_path / "w", config="photos", overwrite=True, progress=False)
     np.testing.assert_array_equal(
-        T.tfds_to_patchset(tmp_path / "w", config="photos").patches, _tiny(seed=1).patches
+        P.tfds_to_patchset(tmp_path / "w", config="photos").patches, _tiny(seed=1).patches
     )
     assert not list((tmp_path / "w" / "ckn_patches" / "photos").glob("incomplete*"))
 
@@ -126,21 +125,22 @@ def test_no_temp_folder_left_per_builder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    T.write_tfds(_tiny(), tmp_path / "w", config="photos", progress=False)
-    T.CknPatches(config="manual", data_dir=str(tmp_path / "d"))
+    P.write_tfds(_tiny(), tmp_path / "w", config="photos", progress=False)
+    P.CknPatches(config="manual", data_dir=str(tmp_path / "d"))
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_registration_is_lazy_and_listed():
     """`import retrieval` does not load tensorflow_datasets (+0.3 s for every `ckn` command);
-    `dir(retrieval)` lists the TFDS names and touching one registers ckn_patches."""
+    `dir(retrieval.patches)` lists the TFDS names and touching one registers ckn_patches."""
     import subprocess
 
     code = (
         "import sys, retrieval\n"
         "assert 'tensorflow_datasets' not in sys.modules\n"
-        "assert {'CknPatches', 'write_tfds', 'export_npz'} <= set(dir(retrieval))\n"
-        "retrieval.CknPatches\n"
+        "assert {'CknPatches', 'write_tfds', 'export_npz'} <= set(dir(retrieval.patches))\n"
+        "assert 'write_tfds' in dir(retrieval)\n"
+        "retrieval.patches.CknPatches\n"
         "import tensorflow_datasets as tfds\n"
         "assert 'ckn_patches' in tfds.list_builders(with_community_datasets=False)\n"
     )

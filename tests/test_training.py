@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import ckn
-from ckn import apply_describe
+from ckn.sharding import apply_describe
 
 
 def tiny(**train):
@@ -25,9 +25,9 @@ def unit_rows(a):
 def subpatches(photo_patches):
     """Normalized 3x3 centred gray sub-patches of a real photo: (train 4000, held-out 1000)."""
     x = np.asarray(
-        ckn.extract_patches(jnp.asarray(photo_patches[:200, ..., None] / 255.0, jnp.float32), 3)
+        ckn.ops.extract_patches(jnp.asarray(photo_patches[:200, ..., None] / 255.0, jnp.float32), 3)
     )
-    x = x.reshape(-1, 9) @ ckn.centering_matrix(3, 1)
+    x = x.reshape(-1, 9) @ ckn.ops.centering_matrix(3, 1)
     x = x[np.linalg.norm(x, axis=1) > 1e-3]
     x = unit_rows(x[np.random.default_rng(0).permutation(x.shape[0])[:5000]]).astype(np.float32)
     return jnp.asarray(x[:4000]), jnp.asarray(x[4000:])
@@ -35,7 +35,7 @@ def subpatches(photo_patches):
 
 def approximation_error(z, sigma, lam, held):
     """Mean |K(x, y) - psi(x).psi(y)| over held-out pairs (the diagonal included)."""
-    proj = np.asarray(ckn.nystrom_projection(z, sigma, lam), np.float64)
+    proj = np.asarray(ckn.ops.nystrom_projection(z, sigma, lam), np.float64)
     h = np.asarray(held, np.float64)
     psi = np.exp((h @ np.asarray(z, np.float64).T - 1) / sigma**2) @ proj
     exact = np.exp((h @ h.T - 1) / sigma**2)
@@ -44,10 +44,10 @@ def approximation_error(z, sigma, lam, held):
 
 def test_more_filters_approximate_the_kernel_better(subpatches):
     train, held = subpatches
-    sigma = ckn.sigma_from_quantile(train, 0.1, key=jax.random.key(0))
+    sigma = ckn.unsupervised.sigma_from_quantile(train, 0.1, key=jax.random.key(0))
     errors = []
     for p in (4, 16, 64):
-        z, _ = ckn.kmeans(train, p, key=0, iters=20)
+        z, _ = ckn.unsupervised.kmeans(train, p, key=0, iters=20)
         errors.append(approximation_error(z, sigma, 1e-3, held))
     assert errors[0] > errors[1] > errors[2], errors
 
@@ -55,7 +55,7 @@ def test_more_filters_approximate_the_kernel_better(subpatches):
 def test_sigma_rule_matches_numpy(subpatches):
     train, _ = subpatches
     key = jax.random.key(5)
-    got = ckn.sigma_from_quantile(train, 0.1, key=key)
+    got = ckn.unsupervised.sigma_from_quantile(train, 0.1, key=key)
     j = np.asarray(jax.random.permutation(key, train.shape[0]))
     x = np.asarray(train, np.float64)
     d = np.linalg.norm(x - x[j], axis=1)[j != np.arange(x.shape[0])]
@@ -66,21 +66,23 @@ def test_sigma_rule_matches_numpy(subpatches):
 def test_nystrom_refinement_lowers_the_residual(subpatches):
     train, held = subpatches
     sigma = 0.5
-    z0, _ = ckn.kmeans(train, 16, key=0, iters=10)
-    z, losses = ckn.refine_nystrom(
+    z0, _ = ckn.unsupervised.kmeans(train, 16, key=0, iters=10)
+    z, losses = ckn.unsupervised.refine_nystrom(
         jax.random.key(1), z0, train, sigma=sigma, lam=1e-3, steps=200, batch=512, lr=5e-3
     )
     losses = np.asarray(losses)
     assert losses[-20:].mean() < losses[:20].mean()
     # Renormalized in float32 after each step: measured 1.2e-7 off unit norm.
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-6)
-    assert ckn.nystrom_residual(z, held, sigma) < ckn.nystrom_residual(z0, held, sigma)
+    assert ckn.unsupervised.nystrom_residual(z, held, sigma) < ckn.unsupervised.nystrom_residual(
+        z0, held, sigma
+    )
 
 
 def test_nips14_objective_decreases_and_eta_nonnegative(subpatches):
     train, _ = subpatches
-    z0, _ = ckn.kmeans(train, 16, key=0, iters=10)
-    w, eta, losses = ckn.fit_nips14(
+    z0, _ = ckn.unsupervised.kmeans(train, 16, key=0, iters=10)
+    w, eta, losses = ckn.unsupervised.fit_nips14(
         jax.random.key(2), z0, train, sigma=0.5, steps=300, batch=256, lr=1e-2
     )
     losses = np.asarray(losses)
@@ -90,12 +92,12 @@ def test_nips14_objective_decreases_and_eta_nonnegative(subpatches):
 
 def test_sampling_matches_the_maps(photo_patches):
     model = ckn.CKN(ckn.get_preset("ckn-tiny"), rngs=__import__("flax").nnx.Rngs(0))
-    sub = ckn.sample_subpatches(
+    sub = ckn.unsupervised.sample_subpatches(
         model, 0, photo_patches[:50], 300, key=jax.random.key(0), batch_size=16
     )
     assert sub.shape == (300, 3 * 3 * 4)
     # Every sampled vector is one of the sub-patches of the input maps.
-    maps = ckn.extract_patches(model.input_map(jnp.asarray(photo_patches[:50])), 3)
+    maps = ckn.ops.extract_patches(model.input_map(jnp.asarray(photo_patches[:50])), 3)
     allv = np.asarray(maps).reshape(-1, sub.shape[1])
     d = ((sub[:20, None, :] - allv[None]) ** 2).sum(-1).min(axis=1)
     # Copies of map values from two compiled paths: measured squared distance 2e-16.
@@ -173,7 +175,9 @@ def layer_arrays(layer):
 
 def held_out_subpatches(model, layer_index, patches, num=1500):
     """Unit-norm sub-patches (n, d) of the map feeding a layer, pre-processed as the layer does."""
-    raw = ckn.sample_subpatches(model, layer_index, patches, num, key=jax.random.key(7))
+    raw = ckn.unsupervised.sample_subpatches(
+        model, layer_index, patches, num, key=jax.random.key(7)
+    )
     x = np.asarray(raw, np.float64)
     pre = layer_arrays(model.layers[layer_index])["preproc"]
     if pre is not None:

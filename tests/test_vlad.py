@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import postprocess as PP
-from retrieval._src import vlad as V
+from retrieval import image as PP
+from retrieval import local as V
+from retrieval._src.vlad import _vlad_batch
 
 RTOL, ATOL = 2e-5, 2e-6
 
@@ -138,7 +139,7 @@ def test_batched_equals_per_image(data):
 def test_batched_does_not_recompile(data):
     centers, held = data
     V.vlad_encode_batch(held[:3], centers, V.VladNorm(power=0.5, intra=True), batch_size=4)
-    before = V._vlad_batch._cache_size()
+    before = _vlad_batch._cache_size()
     # Other images, other counts (within one length bucket), other flags: no new compilation.
     rng = np.random.default_rng(1)
     others = [
@@ -149,7 +150,7 @@ def test_batched_does_not_recompile(data):
     )
     V.vlad_encode_batch(others[:2], centers, V.VladNorm(l2=False), batch_size=4)
     V.vlad_encode_batch(others[:2], centers, batch_size=4)  # the default norm
-    assert V._vlad_batch._cache_size() == before
+    assert _vlad_batch._cache_size() == before
 
 
 def test_vlad_bad_input(data):

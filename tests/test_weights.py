@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src.nets.weights import load_params, read_state_dict, write_state_dict
+from retrieval._src.nets.weights import load_params
+from retrieval.nets import read_state_dict, write_state_dict
 
 
 def _arrays():

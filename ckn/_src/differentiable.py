@@ -96,7 +96,7 @@ def _inverse_sqrt_jvp(primals, tangents):
 def nystrom_map(filters: jax.Array, alpha: jax.Array | float, lam: jax.Array | float) -> jax.Array:
     """(kappa(Z Z^T) + lam I)^{-1/2} with a derivative that is exact for equal eigenvalues.
 
-    The same value as ``ckn.nystrom_projection`` with alpha = 1/sigma^2
+    The same value as ``ckn.ops.nystrom_projection`` with alpha = 1/sigma^2
     (up to float rounding), differentiable in ``filters``, ``alpha`` and
     ``lam`` (see the module docstring for the JVP).
 

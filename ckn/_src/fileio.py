@@ -172,7 +172,7 @@ def check_file_format(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: {what}")
 
 
-def load_npy(path: str | os.PathLike, *, what: str = "array", mmap: bool = True) -> np.ndarray:
+def load_array(path: str | os.PathLike, *, what: str = "array", mmap: bool = True) -> np.ndarray:
     """Reads one ``.npy`` array (memory-mapped by default), with one-line errors.
 
     Raises:

@@ -187,7 +187,7 @@ class FinetuneReport:
 def validation_map(descriptors: np.ndarray, labels: np.ndarray) -> float:
     """All-vs-all patch-retrieval mAP in [0, 1] (plain NumPy, for validation).
 
-    The protocol of ``retrieval.patch_retrieval_map``: every patch queries the
+    The protocol of ``retrieval.metrics.patch_retrieval_map``: every patch queries the
     others by dot product, relevant = same label, non-interpolated AP, ties
     broken against the relevant items, queries without a relevant item
     skipped (NaN if none has one).

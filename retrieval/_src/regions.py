@@ -319,7 +319,7 @@ class RegionSpec:
 
     :meth:`detect` and :meth:`select` call :func:`detect_regions` and
     :func:`select_regions` with these settings; the defaults are the patch
-    data's (``retrieval.PatchSetConfig().regions == RegionSpec()``).
+    data's (``retrieval.patches.PatchSetConfig().regions == RegionSpec()``).
 
     Attributes:
       max_regions: regions kept per image, strongest (detector response) first.

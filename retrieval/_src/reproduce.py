@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import ckn
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src import data as patchsets
 from retrieval._src.baselines import BASELINES, describe_baseline
 from retrieval._src.evaluation import evaluate_descriptors
@@ -70,6 +71,8 @@ def load_data(
 
 
 def ckn_config(name: str, *, quick: bool, train_overrides: dict | None = None) -> ckn.CKNConfig:
+    """The preset ``name`` as ``ckn reproduce`` trains it: with ``--quick``'s smaller training
+    settings (``QUICK_TRAIN``) when ``quick``, then ``train_overrides`` (TrainConfig fields)."""
     cfg = ckn.get_preset(name)
     over = dict(QUICK_TRAIN if quick else {})
     over.update(train_overrides or {})
@@ -82,14 +85,14 @@ def finetune_rows(ps, *, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Rows of ``ps`` to fine-tune on and to validate on: the train split only.
 
     Whole train scenes (or groups, without scene ids) are held out for
-    validation by ``ckn.validation_split``; no test-split row is in either.
+    validation by ``ckn.supervised.validation_split``; no test-split row is in either.
 
     Returns:
       (fine-tune rows (N_f,), validation rows (N_v,) sorted int64 indices into
       ``ps``, "scene" or "group").
     """
     train = np.flatnonzero(np.asarray(ps.split) == 0)
-    ft, va, by = ckn.validation_split(
+    ft, va, by = ckn.supervised.validation_split(
         ps.labels[train], ps.scene[train], fraction=FINETUNE_VAL_FRACTION, seed=seed
     )
     return train[ft], train[va], by

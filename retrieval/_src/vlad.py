@@ -54,7 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ckn import InputError, kmeans
+from ckn import InputError
+from ckn.unsupervised import kmeans
 from retrieval._src.checks import check_matrix
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -297,7 +298,7 @@ def fit_codebook(
     max_samples: int | None = 100_000,
     seed: int = 0,
 ) -> np.ndarray:
-    """A VLAD codebook: Euclidean k-means (``ckn.kmeans(spherical=False)``).
+    """A VLAD codebook: Euclidean k-means (``ckn.unsupervised.kmeans(spherical=False)``).
 
     Args:
       descriptors: (n, d) training descriptors (from images other than the

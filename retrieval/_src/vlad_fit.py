@@ -124,7 +124,7 @@ class VladModel(NamedTuple):
         return self.pca.dim if self.pca is not None else int(self.centers.size)
 
 
-def _window_subsets(
+def window_subsets(
     feats: LocalFeatures, count: int, rng: np.random.Generator, min_count: int
 ) -> list[np.ndarray]:
     """Index sets of the descriptors inside ``count`` random windows (25-100% of the area)."""
@@ -198,7 +198,7 @@ def fit_vlad(
         for f in train:
             xr = _reduce_local(local_pca, f.descriptors)
             sets.append(xr)
-            for idx in _window_subsets(f, config.pca_windows, rng, min_count=max(5, config.k // 4)):
+            for idx in window_subsets(f, config.pca_windows, rng, min_count=max(5, config.k // 4)):
                 sets.append(xr[idx])
         vlads = V.vlad_encode_batch(sets, centers, config.norm, batch_size=batch_size)
         pca = PP.fit_pca_whitening(

@@ -17,13 +17,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
         raise InputError(f"--out must be a .npy file, got {args.out}")
     check_outputs([Output("--out", args.out)], {"--patches": args.patches, "--model": args.model})
     model = ckn.load(args.model, precision=args.precision)
-    patches, _ = ckn.load_patch_file(args.patches, split=args.split)
+    patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
     # Every check of describe() before the output file is created.
     ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
     t0 = time.perf_counter()
-    with ckn.atomic_path(args.out) as tmp:
+    with ckn.files.atomic_path(args.out) as tmp:
         # Written straight into a memory-mapped .npy: bounded memory for large files.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
         ckn.describe(

@@ -15,15 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path, write_json
-from retrieval._src.cam_eval import CamConfig, evaluate_cam
-from retrieval._src.data import read_image
-from retrieval._src.figures import save_figure, thumbnail
-from retrieval._src.global_desc import MULTI_SCALE, GlobalConfig
-from retrieval._src.global_eval import PostConfig, evaluate_global, load_backbone_spec
-from retrieval._src.global_head import GlobalHead, load_global_head
+from ckn import InputError
+from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
 from retrieval.cli.flags import parse_scales
+from retrieval.image import (
+    MULTI_SCALE,
+    CamConfig,
+    GlobalConfig,
+    GlobalHead,
+    PostConfig,
+    evaluate_cam,
+    evaluate_global,
+    load_backbone_spec,
+    load_global_head,
+    save_figure,
+    thumbnail,
+)
+from retrieval.patches import read_image
 
 AP_TEXT = (
     "non-interpolated AP (precision at each relevant rank, averaged), query excluded, "

@@ -15,7 +15,7 @@
 
 DIR holds one subfolder per group (scene or object); images directly in DIR
 are distractors; an optional ``junk.txt`` per group lists images left out of
-that group's rankings (see :mod:`retrieval._src.image_folder`).
+that group's rankings (see :func:`retrieval.image.load_image_folder`).
 
 ``--local``: every image is described by local descriptors at interest regions,
 the codebook (and the local PCA and VLAD PCA-whitening) are fitted on DIR2 if
@@ -25,9 +25,9 @@ excluded, junk removed, ties against the relevant images), and the Oxford
 trapezoidal mAP beside it.
 
 ``--global``: one vector per image from an ImageNet CNN and a pooling head
-(:mod:`retrieval._src.global_desc`), optional whitening fitted on the images of
+(:func:`retrieval.image.extract_global`), optional whitening fitted on the images of
 ``--whiten-images`` (never on DIR), DBA and query expansion, exact search, the
-same mAP (:mod:`retrieval._src.global_eval`). With ``--gnd`` (a revisitop
+same mAP (:func:`retrieval.image.evaluate_global`). With ``--gnd`` (a revisitop
 ground-truth pickle) DIR is the flat folder of ``<name>.jpg`` images: the
 database is ``imlist``, the queries are ``qimlist`` cropped to their boxes,
 scored with the revisited protocol (easy / medium / hard mAP, mP@k; ``map`` is
@@ -35,10 +35,10 @@ the medium mAP).
 
 ``--global-head``: the same pipeline with a learned head (``ckn train-global``)
 in place of the pooling head: its GeM p or R-MAC projection, then its whitening
-(:meth:`retrieval.GlobalHead.describe_images`), on the backbone HEAD_DIR records.
+(:meth:`retrieval.image.GlobalHead.describe_images`), on the backbone HEAD_DIR records.
 
 ``--global cam``: class-weighted pooling (Jimenez et al. 2017) at one scale, OfA or OnA,
-optional CAM re-ranking of the top R before QE (:mod:`retrieval._src.cam_eval`); the backbone
+optional CAM re-ranking of the top R before QE (:func:`retrieval.image.evaluate_cam`); the backbone
 needs a GAP + linear classifier (efficientnet-lite0, resnet50, resnet101).
 
 ``--json`` writes the results (with a ``map`` field) atomically; ``--figure``
@@ -54,18 +54,13 @@ import time
 
 import numpy as np
 
-from ckn import InputError, write_json
-from retrieval._src.global_desc import HEADS
-from retrieval._src.global_eval import (
-    WHITENINGS,
-)
-from retrieval._src.image_eval import evaluate_vlad
-from retrieval._src.image_folder import check_images, list_images, load_image_folder
-from retrieval._src.local import LocalConfig, describe_images, make_describer
-from retrieval._src.vlad_fit import VladConfig
+from ckn import InputError
+from ckn.files import write_json
 from retrieval.cli import eval_global, provenance
 from retrieval.cli.eval_global import AP_TEXT, write_figure
 from retrieval.cli.flags import Output, check_outputs
+from retrieval.image import HEADS, WHITENINGS, check_images, list_images, load_image_folder
+from retrieval.local import LocalConfig, VladConfig, describe_images, evaluate_vlad, make_describer
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

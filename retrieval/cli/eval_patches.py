@@ -25,17 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import SPLITS, InputError, load_npy, load_patch_file, write_json
-from retrieval._src.baselines import BASELINES
-from retrieval._src.evaluation import (
+from ckn import InputError
+from ckn.files import SPLITS, load_patch_file, write_json
+from ckn.files import load_array as load_npy
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.patches import (
     AP_DEFINITION,
+    BASELINES,
     describe_with,
     descriptor_info,
     evaluate_descriptors,
     resolve_model,
 )
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs
 
 # mAP, mAP-trap, NN-acc and FPR95 in percent; AUC a fraction; speed in patches per second.
 _HEADER = (

@@ -101,7 +101,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if rows.size == 0:
         raise InputError(f"{args.patches}: the train split is empty")
     patches, labels, scenes = ps.patches[rows], ps.labels[rows], ps.scene[rows]
-    train_rows, val_rows, by = ckn.validation_split(
+    train_rows, val_rows, by = ckn.supervised.validation_split(
         labels, scenes, fraction=args.val_fraction, seed=args.seed
     )
     held = sorted(set(ps.scene_names[scenes[val_rows]])) if by == "scene" else []
@@ -207,7 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_training_flags(
         p,
         d,
-        margins=ckn.DEFAULT_MARGINS,
+        margins=ckn.supervised.DEFAULT_MARGINS,
         out="OUT",
         help={
             "patience": "stop after this many epochs without progress, 0 = never "

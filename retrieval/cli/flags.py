@@ -13,16 +13,9 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import ckn
-from ckn import (
-    INPUTS,
-    METHODS,
-    NORMALIZATIONS,
-    POOLINGS,
-    PRECISIONS,
-    PRESETS,
-    CKNConfig,
-    InputError,
-)
+from ckn import PRECISIONS, PRESETS, CKNConfig, InputError
+from ckn.ops import INPUTS, NORMALIZATIONS, POOLINGS
+from ckn.unsupervised import METHODS
 
 # --- Help layout ---------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
 
 ``build`` describes every image under DIR once and writes INDEX (a folder:
 descriptors, image paths, fitted whitening / VLAD codebook, settings; see
-:mod:`retrieval._src.index`), atomically. ``add`` describes more images
+:mod:`retrieval.index`), atomically. ``add`` describes more images
 with the index's settings and fitted models (never refitted) and commits them
 with one rename: an interrupted add leaves the previous index. ``query``
 describes one image the same way and prints rank, score (inner product of
@@ -29,9 +29,12 @@ import time
 import warnings
 from pathlib import Path
 
-from ckn import InputError, atomic_path, write_json
-from retrieval._src.global_desc import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
-from retrieval._src.index import (
+from ckn import InputError
+from ckn.files import atomic_path, write_json
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, check_outputs, parse_scales
+from retrieval.image import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
+from retrieval.index import (
     DEFAULT_BACKBONE,
     EXACT_LIMIT,
     SEARCH_MODES,
@@ -42,14 +45,11 @@ from retrieval._src.index import (
     check_index_settings,
     index_info,
     load_index,
+    query_figure,
     query_index,
     save_index,
 )
-from retrieval._src.index_figure import query_figure
-from retrieval._src.local import LocalConfig
-from retrieval._src.vlad_fit import VladConfig
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs, parse_scales
+from retrieval.local import LocalConfig, VladConfig
 
 # Flags of one description only: (dest, flag, value when not given).
 _GLOBAL_ONLY = (

@@ -8,7 +8,7 @@ function that adds its parser and sets ``func(args) -> int``. Errors from bad
 input (``InputError``, missing files) and from bad arguments (argparse's usage
 errors) print one line and exit with status 2. SIGINT (Ctrl-C) and SIGTERM
 (``kill``, a batch system's time limit) stop a command the same way: the
-temporary outputs are removed (``ckn.atomic_path``), one line says so, and
+temporary outputs are removed (``ckn.files.atomic_path``), one line says so, and
 the exit status is 130 (SIGINT) or 143 (SIGTERM), as a shell reports a
 process killed by that signal.
 """

@@ -26,11 +26,12 @@ import time
 import warnings
 from pathlib import Path
 
-from ckn import InputError, atomic_path
-from retrieval._src import data as P
-from retrieval._src.regions import PATCH_SIZE
+from ckn import InputError
+from ckn.files import atomic_path
+from retrieval import patches as P
 from retrieval.cli import provenance
 from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.patches import PATCH_SIZE
 
 _EXAMPLE = """\
 ckn patches --default --out default.npz --contact-sheet default.png
@@ -169,11 +170,11 @@ def cmd_patches(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - t0
         stats = P.patchset_stats(ps, seed=args.seed)
         if args.contact_sheet:
-            from retrieval._src.figures import contact_sheet
+            from retrieval.patches import contact_sheet
 
             contact_sheet(ps, args.contact_sheet, seed=args.seed)
         if args.tfds:
-            from retrieval._src.data.tfds_builder import write_tfds
+            from retrieval.patches import write_tfds
 
             params = {"size": args.size}
             if source in ("default", "photos"):

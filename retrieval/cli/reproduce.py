@@ -8,8 +8,10 @@ from pathlib import Path
 
 import ckn
 from ckn import InputError
-from retrieval._src.baselines import BASELINES
-from retrieval._src.reproduce import (
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, add_precision_flag, check_outputs
+from retrieval.patches import (
+    BASELINES,
     DEFAULT_DESCRIPTORS,
     FINETUNE_FROM,
     FINETUNED,
@@ -18,8 +20,6 @@ from retrieval._src.reproduce import (
     format_table,
     reproduce,
 )
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, add_precision_flag, check_outputs
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

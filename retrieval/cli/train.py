@@ -61,9 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.resume and not ckpt.is_dir():
         raise InputError(f"--resume: no checkpoint to resume in {ckpt}")
-    patches, _ = ckn.load_patch_file(args.patches, split=args.split)
+    patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
     h, w, c = cfg.output_shape(patches.shape[1], patches.shape[2])
-    ckn.check_training_set(cfg, patches)
+    ckn.unsupervised.check_training_set(cfg, patches)
     if args.overwrite and not args.resume and ckpt.exists():
         shutil.rmtree(ckpt)
     print(

@@ -11,7 +11,7 @@ DIR is a folder of group folders (``ROOT/<group>/<image>``, the layout of
 ``ckn eval-images``); images directly in DIR are distractors (negatives only).
 The backbone's maps of every training and validation image are computed once
 (float16, in memory, at most ``--max-cache-mib``) and the head is trained on
-them (:mod:`retrieval._src.global_head`). Validation (the best epoch and early
+them (:func:`retrieval.image.train_global_head`). Validation (the best epoch and early
 stopping): the groups of ``--val-images`` (other images: refused if they share a
 file with DIR), else ``--val-fraction`` of the groups of DIR held out (0: none,
 the last epoch is kept). A checkpoint goes to ``HEAD_DIR.ckpt/`` after every
@@ -32,21 +32,21 @@ import numpy as np
 
 import ckn
 from ckn import InputError
-from retrieval._src.global_eval import load_backbone_spec
-from retrieval._src.global_head import (
+from retrieval.cli import provenance
+from retrieval.cli.flags import Output, add_command, add_training_flags, check_outputs
+from retrieval.image import (
     HEAD_KINDS,
     HEAD_MARGINS,
     MINING,
     GlobalHeadConfig,
     backbone_info,
+    load_backbone_spec,
+    load_image_folder,
     maps_bytes,
     prepare_maps,
     save_global_head,
     train_global_head,
 )
-from retrieval._src.image_folder import load_image_folder
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, add_training_flags, check_outputs
 
 _D = GlobalHeadConfig()
 _EXAMPLE = """\
@@ -143,7 +143,7 @@ def _data(args: argparse.Namespace):
     if not 0 < fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {fraction}")
     grouped = np.flatnonzero(labels >= 0)
-    tr, va, _ = ckn.validation_split(labels[grouped], fraction=fraction, seed=args.seed)
+    tr, va, _ = ckn.supervised.validation_split(labels[grouped], fraction=fraction, seed=args.seed)
     val_rows = grouped[va]
     held = np.unique(labels[val_rows])
     left = np.bincount(labels[grouped[tr]])

@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ckn import InputError, atomic_path, load_patch_file
+from ckn import InputError
+from ckn.files import atomic_path, load_patch_file
 from retrieval._src.data.patchset import SPLIT_NAMES, PatchSet
 
 IMAGE_EXTENSIONS = (

@@ -39,16 +39,16 @@ exactly.
 Registration: TFDS knows a builder once its class is defined, i.e. once this
 module is imported. ``import retrieval`` does not import it (it would load
 tensorflow_datasets, +0.3 s on top of ~2 s, for every ``ckn`` command):
-touching any of its names (``retrieval.CknPatches``, ``retrieval.write_tfds``,
+touching any of its names (``retrieval.patches.CknPatches``, ``retrieval.write_tfds``,
 ...) does, and so does ``import retrieval._src.data.tfds_builder``.
 
 Example::
 
     import retrieval, tensorflow_datasets as tfds
-    retrieval.CknPatches  # registers "ckn_patches" (loaded lazily by `retrieval`)
+    retrieval.patches.CknPatches  # registers "ckn_patches" (loaded lazily by `retrieval`)
     src = tfds.data_source("ckn_patches/default", data_dir="/tmp/tfds")  # builds once
     src["train"][0]["patch"].shape  # (51, 51, 1)
-    retrieval.export_npz("/tmp/tfds", "default.npz", config="default")
+    retrieval.patches.export_npz("/tmp/tfds", "default.npz", config="default")
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Two heads map a backbone's last conv map ``(N, h, w, C)`` (with a validity mask
   initialized with the PCA-whitening of training regions, m with their mean);
 
 each optionally followed by a learned whitening ``L2((v - m_w) W_w)``,
-initialized with Radenovic's Lw (:func:`retrieval.fit_learned_whitening` on the
+initialized with Radenovic's Lw (:func:`retrieval.image.fit_learned_whitening` on the
 head's outputs for the training images, the images of one group as matching
 pairs; by default with the covariance of matching differences shrunk towards the
 identity, ``GlobalHeadConfig.whiten_shrinkage``) and then trained with the rest as
@@ -38,7 +38,7 @@ parameter towards its initialization (L2-SP). One jitted step per (head, loss,
 region count: the R-MAC projection runs on the valid regions only, at most
 :func:`region_cap` of the training maps, not on the 50 slots of the padded region
 table); a non-finite gradient skips the step. Validation mAP on other
-images (groups protocol, :func:`retrieval.evaluate_scores`) after each epoch:
+images (groups protocol, :func:`retrieval.metrics.evaluate_scores`) after each epoch:
 the best epoch is kept, early stopping after ``patience`` epochs without
 progress. A checkpoint after every epoch; a resumed run ends with the same bits
 as an uninterrupted one (batches and pools are drawn from (seed, epoch)).
@@ -73,9 +73,8 @@ from __future__ import annotations
 from ckn import InputError
 from retrieval._src import pooling
 from retrieval._src.global_eval import group_pairs
-from retrieval._src.global_head.checkpoint import CHECKPOINT_FORMAT, _fingerprint
+from retrieval._src.global_head.checkpoint import CHECKPOINT_FORMAT
 from retrieval._src.global_head.config import (
-    _LOSSES,
     DESCRIBE_CHUNK,
     HEAD_KINDS,
     HEAD_MARGINS,
@@ -84,17 +83,9 @@ from retrieval._src.global_head.config import (
     P_BOUNDS,
     SCHEDULES,
     GlobalHeadConfig,
-    _is_int,
 )
 from retrieval._src.global_head.forward import (
-    _STATIC,
     HeadParams,
-    _chunks,
-    _dtype,
-    _forward,
-    _pool,
-    _scaled_gem,
-    _whiten,
     head_forward,
     pool_forward,
     project_regions,
@@ -102,15 +93,9 @@ from retrieval._src.global_head.forward import (
     whiten_forward,
 )
 from retrieval._src.global_head.initialize import (
-    _learned_whitening,
-    _regions,
-    _rescaled,
-    _unit_regions,
     init_head_params,
 )
 from retrieval._src.global_head.io import (
-    _ARRAYS_FILE,
-    _CONFIG_FILE,
     FORMAT,
     VERSION,
     load_global_head,
@@ -123,20 +108,10 @@ from retrieval._src.global_head.maps import (
 )
 from retrieval._src.global_head.model import (
     GlobalHead,
-    _fingerprint_arrays,
     backbone_info,
 )
 from retrieval._src.global_head.train import (
-    _ADAM,
-    _TRACES,
     GlobalHeadReport,
-    _check_data,
-    _epoch_plan,
-    _group_rows,
-    _Plan,
-    _pool_miner,
-    _schedule,
-    _train_step,
     train_global_head,
     validation_map,
 )
@@ -161,32 +136,6 @@ __all__ = [
     "SCHEDULES",
     "VERSION",
     "Whitening",
-    "_ADAM",
-    "_ARRAYS_FILE",
-    "_CONFIG_FILE",
-    "_LOSSES",
-    "_Plan",
-    "_STATIC",
-    "_TRACES",
-    "_check_data",
-    "_chunks",
-    "_dtype",
-    "_epoch_plan",
-    "_fingerprint",
-    "_fingerprint_arrays",
-    "_forward",
-    "_group_rows",
-    "_is_int",
-    "_learned_whitening",
-    "_pool",
-    "_pool_miner",
-    "_regions",
-    "_rescaled",
-    "_scaled_gem",
-    "_schedule",
-    "_train_step",
-    "_unit_regions",
-    "_whiten",
     "backbone_info",
     "evaluate_scores",
     "fit_learned_whitening",

@@ -1,4 +1,4 @@
-"""Training checkpoints (``ckn.run_epochs``): their format and the run's fingerprint."""
+"""Training checkpoints (``ckn.supervised.run_epochs``): their format and the run's fingerprint."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import ckn
 from retrieval._src.global_head.model import _fingerprint_arrays
 
-#: The checkpoint that ``ckn.run_epochs`` writes after every epoch of head training.
-CHECKPOINT_FORMAT = ckn.CheckpointFormat(
+#: The checkpoint that ``ckn.supervised.run_epochs`` writes after every epoch of head training.
+CHECKPOINT_FORMAT = ckn.supervised.CheckpointFormat(
     "ckn-global-head-checkpoint",
     1,
     label="global-head",

@@ -26,7 +26,10 @@ P_BOUNDS = (1.0, 64.0)
 MAX_PCA_REGIONS = 20000
 #: Images per call of the jitted forward when describing a whole set (padded).
 DESCRIBE_CHUNK = 64
-_LOSSES = {"triplet": ckn.batch_triplet_loss, "contrastive": ckn.batch_contrastive_loss}
+_LOSSES = {
+    "triplet": ckn.losses.batch_triplet_loss,
+    "contrastive": ckn.losses.batch_contrastive_loss,
+}
 
 
 def _is_int(v, low: int) -> bool:

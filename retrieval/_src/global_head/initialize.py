@@ -31,10 +31,10 @@ from retrieval._src.postprocess import Whitening, fit_learned_whitening, fit_pca
 
 
 def _learned_whitening(x: np.ndarray, pairs: np.ndarray, dim: int, shrinkage: float):
-    """Radenovic's Lw (:func:`retrieval.fit_learned_whitening`), with the covariance of
+    """Radenovic's Lw (:func:`retrieval.image.fit_learned_whitening`), with the covariance of
     matching differences shrunk towards the identity when ``shrinkage`` > 0.
 
-    Returns a :class:`retrieval.Whitening`-like (mean (D,), projection (dim, D)).
+    Returns a :class:`retrieval.image.Whitening`-like (mean (D,), projection (dim, D)).
     """
     if shrinkage == 0:
         return fit_learned_whitening(x, pairs, dim=dim)

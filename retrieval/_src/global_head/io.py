@@ -59,7 +59,7 @@ def save_global_head(head: GlobalHead, folder: str | os.PathLike, *, training=No
         text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     except ValueError as e:
         raise InputError(f"the head's record is not valid JSON ({e})") from None
-    with ckn.atomic_path(folder, is_dir=True) as tmp:
+    with ckn.files.atomic_path(folder, is_dir=True) as tmp:
         (tmp / _CONFIG_FILE).write_text(text)
         with open(tmp / _ARRAYS_FILE, "wb") as f:
             np.savez(f, **arrays)

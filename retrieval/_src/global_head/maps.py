@@ -58,7 +58,7 @@ def prepare_maps(
     ``side x side``, and run through the backbone: one compilation for the whole set.
 
     Args:
-      backbone: a :class:`retrieval.Backbone` (or the ``ckn`` backbone).
+      backbone: a :class:`retrieval.nets.Backbone` (or the ``ckn`` backbone).
       images: N uint8 arrays or image paths (read one at a time).
       side: padded size in pixels, a multiple of the backbone's stride.
       max_bytes: refuse (before describing anything) maps above this many bytes.

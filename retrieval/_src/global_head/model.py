@@ -67,7 +67,7 @@ class GlobalHead(nnx.Module):
       training: the training report (a JSON-ready dict, {} if none).
 
     Examples:
-      >>> head = retrieval.load_global_head("heads/gem")
+      >>> head = retrieval.image.load_global_head("heads/gem")
       >>> v = head.describe(maps, mask)  # (N, h, w, C) backbone maps -> (N, D)
       >>> v = head.describe_images(net, ["a.jpg", "b.jpg"])  # images -> (2, D)
     """

@@ -315,7 +315,7 @@ def train_global_head(
         np.float32(v) for v in (config.margin_value, config.p_lr_scale, config.weight_decay)
     )
 
-    def train_epoch(epoch: int, step: int, params, opt_state, tick) -> ckn.EpochResult:
+    def train_epoch(epoch: int, step: int, params, opt_state, tick) -> ckn.supervised.EpochResult:
         """Pool mining (with this epoch's starting head), then the batches of the epoch."""
         mine = None
         if config.mining == "pool":
@@ -345,9 +345,9 @@ def train_global_head(
             losses.append(float(value))
             weights.append(int(plan.mask[s].sum()))
             tick(losses[-1])
-        return ckn.EpochResult(params, opt_state, losses, weights, nonfinite)
+        return ckn.supervised.EpochResult(params, opt_state, losses, weights, nonfinite)
 
-    run = ckn.run_epochs(
+    run = ckn.supervised.run_epochs(
         train_epoch,
         params0,
         _ADAM.init(params0),
@@ -358,7 +358,7 @@ def train_global_head(
         extra=p_entry,
         checkpoint=None
         if checkpoint is None
-        else ckn.Checkpoint(checkpoint, CHECKPOINT_FORMAT, fingerprint),
+        else ckn.supervised.Checkpoint(checkpoint, CHECKPOINT_FORMAT, fingerprint),
         resume=resume,
         stop_after=stop_after,
         progress="training head" if progress else None,

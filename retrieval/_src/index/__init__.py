@@ -24,8 +24,8 @@ never. It is fitted on the
 indexed images unless ``whiten_images`` names other ones; ``index.json`` says
 which, on how many, and why (``whitening.reason``).
 
-Search. Exact (:class:`retrieval.ExactIndex`) below ``EXACT_LIMIT`` vectors,
-faiss IVF-PQ (:func:`retrieval.make_index`) from there on (``search="auto"``),
+Search. Exact (:class:`retrieval.index.ExactIndex`) below ``EXACT_LIMIT`` vectors,
+faiss IVF-PQ (:func:`retrieval.index.make_index`) from there on (``search="auto"``),
 or as asked (``"exact"`` / ``"ivfpq"``). IVF-PQ candidates (``RERANK`` times k)
 are re-scored exactly with the stored float32 vectors, so the scores of a
 query are true inner products in every mode. The trained IVF-PQ index is
@@ -80,7 +80,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.index.build import add_to_index, build_index, describe_for_index
 from retrieval._src.index.core import (
     IndexQueryResult,
@@ -88,7 +89,7 @@ from retrieval._src.index.core import (
     SavedIndex,
     _make_searcher,
 )
-from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES, _backbone
+from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES
 from retrieval._src.index.query import index_info, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
@@ -120,8 +121,6 @@ __all__ = [
     "IndexSettings",
     "Part",
     "SavedIndex",
-    "_backbone",
-    "_make_searcher",
     "add_to_index",
     "build_index",
     "check_index_settings",

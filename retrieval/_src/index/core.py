@@ -61,7 +61,7 @@ class SavedIndex:
       parts: the :class:`Part` of each build / add, in order (rows follow them).
       whitening: the fitted global whitening, or None (VLAD: in ``vlad.pca``).
       whitening_info: what was fitted on what, and why.
-      vlad: the fitted :class:`retrieval.VladModel` (local descriptors), else None.
+      vlad: the fitted :class:`retrieval.local.VladModel` (local descriptors), else None.
       search_info: method ("exact" / "ivfpq"), IVF-PQ sizes, re-ranking.
       uid: identity of the index (kept by :func:`add_to_index`).
       generation: number of builds and adds.

@@ -190,6 +190,16 @@ class Backbone(nnx.Module):
             self.arrays(), images, arch=self._arch, output=output, precision=self.precision
         )
 
+    def lower_features(self, images) -> jax.stages.Lowered:
+        """The jitted :meth:`features` computation lowered for ``images`` (nothing runs).
+
+        ``.compile().cost_analysis()`` and ``.memory_analysis()`` give XLA's FLOPs and memory.
+        """
+        images = self._images(images)
+        return _apply.lower(
+            self.arrays(), images, arch=self._arch, output="features", precision=self.precision
+        )
+
     def features(self, images) -> jax.Array:
         """The last conv map after its activation: (N, H, W[, 3]) uint8 -> (N, h, w, C) float32.
 
@@ -231,6 +241,24 @@ class Backbone(nnx.Module):
             )
         fc = self.arrays()["fc"]
         return fc["w"], fc["b"]
+
+
+def state_dict_shapes(name: str, width_divisor: int = 1) -> dict[str, tuple[int, ...]]:
+    """The PyTorch state-dict keys and shapes :func:`load_backbone` expects for an ImageNet CNN.
+
+    Args:
+      name: one of ``BACKBONES``.
+      width_divisor: as in :func:`load_backbone` (VGG16 / ResNets: widths divided by this).
+
+    Returns:
+      ``{key: shape}`` of every tensor the weights file must hold.
+
+    Raises:
+      InputError: an unknown name.
+    """
+    if name not in _ARCHS:
+        raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return _ARCHS[name].shapes(width_divisor)
 
 
 def load_backbone(

@@ -166,7 +166,7 @@ class CknBackbone(nnx.Module):
     Examples:
       >>> net = load_backbone("ckn", weights="models/ckn-grad")
       >>> feats = net.features(images)  # (N, H, W, 3) uint8 -> (N, ceil(H/16), ceil(W/16), 64)
-      >>> vectors = retrieval.gem(feats)  # any pooling head
+      >>> vectors = retrieval.image.gem(feats)  # any pooling head
     """
 
     def __init__(
@@ -243,6 +243,15 @@ class CknBackbone(nnx.Module):
     def _run(self, images: np.ndarray) -> jax.Array:
         graphdef, state = nnx.split(self.model)
         return _ckn_map(graphdef, state, jnp.asarray(images), precision=self.precision)
+
+    def lower_features(self, images) -> jax.stages.Lowered:
+        """The jitted CKN map lowered for ``images`` (N, H, W[, 3]) uint8, untiled (nothing runs).
+
+        ``.compile().memory_analysis()`` gives XLA's account of the map (the basis of
+        :meth:`estimate_bytes`).
+        """
+        graphdef, state = nnx.split(self.model)
+        return _ckn_map.lower(graphdef, state, jnp.asarray(images), precision=self.precision)
 
     def _tile_cells(self, hp: int, wp: int) -> int:
         """Core side, in cells, of the largest square tile within the budget (>= 1)."""

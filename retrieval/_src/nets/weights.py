@@ -32,7 +32,8 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 
 # Torch storage type name <-> NumPy dtype (little-endian in the files).
 _STORAGES = {

@@ -1,0 +1,28 @@
+"""Data parallelism over the local devices (stage: running a model on many images).
+
+The 1-D batch mesh and its shardings, padding a batch to the device count, the
+sharded describe step :func:`apply_describe` and the host group size of
+:func:`ckn.describe`.
+"""
+
+from ckn._src.layers import (
+    apply_describe,
+)
+from ckn._src.model import (
+    group_size,
+)
+from ckn._src.sharding import (
+    batch_mesh,
+    batch_sharding,
+    padded_size,
+    replicated,
+)
+
+__all__ = [
+    "apply_describe",
+    "batch_mesh",
+    "batch_sharding",
+    "group_size",
+    "padded_size",
+    "replicated",
+]
