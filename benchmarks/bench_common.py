@@ -33,9 +33,9 @@ load_average = provenance.load_average
 
 def metadata(extra_versions: dict | None = None) -> dict:
     """The run's provenance (``retrieval.cli.provenance``: commit, dirty flag, versions,
-    devices, CPU, load average), taken at the start of the run."""
+    devices, CPU, load average), taken at the start of the run; ``write_json`` finishes it
+    (end time, wall seconds, load average at the end)."""
     meta = provenance.start()
-    meta.pop("_t0", None)
     meta["versions"].update(extra_versions or {})
     return meta
 
@@ -127,7 +127,7 @@ def matmul_rate(sizes=(1024, 2048, 3072), repeats: int = 7, precision: str = "hi
 def write_json(path: str | os.PathLike, meta: dict, results: list, **extra) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta, load_average_end=load_average())
+    meta = provenance.finish(meta)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"metadata": meta, "results": results, **extra}, indent=2) + "\n")
     tmp.replace(path)

@@ -5,7 +5,9 @@
 
 Each query's AP is computed exactly as in `ckn reproduce` (all-vs-all within
 its split), then averaged over the queries of each scene: it shows where one
-descriptor wins or loses against another.
+descriptor wins or loses against another. The JSON's ``models_run`` is the
+provenance record of the `ckn reproduce` run that trained the models (its
+``results.json`` metadata: commit, dirty flag, command).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
     else:
         ps = patchsets.build_default()
     models = sorted((Path(args.run) / "models").iterdir())
+    run_json = Path(args.run) / "results.json"
+    models_run = json.loads(run_json.read_text()).get("metadata") if run_json.exists() else None
     descs = {m.name: ckn.describe(ckn.load(m), ps.patches) for m in models}
     for b in args.baselines.split(","):
         if b in BASELINES:
@@ -73,6 +77,7 @@ def main(argv=None) -> int:
         out = {
             "command": "python " + " ".join(sys.argv),
             "per_scene": table,
+            "models_run": models_run,
             "machine": provenance.finish(_META),
         }
         Path(args.json).write_text(json.dumps(out, indent=2))
