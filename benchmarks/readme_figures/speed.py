@@ -1,0 +1,201 @@
+"""README speed figures: the Lite0 backbone, the index, encoding, k-means, memory, the peer
+(bench_backbone_cpu, bench_index_cpu, bench_encode_cpu, bench_kmeans_cpu, bench_memory_cpu,
+bench_peer_cpu). Every figure names its machine (``speed_note``); a ratio is only taken
+between figures of one run."""
+
+from __future__ import annotations
+
+from .core import para, renderer, speed_note, table
+
+
+@renderer("backbone_run")
+def backbone_run(results) -> str:
+    """Where the Lite0 speed table comes from, and the machine's matmul rate in that run."""
+    doc = results["bench_backbone_cpu"]
+    return para(
+        "Speed, EfficientNet-Lite0 `features` (`nice python benchmarks/bench_backbone.py`,"
+        f" `benchmarks/results/bench_backbone_cpu.json`; {speed_note(doc)}; FLOPs from XLA's"
+        " cost analysis; the machine's fp32 matmul rate measured in the same run:"
+        f" {doc['matmul']['gflops']:.1f} GFLOP/s):"
+    )
+
+
+@renderer("backbone_table")
+def backbone_table(results) -> str:
+    """Images/s of Lite0 features per image size and batch, beside that run's matmul rate."""
+    rows = [
+        [
+            f"{r['size']} px",
+            r["batch"],
+            f"{r['images_per_s']:.2f}",
+            f"{r['flops_per_image'] / 1e9:.3g}",
+            f"{100 * r['fraction_of_matmul']:.0f}%",
+        ]
+        for r in results["bench_backbone_cpu"]["results"]
+    ]
+    header = ["image", "batch", "images/s", "GFLOP/image", "fraction of that run's matmul rate"]
+    return table(header, rows)
+
+
+def _index_rows(doc: dict) -> dict[tuple[int, str], dict]:
+    return {(r["n"], r["method"]): r for r in doc["results"]}
+
+
+def _ms(seconds: float) -> str:
+    ms = 1e3 * seconds
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms" if ms >= 1 else f"{ms:.2f} ms"
+
+
+@renderer("index_run")
+def index_run(results) -> str:
+    """Where the index latency table comes from."""
+    doc = results["bench_index_cpu"]
+    return para(
+        "Query latency, one 512-D query, warm, search only (`python benchmarks/bench_index.py`,"
+        f" `benchmarks/results/bench_index_cpu.json`; {speed_note(doc)}; median of"
+        f" {doc['results'][0]['latency']['repeats']} queries):"
+    )
+
+
+@renderer("index_table")
+def index_table(results) -> str:
+    """Exact and IVF-PQ latency and recall@10 per collection size."""
+    rows = _index_rows(results["bench_index_cpu"])
+    out = []
+    for n in sorted({k[0] for k in rows}):
+        ex, rr, raw = rows[(n, "exact")], rows[(n, "ivfpq_rerank")], rows[(n, "ivfpq_raw")]
+        out.append(
+            [
+                f"{n:,}",
+                _ms(ex["latency"]["median_s"]),
+                _ms(rr["latency"]["median_s"]),
+                f"{rr['recall_at_10']:.2f} / {raw['recall_at_10']:.2f}",
+            ]
+        )
+    header = [
+        "vectors",
+        "exact",
+        "IVF-PQ + exact re-scoring",
+        "recall@10 (re-scored / faiss alone)",
+    ]
+    return table(header, out)
+
+
+@renderer("index_reading")
+def index_reading(results) -> str:
+    """IVF-PQ training and loading, the query command's compile time, the warm query."""
+    doc = results["bench_index_cpu"]
+    rows = _index_rows(doc)
+    n = max(k[0] for k in rows)
+    rr = rows[(n, "ivfpq_rerank")]
+    e2e = doc["end_to_end"]
+    wall = e2e["query_command_wall"]
+    cached = e2e["query_command_wall_compilation_cache"]["reading"]
+    return para(
+        "The synthetic vectors are clustered and easy (`nprobe`"
+        f" {rr['search']['ivfpq']['nprobe']});"
+        " real collections may need a larger `nprobe`. Training the IVF-PQ index on"
+        f" {n:,} vectors took {rr['build_s']:.0f} s; it is saved with the index (reading it back:"
+        f" {rr['load_s']['median_s']:.2f} s). A single `ckn index query` process on"
+        f" {e2e['images']} images spends most of its {wall['median_s']:.0f} s (median of"
+        f" {wall['repeats']}) compiling the three scales' networks; with"
+        f" `JAX_COMPILATION_CACHE_DIR` set it took {cached['median_s']:.0f} s, and a warm"
+        f" in-process query {_ms(e2e['in_process_warm_query']['median_s'])} (same run and"
+        " machine)."
+    )
+
+
+def _matmul(doc: dict) -> str:
+    return f"{doc['matmul']['gflops']:.1f} GFLOP/s"
+
+
+@renderer("speed_intro")
+def speed_intro(results) -> str:
+    """The machines of the speed table and their matmul rates."""
+    runs = {
+        "bench_encode.py": results["bench_encode_cpu"],
+        "bench_kmeans.py": results["bench_kmeans_cpu"],
+        "bench_peer.py": results["bench_peer_cpu"],
+    }
+    listed = "; ".join(f"{name}: {_matmul(doc)} ({speed_note(doc)})" for name, doc in runs.items())
+    return para(
+        "Each figure sits beside the machine's own fp32 matrix-multiply rate measured in the same"
+        " run (best of jitted `jnp.dot` and NumPy's OpenBLAS on n x n matrices, n = 1024-3072),"
+        " and names the machine it ran on; a ratio is only taken between figures of one run. The"
+        f" runs: {listed}; `bench_memory.py`: {speed_note(results['bench_memory_cpu'])}."
+    )
+
+
+def _describe(doc: dict, preset: str) -> dict:
+    return next(r for r in doc["results"] if r["preset"] == preset)
+
+
+@renderer("speed_table")
+def speed_table(results) -> str:
+    """Encoding, k-means, streaming memory, and the PyTorch peer."""
+    enc, km, mem, peer = (
+        results[k]
+        for k in ("bench_encode_cpu", "bench_kmeans_cpu", "bench_memory_cpu", "bench_peer_cpu")
+    )
+    ref, grad = _describe(enc, "ckn-ref64"), _describe(enc, "ckn-grad")
+    d = ref["describe"]
+    kern = next(k for k in ref["kernel"] if k["group"] == ref["group"])
+    side = {r["side"]: r for r in peer["results"]}
+    sweep = [s["patches_per_s"] for s in side["peer"]["batch_sweep"]] + [
+        side["peer"]["patches_per_s"]
+    ]
+    ratio = peer["comparison"]["encode_patches_per_s_ratio_ckn_over_peer"]
+    fits = {r["method"]: r for r in km["results"]}
+    ck, fa = fits["ckn.kmeans"], fits["faiss.Kmeans"]
+    mrows = {r["patches"]: r for r in mem["results"]}
+    small, big, base = mrows[10_000], mrows[100_000], mrows[100]
+    setup = km["setup"]
+    rows = [
+        [
+            "encode, reference configuration `ckn-ref64` (raw 64x64, 3x3, 64 then 256 filters,"
+            f" subsampling 2 then 6, {ref['gflop_per_patch']:.3f} GFLOP/patch)",
+            f"**{d['patches_per_s']:.0f} patches/s = {d['gflops']:.1f} GFLOP/s ="
+            f" {100 * d['fraction_of_matmul']:.0f}% of matmul** (spread"
+            f" {d['min_s'] / d['median_s']:.2f}-{d['max_s'] / d['median_s']:.2f}; jitted call"
+            f" alone {kern['patches_per_s']:.0f} patches/s,"
+            f" {100 * kern['fraction_of_matmul']:.0f}%); compile {ref['compile_s']:.1f} s;"
+            f" {speed_note(enc)}",
+            f"target {100 * enc['target']['fraction_of_matmul']:.0f}%; the public PyTorch CKN,"
+            " same configuration, back to back in one run: `ckn`"
+            f" {side['ckn']['patches_per_s']:.0f} against {side['peer']['patches_per_s']:.1f}"
+            f" patches/s, **ratio {ratio:.1f}** (`python benchmarks/bench_peer.py --no-kmeans`,"
+            f" `bench_peer_cpu.json`; {speed_note(peer)}; the peer's speed varied"
+            f" {min(sweep):.0f}-{max(sweep):.0f} patches/s between its own batch sizes, so the"
+            " ratio is noisy)",
+            "`python benchmarks/bench_encode.py` (`bench_encode_cpu.json`)",
+        ],
+        [
+            f"encode, `ckn-grad` (51x51, {grad['gflop_per_patch']:.4f} GFLOP/patch)",
+            f"{grad['describe']['patches_per_s']:,.0f} patches/s ="
+            f" {grad['describe']['gflops']:.1f} GFLOP/s ="
+            f" {100 * grad['describe']['fraction_of_matmul']:.0f}% of matmul; compile"
+            f" {grad['compile_s']:.1f} s; same run",
+            "(small maps: the exponentials and pooling weigh more than the products)",
+            "same",
+        ],
+        [
+            f"unsupervised training: spherical k-means, {setup['n']:,} x {setup['d']} ->"
+            f" {setup['k']}, {setup['iters']} iterations (real layer-2 sub-patches of ckn-ref64)",
+            f"**`ckn.unsupervised.kmeans` {ck['median_s']:.1f} s**, J = {ck['objective']:.5f};"
+            f" {ck['gflops']:.1f} GFLOP/s ({100 * ck['fraction_of_matmul']:.0f}% of matmul);"
+            f" compile {ck['compile_s']:.1f} s; {speed_note(km)}",
+            "faiss `Kmeans(spherical=True, max_points_per_centroid=n)`, both threads, same data,"
+            f" same run: {fa['median_s']:.1f} s, J = {fa['objective']:.5f} (ratio"
+            f" {km['target']['time_ratio_ckn_over_faiss']:.2f}, target <= 1)",
+            "`python benchmarks/bench_kmeans.py` (`bench_kmeans_cpu.json`)",
+        ],
+        [
+            "streaming: peak RSS of `ckn describe` (CLI, memory-mapped .npy in and out, ckn-grad)",
+            f"10^4 patches: {small['peak_rss_mb']:.0f} MB; 10^5 patches ({big['input_mb']:.0f} MB"
+            f" in, {big['output_mb']:.0f} MB out): {big['peak_rss_mb']:.0f} MB (ratio"
+            f" {mem['target']['ratio']:.2f}); 100-patch baseline {base['peak_rss_mb']:.0f} MB",
+            "must not be ~10x",
+            "`python benchmarks/bench_memory.py` (`bench_memory_cpu.json`)",
+        ],
+    ]
+    return table(["what", "figure", "machine limit / peer", "command (results JSON)"], rows)
