@@ -131,8 +131,6 @@ PENDING = {
     "bench_index_cpu": "dirty tree; re-run by the speed work",
     "bench_kmeans_cpu": "dirty not recorded; re-run pending",
     "bench_memory_cpu": "dirty not recorded; re-run pending",
-    "ablation_train": "dirty tree; re-run pending",
-    "global_retrieval": "dirty tree, unrecorded descriptor cache; re-run pending",
     "image_retrieval": "short commit, script not in it; re-run pending",
     "patchsets_default": "dirty not recorded; re-run pending",
     "patchsets_oxford": "dirty not recorded; re-run pending",
@@ -140,6 +138,10 @@ PENDING = {
     "train_global": "dirty tree; re-run pending",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
+
+
+#: Files computed from other results, not measurements (no provenance of their own).
+DERIVED = {"reruns"}
 
 
 def _meta(doc: dict) -> dict:
@@ -163,6 +165,8 @@ def _script(command: str) -> str | None:
 def _records() -> dict[str, dict]:
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
+        if path.stem in DERIVED:
+            continue
         doc = json.loads(path.read_text())
         if path.stem == "oneoffs":
             for name, fig in doc["figures"].items():

@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (register their renderers)
     patches,
     presets,
     quickstart,
+    reruns,
     speed,
     vlad,
 )

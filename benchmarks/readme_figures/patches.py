@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .core import (
     TIE,
+    commit,
     count,
     duration,
     f1,
@@ -159,7 +160,14 @@ def reproduce_reading(results) -> str:
         " same settings and seed, gives other numbers."
     )
     # 3. Per scene.
-    ps = results["per_scene_default"]["per_scene"]
+    ps_doc = results["per_scene_default"]
+    ps = ps_doc["per_scene"]
+    models = ps_doc.get("models_run")
+    models = (
+        f"the models of a `ckn reproduce` run at {commit({'metadata': models})}"
+        if models
+        else "the `ckn reproduce` run of its models not recorded"
+    )
     test = [k for k, v in ps["ckn-grad"].items() if v["split"] == "test"]
     diff = {k: ps["ckn-grad"][k]["map"] - ps["sift"][k]["map"] for k in test}
 
@@ -185,8 +193,9 @@ def reproduce_reading(results) -> str:
     )
     note = f", {SCENE_NOTES[worst]}," if worst in SCENE_NOTES else ""
     b3 = (
-        "- The default test gap comes from one photo. Per scene (`python benchmarks/per_scene.py"
-        " --run reproduce_out` after a run as above, `benchmarks/results/per_scene_default.json`),"
+        f"- The default test gap comes from {'one photo' if len(below) == 1 else 'several photos'}."
+        " Per scene (`python benchmarks/per_scene.py --run reproduce_out` after a run as above;"
+        f" `benchmarks/results/per_scene_default.json`, {models}),"
         f" CKN-grad is above SIFT on {_and(above)}, equal within {TIE} on {_and(ties)}, and below"
         f" on {_and(below)}; on {worst}{note}"
         f" no descriptor scores above {f1(best_there)}. Averaged over"
