@@ -1,6 +1,7 @@
 """Compare a re-run result with the one it replaces, and keep the comparison for the README.
 
-    python benchmarks/rerun_diff.py STEM OLD.json [--new benchmarks/results/STEM.json]
+    python benchmarks/rerun_diff.py STEM OLD.json [--new benchmarks/results/STEM.json] \
+        [--under KEY --keys REGEX --raw --what "statistics"]
 
 Every quality figure (a number under a key that names mAP, AP or recall, the same path
 in both files) of the previous result is compared with the new one; the comparison goes
@@ -9,6 +10,8 @@ time, how many figures were compared, how many changed and by how much (mAP poin
 and the largest changes. The README says so next to the figures (renderer ``rerun``),
 so a re-run that moves a figure is never silent. Run it before replacing the old JSON
 (``git show HEAD:benchmarks/results/STEM.json > /tmp/old.json`` gets it afterwards).
+For a result without quality figures (a patch set's statistics), ``--under results
+--keys . --raw --what statistics`` compares every number under ``results`` as it is.
 """
 
 from __future__ import annotations
@@ -57,20 +60,34 @@ def _meta(doc: dict) -> dict:
     return {k: m.get(k) for k in ("commit", "dirty", "started_utc", "cpu")}
 
 
-def compare(old: dict, new: dict) -> dict:
-    """The quality figures of ``old`` and ``new`` at the same paths, compared."""
-    a = {p: v for p, v in _leaves(old) if QUALITY.search(str(p[-1]))}
-    b = {p: v for p, v in _leaves(new) if QUALITY.search(str(p[-1]))}
+def compare(
+    old: dict,
+    new: dict,
+    *,
+    keys: re.Pattern = QUALITY,
+    under: str | None = None,
+    raw: bool = False,
+    what: str = "quality figures",
+) -> dict:
+    """The figures of ``old`` and ``new`` at the same paths (last key matching ``keys``,
+    below the top-level key ``under`` if given), compared in mAP points (``raw``: as is)."""
+    old_doc, new_doc = old, new
+    if under is not None:
+        old, new = {under: old[under]}, {under: new[under]}
+    a = {p: v for p, v in _leaves(old) if keys.search(str(p[-1]))}
+    b = {p: v for p, v in _leaves(new) if keys.search(str(p[-1]))}
     both = sorted(set(a) & set(b), key=str)
 
     def points(v):
-        return 100 * v if abs(v) <= 1.0 else v
+        return v if raw else 100 * v if abs(v) <= 1.0 else v
 
     diffs = [(abs(points(b[p]) - points(a[p])), p) for p in both]
     changed = sorted((d for d in diffs if d[0] > 1e-9), reverse=True)
     return {
-        "previous": _meta(old),
-        "current": _meta(new),
+        "what": what,
+        "units": "as recorded" if raw else "mAP points",
+        "previous": _meta(old_doc),
+        "current": _meta(new_doc),
         "compared": len(both),
         "only_previous": len(set(a) - set(b)),
         "only_current": len(set(b) - set(a)),
@@ -93,16 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("stem", help="the result's name, e.g. global_retrieval")
     p.add_argument("old", type=Path, help="the result being replaced")
     p.add_argument("--new", type=Path, help="the re-run (default benchmarks/results/STEM.json)")
+    p.add_argument("--under", help="compare only below this top-level key")
+    p.add_argument("--keys", default=QUALITY.pattern, help="regex on a number's key")
+    p.add_argument("--raw", action="store_true", help="differences as recorded, not mAP points")
+    p.add_argument("--what", default="quality figures", help="what the numbers are, for the README")
     args = p.parse_args(argv)
     new_path = args.new or RESULTS / f"{args.stem}.json"
-    out = compare(json.loads(args.old.read_text()), json.loads(new_path.read_text()))
+    out = compare(
+        json.loads(args.old.read_text()),
+        json.loads(new_path.read_text()),
+        keys=re.compile(args.keys),
+        under=args.under,
+        raw=args.raw,
+        what=args.what,
+    )
     path = RESULTS / "reruns.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc[args.stem] = out
     path.write_text(json.dumps(dict(sorted(doc.items())), indent=2) + "\n")
     print(
-        f"{args.stem}: {out['changed']} of {out['compared']} quality figures changed"
-        f" (largest {out['max_abs_diff_points']:.3f} points); written to {path}"
+        f"{args.stem}: {out['changed']} of {out['compared']} {args.what} changed"
+        f" (largest {out['max_abs_diff_points']:.3g} {out['units']}); written to {path}"
     )
     return 0
 

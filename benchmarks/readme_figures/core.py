@@ -100,12 +100,12 @@ def commit(doc: dict) -> str:
     if not sha:
         return "commit not recorded"
     if len(sha) != 40:
-        return f"commit recorded as {sha} (not a full SHA)"
+        return f"short commit {sha}"
     if dirty is False:
         return f"a clean tree at {sha[:7]}"
     if dirty is True:
         return f"{sha[:7]} with uncommitted changes"
-    return f"{sha[:7]} (clean or not: not recorded)"
+    return f"{sha[:7]}, dirty flag not recorded"
 
 
 def wall_seconds(doc: dict) -> float | None:

@@ -164,7 +164,7 @@ def reproduce_reading(results) -> str:
     ps = ps_doc["per_scene"]
     models = ps_doc.get("models_run")
     models = (
-        f"the models of a `ckn reproduce` run at {commit({'metadata': models})}"
+        f"the models of a `ckn reproduce` run from {commit({'metadata': models})}"
         if models
         else "the `ckn reproduce` run of its models not recorded"
     )
