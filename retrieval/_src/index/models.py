@@ -53,13 +53,13 @@ def _sha256_tree(folder: Path) -> str:
 
 
 def _weights_path(spec: str) -> Path:
-    from retrieval._src.nets.backbone import efficientnet_lite0_weights
+    from retrieval._src.nets.backbone import SHIPPED, shipped_weights
 
     name, _, path = spec.partition(":")
     if path:
         return Path(path)
-    if name == DEFAULT_BACKBONE:
-        return Path(efficientnet_lite0_weights())
+    if name in SHIPPED:
+        return Path(shipped_weights(name))
     what = "MODEL_DIR" if name == "ckn" else "FILE"
     raise InputError(f"{name} needs weights: --backbone {name}:{what}")
 

