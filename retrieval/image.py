@@ -76,8 +76,10 @@ from retrieval._src.global_head import (
 from retrieval._src.image_folder import (
     ImageCollection,
     check_images,
+    image_problem,
     list_images,
     load_image_folder,
+    usable_images,
 )
 from retrieval._src.pooling import (
     crow,
@@ -153,6 +155,7 @@ __all__ = [
     "group_pairs",
     "head_forward",
     "heatmap_boxes",
+    "image_problem",
     "iter_feature_maps",
     "l2_normalize",
     "list_images",
@@ -177,4 +180,5 @@ __all__ = [
     "spoc",
     "thumbnail",
     "train_global_head",
+    "usable_images",
 ]

@@ -24,6 +24,7 @@ from retrieval._src.index import (
     describe_for_index,
     index_info,
     load_index,
+    query_images,
     query_index,
     save_index,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "load_index",
     "make_index",
     "query_figure",
+    "query_images",
     "query_index",
     "recall_at",
     "save_index",

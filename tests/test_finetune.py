@@ -12,6 +12,7 @@ from flax import nnx
 
 import ckn
 from retrieval.cli.finetune import checkpoint_dir, register
+from retrieval.cli.flags import check_outputs
 from retrieval.metrics import patch_retrieval_map
 
 # All fine-tuning runs below share one compiled training step (same model
@@ -277,9 +278,11 @@ def test_validation_split_by_scene_and_by_group():
 
 
 def _cli(argv):
+    """The command as ``ckn``'s main runs it: its declared paths checked, then its function."""
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["finetune", *argv])
+    check_outputs(*args.paths(args))
     return args.func(args)
 
 
@@ -308,7 +311,7 @@ def test_cli(run, model, data, tmp_path, capsys):
         _cli(argv)
     with pytest.raises(ckn.InputError, match="--resume: no checkpoint"):
         _cli([*argv, "--resume"])
-    with pytest.raises(ckn.InputError, match="would overwrite --model"):
+    with pytest.raises(ckn.InputError, match="is the input --model"):
         _cli(["--model", str(out), "--patches", str(file), "--out", str(out), "--overwrite"])
     with pytest.raises(ckn.InputError, match="multiple of --group-size"):
         _cli([*base, "--batch-size", "30", "--overwrite"])

@@ -111,8 +111,10 @@ def test_add_equals_build_on_union_and_saves_incrementally(photos, gem_index, tm
     assert first < set(p.name for p in out.iterdir())  # the first part's files kept as they were
     _same_index(grown, S.load_index(out))
     assert [h["op"] for h in S.load_index(out).history] == ["build", "add"]
-    with pytest.raises(InputError, match="already in the index"):
-        S.add_to_index(grown, photos / "b")
+    # Adding the same folder again adds nothing: the index itself comes back, counts in info.
+    info = {}
+    assert S.add_to_index(grown, photos / "b", info=info) is grown
+    assert info == {"count": 0, "already_indexed": 8, "skipped": []}
 
 
 def test_whitening_fitted_once_and_kept_by_add(photos, tmp_path):

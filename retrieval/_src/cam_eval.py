@@ -63,7 +63,7 @@ from retrieval._src.global_eval import (
     _plan,
     _whiten_plan,
     fit_global_whitening,
-    group_pairs,
+    whitening_record,
 )
 from retrieval._src.metrics.image import evaluate_scores
 from retrieval._src.nets.backbone import Backbone
@@ -357,11 +357,11 @@ def evaluate_cam(
         :func:`retrieval.evaluate_global` refuses; all before any image is described.
     """
     plan = _plan(images, gnd, strict)
-    w_paths, w_labels = _whiten_plan(whiten_images, post)
+    w_paths, w_labels, w_skipped = _whiten_plan(whiten_images, post, plan, strict)
     n_db = len(plan.db)
     classifier, stored = _check_plan(backbone, config, cam, post)
     plan.check_post(post)
-    info: dict = {"seconds": {}, "skipped_images": list(plan.skipped)}
+    info: dict = {"seconds": {}, "skipped_images": [*plan.skipped, *w_skipped]}
     info["cam"] = {**dataclasses.asdict(cam), "label": cam.label, "map_dtype": "float16"}
     sec = info["seconds"]
     queries = plan.query_images(backbone.min_size)
@@ -375,12 +375,9 @@ def evaluate_cam(
         t0 = time.perf_counter()
         whitening = fit_global_whitening(top1, post.whiten, labels=w_labels, dim=post.whiten_dim)
         sec["whiten_fit"] = time.perf_counter() - t0
-        info["whitening"] = {
-            "kind": post.whiten, "fitted_on": "top-1 class vectors",
-            "images": str(whiten_images), "num_images": len(w_paths),
-            "num_pairs": int(group_pairs(w_labels).shape[0]) if w_labels is not None else 0,
-            "dim": whitening.dim, "input_dim": whitening.input_dim,
-        }  # fmt: skip
+        info["whitening"] = whitening_record(
+            whitening, post, w_paths, w_labels, whiten_images, fitted_on="top-1 class vectors"
+        )
     rc = cam.rerank_classes if cam.rerank else 0
     with tempfile.TemporaryDirectory(prefix="ckn-cam-") as tmp:
         maps = None

@@ -76,6 +76,7 @@ from tqdm.auto import tqdm
 
 from ckn import InputError
 from retrieval._src import pooling
+from retrieval._src.data.io import TRUNCATED_JPEG, jpeg_truncated
 from retrieval._src.nets.backbone import Backbone
 from retrieval._src.postprocess import multiscale_combine
 
@@ -163,6 +164,8 @@ def read_image_any(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image not found: {p}")
+    if jpeg_truncated(p):
+        raise InputError(f"cannot read image ({TRUNCATED_JPEG}): {p}")
     img = cv2.imread(str(p), cv2.IMREAD_ANYCOLOR)
     if img is None or img.size == 0:
         raise InputError(f"cannot read image (unknown format or corrupt): {p}")

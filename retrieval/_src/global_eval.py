@@ -55,7 +55,12 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.global_desc import GlobalConfig, extract_global, read_image_any
-from retrieval._src.image_folder import check_images, list_images, load_image_folder
+from retrieval._src.image_folder import (
+    check_images,
+    list_images,
+    load_image_folder,
+    usable_images,
+)
 from retrieval._src.metrics.image import ImageRetrievalResult, evaluate_scores
 from retrieval._src.nets.backbone import BACKBONES, Backbone, load_backbone
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE
@@ -402,30 +407,79 @@ def _plan(images, gnd, strict: bool = False) -> _Plan:
     return _Plan(db, list(g["imlist"]), None, None, qs, list(g["qimlist"]), g)
 
 
-def _whiten_plan(whiten_images, post: PostConfig):
-    """Training images of the whitening (and their groups for "learned"), checked."""
+def _whiten_plan(whiten_images, post: PostConfig, plan: _Plan, strict: bool = False):
+    """Training images of the whitening (and their groups for "learned"), checked: bad images
+    skipped (:func:`retrieval.image.usable_images`), none of them an evaluated image.
+
+    Returns:
+      (paths, labels or None, one "PATH: reason" line per skipped image); (None, None, [])
+      without whitening.
+    """
     if post.whiten == "none":
         if whiten_images is not None:
             raise InputError("whiten_images is given but whiten is 'none'")
-        return None, None
+        return None, None, []
     if whiten_images is None:
         raise InputError(
             f"whiten={post.whiten!r} needs whiten_images: a folder of other images to fit it on "
             "(never the evaluated ones)"
         )
     if post.whiten == "pca":
-        return list_images(whiten_images), None
-    try:
-        coll = load_image_folder(whiten_images)
-    except InputError as e:
+        paths, labels = list_images(whiten_images), None
+    else:
+        try:
+            coll = load_image_folder(whiten_images)
+        except InputError as e:
+            raise InputError(
+                f"learned whitening needs groups (one subfolder per group) in {whiten_images}: {e}"
+            ) from None
+        paths, labels = coll.paths, coll.labels
+    evaluated = {Path(p).resolve() for p in plan.db} | {
+        Path(q).resolve() for q in plan.queries if isinstance(q, (str, os.PathLike))
+    }
+    shared = sorted(str(p) for p in paths if Path(p).resolve() in evaluated)
+    if shared:
         raise InputError(
-            f"learned whitening needs groups (one subfolder per group) in {whiten_images}: {e}"
-        ) from None
-    if group_pairs(coll.labels).shape[0] == 0:
+            f"the whitening images {whiten_images} share {len(shared)} image(s) with the "
+            f"evaluated ones, e.g. {shared[0]}: fit the whitening on other images"
+        )
+    keep, skipped = usable_images(paths, strict=strict)
+    paths = [paths[i] for i in keep]
+    if post.whiten_dim is not None and post.whiten_dim > len(paths) - 1:
+        raise InputError(
+            f"whiten_dim {post.whiten_dim}: a whitening fitted on {len(paths)} images keeps at "
+            f"most {len(paths) - 1} dimensions: give a whiten_dim <= {len(paths) - 1} or more "
+            "whitening images"
+        )
+    labels = None if labels is None else labels[keep]
+    if labels is not None and group_pairs(labels).shape[0] == 0:
         raise InputError(
             f"learned whitening needs groups in {whiten_images}: no subfolder holds two images"
         )
-    return coll.paths, coll.labels
+    if len(paths) < 2:
+        raise InputError(f"whitening needs at least 2 usable images in {whiten_images}")
+    return paths, labels, skipped
+
+
+def whitening_record(whitening, post: PostConfig, paths, labels, whiten_images, **extra) -> dict:
+    """What the evaluation's ``info["whitening"]`` says of a fitted whitening; ``capped``: a
+    sentence when the training images span fewer dimensions than the default asks for."""
+    rec = {
+        "kind": post.whiten,
+        **extra,
+        "images": str(whiten_images),
+        "num_images": len(paths),
+        "num_pairs": int(group_pairs(labels).shape[0]) if labels is not None else 0,
+        "dim": whitening.dim,
+        "input_dim": whitening.input_dim,
+        "capped": None,
+    }
+    if post.whiten_dim is None and whitening.dim < whitening.input_dim:
+        rec["capped"] = (
+            f"whitening to {whitening.dim}-D, not {whitening.input_dim}: {len(paths)} "
+            f"whitening images span at most {len(paths) - 1} directions"
+        )
+    return rec
 
 
 def _described(describe, images: list, progress: bool, info: dict) -> np.ndarray:
@@ -497,10 +551,10 @@ def evaluate_global(
             return _described(describe, ims, progress, info)
 
     plan = _plan(images, gnd, strict)
-    w_paths, w_labels = _whiten_plan(whiten_images, post)
+    w_paths, w_labels, w_skipped = _whiten_plan(whiten_images, post, plan, strict)
     n_db = len(plan.db)
     plan.check_post(post)
-    info: dict = {"seconds": {}, "skipped_images": list(plan.skipped)}
+    info: dict = {"seconds": {}, "skipped_images": [*plan.skipped, *w_skipped]}
     sec = info["seconds"]
     queries = plan.query_images(backbone.min_size)
     t0 = time.perf_counter()
@@ -519,15 +573,9 @@ def evaluate_global(
         t0 = time.perf_counter()
         whitening = fit_global_whitening(wv, post.whiten, labels=w_labels, dim=post.whiten_dim)
         sec["whiten_fit"] = time.perf_counter() - t0
-        info["whitening"] = {
-            "kind": post.whiten,
-            "images": str(whiten_images),
-            "num_images": len(w_paths),
-            "num_pairs": int(group_pairs(w_labels).shape[0]) if w_labels is not None else 0,
-            "dim": whitening.dim,
-            "input_dim": whitening.input_dim,
-            "gray": w_extract.get("gray", 0),
-        }
+        info["whitening"] = whitening_record(
+            whitening, post, w_paths, w_labels, whiten_images, gray=w_extract.get("gray", 0)
+        )
     t0 = time.perf_counter()
     q, db = postprocess(q, db, post, whitening=whitening, queries_in_db=gnd is None)
     sec["postprocess"] = time.perf_counter() - t0

@@ -23,6 +23,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
+from retrieval._src.data.io import TRUNCATED_JPEG, jpeg_truncated
 
 
 class ImageCollection(NamedTuple):
@@ -109,11 +110,14 @@ MIN_SIDE = 32
 def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
     """Why ``path`` cannot be used (unreadable, truncated, too small), or None.
 
-    Decodes a reduced copy (libjpeg scales by 1/8 while decoding, so an 8000 px
-    photo is cheap) and, for JPEG files, checks the end-of-image marker: OpenCV
-    returns a truncated JPEG half grey with only a libjpeg message on stderr.
+    A JPEG file without its end-of-image marker is refused first, by the test
+    every image reader applies (``jpeg_truncated``: OpenCV would return it half
+    grey with only a libjpeg message on stderr); then the image is decoded and
+    its sides compared with ``min_side``.
     """
     try:
+        if jpeg_truncated(path):  # the test of every image reader
+            return TRUNCATED_JPEG
         data = path.read_bytes()
     except OSError as e:
         return f"cannot read ({e.strerror or type(e).__name__})"
@@ -121,35 +125,58 @@ def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
     head = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if head is None or head.size == 0:
         return "not a readable image"
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return "truncated JPEG (no end-of-image marker)"
     h, w = head.shape[:2]
     if min(h, w) < min_side:
         return f"too small ({w}x{h} px, under {min_side} px)"
     return None
 
 
+def usable_images(
+    paths, *, names=None, min_side: int = MIN_SIDE, strict: bool = False
+) -> tuple[list[int], list[str]]:
+    """The one bad-image policy of every command: which images can be used.
+
+    Each image is checked by :func:`image_problem` (unreadable, truncated JPEG, too small).
+
+    Args:
+      paths: image files.
+      names: how the lines name them (default: the paths as given).
+      min_side: smallest image side kept.
+      strict: raise on the first bad image instead of skipping it.
+
+    Returns:
+      (indices of the usable images, one ``"NAME: reason"`` line per skipped image), in
+      path order.
+
+    Raises:
+      InputError: ``strict`` and a bad image (the first, named).
+    """
+    names = [str(p) for p in paths] if names is None else list(names)
+    keep, skipped = [], []
+    for i, (path, name) in enumerate(zip(paths, names)):
+        why = image_problem(Path(path), min_side)
+        if why is None:
+            keep.append(i)
+        elif strict:
+            raise InputError(f"{name}: {why} (--strict)")
+        else:
+            skipped.append(f"{name}: {why}")
+    return keep, skipped
+
+
 def check_images(
     coll: ImageCollection, *, min_side: int = MIN_SIDE, strict: bool = False
 ) -> tuple[ImageCollection, list[str]]:
-    """Drops unreadable, truncated or too small images from a collection.
+    """Drops unreadable, truncated or too small images from a collection (:func:`usable_images`).
 
     Returns the collection without them (labels and junk lists renumbered) and
-    one ``"NAME: reason"`` line per skipped image, in path order.
+    one ``"PATH: reason"`` line per skipped image, in path order.
 
     Raises:
       InputError: ``strict`` and a bad image (the first, named); or a group or
         the whole query set left empty by the skipped images.
     """
-    keep, skipped = [], []
-    for i, (path, name) in enumerate(zip(coll.paths, coll.names)):
-        why = image_problem(path, min_side)
-        if why is None:
-            keep.append(i)
-            continue
-        if strict:
-            raise InputError(f"{name}: {why}")
-        skipped.append(f"{name}: {why}")
+    keep, skipped = usable_images(coll.paths, min_side=min_side, strict=strict)
     if not skipped:
         return coll, []
     labels = coll.labels[keep]

@@ -7,6 +7,7 @@ as a grey square with the word "missing".
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,13 +73,31 @@ def query_figure(
             sp.set_edgecolor(colour)
             sp.set_linewidth(3 if i == 0 else 1.5)
         ax.set_title(label, fontsize=7)
+    top = 1.0
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        top = _fit_title(fig, title)
+    fig.tight_layout(rect=(0, 0, 1, top))
     path = Path(path)
     fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
     return path
+
+
+def _fit_title(fig, title: str) -> float:
+    """Sets the figure's title, wrapped to its width (a grid of one or two cells is narrower
+    than a long title), and makes the figure taller by the title's height; returns the
+    height fraction left below it."""
+    text = fig.suptitle(title, fontsize=9)
+    renderer = fig.canvas.get_renderer()
+    width = text.get_window_extent(renderer).width
+    room = 0.96 * fig.bbox.width
+    if width > room:
+        chars = max(8, int(len(title) * room / width))
+        text.set_text(textwrap.fill(title, chars, break_on_hyphens=False))
+    need = (text.get_window_extent(renderer).height + 8) / fig.dpi  # inches, with a margin
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, h + need)  # the grid keeps its height
+    return 1 - need / (h + need)
 
 
 def _short(name: str, width: int = 26) -> str:

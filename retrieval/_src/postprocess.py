@@ -106,6 +106,7 @@ def fit_pca_whitening(
     whiten: bool = True,
     eps: float = 1e-9,
     rank_tol: float = 1e-10,
+    cap: bool = False,
 ) -> PCAWhitening:
     """Fits PCA to ``dim`` dimensions, with whitening by default.
 
@@ -123,6 +124,8 @@ def fit_pca_whitening(
         scale (the training vectors get unit variance exactly on every
         direction whose variance is above it).
       rank_tol: directions with variance <= rank_tol * largest are rank-deficient.
+      cap: fit as many dimensions as the vectors span when that is fewer than ``dim``
+        (the result's ``projection`` has fewer rows) instead of raising.
 
     Returns:
       A :class:`PCAWhitening`; apply it with :func:`apply_pca_whitening`.
@@ -144,6 +147,8 @@ def fit_pca_whitening(
     lam, vec = np.linalg.eigh(small)
     lam, vec = np.maximum(lam[::-1], 0.0), vec[:, ::-1]
     rank = int(np.sum(lam > rank_tol * max(lam[0], 1e-300)))
+    if cap:
+        dim = max(1, min(dim, rank))
     if dim > rank:
         raise InputError(
             f"PCA to {dim} dimensions needs training vectors spanning {dim} directions; "

@@ -8,14 +8,17 @@ import time
 import numpy as np
 
 import ckn
-from ckn import InputError
-from retrieval.cli.flags import Output, add_command, add_precision_flag, check_outputs
+from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, suffix=".npy")],
+        {"--patches": args.patches, "--model": args.model},
+    )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    if not str(args.out).endswith(".npy"):
-        raise InputError(f"--out must be a .npy file, got {args.out}")
-    check_outputs([Output("--out", args.out)], {"--patches": args.patches, "--model": args.model})
     model = ckn.load(args.model, precision=args.precision)
     patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
@@ -74,3 +77,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_precision_flag(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_describe)
+    declare_paths(d, _paths)

@@ -18,7 +18,7 @@ import numpy as np
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
-from retrieval.cli.flags import parse_scales
+from retrieval.cli.flags import fields_as_flags, parse_scales, warn, warn_skipped
 from retrieval.image import (
     MULTI_SCALE,
     CamConfig,
@@ -33,6 +33,9 @@ from retrieval.image import (
     thumbnail,
 )
 from retrieval.patches import read_image
+
+# Settings named in library messages -> the flags that set them.
+_FIELDS = {"whiten_dim": "--whiten-dim"}
 
 AP_TEXT = (
     "non-interpolated AP (precision at each relevant rank, averaged), query excluded, "
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
         f"({backbone.channels} channels, stride {backbone.stride}), scales "
         f"{', '.join(f'{s:g}' for s in config.scales)}, max side {config.max_side}; {post.label}"
     )
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, fields_as_flags(_FIELDS):
         warnings.simplefilter("always", UserWarning)
         ev = evaluate_cam(
             backbone, args.images, config, cam, post, whiten_images=args.whiten_images,
@@ -202,8 +205,9 @@ def run(args: argparse.Namespace, meta: dict) -> int:
             backbone, args.images, config, post, whiten_images=args.whiten_images,
             gnd=args.gnd, progress=not args.quiet, strict=args.strict, describe=describe,
         )  # fmt: skip
-    for line in ev.info["skipped_images"]:
-        print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
+    warn_skipped(args, ev.info["skipped_images"])
+    if (ev.info.get("whitening") or {}).get("capped"):
+        warn(args, f"{ev.info['whitening']['capped']} (--whiten-dim sets it)")
     for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
         print(f"note: {msg}", file=sys.stderr)
     info = ev.info

@@ -51,6 +51,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -58,23 +59,55 @@ from ckn import InputError
 from ckn.files import write_json
 from retrieval.cli import eval_global, provenance
 from retrieval.cli.eval_global import AP_TEXT, write_figure
-from retrieval.cli.flags import Output, check_outputs
-from retrieval.image import HEADS, WHITENINGS, check_images, list_images, load_image_folder
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    declare_paths,
+    plural,
+    warn_skipped,
+    weights_path,
+)
+from retrieval.image import (
+    HEADS,
+    WHITENINGS,
+    check_images,
+    list_images,
+    load_image_folder,
+    usable_images,
+)
 from retrieval.local import LocalConfig, VladConfig, describe_images, evaluate_vlad, make_describer
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """--json and --figure: the right suffix, writable, not an input (missing folders are
-    created when they are written)."""
-    for path, suffix, flag in ((args.json, ".json", "--json"), (args.figure, ".png", "--figure")):
-        if path is not None and not str(path).lower().endswith(suffix):
-            raise InputError(f"{flag} must be a {suffix} file, got {path}")
-    inputs = {
-        "--images": args.images, "--whiten-images": args.whiten_images,
-        "--codebook-images": args.codebook_images, "--gnd": args.gnd,
-        "--global-head": args.learned_head,
-    }  # fmt: skip
-    check_outputs([Output("--json", args.json), Output("--figure", args.figure)], inputs)
+def _paths(args: argparse.Namespace) -> Paths:
+    """--json and --figure (suffixes checked; missing folders are created when they are
+    written) against every file and folder the command reads."""
+    local = args.local if args.local is not None and Path(args.local).exists() else None
+    return Paths(
+        [
+            Output("--json", args.json, suffix=".json"),
+            Output("--figure", args.figure, suffix=".png"),
+        ],
+        {
+            "--images": args.images,
+            "--whiten-images": args.whiten_images,
+            "--codebook-images": args.codebook_images,
+            "--gnd": args.gnd,
+            "--global-head": args.learned_head,
+            "--local": local,
+            "--backbone": weights_path(args.backbone),
+        },
+    )
+
+
+def _check_apart(args: argparse.Namespace) -> None:
+    """--whiten-images: other images than --images (not the same folder, nor one inside the
+    other; a shared file is refused by the library, before any image is described)."""
+    a, b = Path(args.images).resolve(), Path(args.whiten_images).resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise InputError(
+            f"--whiten-images {args.whiten_images} overlaps --images {args.images}: fit the "
+            "whitening on other images than the evaluated ones"
+        )
 
 
 # Flags of one mode only: (dest, flag, value when not given).
@@ -103,7 +136,8 @@ _LOCAL_ONLY = (
 
 def cmd_eval_images(args: argparse.Namespace) -> int:
     meta = provenance.start()
-    _check_outputs(args)
+    if args.whiten_images is not None and args.local is None:
+        _check_apart(args)
     # --global-head alone, or with a --global naming its kind (checked by eval_global.run).
     if args.local is not None:
         mode, other = "--local", _GLOBAL_ONLY
@@ -131,13 +165,13 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         max_regions=args.max_regions, max_side=1024 if args.max_side is None else args.max_side
     )
     coll, skipped_images = check_images(load_image_folder(args.images), strict=args.strict)
-    for line in skipped_images:
-        print(f"ckn eval-images: warning: skipped {line}", file=sys.stderr)
+    warn_skipped(args, skipped_images)
     names = coll.names
     n_dis = int((coll.labels < 0).sum())
     describer = make_describer(args.local)
     print(
-        f"{args.images}: {len(coll.paths)} images in {len(coll.groups)} groups"
+        f"{args.images}: {plural(len(coll.paths), 'image')} in "
+        f"{plural(len(coll.groups), 'group')}"
         f"{f' + {n_dis} distractors' if n_dis else ''}; local descriptor {describer.name} "
         f"({describer.dim}-D, {describer.patch_size}x{describer.patch_size} patches, "
         f"at most {args.max_regions} regions per image)"
@@ -148,9 +182,13 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     t_desc = time.perf_counter() - t0
     if args.codebook_images is not None:
         train_paths = list_images(args.codebook_images)
+        keep, skipped = usable_images(train_paths, strict=args.strict)
+        warn_skipped(args, skipped)
+        skipped_images += skipped
+        train_paths = [train_paths[i] for i in keep]
         print(
-            f"codebook{' and PCA' if config.pca_dim else ''} fitted on the {len(train_paths)} "
-            f"images of {args.codebook_images}"
+            f"codebook{' and PCA' if config.pca_dim else ''} fitted on the "
+            f"{plural(len(train_paths), 'image')} of {args.codebook_images}"
         )
         train = describe_images(
             train_paths,
@@ -365,7 +403,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--whiten-images",
         default=None,
-        help="folder of OTHER images to fit the whitening on (never the evaluated ones)",
+        help="folder of OTHER images to fit the whitening on (never the evaluated ones: the "
+        "same folder, one inside the other or a shared image is refused)",
     )
     g.add_argument(
         "--whiten-dim",
@@ -431,5 +470,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail on the first unreadable, truncated or too small image (default: skip it "
         "with a warning, count it in the JSON, and fail only if a group is left empty)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (warnings are shown)")
     p.set_defaults(func=cmd_eval_images)
+    declare_paths(p, _paths)

@@ -29,7 +29,7 @@ from ckn import InputError
 from ckn.files import SPLITS, load_patch_file, write_json
 from ckn.files import load_array as load_npy
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.cli.flags import Output, Paths, add_command, declare_paths
 from retrieval.patches import (
     AP_DEFINITION,
     BASELINES,
@@ -122,15 +122,19 @@ def _descriptor_rows(path: Path, desc: np.ndarray, splits: list[str], explicit: 
     )
 
 
+def _paths(args: argparse.Namespace) -> Paths:
+    model = args.model if args.model not in BASELINES else None
+    return Paths(
+        [Output("--json", args.json)],
+        {"--patches": args.patches, "--model": model, "--descriptors": args.descriptors},
+    )
+
+
 def cmd_eval_patches(args: argparse.Namespace) -> int:
     meta = provenance.start()
     path = Path(args.patches)
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_outputs(
-        [Output("--json", args.json)],
-        {"--patches": args.patches, "--model": args.model, "--descriptors": args.descriptors},
-    )
     if path.suffix != ".npz" or not path.is_file():
         load_patch_file(path)  # missing file, a directory: the loader's message
         raise InputError(f"{path}: eval-patches needs an .npz with 'patches' and 'labels'")
@@ -272,3 +276,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval_patches)
+    declare_paths(p, _paths)

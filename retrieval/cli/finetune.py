@@ -29,7 +29,14 @@ import ckn
 from ckn import InputError
 from retrieval import load_patchset
 from retrieval.cli import provenance
-from retrieval.cli.flags import add_training_flags
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    add_training_flags,
+    checkpoint_dir,
+    declare_paths,
+    validation_summary,
+)
 
 _DEFAULTS = ckn.FinetuneConfig()
 _EXAMPLE = """example:
@@ -40,14 +47,19 @@ _EXAMPLE = """example:
 """
 
 
-def checkpoint_dir(out: str | Path) -> Path:
-    """The checkpoint folder of an output model folder: ``OUT.ckpt`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + ".ckpt")
+def _paths(args: argparse.Namespace) -> Paths:
+    go_on = args.overwrite or args.resume
+    return Paths(
+        [
+            Output("--out", args.out, kind="dir", replaced=True, overwrite=go_on),
+            Output("--out (checkpoint)", checkpoint_dir(args.out), kind="dir", replaced=True),
+        ],
+        {"--model": args.model, "--patches": args.patches},
+    )
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Checks every destination before any work; creates the output's parent folder."""
+    """The inputs' kinds and the checkpoint's state (the destinations were checked by main)."""
     out, model, patches = Path(args.out), Path(args.model), Path(args.patches)
     ckpt = checkpoint_dir(out)
     if not model.is_dir():
@@ -56,22 +68,16 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise InputError(
             f"--patches must be an existing .npz with patches and labels, got {patches}"
         )
-    resolved = out.resolve()
-    for what, p in (("--model", model), ("--patches", patches)):
-        if resolved == p.resolve() or p.resolve().is_relative_to(resolved):
-            raise InputError(f"--out {out} would overwrite {what} {p}")
-        if ckpt.resolve() == p.resolve():
-            raise InputError(f"the checkpoint folder {ckpt} would overwrite {what} {p}")
-    if out.exists() and not (args.overwrite or args.resume):
-        raise InputError(f"{out} exists: use --overwrite to replace it")
     if ckpt.exists() and not (args.overwrite or args.resume):
         raise InputError(f"a checkpoint exists in {ckpt}: use --resume to continue or --overwrite")
     if args.resume and not (ckpt / "state.npz").is_file():
         raise InputError(f"--resume: no checkpoint in {ckpt}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.overwrite and not args.resume and ckpt.exists():
-        shutil.rmtree(ckpt)
     return out, ckpt
+
+
+def _has_split(path) -> bool:
+    with np.load(path, allow_pickle=False) as z:
+        return "split" in z.files
 
 
 def _config(args: argparse.Namespace) -> ckn.FinetuneConfig:
@@ -96,8 +102,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out, ckpt = _check_paths(args)
     model = ckn.load(args.model)
-    ps = load_patchset(args.patches, require_split=args.split == "train")
-    rows = np.flatnonzero(ps.split == 0) if args.split == "train" else np.arange(len(ps))
+    if args.overwrite and not args.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    ps = load_patchset(args.patches)
+    split = args.split
+    if split == "train" and not _has_split(args.patches):
+        split = "all"
+        print(
+            f"{args.patches} has no 'split' array: fine-tuning on all {len(ps)} rows "
+            "(as --split all)",
+            file=sys.stderr,
+        )
+    rows = np.flatnonzero(ps.split == 0) if split == "train" else np.arange(len(ps))
     if rows.size == 0:
         raise InputError(f"{args.patches}: the train split is empty")
     patches, labels, scenes = ps.patches[rows], ps.labels[rows], ps.scene[rows]
@@ -131,7 +147,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "start_training": ckn.read_training_report(args.model),
         "data": {
             "patches": str(args.patches),
-            "split": args.split,
+            "split": split,
             "validation_by": by,
             "validation_scenes": held,
             "train_patches": int(train_rows.size),
@@ -141,12 +157,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     }
     ckn.save(tuned, out, training=training)
     shutil.rmtree(ckpt, ignore_errors=True)
-    start, best = report.history[0]["val_map"], report.best_val_map
     print(
-        f"saved {out}: validation mAP {100 * start:.2f} -> {100 * best:.2f} (epoch "
-        f"{report.best_epoch} of {report.epochs_done}"
-        f"{', stopped early' if report.stopped_early else ''}), "
-        f"{report.steps} steps, {time.perf_counter() - t0:.0f} s"
+        f"saved {out}: {validation_summary(report, 'the input model')}; {report.steps} steps, "
+        f"{time.perf_counter() - t0:.0f} s"
     )
     return 0
 
@@ -177,7 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split",
         choices=("train", "all"),
         default="train",
-        help="rows to train and validate on (default train; 'all' is for files without a split)",
+        help="rows to train and validate on (default train; a file without a 'split' array: "
+        "all rows, as 'all')",
     )
     p.add_argument(
         "--batch-size",
@@ -215,3 +229,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         },
     )
     p.set_defaults(func=cmd_finetune)
+    declare_paths(p, _paths)

@@ -4,9 +4,11 @@ help layout."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,16 +44,63 @@ def add_command(
     )
 
 
+# --- Words -------------------------------------------------------------------------------------
+
+
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def warn(args: argparse.Namespace, message: str) -> None:
+    """One ``ckn CMD: warning: ...`` line on stderr (shown with --quiet too: it hides only
+    progress bars)."""
+    print(f"{getattr(args, 'cli_prog', 'ckn')}: warning: {message}", file=sys.stderr)
+
+
+def warn_skipped(args: argparse.Namespace, lines) -> None:
+    """``ckn CMD: warning: skipped PATH: reason``, one line per skipped image."""
+    for line in lines:
+        warn(args, f"skipped {line}")
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as printed: relative to the working folder when inside it, else absolute
+    (either way it opens from here)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+@contextlib.contextmanager
+def fields_as_flags(fields: Mapping[str, str]):
+    """Re-raises a library ``InputError`` that starts with a setting's field name (``dim 256:
+    ...``) with the command's flag instead (``--dim 256: ...``): the library names its
+    dataclass fields, the command line its flags."""
+    try:
+        yield
+    except InputError as e:
+        first, _, rest = str(e).partition(" ")
+        if first not in fields:
+            raise
+        raise InputError(f"{fields[first]} {rest}") from None
+
+
 # --- Output checks -------------------------------------------------------------------------------
 
 
 class Output(NamedTuple):
     """One destination of a command, for :func:`check_outputs`.
 
-    flag: how the message names it (``--out``); path: the destination (None:
-    not asked for); kind: "file" or "dir"; replaced: a "dir" output that is
-    replaced as a whole (an input inside it would be deleted); overwrite:
-    False refuses an existing non-empty destination.
+    flag: how the message names it (``--out``, ``--out (checkpoint)``); path: the
+    destination (None: not asked for); kind: "file" or "dir"; replaced: a "dir"
+    output that is replaced as a whole (an input inside it would be deleted);
+    overwrite: False refuses an existing non-empty destination; suffix: the file
+    name's required ending (``.json``), checked case-insensitively.
     """
 
     flag: str
@@ -59,6 +108,46 @@ class Output(NamedTuple):
     kind: str = "file"
     replaced: bool = False
     overwrite: bool = True
+    suffix: str | None = None
+
+
+class Paths(NamedTuple):
+    """What a command writes and reads: checked by ``ckn``'s main before the command runs.
+
+    outputs: its :class:`Output` s (derived ones too: checkpoints, files inside an
+    output folder); inputs: {flag: path or None} of every file and folder it reads.
+    """
+
+    outputs: list[Output]
+    inputs: dict[str, str | os.PathLike | None]
+
+
+def declare_paths(p: argparse.ArgumentParser, paths) -> None:
+    """Declares a command's :class:`Paths` (``paths(args) -> Paths``); ``ckn`` checks them
+    with :func:`check_outputs` before it calls the command (every command declares one)."""
+    p.set_defaults(paths=paths)
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """The checkpoint folder of an output folder: ``OUT.ckpt`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def resume_note(args: argparse.Namespace) -> str:
+    """What an interrupted training command says of its checkpoint ``OUT.ckpt``."""
+    ckpt = checkpoint_dir(args.out)
+    if any((ckpt / f).is_file() for f in ("config.json", "state.npz")):
+        return f"; the checkpoint {ckpt} is kept: the same command with --resume continues it"
+    return f"; no checkpoint in {ckpt} yet: --resume has nothing to continue"
+
+
+def weights_path(spec: str | None) -> str | None:
+    """The file or folder a backbone spec names (``vgg16:FILE``, ``ckn:MODEL_DIR``), or None."""
+    if not spec:
+        return None
+    _, _, path = spec.partition(":")
+    return path or None
 
 
 def _resolved(p: Path) -> Path:
@@ -75,6 +164,31 @@ def _same(a: Path, b: Path) -> bool:
     except OSError:
         pass
     return _resolved(a) == _resolved(b)
+
+
+def _inside(out: Path, folder: Path) -> bool:
+    """Whether ``out`` is in ``folder`` (an existing folder), through symlinks; an existing
+    file of several hard links counts when one of its names is in the folder."""
+    if not folder.is_dir():
+        return False
+    if _resolved(out).is_relative_to(_resolved(folder)):
+        return True
+    try:
+        st = out.stat()
+    except OSError:
+        return False
+    if not out.is_file() or st.st_nlink < 2:
+        return False
+    key = (st.st_dev, st.st_ino)
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            try:
+                s = os.stat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == key:
+                return True
+    return False
 
 
 def _writable_folder(flag: str, path: Path, inside: bool = False) -> Path:
@@ -102,13 +216,13 @@ def check_outputs(
 ) -> None:
     """Checks every destination of a command before its work starts.
 
-    For each output that is asked for: not a folder where a file goes (nor a
-    file where a folder goes); not an input of the command, nor one of the
-    other outputs (the same file, through symlinks and hard links too); a
-    folder that ``ckn`` replaces holds no input; an existing destination is
-    refused where ``overwrite`` is False; and the nearest existing folder on
-    its path takes a new file (missing folders are created later, as
-    ``mkdir -p``). Nothing is created or changed.
+    For each output that is asked for: the right suffix; not a folder where a
+    file goes (nor a file where a folder goes); not an input of the command,
+    nor inside an input folder, nor one of the other outputs (the same file,
+    through symlinks and hard links too); a folder that ``ckn`` replaces holds
+    no input; an existing destination is refused where ``overwrite`` is False;
+    and the nearest existing folder on its path takes a new file (missing
+    folders are created later, as ``mkdir -p``). Nothing is created or changed.
 
     Args:
       outputs: the command's destinations.
@@ -117,12 +231,14 @@ def check_outputs(
     Raises:
       InputError: one line naming the flag, the path and the problem.
     """
-    ins = {flag: Path(p) for flag, p in (inputs or {}).items() if p is not None}
+    ins = {flag: Path(p) for flag, p in (inputs or {}).items() if p is not None and str(p) != ""}
     seen: dict[str, Path] = {}
     for out in outputs:
         if out.path is None:
             continue
         path = Path(out.path)
+        if out.suffix is not None and not path.name.lower().endswith(out.suffix):
+            raise InputError(f"{out.flag} must be a {out.suffix} file, got {path}")
         if out.kind == "file" and path.is_dir():
             raise InputError(f"{out.flag} {path} is a folder, not a file")
         if out.kind == "dir" and path.exists() and not path.is_dir():
@@ -133,6 +249,11 @@ def check_outputs(
             if out.kind == "dir" and out.replaced and _resolved(q).is_relative_to(_resolved(path)):
                 raise InputError(
                     f"{out.flag} {path} holds the input {flag} {q}: replacing it would delete it"
+                )
+            if _inside(path, q):
+                raise InputError(
+                    f"{out.flag} {path} is inside the input folder {flag} {q}: "
+                    "write it outside the folders the command reads"
                 )
         for flag, q in seen.items():
             if _same(path, q):
@@ -302,6 +423,34 @@ def add_training_flags(
     p.add_argument("--resume", action="store_true", help=texts["resume"])
     p.add_argument("--overwrite", action="store_true", help=texts["overwrite"])
     p.add_argument("--quiet", action="store_true", help=texts["quiet"])
+    p.set_defaults(interrupt_note=resume_note)
+
+
+def validation_summary(report, start: str) -> str:
+    """What validation kept and why training stopped, for a training command's last line.
+
+    Args:
+      report: a training report (``history`` from epoch 0, ``best_epoch``,
+        ``best_val_map``, ``epochs_done``, ``stopped_early``).
+      start: what epoch 0 is (``the input model``), named when no epoch beat it.
+    """
+    hist, best, e, n = report.history, report.best_val_map, report.best_epoch, report.epochs_done
+    if best is None:
+        return f"no validation: the last of {n} epoch{'s' * (n != 1)} is kept"
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    if e == 0:
+        text = (
+            f"validation mAP {pct(best)} at the start, not beaten in {n} epoch{'s' * (n != 1)}: "
+            f"{start} is kept"
+        )
+    else:
+        text = f"validation mAP {pct(hist[0]['val_map'])} -> {pct(best)}, epoch {e} of {n} kept"
+    ties = [str(h["epoch"]) for h in hist if h["epoch"] > e and h["val_map"] == best]
+    if ties:
+        text += f" (epoch{'s' * (len(ties) > 1)} {', '.join(ties)} tied: the first best is kept)"
+    if report.stopped_early:
+        text += f"; stopped early after {n - e} epochs without a better validation mAP"
+    return text
 
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:

@@ -4,8 +4,9 @@
         [--max-side N] | --local sift|rootsift|MODEL_DIR [--k 64] [--max-regions 1000])
         [--whiten auto|none|pca] [--whiten-dim D] [--whiten-images DIR2]
         [--search auto|exact|ivfpq] [--overwrite]
-    ckn index add --index INDEX --images DIR2
-    ckn index query --index INDEX --image Q.jpg [--top 10] [--png OUT.png] [--json OUT.json]
+    ckn index add --index INDEX --images DIR2   (images already indexed are left out)
+    ckn index query --index INDEX (--image Q.jpg [--image Q2.jpg ...] | --images QDIR)
+        [--top 10] [--png OUT.png] [--json OUT.json]
     ckn index info --index INDEX [--json]
 
 ``build`` describes every image under DIR once and writes INDEX (a folder:
@@ -32,8 +33,25 @@ from pathlib import Path
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs, parse_scales
-from retrieval.image import HEADS, MULTI_SCALE, GlobalConfig, read_image_any
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    add_command,
+    declare_paths,
+    parse_scales,
+    plural,
+    shown_path,
+    warn_skipped,
+    weights_path,
+)
+from retrieval.image import (
+    HEADS,
+    MULTI_SCALE,
+    GlobalConfig,
+    list_images,
+    read_image_any,
+    usable_images,
+)
 from retrieval.index import (
     DEFAULT_BACKBONE,
     EXACT_LIMIT,
@@ -46,7 +64,7 @@ from retrieval.index import (
     index_info,
     load_index,
     query_figure,
-    query_index,
+    query_images,
     save_index,
 )
 from retrieval.local import LocalConfig, VladConfig
@@ -121,15 +139,29 @@ def _notes(caught) -> None:
         print(f"note: {msg}", file=sys.stderr)
 
 
+def _local_input(spec: str | None) -> str | None:
+    """--local MODEL_DIR (an input folder), not a baseline name."""
+    return spec if spec is not None and Path(spec).exists() else None
+
+
+def _build_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
+        {
+            "--images": args.images,
+            "--whiten-images": args.whiten_images,
+            "--local": _local_input(args.local),
+            "--backbone": weights_path(args.backbone),
+        },
+    )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     meta = provenance.start()
     settings = _settings(args)
     if args.whiten == "none" and args.whiten_images is not None:
         raise InputError("--whiten-images needs --whiten auto or --whiten pca")
-    check_outputs(
-        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
-        {"--images": args.images, "--whiten-images": args.whiten_images},
-    )
+    info: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         idx = build_index(
@@ -137,12 +169,16 @@ def cmd_build(args: argparse.Namespace) -> int:
             settings,
             whiten_images=args.whiten_images,
             progress=not args.quiet,
+            strict=args.strict,
+            info=info,
         )
+    warn_skipped(args, info["skipped"])
     _notes(caught)
     idx = _with_provenance(idx, meta)
     save_index(idx, args.out, overwrite=args.overwrite)
     print(f"whitening: {idx.whitening_info['reason']}")
-    print(f"indexed {idx.ntotal} images of {args.images}: {_label(idx)}")
+    skipped = f" ({len(info['skipped'])} skipped)" if info["skipped"] else ""
+    print(f"indexed {plural(idx.ntotal, 'image')} of {args.images}{skipped}: {_label(idx)}")
     print(f"wrote {args.out}")
     return 0
 
@@ -153,34 +189,77 @@ def _with_provenance(idx, meta: dict):
     return dataclasses.replace(idx, history=(*idx.history[:-1], last))
 
 
+def _add_paths(args: argparse.Namespace) -> Paths:
+    # --index is read and grown in place (new files beside the old ones): an output folder.
+    return Paths([Output("--index", args.index, kind="dir")], {"--images": args.images})
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     meta = provenance.start()
     idx = load_index(args.index)
     before = idx.ntotal
+    info: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        idx = add_to_index(idx, args.images, progress=not args.quiet)
+        grown = add_to_index(idx, args.images, progress=not args.quiet, strict=args.strict,
+                             info=info)  # fmt: skip
+    warn_skipped(args, info["skipped"])
     _notes(caught)
-    idx = _with_provenance(idx, meta)
-    save_index(idx, args.index)
+    counts = [f"{info['already_indexed']} already indexed"]
+    if info["skipped"]:
+        counts.append(f"{len(info['skipped'])} skipped")
+    if grown is idx:
+        print(f"nothing to add from {args.images} ({', '.join(counts)}): {args.index} unchanged, "
+              f"{plural(before, 'image')}")  # fmt: skip
+        return 0
+    grown = _with_provenance(grown, meta)
+    save_index(grown, args.index)
     print(
-        f"added {idx.ntotal - before} images of {args.images}: {idx.ntotal} in the index "
-        f"({_label(idx)}); whitening kept: {idx.whitening_info['reason']}"
+        f"added {plural(grown.ntotal - before, 'image')} of {args.images} ({', '.join(counts)}): "
+        f"{grown.ntotal} in the index ({_label(grown)}); whitening kept: "
+        f"{grown.whitening_info['reason']}"
     )
     print(f"wrote {args.index}")
     return 0
 
 
+def _query_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--png", args.png, suffix=".png"), Output("--json", args.json, suffix=".json")],
+        {
+            "--index": args.index,
+            **{f"--image {q}": q for q in args.image or ()},
+            "--images": args.images,
+        },
+    )
+
+
+def _queries(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The query images (--image, in order, then every image under --images) and the lines of
+    the --images ones skipped as bad (one policy: :func:`retrieval.image.usable_images`)."""
+    if not args.image and args.images is None:
+        raise InputError("give --image FILE (one or more times) or --images FOLDER")
+    queries = []
+    for q in args.image or ():
+        if Path(q).is_dir():
+            raise InputError(f"--image {q} is a folder: give an image file, or --images {q}")
+        if not Path(q).is_file():
+            raise InputError(f"--image {q}: image not found")
+        queries.append(str(q))
+    skipped: list[str] = []
+    if args.images is not None:
+        files = [str(f) for f in list_images(args.images)]
+        keep, skipped = usable_images(files, strict=args.strict)
+        queries += [files[i] for i in keep]
+    return queries, skipped
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InputError(f"--top must be >= 1, got {args.top}")
-    for path, suffix, flag in ((args.png, ".png", "--png"), (args.json, ".json", "--json")):
-        if path is not None and not str(path).lower().endswith(suffix):
-            raise InputError(f"{flag} must be a {suffix} file, got {path}")
-    check_outputs(
-        [Output("--png", args.png), Output("--json", args.json)],
-        {"--index": args.index, "--image": args.image},
-    )
+    queries, skipped = _queries(args)
+    if args.png is not None and len(queries) != 1:
+        raise InputError(f"--png draws one query; there are {len(queries)}: use --json")
     meta = provenance.start()
     idx = load_index(args.index)
     check_index_settings(
@@ -191,35 +270,48 @@ def cmd_query(args: argparse.Namespace) -> int:
         scales=parse_scales(args.scales),
         max_side=args.max_side,
     )
-    image = read_image_any(args.image)  # an unreadable query fails before any work
+    for q in queries:  # an unreadable query fails before any work
+        read_image_any(q)
+    warn_skipped(args, skipped)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        res = query_index(idx, image, k=args.top)
+        results = query_images(idx, queries, k=args.top)  # described together: one pass
     seconds = time.perf_counter() - t0
     _notes(caught)
     if args.top > idx.ntotal:
-        print(f"note: the index holds {idx.ntotal} images (--top {args.top})", file=sys.stderr)
-    print(f"{'rank':>4}  {'score':>7}  path")
-    for r, (s, p) in enumerate(zip(res.scores, res.paths)):
-        print(f"{r + 1:>4}  {s:7.4f}  {p}")
+        print(f"note: the index holds {plural(idx.ntotal, 'image')} (--top {args.top})",
+              file=sys.stderr)  # fmt: skip
+    for n, (q, res) in enumerate(zip(queries, results)):
+        if len(queries) > 1:
+            print(("\n" if n else "") + f"query {n + 1} of {len(queries)}: {q}")
+        print(f"{'rank':>4}  {'score':>7}  path")
+        for r, (s, p) in enumerate(zip(res.scores, res.paths)):
+            print(f"{r + 1:>4}  {s:7.4f}  {shown_path(p)}")
     if args.json is not None:
-        write_json(
-            args.json,
+        entries = [
             {
-                "index": str(args.index),
-                "image": str(args.image),
+                "image": str(Path(q).resolve()),
                 "results": [
                     {"rank": r + 1, "score": float(s), "id": int(i), "path": p}
                     for r, (s, i, p) in enumerate(zip(res.scores, res.ids, res.paths))
                 ],
-                "seconds_describe_and_search": seconds,
-                "index_info": {"count": idx.ntotal, "label": _label(idx)},
-                "metadata": provenance.finish(meta),
-            },
-        )
+            }
+            for q, res in zip(queries, results)
+        ]
+        doc = {
+            "index": str(Path(args.index).resolve()),
+            **(entries[0] if len(entries) == 1 else {}),
+            "queries": entries,
+            "skipped_queries": skipped,
+            "seconds_describe_and_search": seconds,
+            "index_info": {"count": idx.ntotal, "label": _label(idx)},
+            "metadata": provenance.finish(meta),
+        }
+        write_json(args.json, doc)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.png is not None:
+        res = results[0]
         files = idx.resolved_paths()
         shown = []
         for i in res.ids:
@@ -230,11 +322,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         with atomic_path(args.png) as tmp:
             query_figure(
                 tmp,
-                image,
+                read_image_any(queries[0]),
                 shown,
                 [float(s) for s in res.scores],
-                res.paths,
-                title=f"{Path(args.image).name}: {_label(idx)}",
+                [shown_path(p) for p in res.paths],
+                title=f"{Path(queries[0]).name}: {_label(idx)}",
             )
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
@@ -246,7 +338,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
-    print(f"{args.index}: {idx.ntotal} images, {_label(idx)}")
+    print(f"{args.index}: {plural(idx.ntotal, 'image')}, {_label(idx)}")
     print(f"whitening: {idx.whitening_info['reason']}")
     d = idx.description
     if d["kind"] == "global":
@@ -254,9 +346,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif d.get("model_sha256"):
         print(f"local model: {d['local']} (SHA-256 {d['model_sha256'][:16]}...)")
     for p in idx.parts:
-        print(f"part {p.id}: {len(p.paths)} images of {p.root or '(paths)'}")
+        print(f"part {p.id}: {plural(len(p.paths), 'image')} of {shown_path(p.root_abs)}")
     for h in idx.history:
-        print(f"{h['utc']}  {h['op']:<5}  {h['count']} images  {h['images']}")
+        extra = [f"{len(h['skipped'])} skipped"] if h.get("skipped") else []
+        if h.get("already_indexed"):
+            extra.insert(0, f"{h['already_indexed']} already indexed")
+        more = f" ({', '.join(extra)})" if extra else ""
+        print(f"{h['utc']}  {h['op']:<5}  {plural(h['count'], 'image')}{more}  {h['images']}")
     return 0
 
 
@@ -377,8 +473,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default auto)",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _strict_quiet(b)
     b.set_defaults(func=cmd_build)
+    declare_paths(b, _build_paths)
 
     a = add_command(
         isub,
@@ -387,33 +484,49 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Describes the images under --images with the index's settings and fitted models "
             "(never refitted) and adds them; the index is replaced with one rename, so an "
-            "interrupted add leaves the previous one. Images already indexed are refused."
+            "interrupted add leaves the previous one. Images already indexed are left out "
+            "(and counted): adding a growing folder again adds its new images."
         ),
         example="ckn index add --index photos.index --images more_photos/",
     )
     a.add_argument("--index", required=True, help="index folder (ckn index build)")
     a.add_argument("--images", required=True, help="folder of images to add (recursively)")
-    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    _strict_quiet(a)
     a.set_defaults(func=cmd_add)
+    declare_paths(a, _add_paths)
 
     q = add_command(
         isub,
         "query",
-        help="the nearest indexed images of one image",
+        help="the nearest indexed images of one or more images",
         description=(
-            "Describes --image with the index's settings and prints rank, score (cosine of the "
-            "index vectors) and path of its --top nearest indexed images. Description flags, "
-            "when given, must match the index's settings."
+            "Describes each query (--image, repeatable, and every image under --images) with "
+            "the index's settings, all in one pass, and prints rank, score (cosine of the index "
+            "vectors) and path of its --top nearest indexed images: one block per query, paths "
+            "relative to the working folder or absolute (absolute in --json). Description "
+            "flags, when given, must match the index's settings."
         ),
-        example="ckn index query --index photos.index --image q.jpg --top 10 --png q.png",
+        example="ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
+        "ckn index query --index photos.index --images queries/ --json results.json",
     )
     q.add_argument("--index", required=True, help="index folder (ckn index build)")
-    q.add_argument("--image", required=True, help="the query image")
-    q.add_argument("--top", type=int, default=10, help="results to print (default 10)")
-    q.add_argument("--png", default=None, help="also draw the query and its results (a .png)")
+    q.add_argument(
+        "--image", action="append", default=None, help="a query image (give it several times "
+        "for several queries)"
+    )  # fmt: skip
+    q.add_argument("--images", default=None, help="a folder of query images (searched recursively)")
+    q.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    q.add_argument("--png", default=None, help="also draw the query and its results (a .png; "
+                   "one query)")  # fmt: skip
     q.add_argument("--json", default=None, help="also write the results (a .json)")
+    q.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on a bad image under --images (default: skip it with a warning)",
+    )
     _description_flags(q, query=True)
     q.set_defaults(func=cmd_query)
+    declare_paths(q, _query_paths)
 
     i = add_command(
         isub,
@@ -425,3 +538,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--index", required=True, help="index folder (ckn index build)")
     i.add_argument("--json", action="store_true", help="print index.json's summary as JSON")
     i.set_defaults(func=cmd_info)
+    declare_paths(i, lambda args: Paths([], {"--index": args.index}))
+
+
+def _strict_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable, truncated or too small image (default: skip it "
+        "with a warning line, counted in index.json)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars (warnings are shown)")

@@ -4,49 +4,48 @@ This package is the only place that may import both ``ckn`` (public API) and
 ``retrieval``; neither library imports it.
 
 Each sub-command lives in its own module with a ``register(subparsers)``
-function that adds its parser and sets ``func(args) -> int``. Errors from bad
-input (``InputError``, missing files) and from bad arguments (argparse's usage
-errors) print one line and exit with status 2. SIGINT (Ctrl-C) and SIGTERM
-(``kill``, a batch system's time limit) stop a command the same way: the
-temporary outputs are removed (``ckn.files.atomic_path``), one line says so, and
-the exit status is 130 (SIGINT) or 143 (SIGTERM), as a shell reports a
-process killed by that signal.
+function that adds its parser and sets ``func(args) -> int`` and ``paths(args)``
+(:func:`retrieval.cli.flags.declare_paths`: what it writes and reads). Before a
+command runs, its outputs are checked against its inputs
+(:func:`retrieval.cli.flags.check_outputs`), so no command can forget it.
+Errors from bad input (``InputError``, missing files) and from bad arguments
+(argparse's usage errors) print one line, ``ckn CMD: error: ...`` (``ckn index
+build: error: ...`` for the sub-commands of ``ckn index``), and exit with status 2.
+
+SIGINT (Ctrl-C) and SIGTERM (``kill``, a batch system's time limit) stop a
+command the same way: the temporary outputs are removed
+(``ckn.files.atomic_path``), one line says so (on a line of its own, after any
+progress bar), and the exit status is 130 (SIGINT) or 143 (SIGTERM), as a shell
+reports a process killed by that signal. The handlers are installed before the
+command modules (and JAX) are imported, and once a signal has arrived any
+exception is taken for its consequence: on CPU, JAX runs host callbacks (the
+progress of k-means) on the main thread, where the signal's exception is
+turned into a ``JaxRuntimeError``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import logging
 import os
 import signal
 import sys
 import threading
 
-import ckn
-from ckn import InputError
-from retrieval.cli import (
-    describe,
-    eval_images,
-    eval_patches,
-    finetune,
-    index,
-    patches,
-    reproduce,
-    train,
-    train_global,
-)
-
-# Modules that contribute sub-commands, in the order of `ckn --help`.
-_COMMAND_MODULES = (
-    train,
-    finetune,
-    describe,
-    patches,
-    eval_patches,
-    reproduce,
-    eval_images,
-    index,
-    train_global,
+# The modules that contribute sub-commands, in the order of `ckn --help` (imported by
+# build_parser: after main() has installed its signal handlers).
+_COMMANDS = (
+    "train",
+    "finetune",
+    "describe",
+    "patches",
+    "eval_patches",
+    "reproduce",
+    "eval_images",
+    "index",
+    "train_global",
 )
 
 
@@ -62,70 +61,222 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def _leaves(parser: argparse.ArgumentParser):
+    """The parsers that run a command (those without sub-commands), depth first."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+        return
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaves(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    import ckn
+
     parser = _Parser(
         prog="ckn",
         description="Convolutional kernel networks for patch and image retrieval.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parser.add_argument("--version", action="version", version=f"ckn {ckn.__version__}")
-    for module in _COMMAND_MODULES:
-        module.register(sub)
+    for name in _COMMANDS:
+        importlib.import_module(f"retrieval.cli.{name}").register(sub)
+    for leaf in _leaves(parser):
+        missing = [k for k in ("func", "paths") if leaf.get_default(k) is None]
+        if missing:  # a programming error: every command declares what it writes and reads
+            raise RuntimeError(f"{leaf.prog} sets no {' and no '.join(missing)}")
+        leaf.set_defaults(cli_prog=leaf.prog)
     return parser
+
+
+# Seconds between the raises of a signal's exception until main has caught it (see _signals).
+_RETRY = 0.25
+# JAX logs an exception raised inside a host callback (with its traceback) before passing it on.
+_CALLBACK_LOGGERS = ("jax._src.debugging", "jax._src.callback")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt (so cleanup runs)."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises ``Terminated`` while the command runs (main thread only; restored after)."""
+def _signals(received: list[int]):
+    """SIGTERM (and SIGINT, where Python raises KeyboardInterrupt for it) record the signal in
+    ``received`` and raise ``Terminated`` / ``KeyboardInterrupt`` (main thread only; restored
+    after).
+
+    Python runs a handler between any two bytecodes, also where raising goes wrong (see
+    :func:`_unsafe`): inside a garbage-collection callback (JAX registers one) the exception
+    was printed as "Exception ignored" and the command went on; inside an import it could
+    crash the process. There the handler only records the signal; and once a signal has
+    arrived, a timer raises it again every ``_RETRY`` seconds where it is safe and no
+    exception is in hand (one on its way to main runs the cleanup in ``finally`` blocks and
+    ``__exit__`` methods, where it is the exception in hand, and is not interrupted) until
+    main has caught it.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    loggers = [logging.getLogger(name) for name in _CALLBACK_LOGGERS]
+    disabled = [lg.disabled for lg in loggers]
+
+    def interrupt(signum: int):
+        return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def handler(signum, frame):
+        first = not received
+        received.append(signum)
+        for lg in loggers:  # raised inside a host callback, the exception is logged there
+            lg.disabled = True
+        if first:
+            signal.setitimer(signal.ITIMER_REAL, _RETRY, _RETRY)
+        if not _unsafe(frame):
+            raise interrupt(signum)
+
+    def again(signum, frame):
+        if sys.exc_info()[1] is None and not _unsafe(frame):  # the first one was dropped
+            raise interrupt(received[0])
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
+        signal.SIGALRM: signal.signal(signal.SIGALRM, again),
+    }
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where ignored
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, h in previous.items():
+            signal.signal(signum, h)
+        for lg, d in zip(loggers, disabled):
+            lg.disabled = d
+
+
+def _unsafe(frame) -> bool:
+    """Whether raising in ``frame`` would go wrong: the exception would be dropped ("Exception
+    ignored": a garbage-collection callback, a ``__del__`` method, or code called from one),
+    or it would stop an import halfway (a C extension half set up crashed the process with
+    SIGSEGV on the way out)."""
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    depth = 0
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib."):
+            return True
+        if depth < 8 and (code in codes or code.co_name == "__del__"):
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _prog_of(argv: list[str] | None) -> str:
+    """``ckn CMD`` from the arguments, before they are parsed (a signal during the imports)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    cmd = next((w for w in words if not w.startswith("-")), None)
+    return "ckn" if cmd is None else f"ckn {cmd}"
+
+
+class _LineEnds:
+    """A text stream that remembers whether what was written last ended a line (or went back
+    to its start, as a progress bar's carriage return does)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        n = self._stream.write(text)
+        if text:
+            self.at_line_start = text.endswith(("\n", "\r"))
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def main(argv: list[str] | None = None) -> int:
+    received: list[int] = []
+    state: dict = {"prog": _prog_of(argv), "args": None}
+    stderr = sys.stderr
+    sys.stderr = _LineEnds(stderr)
+    try:
+        with _signals(received):
+            return _dispatch(argv, state)
+    except BaseException as e:  # noqa: BLE001  (sorted below; anything else is re-raised)
+        code = _outcome(e, received, state)
+        if code is None:
+            raise
+        if argv is None and code in (130, 143):  # the process's entry point (console script, -m)
+            _exit_now(code)
+        return code
+    finally:
+        if isinstance(sys.stderr, _LineEnds):
+            sys.stderr = stderr
+
+
+def _dispatch(argv: list[str] | None, state: dict) -> int:
+    from retrieval.cli.flags import check_outputs
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except _UsageError:
         return 2
-    try:
-        with _sigterm_as_interrupt():
-            return int(args.func(args) or 0)
-    except (
-        InputError,
-        FileNotFoundError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-    ) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ckn {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
+    state.update(prog=args.cli_prog, args=args)
+    check_outputs(*args.paths(args))
+    return int(args.func(args) or 0)
+
+
+def _outcome(e: BaseException, received: list[int], state: dict) -> int | None:
+    """The exit status of a command that raised ``e`` (None: a bug, re-raised), its line said."""
+    prog = state["prog"]
+    if received or isinstance(e, KeyboardInterrupt):
+        # A signal arrived: whatever was raised since (a JaxRuntimeError from a host
+        # callback too) is its consequence. Cleanup has run.
+        sigterm = (received[0] if received else signal.SIGINT) == signal.SIGTERM
+        _close_progress_bars()
+        note = _resume_note(state["args"])
+        # On a line of its own: a bar or a print cut short by the signal left its line open.
+        start = "" if getattr(sys.stderr, "at_line_start", True) else "\n"
+        print(f"{start}{prog}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}{note}",
+              file=sys.stderr)  # fmt: skip
+        return 128 + (signal.SIGTERM if sigterm else signal.SIGINT)
+    if isinstance(e, BrokenPipeError):
         # Output piped into e.g. `head`, which closed early: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (Terminated); cleanup has run
-        sigterm = isinstance(e, Terminated)
-        print(f"ckn {args.command}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}",
-              file=sys.stderr)  # fmt: skip
-        code = 128 + (signal.SIGTERM if sigterm else signal.SIGINT)
-        if argv is None:  # the process's entry point (console script, python -m)
-            _exit_now(code)
-        return code
+    from ckn import InputError
+
+    if isinstance(
+        e, (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    ):
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    return None
+
+
+def _resume_note(args) -> str:
+    """``; the checkpoint OUT.ckpt is kept: ...`` for a command that has one on disk."""
+    note = getattr(args, "interrupt_note", None)
+    return "" if note is None else note(args) or ""
+
+
+def _close_progress_bars() -> None:
+    """Closes the live tqdm bars, so that the next line starts at the left margin."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:
+        return
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
 
 
 def _exit_now(code: int) -> None:

@@ -30,7 +30,7 @@ from ckn import InputError
 from ckn.files import atomic_path
 from retrieval import patches as P
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, check_outputs
+from retrieval.cli.flags import Output, Paths, add_command, declare_paths
 from retrieval.patches import PATCH_SIZE
 
 _EXAMPLE = """\
@@ -52,11 +52,6 @@ def _source_path(args: argparse.Namespace, source: str) -> str | None:
     return {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
 
 
-def _check_suffix(path: str | None, suffix: str, flag: str) -> None:
-    if path is not None and Path(path).suffix.lower() != suffix:
-        raise InputError(f"{flag} must be a {suffix} file, got {path}")
-
-
 def _check_args(args: argparse.Namespace, source: str) -> None:
     if args.size < 8:
         raise InputError(f"--size must be >= 8, got {args.size}")
@@ -69,16 +64,17 @@ def _check_args(args: argparse.Namespace, source: str) -> None:
             raise InputError(f"--views must be >= 2, got {args.views}")
     if args.test_scenes is not None and source == "default":
         raise InputError("--test-scenes does not apply to --default (its split by photo is fixed)")
-    _check_suffix(args.out, ".npz", "--out")
-    _check_suffix(args.contact_sheet, ".png", "--contact-sheet")
-    _check_suffix(args.stats_json, ".json", "--stats-json")
+
+
+def _paths(args: argparse.Namespace) -> Paths:
     if args.tfds is not None and Path(args.tfds).exists() and not Path(args.tfds).is_dir():
         raise InputError(f"--tfds must be a folder, got the file {args.tfds}")
-    check_outputs(
+    source = _source(args)
+    return Paths(
         [
-            Output("--out", args.out),
-            Output("--contact-sheet", args.contact_sheet),
-            Output("--stats-json", args.stats_json),
+            Output("--out", args.out, suffix=".npz"),
+            Output("--contact-sheet", args.contact_sheet, suffix=".png"),
+            Output("--stats-json", args.stats_json, suffix=".json"),
             Output("--tfds", args.tfds, kind="dir"),
         ],
         {f"--{source}": _source_path(args, source) or None},
@@ -300,3 +296,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patches)
+    declare_paths(p, _paths)

@@ -9,7 +9,7 @@ from pathlib import Path
 import ckn
 from ckn import InputError
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, add_precision_flag, check_outputs
+from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
 from retrieval.patches import (
     BASELINES,
     DEFAULT_DESCRIPTORS,
@@ -22,17 +22,16 @@ from retrieval.patches import (
 )
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    descriptors = tuple(d.strip() for d in args.descriptors.split(",") if d.strip())
-    if args.sequences is not None and not Path(args.sequences).is_dir():
-        raise InputError(f"--sequences {args.sequences}: not a directory")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    finetune = _finetune_config(args, descriptors)
+def _descriptors(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(d.strip() for d in args.descriptors.split(",") if d.strip())
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    """--out, its results.json and .png, and the model folder of each trained row."""
     out = Path(args.out)
-    models = [d for d in descriptors if d not in BASELINES and d in ckn.PRESETS]
-    models += [FINETUNED_DIR] if finetune is not None else []
-    check_outputs(
+    models = [d for d in _descriptors(args) if d not in BASELINES and d in ckn.PRESETS]
+    models += [FINETUNED_DIR] if args.finetune else []
+    return Paths(
         [
             Output("--out", out, kind="dir"),
             Output("--out (results.json)", out / "results.json"),
@@ -44,6 +43,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         ],
         {"--patches": args.patches, "--sequences": args.sequences},
     )
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    descriptors = _descriptors(args)
+    if args.sequences is not None and not Path(args.sequences).is_dir():
+        raise InputError(f"--sequences {args.sequences}: not a directory")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    finetune = _finetune_config(args, descriptors)
     meta = provenance.start()
     results = reproduce(
         quick=args.quick,
@@ -132,3 +140,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)
+    declare_paths(p, _paths)

@@ -20,10 +20,13 @@ import ckn
 from ckn import PRESETS, InputError, LayerConfig
 from retrieval.cli.flags import (
     Output,
+    Paths,
     add_architecture_flags,
     add_command,
-    check_outputs,
+    checkpoint_dir,
     config_from_args,
+    declare_paths,
+    resume_note,
 )
 
 
@@ -37,23 +40,19 @@ def _describe_layers(layers: tuple[LayerConfig, ...]) -> str:
     )
 
 
-def checkpoint_dir(out: str | Path) -> Path:
-    """The checkpoint folder of an output model folder: ``OUT.ckpt`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + ".ckpt")
+def _paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [
+            Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite),
+            Output("--out (checkpoint)", checkpoint_dir(args.out), kind="dir", replaced=True),
+        ],
+        {"--patches": args.patches},
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out, ckpt = Path(args.out), checkpoint_dir(args.out)
-    inputs = {"--patches": args.patches}
-    check_outputs(
-        [
-            Output("--out", out, kind="dir", replaced=True, overwrite=args.overwrite),
-            Output("checkpoint", ckpt, kind="dir", replaced=True),
-        ],
-        inputs,
-    )
     if ckpt.exists() and not (args.overwrite or args.resume):
         raise InputError(
             f"a checkpoint of an interrupted run is in {ckpt}: use --resume to continue it "
@@ -137,4 +136,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_architecture_flags(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, interrupt_note=resume_note)
+    declare_paths(p, _paths)

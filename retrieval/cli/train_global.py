@@ -33,13 +33,27 @@ import numpy as np
 import ckn
 from ckn import InputError
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, add_command, add_training_flags, check_outputs
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    add_command,
+    add_training_flags,
+    checkpoint_dir,
+    declare_paths,
+    fields_as_flags,
+    plural,
+    validation_summary,
+    warn,
+    warn_skipped,
+    weights_path,
+)
 from retrieval.image import (
     HEAD_KINDS,
     HEAD_MARGINS,
     MINING,
     GlobalHeadConfig,
     backbone_info,
+    check_images,
     load_backbone_spec,
     load_image_folder,
     maps_bytes,
@@ -49,17 +63,24 @@ from retrieval.image import (
 )
 
 _D = GlobalHeadConfig()
+# GlobalHeadConfig fields named in library messages -> the flags that set them.
+_FIELDS = {
+    "dim": "--dim",
+    "epochs": "--epochs",
+    "groups_per_batch": "--groups",
+    "images_per_group": "--group-size",
+    "negatives": "--negatives",
+    "pool_size": "--pool-size",
+    "side": "--side",
+    "max_cache_mib": "--max-cache-mib",
+    "lr": "--lr",
+    "margin": "--margin",
+}
 _EXAMPLE = """\
 ckn train-global --images train_scenes --val-images val_scenes --head gem --out heads/gem
 ckn train-global --images train_scenes --head rmac --dim 512 --whiten --mining pool --out heads/rmac
 ckn eval-images --images test_scenes --global gem --global-head heads/gem
 """
-
-
-def checkpoint_dir(out: str | Path) -> Path:
-    """The checkpoint folder of a head folder: ``HEAD_DIR.ckpt`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + ".ckpt")
 
 
 def _config(args: argparse.Namespace) -> GlobalHeadConfig:
@@ -82,27 +103,24 @@ def _config(args: argparse.Namespace) -> GlobalHeadConfig:
     )
 
 
-def _weights_file(spec: str) -> str | None:
-    _, _, path = spec.partition(":")
-    return path or None
+def _paths(args: argparse.Namespace) -> Paths:
+    go_on = args.overwrite or args.resume
+    return Paths(
+        [
+            Output("--out", args.out, kind="dir", replaced=True, overwrite=go_on),
+            Output("--out (checkpoint)", checkpoint_dir(args.out), kind="dir", replaced=True),
+        ],
+        {
+            "--images": args.images,
+            "--val-images": args.val_images,
+            "--backbone": weights_path(args.backbone),
+        },
+    )
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The checkpoint's state (the destinations were checked by main)."""
     out, ckpt = Path(args.out), checkpoint_dir(args.out)
-    inputs = {
-        "--images": args.images,
-        "--val-images": args.val_images,
-        "--backbone": _weights_file(args.backbone),
-    }
-    check_outputs(
-        [
-            Output(
-                "--out", out, kind="dir", replaced=True, overwrite=args.overwrite or args.resume
-            ),
-            Output("checkpoint", ckpt, kind="dir", replaced=True),
-        ],
-        inputs,
-    )
     if ckpt.exists() and not (args.overwrite or args.resume):
         raise InputError(
             f"a checkpoint of an interrupted run is in {ckpt}: use --resume to continue it "
@@ -113,9 +131,18 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return out, ckpt
 
 
+def _folder(args: argparse.Namespace, path, skipped: list[str]):
+    """A folder of groups with its bad images skipped (the policy of every command)."""
+    coll, lines = check_images(load_image_folder(path), strict=args.strict)
+    skipped += lines
+    return coll
+
+
 def _data(args: argparse.Namespace):
-    """Training paths and labels, validation paths and labels (or None), and a description."""
-    coll = load_image_folder(args.images)
+    """Training paths and labels, validation paths and labels (or None), and a description
+    (with ``skipped_images``: a "PATH: reason" line per bad image skipped)."""
+    skipped: list[str] = []
+    coll = _folder(args, args.images, skipped)
     paths, labels = list(coll.paths), coll.labels
     counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
     if int((counts >= 2).sum()) < 2:
@@ -123,11 +150,11 @@ def _data(args: argparse.Namespace):
             f"{args.images}: training needs two groups of two or more images, "
             f"found {int((counts >= 2).sum())}"
         )
-    desc = {"images": str(args.images), "groups": len(coll.groups)}
+    desc = {"images": str(args.images), "groups": len(coll.groups), "skipped_images": skipped}
     if args.val_images is not None:
         if args.val_fraction is not None:
             raise InputError("give --val-images or --val-fraction, not both")
-        vcoll = load_image_folder(args.val_images)
+        vcoll = _folder(args, args.val_images, skipped)
         shared = {p.resolve() for p in paths} & {p.resolve() for p in vcoll.paths}
         if shared:
             raise InputError(
@@ -169,9 +196,13 @@ def _data(args: argparse.Namespace):
 
 def cmd_train_global(args: argparse.Namespace) -> int:
     meta = provenance.start()
-    cfg = _config(args)
+    if args.head == "gem" and not args.whiten and args.dim is not None:
+        raise InputError("--dim applies to --head rmac or --whiten: a gem head keeps C channels")
+    with fields_as_flags(_FIELDS):
+        cfg = _config(args)
     out, ckpt = _check_paths(args)
     paths, labels, vpaths, vlabels, data = _data(args)
+    warn_skipped(args, data["skipped_images"])
     backbone = load_backbone_spec(args.backbone)
     if cfg.side % backbone.stride:
         raise InputError(
@@ -188,8 +219,8 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         shutil.rmtree(ckpt)
     print(
         f"training a {cfg.head}{' + whitening' if cfg.whiten else ''} head on {backbone.name} "
-        f"maps ({backbone.channels} channels) of {len(paths)} images "
-        f"({data['groups']} groups) at {cfg.side} px; validation: {data['validation']}; "
+        f"maps ({backbone.channels} channels) of {plural(len(paths), 'image')} "
+        f"({plural(data['groups'], 'group')}) at {cfg.side} px; validation: {data['validation']}; "
         f"{cfg.loss} loss, margin {cfg.margin_value}, {cfg.mining} mining, {cfg.epochs} epochs, "
         f"lr {cfg.lr}, seed {args.seed}" + (f"; resuming from {ckpt}" if args.resume else ""),
         file=sys.stderr,
@@ -202,17 +233,20 @@ def cmd_train_global(args: argparse.Namespace) -> int:
         vmaps = prepare_maps(backbone, vpaths, side=cfg.side, progress=not args.quiet, info=info_v)
         validation = (vmaps, vlabels)
     maps_seconds = time.perf_counter() - t0
-    head, report = train_global_head(
-        maps,
-        labels,
-        cfg,
-        seed=args.seed,
-        validation=validation,
-        backbone=backbone_info(backbone, args.backbone),
-        progress=not args.quiet,
-        checkpoint=ckpt,
-        resume=args.resume,
-    )
+    with fields_as_flags(_FIELDS):
+        head, report = train_global_head(
+            maps,
+            labels,
+            cfg,
+            seed=args.seed,
+            validation=validation,
+            backbone=backbone_info(backbone, args.backbone),
+            progress=not args.quiet,
+            checkpoint=ckpt,
+            resume=args.resume,
+        )
+    if report.init.get("dim_capped"):
+        warn(args, f"{report.init['dim_capped']} (--dim sets it)")
     data.update(
         train_images=len(paths),
         validation_images=len(vpaths) if vpaths else 0,
@@ -228,18 +262,11 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     }
     save_global_head(head, out, training=training)
     shutil.rmtree(ckpt, ignore_errors=True)
-    hist = report.history
-    val = ""
-    if report.best_val_map is not None:
-        val = (
-            f"validation mAP {100 * hist[0]['val_map']:.2f} -> {100 * report.best_val_map:.2f} "
-            f"(epoch {report.best_epoch} of {report.epochs_done}"
-            f"{', stopped early' if report.stopped_early else ''}), "
-        )
-    p = "" if head.p is None else f"p {cfg.p:g} -> {float(head.p.get_value()):.3f}, "
+    p = "" if head.p is None else f"p {cfg.p:g} -> {float(head.p.get_value()):.3f}; "
     print(
         f"saved {out}: {head.kind}{' + whitening' if head.whitened else ''} head, "
-        f"{head.dim}-D; {p}{val}{report.steps} steps ({report.steps_per_second:.1f} steps/s), "
+        f"{head.dim}-D; {p}{validation_summary(report, 'the initial head')}; "
+        f"{report.steps} steps ({report.steps_per_second:.1f} steps/s), "
         f"{time.perf_counter() - t0:.0f} s"
     )
     return 0
@@ -340,4 +367,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         out="HEAD_DIR",
         help={"overwrite": "replace HEAD_DIR and its checkpoint", "quiet": "no progress bars"},
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable, truncated or too small image (default: skip it "
+        "with a warning line, counted in the head's training record)",
+    )
     p.set_defaults(func=cmd_train_global)
+    declare_paths(p, _paths)

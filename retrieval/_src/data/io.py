@@ -27,11 +27,34 @@ IMAGE_EXTENSIONS = (
 )
 
 
+#: Why a JPEG file without its end-of-image marker is refused (every reader says the same).
+TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
+
+
+def jpeg_truncated(path: str | os.PathLike) -> bool:
+    """Whether a file starts as a JPEG but lacks the end-of-image marker (zero padding allowed).
+
+    OpenCV decodes such a file half grey, saying so only in a libjpeg message on
+    stderr; every image reader and :func:`retrieval.image.image_problem` refuse it
+    by this one test.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    return not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image as RGB uint8 (H, W, 3); InputError if missing or unreadable."""
+    """Reads an image as RGB uint8 (H, W, 3); InputError if missing, unreadable or a
+    truncated JPEG."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
+    if jpeg_truncated(path):
+        raise InputError(f"cannot read image ({TRUNCATED_JPEG}): {path}")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise InputError(f"cannot read image (unknown format or corrupt): {path}")

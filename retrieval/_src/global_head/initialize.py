@@ -103,10 +103,20 @@ def init_head_params(maps: HeadMaps, labels, config: GlobalHeadConfig, *, seed: 
         params = params._replace(p=jnp.asarray(config.p, jnp.float32))
     else:
         regions = _regions(maps, config.levels, MAX_PCA_REGIONS, seed)
-        dim = c if config.dim is None else config.dim
-        if dim > c:
-            raise InputError(f"dim {dim} exceeds the backbone's {c} channels")
-        pca = fit_pca_whitening(regions, dim)
+        if config.dim is not None and config.dim > c:
+            raise InputError(f"dim {config.dim} exceeds the backbone's {c} channels")
+        try:  # the default (C) capped to what the regions span; a given dim must fit
+            pca = fit_pca_whitening(regions, config.dim or c, cap=config.dim is None)
+        except InputError as e:
+            if config.dim is None:
+                raise
+            raise InputError(f"dim {config.dim} is too large for these images: {e}") from None
+        dim = pca.projection.shape[0]
+        if dim < c and config.dim is None:
+            info["dim_capped"] = (
+                f"R-MAC projection to {dim}-D instead of the default {c} (the channels): the "
+                f"{regions.shape[0]} regions of the training images span {dim} directions"
+            )
         params = params._replace(
             shift=jnp.asarray(pca.mean, jnp.float32),
             proj=jnp.asarray(_rescaled(pca.projection.T), jnp.float32),
@@ -121,13 +131,23 @@ def init_head_params(maps: HeadMaps, labels, config: GlobalHeadConfig, *, seed: 
         pairs = group_pairs(labels)
         if pairs.shape[0] == 0:
             raise InputError("learned whitening needs groups: no group holds two training images")
-        d_in = v.shape[1]
-        if config.head == "gem" and config.dim is not None:
-            dim = config.dim
-        else:  # beyond n - 1 directions the training vectors have no variance
-            dim = min(d_in, v.shape[0] - 1)
-        if dim > d_in:
-            raise InputError(f"whitening dim {dim} exceeds its input dimension {d_in}")
+        d_in, n = v.shape[1], v.shape[0]
+        want = config.dim if config.head == "gem" and config.dim is not None else d_in
+        if config.head == "gem" and want > d_in:
+            raise InputError(f"dim {want} exceeds the whitening's input dimension {d_in}")
+        # Beyond n - 1 directions the n training vectors have no variance.
+        dim = min(want, n - 1)
+        if dim < want and config.dim is not None:
+            raise InputError(
+                f"dim {config.dim} with whitening: the learned whitening of {n} training "
+                f"images keeps at most {n - 1} dimensions: give a dim <= {n - 1} or more images"
+            )
+        if dim < want:
+            info["dim_capped"] = " and ".join(
+                [*([info["dim_capped"]] if "dim_capped" in info else []),
+                 f"whitening to {dim}-D instead of {want}: {n} training images span at most "
+                 f"{n - 1} directions"]
+            )  # fmt: skip
         lw = _learned_whitening(v, pairs, dim, config.whiten_shrinkage)
         params = params._replace(
             w_shift=jnp.asarray(lw.mean, jnp.float32),

@@ -40,10 +40,18 @@ On disk (``DIR/``)::
                             descriptor + model SHA-256, LocalConfig, VladConfig),
                             whitening, vlad, search, parts, history
     part-<id>.npy           (n, dim) float32 searchable (whitened, L2-normalized) vectors
-    part-<id>.json          {"root": as given, "root_abs", "paths": [relative to root]}
+    part-<id>.json          {"root": as given, "root_abs", "root_rel": root_abs relative to
+                            DIR, "paths": [relative to root]}
     whitening.npz           the fitted PCA-whitening (global descriptors; absent if none)
     vlad.npz                codebook, local PCA, VLAD PCA (local descriptors)
     ivfpq-<generation>.faiss  the trained IVF-PQ index (absent for exact search)
+
+Image paths. The paths of an index (:attr:`SavedIndex.paths`, ``query_index(...).paths``)
+are absolute, so they open from any working folder. On disk each part keeps its root
+twice: absolute (``root_abs``) and relative to the index folder (``root_rel``);
+:func:`load_index` takes the relative one when that folder exists (an index moved
+together with its images, or reached through another mount point) and the absolute one
+otherwise (an index moved alone).
 
 Writes are atomic. :func:`save_index` of a new index writes a temporary sibling
 folder and renames it. Saving an index grown by :func:`add_to_index` over the folder it
@@ -90,7 +98,7 @@ from retrieval._src.index.core import (
     _make_searcher,
 )
 from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES
-from retrieval._src.index.query import index_info, query_index
+from retrieval._src.index.query import index_info, query_images, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
     FORMAT,
@@ -127,6 +135,7 @@ __all__ = [
     "describe_for_index",
     "index_info",
     "load_index",
+    "query_images",
     "query_index",
     "save_index",
 ]
@@ -208,20 +217,33 @@ def _json_ready(x):
     return x
 
 
-def _write_part(folder: Path, index: SavedIndex, i: int, start: int) -> None:
+def _write_part(folder: Path, index: SavedIndex, i: int, start: int, home: Path) -> None:
+    """Writes part ``i`` into ``folder``; ``home``: the index folder its root is relative to."""
     p = index.parts[i]
     n = len(p.paths)
     _write_npy(folder / f"part-{p.id}.npy", index.vectors[start : start + n])
+    rel = os.path.relpath(p.root_abs, home.resolve())
     _write_json(
         folder / f"part-{p.id}.json",
-        {"root": p.root, "root_abs": p.root_abs, "paths": list(p.paths)},
-    )
+        {"root": p.root, "root_abs": p.root_abs, "root_rel": Path(rel).as_posix(),
+         "paths": list(p.paths)},
+    )  # fmt: skip
 
 
-def _write_all(folder: Path, index: SavedIndex) -> None:
+def _root_now(folder: Path, meta: dict) -> str:
+    """A part's root as it is now: relative to the index folder if that folder exists."""
+    rel = meta.get("root_rel")
+    if rel is not None:
+        here = (folder / rel).resolve()
+        if here.is_dir():
+            return str(here)
+    return meta["root_abs"]
+
+
+def _write_all(folder: Path, index: SavedIndex, home: Path) -> None:
     start = 0
     for i, p in enumerate(index.parts):
-        _write_part(folder, index, i, start)
+        _write_part(folder, index, i, start, home)
         start += len(p.paths)
     if index.whitening is not None:
         _write_npz(folder / _WHITENING_FILE, _npz_whitening(index.whitening))
@@ -300,7 +322,7 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
                 )
             start = sum(len(p.paths) for p in index.parts[: len(ids)])
             for i in range(len(ids), len(index.parts)):
-                _write_part(folder, index, i, start)
+                _write_part(folder, index, i, start, folder)
                 start += len(index.parts[i].paths)
             head = _header(index)
             if head["search"]["file"]:
@@ -314,7 +336,7 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
         if not overwrite:
             raise InputError(f"{folder} holds another index: use --overwrite to replace it")
     with atomic_path(folder, is_dir=True) as tmp:
-        _write_all(Path(tmp), index)
+        _write_all(Path(tmp), index, folder)
     return folder
 
 
@@ -331,6 +353,9 @@ def _remove_unnamed(folder: Path, head: dict) -> None:
 
 def load_index(directory: str | os.PathLike) -> SavedIndex:
     """Reads an index written by :func:`save_index` (nothing is described again).
+
+    Each part's images are found relative to the index folder when they are there,
+    else at their absolute path (see "Image paths" in the module docstring).
 
     Raises:
       InputError: not an index folder, another format version, missing or damaged files.
@@ -367,7 +392,7 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
             if len(meta["paths"]) != v.shape[0]:
                 raise InputError(f"{folder / p['paths']}: {len(meta['paths'])} paths for "
                                  f"{v.shape[0]} vectors: the index folder is damaged")  # fmt: skip
-            parts.append(Part(p["id"], meta["root"], meta["root_abs"], tuple(meta["paths"])))
+            parts.append(Part(p["id"], meta["root"], _root_now(folder, meta), tuple(meta["paths"])))
             chunks.append(v)
         vectors = np.ascontiguousarray(np.concatenate(chunks) if chunks else np.zeros((0, dim)))
         if vectors.shape[0] != int(doc["count"]):

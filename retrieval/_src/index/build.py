@@ -20,8 +20,8 @@ import numpy as np
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
 from retrieval._src.global_desc import extract_global, read_image_any
-from retrieval._src.image_folder import list_images
-from retrieval._src.index.core import Part, SavedIndex, _grow, _make_searcher, _method
+from retrieval._src.image_folder import list_images, usable_images
+from retrieval._src.index.core import Part, SavedIndex, _grow, _join, _make_searcher, _method
 from retrieval._src.index.models import _backbone, _describer
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
@@ -71,17 +71,19 @@ def _collect(images, root) -> tuple[str, Path, list[Path], list[str]]:
     return given, (base.resolve() if base is not None else Path.cwd()), out, rels
 
 
-def _check_new(index: SavedIndex | None, files: list[Path]) -> None:
-    seen = {}
+def _check_twice(files: list[Path]) -> None:
+    seen = set()
     for f in files:
         if f in seen:
             raise InputError(f"image given twice: {f}")
-        seen[f] = True
-    if index is not None:
-        have = set(index.resolved_paths())
-        for f in files:
-            if f in have:
-                raise InputError(f"already in the index: {f} (nothing added)")
+        seen.add(f)
+
+
+def _usable(given: str, files: list[Path], rels: list[str], strict: bool):
+    """(files, rels) of the usable images and a ``"PATH: reason"`` line per skipped one
+    (:func:`retrieval.image.usable_images`: the bad-image policy of every command)."""
+    keep, skipped = usable_images(files, names=[_join(given, r) for r in rels], strict=strict)
+    return [files[i] for i in keep], [rels[i] for i in keep], skipped
 
 
 # --------------------------------------------------------------------------- describing
@@ -136,8 +138,14 @@ def build_index(
     whiten_images=None,
     progress: bool = False,
     record: dict | None = None,
+    strict: bool = False,
+    info: dict | None = None,
 ) -> SavedIndex:
     """Describes a collection, fits whitening / VLAD, and returns a searchable index.
+
+    Unreadable, truncated and too small images (:func:`retrieval.image.usable_images`)
+    are skipped, listed in the history entry's ``skipped`` and in ``info``; ``strict``
+    raises on the first instead.
 
     Args:
       images: a folder (every image under it, recursively) or a list of image paths
@@ -148,24 +156,35 @@ def build_index(
         (and for VLAD the codebook) on; default: the indexed images.
       progress: progress bars.
       record: extra JSON-ready facts for the history entry (e.g. the command's provenance).
+      strict: raise on the first bad image instead of skipping it.
+      info: if given, filled with ``count`` (images indexed) and ``skipped`` (one
+        ``"PATH: reason"`` line per skipped image, whitening images too).
 
     Returns:
       A :class:`SavedIndex` (not written: :func:`save_index` it).
 
     Raises:
-      InputError: no image, an unreadable image, bad settings, too few images to whiten.
+      InputError: no usable image, a bad image with ``strict``, bad settings, too few
+        images to whiten.
     """
     if not isinstance(settings, IndexSettings):
         raise InputError(f"settings must be IndexSettings, got {type(settings).__name__}")
     t0 = time.perf_counter()
     given, root_abs, files, rels = _collect(images, root)
-    _check_new(None, files)
+    _check_twice(files)
+    files, rels, skipped = _usable(given, files, rels, strict)
+    if not files:
+        raise InputError(f"no usable image in {given or 'the list'}: {'; '.join(skipped)}")
     fit_files = None
     where = "the indexed images"
     if whiten_images is not None:
-        _, _, fit_files, _ = _collect(whiten_images, None)
+        w_given, _, fit_files, w_rels = _collect(whiten_images, None)
+        fit_files, _, w_skipped = _usable(w_given, fit_files, w_rels, strict)
+        skipped += w_skipped
         where = os.fspath(whiten_images) if isinstance(whiten_images, (str, os.PathLike)) else (
             f"{len(fit_files)} other images")  # fmt: skip
+        if not fit_files:
+            raise InputError(f"no usable whitening image in {where}")
     whitening, vlad = None, None
     if settings.kind == "global":
         net, wpath, sha = _backbone(settings.backbone)
@@ -220,10 +239,13 @@ def build_index(
         "op": "build",
         "images": given or f"{len(files)} paths",
         "count": len(files),
+        "skipped": skipped,
         "utc": _utc(),
         "seconds": round(time.perf_counter() - t0, 3),
         **(record or {}),
     }
+    if info is not None:
+        info.update(count=len(files), skipped=list(skipped))
     return SavedIndex(
         settings=settings,
         description=description,
@@ -276,42 +298,60 @@ def add_to_index(
     root: str | os.PathLike | None = None,
     progress: bool = False,
     record: dict | None = None,
+    strict: bool = False,
+    info: dict | None = None,
 ) -> SavedIndex:
     """A new index with more images, described and whitened as the indexed ones.
 
-    The fitted whitening / VLAD models are kept (never refitted); an IVF-PQ index
-    keeps its trained quantizer and gets the new vectors; under ``search="auto"``
-    an exact index that reaches ``EXACT_LIMIT`` vectors becomes IVF-PQ, trained on
-    all of them. ``index`` itself is unchanged.
+    Images already in the index (the same file) are left out, so adding a growing
+    folder again adds only its new images; bad images are skipped as by
+    :func:`build_index`. The fitted whitening / VLAD models are kept (never
+    refitted); an IVF-PQ index keeps its trained quantizer and gets the new vectors;
+    under ``search="auto"`` an exact index that reaches ``EXACT_LIMIT`` vectors
+    becomes IVF-PQ, trained on all of them. ``index`` itself is unchanged, and is
+    what comes back when no new usable image is left.
 
     Args:
       index: a :class:`SavedIndex`.
       images: a folder or a list of image paths (relative to ``root`` when given).
-      root, progress, record: as :func:`build_index`.
+      root, progress, record, strict: as :func:`build_index`.
+      info: if given, filled with ``count`` (images added), ``already_indexed`` and
+        ``skipped`` (one ``"PATH: reason"`` line per skipped bad image).
 
     Raises:
-      InputError: no image, an image already indexed, an unreadable image, a changed
+      InputError: no image, an image given twice, a bad image with ``strict``, a changed
         weights file / model.
     """
     t0 = time.perf_counter()
     given, root_abs, files, rels = _collect(images, root)
-    _check_new(index, files)
+    _check_twice(files)
+    have = set(index.resolved_paths())
+    fresh = [i for i, f in enumerate(files) if f not in have]
+    already = len(files) - len(fresh)
+    files, rels = [files[i] for i in fresh], [rels[i] for i in fresh]
+    files, rels, skipped = _usable(given, files, rels, strict)
+    if info is not None:
+        info.update(count=len(files), already_indexed=already, skipped=list(skipped))
+    if not files:
+        return index
     new = describe_for_index(index, files, progress=progress)
     vectors = np.ascontiguousarray(np.concatenate([index.vectors, new]), np.float32)
     method = _method(index.settings, vectors.shape[0])
     search_info = dict(index.search_info)
     if method == "exact":
-        searcher, info = _make_searcher(vectors, "exact")
+        searcher, search = _make_searcher(vectors, "exact")
     elif index.search_info["method"] == "ivfpq":
-        searcher, info = _grow(index, new, vectors, index.search_info["ivfpq"])
+        searcher, search = _grow(index, new, vectors, index.search_info["ivfpq"])
     else:
-        searcher, info = _make_searcher(vectors, "ivfpq")
-    search_info.update(info)
+        searcher, search = _make_searcher(vectors, "ivfpq")
+    search_info.update(search)
     part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
     entry = {
         "op": "add",
         "images": given or f"{len(files)} paths",
         "count": len(files),
+        "already_indexed": already,
+        "skipped": skipped,
         "utc": _utc(),
         "seconds": round(time.perf_counter() - t0, 3),
         **(record or {}),

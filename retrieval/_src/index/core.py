@@ -24,8 +24,9 @@ class Part(NamedTuple):
 
     Attributes:
       id: hex name of the part's files.
-      root: the root as given ("" for paths given one by one).
-      root_abs: the root's absolute path when it was added.
+      root: the root as given ("" for paths given one by one: the working folder).
+      root_abs: the root's absolute path: where it was when added, or, for a loaded
+        index, where it is now (see :func:`retrieval.index.load_index`).
       paths: image paths relative to ``root`` (POSIX separators).
     """
 
@@ -39,7 +40,7 @@ class IndexQueryResult(NamedTuple):
     """The top-k of one query (unpacks as ``scores, ids, paths``).
 
     scores: (k,) float32 inner products with the query, decreasing; ids: (k,) int64 row
-    numbers in the index; paths: the images, as ``root/relative path``.
+    numbers in the index; paths: the images' absolute paths (:attr:`SavedIndex.paths`).
     """
 
     scores: np.ndarray
@@ -91,11 +92,11 @@ class SavedIndex:
 
     @property
     def paths(self) -> list[str]:
-        """Every image as ``root/relative path`` (as given), by row."""
-        return [_join(p.root, rel) for p in self.parts for rel in p.paths]
+        """Every image's absolute path, by row: it opens from any working folder."""
+        return [str(p) for p in self.resolved_paths()]
 
     def resolved_paths(self) -> list[Path]:
-        """Every image as an absolute path (the root's absolute path when added)."""
+        """Every image as an absolute path (``Part.root_abs`` / relative path), by row."""
         return [Path(p.root_abs) / rel for p in self.parts for rel in p.paths]
 
     def search(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
