@@ -47,8 +47,11 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-# Up to this sub-patch dimension e*e*C, sub-patches are gathered by shifted
-# slices rather than a convolution (measured on CPU, see benchmarks/bench_encode.py).
+# Up to this sub-patch dimension d = e*e*C, a layer with a pre-processing matrix
+# (the first layer of CKN-raw / CKN-white) computes its products as d
+# multiply-adds of shifted maps per output value instead of matrix products:
+# XLA then fuses the products, the norms and the kernel embedding into one loop
+# that writes the (N, H, W, p) map once (see ``_small_subpatch_products``).
 _SMALL_SUBPATCH = 32
 
 
@@ -93,19 +96,11 @@ def kernel_layer_apply(
     subpatch, padding = cfg.subpatch, cfg.padding
     c = x.shape[-1]
     p = filters.shape[0]
-    if preproc is not None:
+    if preproc is not None and subpatch * subpatch * c <= _SMALL_SUBPATCH:
+        zx, rho = _small_subpatch_products(x, filters, preproc, subpatch, padding, precision)
+    elif preproc is not None:
         # Pre-processed sub-patch vectors at every position, then 1x1 products.
-        if subpatch * subpatch * c <= _SMALL_SUBPATCH:
-            # Few input channels (a raw image): the sub-patch vectors by shifted
-            # slices and a matmul; a convolution with 1 input channel runs far
-            # below the machine's rate (ckn-ref64 layer 1: 0.77 -> 0.4 ms/patch).
-            y = jnp.matmul(
-                ops.extract_patches_shifted(x, subpatch, padding), preproc, precision=precision
-            )
-        else:
-            y = ops.conv(
-                x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision
-            )
+        y = ops.conv(x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision)
         rho = jnp.linalg.norm(y, axis=-1, keepdims=True)
         zx = jnp.matmul(y, filters.T, precision=precision)
     else:
@@ -124,6 +119,50 @@ def kernel_layer_apply(
         phi, cfg.subsampling, mode=cfg.pooling, std=cfg.pool_std, precision=precision
     )
     return jnp.matmul(phi, linear, precision=precision)
+
+
+def _small_subpatch_products(
+    x: jax.Array,
+    filters: jax.Array,
+    preproc: jax.Array,
+    subpatch: int,
+    padding: str,
+    precision: str | None,
+) -> tuple[jax.Array, jax.Array]:
+    """Z^T (x P) and ||x P|| at every position, for sub-patches of few values.
+
+    With d = e*e*C values per sub-patch, each is a shifted map x_k (N, H', W');
+    the pre-processed vector is y_j = sum_k x_k P[k, j] and Z^T y = sum_k x_k
+    (P Z^T)[k]: d multiply-adds per output value, in elementwise form. XLA
+    fuses them with the kernel embedding that follows, so the (N, H', W', p)
+    map is written once; matrix products with d = 9 rows (ckn-ref64's first
+    layer) ran far below the machine's rate and wrote the map twice more.
+
+    Args:
+      x: (N, H, W, C) input map.
+      filters: (p, d) filters Z.
+      preproc: (d, d) pre-processing matrix P (centring or whitening).
+      subpatch, padding: the layer's sub-patch geometry.
+      precision: precision of the one small product P Z^T.
+
+    Returns:
+      (zx (N, H', W', p), rho (N, H', W', 1)).
+    """
+    maps = ops.shifted_maps(x, subpatch, padding)
+    cols = [m[..., k] for m in maps for k in range(x.shape[-1])]  # (row, column, channel) order
+    y = [_weighted_sum(cols, preproc[:, j]) for j in range(len(cols))]
+    rho = jnp.sqrt(_weighted_sum(y, y))[..., None]
+    w = jnp.matmul(preproc, filters.T, precision=precision)  # (d, p)
+    zx = _weighted_sum([col[..., None] for col in cols], w.reshape(len(cols), 1, 1, 1, -1))
+    return zx, rho
+
+
+def _weighted_sum(terms: list[jax.Array], weights) -> jax.Array:
+    """sum_k terms[k] * weights[k], left to right."""
+    out = terms[0] * weights[0]
+    for k in range(1, len(terms)):
+        out = out + terms[k] * weights[k]
+    return out
 
 
 class KernelLayer(nnx.Module):

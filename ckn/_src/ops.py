@@ -71,18 +71,31 @@ def extract_patches(x: jax.Array, size: int, padding: str = "valid") -> jax.Arra
     return conv(x, kernel, padding, precision=lax.Precision.HIGHEST)
 
 
-def extract_patches_shifted(x: jax.Array, size: int, padding: str = "valid") -> jax.Array:
-    """As :func:`extract_patches`, by e*e shifted slices (no convolution).
+def shifted_maps(x: jax.Array, size: int, padding: str = "valid") -> list[jax.Array]:
+    """The size*size shifted views of x that make up its sub-patches, in (row, column) order.
 
-    Faster on CPU when e*e*C is small (one input channel); same values exactly.
+    Args:
+      x: (N, H, W, C) feature maps.
+      size: sub-patch side e.
+      padding: "valid" or "same" (zero padding, XLA's convention as in :func:`extract_patches`).
+
+    Returns:
+      e*e arrays (N, H', W', C): entry i*e + j holds, at each position, the value
+      at row offset i and column offset j of the sub-patch there.
     """
     if padding.lower() == "same":
         lo = (size - 1) // 2
         x = jnp.pad(x, ((0, 0), (lo, size - 1 - lo), (lo, size - 1 - lo), (0, 0)))
     h, w = x.shape[1] - size + 1, x.shape[2] - size + 1
-    return jnp.concatenate(
-        [x[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)], axis=-1
-    )
+    return [x[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)]
+
+
+def extract_patches_shifted(x: jax.Array, size: int, padding: str = "valid") -> jax.Array:
+    """As :func:`extract_patches`, by e*e shifted slices (no convolution).
+
+    Faster on CPU when e*e*C is small (one input channel); same values exactly.
+    """
+    return jnp.concatenate(shifted_maps(x, size, padding), axis=-1)
 
 
 def normalize_patches(x: jax.Array, eps: float = NORM_EPS) -> tuple[jax.Array, jax.Array]:
