@@ -230,7 +230,10 @@ def gaussian_pool(
         return _strided_filter(_strided_filter(x, g, subsampling, 1), g, subsampling, 2)
     ph = pooling_matrix(x.shape[1], subsampling, mode=mode, std=std)
     pw = pooling_matrix(x.shape[2], subsampling, mode=mode, std=std)
-    return _matrix_along(_matrix_along(x, ph, 1, precision), pw, 2, precision)
+    # W first: its product keeps C as the minor axis of the map it reads, so XLA
+    # fuses the map's producer (a kernel embedding) without merging W and C into
+    # one axis, which left that loop unvectorized (ckn-grad layer 2: -19% time).
+    return _matrix_along(_matrix_along(x, pw, 2, precision), ph, 1, precision)
 
 
 def _strided_filter(x: jax.Array, taps: np.ndarray, stride: int, axis: int) -> jax.Array:
