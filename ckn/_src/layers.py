@@ -274,14 +274,16 @@ class CKN(nnx.Module):
         x = ops.select_channels(ops.to_float(patches), cfg.channels)
         x = ops.gaussian_blur(x, cfg.blur, precision=precision)
         if cfg.input == "grad":
-            x = ops.gradient_map(x, cfg.grad_orientations, cfg.grad_sigma)
-            x = ops.gaussian_pool(
+            # Channels first while the map has K channels (see ops.gradient_planes).
+            x = ops.gradient_planes(x, cfg.grad_orientations, cfg.grad_sigma)
+            x = ops.gaussian_pool_planes(
                 x,
                 cfg.grad_subsampling,
                 mode=cfg.grad_pooling,
                 std=cfg.grad_pool_std,
                 precision=precision,
             )
+            x = jnp.moveaxis(x, 1, -1)
         return x
 
     def map_before(

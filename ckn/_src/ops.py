@@ -361,16 +361,47 @@ def gradient_map(x: jax.Array, orientations: int, sigma: float, eps: float = NOR
     Returns:
       (N, H, W, K).
     """
+    return jnp.moveaxis(gradient_planes(x, orientations, sigma, eps), 1, -1)
+
+
+def gradient_planes(
+    x: jax.Array, orientations: int, sigma: float, eps: float = NORM_EPS
+) -> jax.Array:
+    """:func:`gradient_map` channels first: (N, H, W, 1) -> (N, K, H, W), the same values.
+
+    With K = 12 channels last, XLA's loops over the map (and its pooling) ran
+    unvectorized; planes keep the W axis minor.
+    """
     gx, gy = central_gradient(x[..., 0])
     rho = jnp.sqrt(gx * gx + gy * gy)
     inv = 1.0 / jnp.maximum(rho, eps)
     rho = jnp.where(rho > eps, rho, 0.0)  # rounding noise of a flat region counts as flat
     theta = 2.0 * np.pi * np.arange(orientations) / orientations
-    cos_t = jnp.asarray(np.cos(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
-    sin_t = jnp.asarray(np.sin(theta), dtype=x.dtype).reshape(1, 1, 1, orientations)
-    u = (gx * inv)[..., None] * cos_t + (gy * inv)[..., None] * sin_t
+    cos_t = jnp.asarray(np.cos(theta), dtype=x.dtype).reshape(1, orientations, 1, 1)
+    sin_t = jnp.asarray(np.sin(theta), dtype=x.dtype).reshape(1, orientations, 1, 1)
+    u = (gx * inv)[:, None] * cos_t + (gy * inv)[:, None] * sin_t
     # ||a - b||^2 / (2 sigma^2) = (1 - <a, b>) / sigma^2 for unit a, b.
-    return rho[..., None] * kappa(u, sigma)
+    return rho[:, None] * kappa(u, sigma)
+
+
+def gaussian_pool_planes(
+    x: jax.Array,
+    subsampling: int,
+    *,
+    mode: str = "strided",
+    std: float | None = None,
+    precision=None,
+) -> jax.Array:
+    """:func:`gaussian_pool` of channels-first maps: (N, C, H, W) -> (N, C, H', W')."""
+    if subsampling == 1:
+        return x
+    if mode == "strided":
+        g = gaussian_filter_1d(subsampling, std)
+        return _strided_filter(_strided_filter(x, g, subsampling, 2), g, subsampling, 3)
+    ph = pooling_matrix(x.shape[2], subsampling, mode=mode, std=std)
+    pw = pooling_matrix(x.shape[3], subsampling, mode=mode, std=std)
+    y = jnp.matmul(x, jnp.asarray(pw.T, x.dtype), precision=precision)
+    return _matrix_along(y, ph, 2, precision)
 
 
 def to_float(patches) -> jax.Array:
