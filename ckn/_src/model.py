@@ -95,20 +95,20 @@ def _batch_shape(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, (n - 1).bit_length()))
 
 
-# Rows per device in one jitted call on CPU: up to MAX_GROUP, as long as the
-# call's largest map stays within CPU_CALL_BYTES (bigger calls give XLA more
-# parallel work per op); a network whose maps are too large for that uses
-# groups whose largest map fits CPU_CACHE_BYTES (they stay in cache).
-# Measured on the 2-core CPU (benchmarks/bench_encode.py, "kernel" rows):
-# ckn-grad (170 KiB per patch): 256 rows 1200 patches/s, 16 rows 990;
-# ckn-ref64 (1 MiB per patch): 8 rows 140 patches/s, 64 rows 131.
+# Rows per device in one jitted call on CPU: the largest power of two up to
+# MAX_GROUP whose call keeps the network's largest map within CPU_CALL_BYTES.
+# Smaller calls keep the maps in the caches; a call of 256 ckn-grad patches
+# (170 KiB each) wrote 44 MB maps and ran slower than 32 or 64 rows.
+# Measured on the 2-core CPU (process CPU time per patch, one process,
+# interleaved, load 13-15): ckn-grad 32 rows 496-651 us, 64 rows 471-605 us,
+# 256 rows 628-749 us; ckn-ref64 (1 MiB per patch) 8 rows 4.0 ms, 16 rows 5.2 ms;
+# ckn-raw (670 KiB) 8 and 16 rows within 7% of each other, 256 rows 1.5x.
 # The group never depends on the batch size: every call then runs the same
 # compiled code on the same shape, so a patch gets the same bits whatever the
 # batch size, N and the number of devices (XLA's code for 32 rows and for 64
 # rows may round differently). The cost: a small N is padded to one group.
 MAX_GROUP = 256
-CPU_CALL_BYTES = 64 << 20
-CPU_CACHE_BYTES = 8 << 20
+CPU_CALL_BYTES = 12 << 20
 
 
 def _largest_map_bytes(config: CKNConfig, height: int, width: int) -> int:
@@ -124,10 +124,8 @@ def group_size(config: CKNConfig, height: int, width: int, platform: str = "cpu"
     if platform != "cpu":
         return None
     per_patch = max(_largest_map_bytes(config, height, width), 1)
-    if MAX_GROUP * per_patch <= CPU_CALL_BYTES:
-        return MAX_GROUP
-    fit = CPU_CACHE_BYTES // per_patch
-    return 1 << max(0, fit.bit_length() - 1)
+    fit = max(1, min(MAX_GROUP, CPU_CALL_BYTES // per_patch))
+    return 1 << (fit.bit_length() - 1)
 
 
 def describe(
