@@ -264,7 +264,8 @@ def bench_preset(
     for g in groups:
         x = jax.device_put(rng.integers(0, 256, (ndev * g, s, s), dtype=np.uint8), target)
         st = _timed(
-            lambda x=x: ckn.sharding.apply_describe(graphdef, state, x, **kw).block_until_ready(), repeats
+            lambda x=x: ckn.sharding.apply_describe(graphdef, state, x, **kw).block_until_ready(),
+            repeats,
         )
         pps = st["calls_per_repeat"] * ndev * g / st["median_s"]
         row = {"group": g, "rows_per_call": ndev * g, **_rate(pps, gflop, matmul_gflops), **st}
