@@ -395,9 +395,9 @@ def test_cli_end_to_end_and_errors(tiny, tmp_path, capsys):
     v = head.describe_images(net, [train / "g0" / "0.png"], GlobalConfig(scales=(1.0,)))
     assert v.shape == (1, 128)
     rmac = tmp_path / "heads" / "rmac"
-    assert main([*base, "--head", "rmac", "--dim", "16", "--whiten", "--val-fraction", "0",
+    assert main([*base, "--head", "rmac", "--dim", "8", "--whiten", "--val-fraction", "0",
                  "--out", str(rmac)]) == 0  # fmt: skip
-    assert GH.load_global_head(rmac).dim == 11  # projection 16, whitening to 12 images - 1
+    assert GH.load_global_head(rmac).dim == 8  # projection 8, whitening kept at 8 (<= 12 - 1)
     # An interrupted run (a checkpoint after epoch 1 in OUT.ckpt) resumed by the command
     # ends with the bits of the uninterrupted one.
     again = tmp_path / "heads" / "again"

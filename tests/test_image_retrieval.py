@@ -389,7 +389,7 @@ def test_bad_images_are_skipped_with_a_warning_and_counted(image_dir, tmp_path, 
     # grey, which the end-of-image check catches ("truncated JPEG"): skipped either way.
     for name in ("not_an_image.jpg: not a readable image", "tiny.png: too small",
                  "truncated.jpg: "):  # fmt: skip
-        assert f"warning: skipped {group.name}/{name}" in err
+        assert f"warning: skipped {group}/{name}" in err  # the path, as it opens from here
     doc = json.loads(out.read_text())
     assert len(doc["skipped_images"]) == 3
     assert main(["eval-images", "--images", str(root), "--local", "sift", "--strict"]) == 2

@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
-from retrieval._src.data.io import TRUNCATED_JPEG, jpeg_truncated
+from retrieval._src.data.io import MIN_SIDE, image_problem
 
 
 class ImageCollection(NamedTuple):
@@ -101,34 +100,6 @@ def load_image_folder(root: str | os.PathLike) -> ImageCollection:
         for q in np.flatnonzero(lab == g):
             junk[int(q)] = set(ids) - {int(q)}
     return ImageCollection(root, paths, lab, names, junk)
-
-
-#: Smallest image side kept by :func:`check_images` (smaller images hold no useful region).
-MIN_SIDE = 32
-
-
-def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
-    """Why ``path`` cannot be used (unreadable, truncated, too small), or None.
-
-    A JPEG file without its end-of-image marker is refused first, by the test
-    every image reader applies (``jpeg_truncated``: OpenCV would return it half
-    grey with only a libjpeg message on stderr); then the image is decoded and
-    its sides compared with ``min_side``.
-    """
-    try:
-        if jpeg_truncated(path):  # the test of every image reader
-            return TRUNCATED_JPEG
-        data = path.read_bytes()
-    except OSError as e:
-        return f"cannot read ({e.strerror or type(e).__name__})"
-    buf = np.frombuffer(data, np.uint8)
-    head = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if head is None or head.size == 0:
-        return "not a readable image"
-    h, w = head.shape[:2]
-    if min(h, w) < min_side:
-        return f"too small ({w}x{h} px, under {min_side} px)"
-    return None
 
 
 def usable_images(

@@ -276,17 +276,21 @@ def _finetuned_row(model, ps, cfg, seed, data_desc, out, batch_size, precision, 
 
 
 def format_table(results: dict) -> str:
-    """The paper's table: descriptor, coverage, dimension, train mAP, test mAP (+ the paper's)."""
+    """The table of the README: descriptor, coverage, dimension, train and test mAP, test
+    nearest-neighbour accuracy and FPR at 95% recall (in %), and the paper's mAPs."""
     lines = [
-        f"{'descriptor':<19} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9}   "
-        "paper (RomePatches) train/test",
+        f"{'descriptor':<19} {'coverage':>8} {'dim':>5} {'train mAP':>9} {'test mAP':>9} "
+        f"{'test NN acc.':>12} {'test FPR95':>10}   paper (RomePatches) train/test",
     ]
     for r in results["rows"]:
         paper = PAPER_ROMEPATCHES.get(r["descriptor"])
         ref = f"{paper['train_map']:.1f} / {paper['test_map']:.1f}" if paper else "-"
+        m = r.get("test_metrics") or {}
+        nn = f"{100 * m['nn_accuracy']:.1f}" if "nn_accuracy" in m else "-"
+        fpr = f"{100 * m['fpr95']:.2f}" if "fpr95" in m else "-"
         lines.append(
             f"{r['descriptor']:<19} {r['coverage']:>8} {r['dim']:>5} {r['train_map']:>9.1f} "
-            f"{r['test_map']:>9.1f}   {ref}"
+            f"{r['test_map']:>9.1f} {nn:>12} {fpr:>10}   {ref}"
         )
     return "\n".join(lines)
 

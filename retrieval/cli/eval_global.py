@@ -18,7 +18,7 @@ import numpy as np
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
-from retrieval.cli.flags import fields_as_flags, parse_scales, warn, warn_skipped
+from retrieval.cli.flags import arguments, fields_as_flags, parse_scales, warn, warn_skipped
 from retrieval.image import (
     MULTI_SCALE,
     CamConfig,
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace, meta: dict) -> int:
                 ],
             }
         )
-    doc["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
+    doc["arguments"] = arguments(args)
     doc["metadata"] = provenance.finish(meta)
     if args.json is not None:
         write_json(args.json, doc)

@@ -62,6 +62,7 @@ from retrieval.cli.eval_global import AP_TEXT, write_figure
 from retrieval.cli.flags import (
     Output,
     Paths,
+    arguments,
     declare_paths,
     plural,
     warn_skipped,
@@ -268,7 +269,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
             for q in range(len(names))
             if not np.isnan(res.per_query[q])
         ],
-        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "arguments": arguments(args),
         "metadata": provenance.finish(meta),
     }
     if args.json is not None:

@@ -44,6 +44,11 @@ def add_command(
     )
 
 
+def arguments(args: argparse.Namespace) -> dict:
+    """The parsed flags, for a JSON record (without the functions the parser carries)."""
+    return {k: v for k, v in vars(args).items() if not callable(v) and k != "cli_prog"}
+
+
 # --- Words -------------------------------------------------------------------------------------
 
 

@@ -13,11 +13,17 @@
 descriptors, image paths, fitted whitening / VLAD codebook, settings; see
 :mod:`retrieval.index`), atomically. ``add`` describes more images
 with the index's settings and fitted models (never refitted) and commits them
-with one rename: an interrupted add leaves the previous index. ``query``
-describes one image the same way and prints rank, score (inner product of
-L2-normalized vectors) and path of its nearest indexed images; description
-flags given to ``query`` (``--global``, ``--backbone``, ``--local``, ...) must
-match the index's, or it is refused. ``info`` prints what an index holds.
+with one rename: an interrupted add leaves the previous index; images already
+indexed are left out (counted), so adding a grown folder adds its new images.
+``query`` describes its images (every ``--image``, then every image under
+``--images``) the same way, together, and prints one block per query: rank,
+score (inner product of L2-normalized vectors) and path (relative to the working
+folder when inside it, else absolute; absolute in ``--json``) of its nearest
+indexed images; description flags given to ``query`` (``--global``,
+``--backbone``, ``--local``, ...) must match the index's, or it is refused.
+``info`` prints what an index holds. Bad images are skipped by the one policy
+(:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
+fails instead.
 """
 
 from __future__ import annotations

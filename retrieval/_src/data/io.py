@@ -47,6 +47,34 @@ def jpeg_truncated(path: str | os.PathLike) -> bool:
     return not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
+#: Smallest image side :func:`image_problem` accepts (smaller images hold no useful region).
+MIN_SIDE = 32
+
+
+def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
+    """Why ``path`` cannot be used (unreadable, truncated, too small), or None.
+
+    A JPEG file without its end-of-image marker is refused first, by the test
+    every image reader applies (``jpeg_truncated``: OpenCV would return it half
+    grey with only a libjpeg message on stderr); then the image is decoded and
+    its sides compared with ``min_side``.
+    """
+    try:
+        if jpeg_truncated(path):  # the test of every image reader
+            return TRUNCATED_JPEG
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot read ({e.strerror or type(e).__name__})"
+    buf = np.frombuffer(data, np.uint8)
+    head = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if head is None or head.size == 0:
+        return "not a readable image"
+    h, w = head.shape[:2]
+    if min(h, w) < min_side:
+        return f"too small ({w}x{h} px, under {min_side} px)"
+    return None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads an image as RGB uint8 (H, W, 3); InputError if missing, unreadable or a
     truncated JPEG."""

@@ -27,7 +27,7 @@ from retrieval._src.data.grouping import (
     prepare_image,
     run_scenes,
 )
-from retrieval._src.data.io import IMAGE_EXTENSIONS, read_image, resize_max
+from retrieval._src.data.io import IMAGE_EXTENSIONS, image_problem, read_image, resize_max
 from retrieval._src.data.patchset import PatchSet, SkippedItemWarning
 
 
@@ -214,8 +214,9 @@ def build_photos(
     Each photo is one scene (split by photo): view 0 is the photo itself
     (resized to at most ``max_side`` pixels), views 1..views-1 are random
     homographies + photometric changes of it (:class:`ViewParams`), so groups
-    have up to ``views`` patches. Unreadable images are skipped with a
-    SkippedItemWarning; InputError when no image is readable.
+    have up to ``views`` patches. Unreadable, truncated or too small images
+    (:func:`image_problem`) are skipped with a SkippedItemWarning; InputError when
+    no image is left.
     """
     if views < 2:
         raise InputError(f"views must be >= 2, got {views}")
@@ -233,10 +234,11 @@ def build_photos(
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     named = []
     for p in files:
-        try:
-            named.append((p.stem, read_image(p)))
-        except InputError as e:
-            warnings.warn(f"{e}; skipped", SkippedItemWarning, stacklevel=2)
+        why = image_problem(p)  # the bad-image test of every command
+        if why is not None:
+            warnings.warn(f"skipped {p}: {why}", SkippedItemWarning, stacklevel=2)
+            continue
+        named.append((p.stem, read_image(p)))
     if not named:
         raise InputError(f"no readable image in {folder}")
     return build_from_images(
