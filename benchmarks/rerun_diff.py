@@ -24,7 +24,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Keys of quality figures; fractions (<= 1) are compared as percent points.
-QUALITY = re.compile(r"(^|_)(map|mean_ap|recall)(_|$)")
+QUALITY = re.compile(r"(^|_)(map|mean_ap|recall)(?!_trapezoid)(_|$)")
+#: Top-level keys that copy figures of other results or of this one (not compared).
+COPIES = {"target", "claims", "lite0", "vlad"}
 
 
 def _leaves(x, path=()):
@@ -46,7 +48,22 @@ def _label(doc: dict, path: tuple) -> str:
         if isinstance(p, int) and isinstance(node, dict):
             ids = [
                 f"{k}={node[k]}"
-                for k in ("set", "descriptor", "head", "variant", "row", "scales", "whiten", "k")
+                for k in (
+                    "set",
+                    "data",
+                    "descriptor",
+                    "head",
+                    "variant",
+                    "row",
+                    "k",
+                    "pca",
+                    "scales",
+                    "whiten",
+                    "whiten_dim",
+                    "qe",
+                    "alpha",
+                    "codebook_on",
+                )
                 if k in node and not isinstance(node[k], (dict, list))
             ]
             parts.append("[" + ", ".join(ids) + "]" if ids else f"[{p}]")
@@ -74,6 +91,9 @@ def compare(
     old_doc, new_doc = old, new
     if under is not None:
         old, new = {under: old[under]}, {under: new[under]}
+    else:
+        old = {k: v for k, v in old.items() if k not in COPIES}
+        new = {k: v for k, v in new.items() if k not in COPIES}
     a = {p: v for p, v in _leaves(old) if keys.search(str(p[-1]))}
     b = {p: v for p, v in _leaves(new) if keys.search(str(p[-1]))}
     both = sorted(set(a) & set(b), key=str)

@@ -133,7 +133,6 @@ PENDING = {
     "bench_index_cpu": "dirty tree; re-run by the speed work",
     "bench_kmeans_cpu": "dirty not recorded; re-run pending",
     "bench_memory_cpu": "dirty not recorded; re-run pending",
-    "image_retrieval": "short commit, script not in it; re-run pending",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
