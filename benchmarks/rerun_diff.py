@@ -63,6 +63,10 @@ def _label(doc: dict, path: tuple) -> str:
                     "qe",
                     "alpha",
                     "codebook_on",
+                    "preset",
+                    "method",
+                    "patches",
+                    "n",
                 )
                 if k in node and not isinstance(node[k], (dict, list))
             ]

@@ -132,7 +132,6 @@ PENDING = {
     "bench_encode_cpu": "dirty not recorded; re-run by the performance work",
     "bench_index_cpu": "dirty tree; re-run by the speed work",
     "bench_kmeans_cpu": "dirty not recorded; re-run pending",
-    "bench_memory_cpu": "dirty not recorded; re-run pending",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
