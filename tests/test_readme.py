@@ -128,7 +128,6 @@ def test_machine_and_provenance_phrases():
 #: Results made before the provenance rule, each waiting for its re-run from a clean tree
 #: (result -> who re-runs it). Remove an entry when its re-run lands: the test fails until then.
 PENDING = {
-    "bench_backbone_cpu": "dirty tree; re-run by the backbone work",
     "bench_encode_cpu": "dirty not recorded; re-run by the performance work",
     "bench_index_cpu": "dirty tree; re-run by the speed work",
     "bench_kmeans_cpu": "dirty not recorded; re-run pending",
