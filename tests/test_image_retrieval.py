@@ -4,6 +4,7 @@ Exact values where the result is a ratio of small integers (mAP of a
 hand-made ranking: fractions, compared to 1e-12).
 """
 
+import dataclasses
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -11,12 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_eval_images_values import numpy_map, numpy_vlad  # the NumPy references
 
 from ckn import InputError
 from retrieval.cli.main import main
 from retrieval.image import load_image_folder
 from retrieval.local import (
     LocalConfig,
+    LocalFeatures,
+    Regions,
     VladConfig,
     describe_images,
     encode_images,
@@ -24,6 +28,7 @@ from retrieval.local import (
     fit_vlad,
     local_features,
     make_describer,
+    window_subsets,
 )
 from retrieval.metrics import evaluate_rankings, evaluate_scores, image_retrieval_map
 
@@ -213,6 +218,70 @@ def test_vlad_pipeline_end_to_end_and_dimension_mismatch(image_dir):
     # IVF-PQ through the same interface (sized down for 7 vectors), scored on its rankings.
     ev_pq = evaluate_vlad(feats, coll.labels, config=cfg, search="ivfpq")
     assert ev_pq.result.num_queries == 6 and 0.0 < ev_pq.result.mean_ap <= 1.0
+
+
+def _synthetic_features(groups, views, n=60, d=16, seed=0):
+    """LocalFeatures of groups x views images: each group draws its descriptors from its own
+    mixture of 3 of 12 Gaussian modes (noise 0.3), at random positions of a 200 x 300 image."""
+    rng = np.random.default_rng(seed)
+    modes = rng.normal(size=(12, d))
+    feats, labels = [], []
+    for g in range(groups):
+        own = rng.choice(12, 3, replace=False)
+        for _ in range(views):
+            x = modes[rng.choice(own, n)] + 0.3 * rng.normal(size=(n, d))
+            xy = rng.uniform(0, 1, (2, n)) * [[300], [200]]
+            regions = Regions(xy[0], xy[1], np.full(n, 8.0), np.zeros(n), np.ones(n))
+            feats.append(LocalFeatures(x.astype(np.float32), regions, (200, 300), 0.0, 0.0))
+            labels.append(g)
+    return feats, np.asarray(labels)
+
+
+def test_pca_whitened_vlad_branch_equals_pca_whitening_by_hand():
+    """evaluate_vlad with pca_dim: the VLADs of the images and of pca_windows random windows
+    each, PCA-whitened by an SVD written here (variance 1/n), L2; mAP by the AP written out."""
+    feats, labels = _synthetic_features(6, 2)
+    cfg = VladConfig(k=4, pca_dim=8, pca_windows=3)
+    ev = evaluate_vlad(feats, labels, config=cfg)
+    raw = evaluate_vlad(feats, labels, config=dataclasses.replace(cfg, pca_dim=None))
+    np.testing.assert_array_equal(ev.model.centers, raw.model.centers)  # one codebook
+    # The PCA training vectors: each image, then its windows (rng seeded as documented).
+    rng = np.random.default_rng(cfg.seed)
+    sets = []
+    for f in feats:
+        sets.append(f.descriptors)
+        sets += [f.descriptors[i] for i in window_subsets(f, 3, rng, min_count=5)]
+    train = np.stack([numpy_vlad(x, raw.model.centers) for x in sets])
+    assert ev.model.info["pca_train_vectors"] == len(sets) > 12
+    mean = train.mean(axis=0)
+    _, sv, vt = np.linalg.svd(train - mean, full_matrices=False)
+    std = sv[:8] / np.sqrt(len(sets))
+    want = (raw.vectors.astype(np.float64) - mean) @ vt[:8].T / std
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    # Up to the sign of each direction.
+    np.testing.assert_allclose(np.abs(ev.vectors), np.abs(want), atol=1e-5)
+    np.testing.assert_allclose(ev.vectors @ ev.vectors.T, want @ want.T, atol=1e-5)
+    assert ev.result.mean_ap == pytest.approx(numpy_map(want, labels)[0], abs=1e-9)
+    assert ev.result.mean_ap != raw.result.mean_ap  # the whitening changed the ranking
+
+
+def test_ivfpq_vlad_branch_is_exact_when_the_codes_are():
+    """IVF-PQ with one list and 2**nbits = N training vectors: faiss copies the N residuals as
+    the centroids of every sub-quantizer, so the codes are exact, and the IVF-PQ branch (scored
+    on its ranked lists) must give the exact branch's rankings and mAP."""
+    pytest.importorskip("faiss")
+    feats, labels = _synthetic_features(8, 2, seed=1)
+    cfg = VladConfig(k=4)
+    exact = evaluate_vlad(feats, labels, config=cfg)
+    opts = {"nlist": 1, "m": 8, "nbits": 4}  # 16 images, 64-D VLADs: 8 codes of 8 dims
+    pq = evaluate_vlad(feats, labels, config=cfg, search="ivfpq", search_options=opts)
+    assert exact.vectors.shape == (16, 64)
+    np.testing.assert_array_equal(pq.ranking, exact.ranking)
+    want, per_query = numpy_map(exact.vectors, labels)
+    assert exact.result.mean_ap == pytest.approx(want, abs=1e-9)
+    assert pq.result.mean_ap == pytest.approx(want, abs=1e-9)
+    np.testing.assert_allclose(pq.result.per_query, list(per_query.values()), atol=1e-9)
+    assert 0.3 < want < 1.0  # rankings with mistakes: a wrong list would show
 
 
 def test_ckn_model_as_local_descriptor(tiny_model, image_dir):

@@ -81,10 +81,44 @@ def test_learned_whitening_properties_and_reference():
 
 
 def test_learned_whitening_jitters_a_singular_covariance():
+    """3 pairs in 20-D: S has rank 3. The documented jitter is the first of 0, 1e-10, 1e-9, ...
+    times the mean diagonal that makes S + a I positive definite: here a = 1e-10 mean(diag S).
+    Reference: the recipe with S + a I whitened by its symmetric inverse square root (an
+    eigendecomposition, not a Cholesky factor: P = V^T P1 does not depend on that choice)."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 20))
-    w = PP.fit_learned_whitening(x, np.array([[0, 1], [2, 3], [4, 5]]), dim=5)  # rank 3 < 20
+    pairs = np.array([[0, 1], [2, 3], [4, 5]])
+    w = PP.fit_learned_whitening(x, pairs, dim=5)
     assert w.projection.shape == (5, 20) and np.all(np.isfinite(w.projection))
+    q, p = pairs.T
+    df = x[q] - x[p]
+    s = df.T @ df / 3
+    lam = np.linalg.eigvalsh(s)
+    assert lam[-4] < 1e-12 * lam[-1]  # rank 3: a = 0 is refused
+    sa = s + 1e-10 * np.trace(s) / 20 * np.eye(20)
+    lam, u = np.linalg.eigh(sa)
+    p1 = (u / np.sqrt(lam)) @ u.T
+    m = x[q].mean(axis=0)
+    y = (x - m) @ p1.T
+    _, vec = np.linalg.eigh(y.T @ y)
+    ref = vec[:, ::-1].T @ p1  # rows by decreasing eigenvalue
+    np.testing.assert_allclose(w.mean, m, rtol=1e-12)
+    # Up to the sign of each row. S + a I has a condition number of 1e10 and the whitened
+    # scatter eigenvalues 1% apart: the rows agree to 4e-5 of the largest entry (measured).
+    scale = np.abs(ref[:5]).max()
+    np.testing.assert_allclose(np.abs(w.projection), np.abs(ref[:5]), atol=1e-3 * scale)
+    # The kept rows make S + a I white (to 3e-6, measured) ...
+    np.testing.assert_allclose(w.projection @ sa @ w.projection.T, np.eye(5), atol=1e-4)
+    # ... and all of them decorrelate the whitened training set, by decreasing variance.
+    full = PP.fit_learned_whitening(x, pairs)
+    z = (x - full.mean) @ full.projection.T
+    scatter = z.T @ z
+    assert np.abs(scatter - np.diag(np.diag(scatter))).max() < 1e-6 * np.abs(scatter).max()
+    assert np.all(np.diff(np.diag(scatter)) <= 0)
+    # Applied: the reference's whitened vectors, up to the sign of each coordinate (5e-5).
+    np.testing.assert_allclose(
+        np.abs(PP.apply_whitening(w, x)), np.abs(unit((x - m) @ ref[:5].T)), atol=1e-3
+    )
 
 
 def test_pca_and_learned_whitening_share_apply():

@@ -10,7 +10,8 @@ import ckn
 import retrieval
 from ckn import InputError
 from retrieval import reproduce
-from retrieval.patches import PAPER_ROMEPATCHES, format_table
+from retrieval.cli.main import main
+from retrieval.patches import PAPER_ROMEPATCHES, describe_baseline, format_table
 
 
 def _tiny(name):
@@ -108,3 +109,43 @@ def test_reproduce_on_homography_sequences(tmp_path):
     chance = constant_descriptor_map(ps.labels[ps.split == 1])
     assert 0 < chance < 2
     assert all(chance + 60 < r["test_map"] <= 100 for r in res["rows"])
+
+
+def numpy_patch_map(descriptors, labels):
+    """Patch retrieval mAP (percent), written out: each patch queries the others of its split
+    by cosine, relevant = same group, non-interpolated AP, ties against the relevant patches,
+    patches alone in their group skipped."""
+    x = np.asarray(descriptors, np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    s = x @ x.T
+    aps = []
+    for q in range(len(labels)):
+        others = np.flatnonzero(np.arange(len(labels)) != q)
+        rel = labels[others] == labels[q]
+        if rel.any():
+            ranks = np.flatnonzero(rel[np.lexsort((rel, -s[q, others]))]) + 1
+            aps.append(np.mean(np.arange(1, ranks.size + 1) / ranks))
+    return 100 * float(np.mean(aps))
+
+
+def test_cli_quick_sift_row_recomputed_independently(tmp_path, tmp_path_factory, monkeypatch,
+                                                     capsys):  # fmt: skip
+    """``ckn reproduce --quick``'s SIFT row: the patches of the quick default set (the cache
+    the patch tests share), described by the public baseline, scored by the AP above."""
+    monkeypatch.setenv("CKN_CACHE", str(tmp_path_factory.getbasetemp() / "ckn_cache"))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--quick", "--descriptors", "sift", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    ps = retrieval.build_default(quick=True, seed=0, progress=False)  # from the cache
+    desc = describe_baseline("sift", ps.patches)
+    want = {}
+    for name, value in (("train", 0), ("test", 1)):
+        sel = ps.split == value
+        want[name] = numpy_patch_map(desc[sel], ps.labels[sel])
+        assert row[f"{name}_map"] == pytest.approx(want[name], abs=1e-9), name
+        assert row[f"{name}_metrics"]["num_patches"] == int(sel.sum())
+    line = next(ln for ln in printed.splitlines() if ln.startswith("sift "))
+    assert line.split()[3:5] == [f"{want['train']:.1f}", f"{want['test']:.1f}"]
+    assert row["dim"] == 128 and 50 < want["test"] < 100
