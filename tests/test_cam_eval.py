@@ -159,6 +159,58 @@ def test_query_expansion_formula(net, folders, ref):
         assert (ev.ranking[q] == np.argsort(-s2, kind="stable")[:9]).all()
 
 
+def test_ona_rerank_and_qe_together_against_a_direct_reference(net, folders, ref):
+    """OnA scores, the top 6 of 9 re-ranked by their best CAM region, alpha-QE (k = 2, alpha 1)
+    over the re-ranked list with the OnA database vectors, the expanded query scored and its
+    top 6 re-ranked again (module docstring of cam_eval, steps 3-5); mAP by a plain AP.
+
+    Fails without the second re-ranking or with QE neighbours taken from the OfA vectors."""
+    coll, maps, vectors, classes = ref
+    maps = maps.astype(np.float16).astype(np.float32)  # the pipeline keeps them in float16
+    weight = net.classifier[0]
+    cam = CamConfig(top_classes=8, rerank=6, rerank_classes=3, variant="ona")
+    ev = evaluate_cam(net, folders[0], CFG, cam, PostConfig(qe=2, alpha=1.0))
+    ofa = aggregate_class_vectors(vectors).astype(np.float64)
+
+    def l2(v):
+        return v / np.linalg.norm(v)
+
+    def rerank(s, qv, q):
+        short = np.argsort(-s, kind="stable")[:6]
+        res = cam_rerank(qv, classes[q, :3], maps[short], weight, ids=short)
+        s = s.copy()
+        s[res.ids] = 2.0 + res.scores
+        return s
+
+    def expand(qv, s, db):
+        x = db[np.argsort(-s, kind="stable")[:2]]
+        return l2(qv + np.maximum(x @ qv, 0.0) @ x)
+
+    scores = np.zeros((len(coll.labels), len(coll.labels)))
+    for q in np.flatnonzero(coll.labels >= 0):
+        db = online_aggregation(maps, weight, classes[q]).astype(np.float64)
+        qv_r = aggregate_class_vectors(vectors[q : q + 1, :3])[0].astype(np.float64)
+        s = db @ ofa[q]
+        s[q] = -np.inf
+        s = rerank(s, qv_r, q)
+        q2, r2 = expand(ofa[q], s, db), expand(qv_r, s, db)
+        s = db @ q2
+        s[q] = -np.inf
+        scores[q] = rerank(s, r2, q)
+        np.testing.assert_allclose(ev.queries[q], q2, atol=1e-4)
+        assert (ev.ranking[q] == np.argsort(-scores[q], kind="stable")[:9]).all(), q
+    want = []
+    for q in np.flatnonzero(coll.labels >= 0):
+        others = np.flatnonzero(np.arange(len(coll.labels)) != q)
+        rel = coll.labels[others] == coll.labels[q]
+        ranks = np.flatnonzero(rel[np.lexsort((rel, -scores[q, others]))]) + 1
+        want.append(np.mean(np.arange(1, ranks.size + 1) / ranks))
+    assert ev.result.mean_ap == pytest.approx(np.mean(want), abs=1e-12)
+    # Re-ranking and QE change the OnA lists here.
+    plain = CamConfig(top_classes=8, variant="ona")
+    assert not np.array_equal(ev.ranking, evaluate_cam(net, folders[0], CFG, plain).ranking)
+
+
 def test_rerank_and_qe_together_and_determinism(net, folders):
     cam = CamConfig(top_classes=8, rerank=5, variant="ona")
     post = PostConfig(qe=1)
