@@ -248,6 +248,33 @@ def test_errors(model, data):
             ckn.FinetuneConfig(trainable=bad)
 
 
+def test_labels_fix_a_start_trained_on_the_wrong_data():
+    """A constructed case where fine-tuning must raise mAP. The unsupervised start (ckn-tiny)
+    is trained on vertical stripes only: its filters see horizontal gradients and little else,
+    and describe the camera-photo groups poorly. Fine-tuned on 45 labelled groups, it must do
+    clearly better on 30 other groups never used to train or validate (mAP by the retrieval
+    metric). Measured: test mAP 49.6 -> 58.9 (finetune seeds 1, 2, 3: 58.6, 55.7, 56.5),
+    validation 64.0 -> 81.2."""
+    rng = np.random.default_rng(0)
+    cols = 128 + 100 * np.sin(
+        rng.uniform(0.2, 1.2, (400, 1)) * np.arange(16) + rng.uniform(0, 6.3, (400, 1))
+    )
+    stripes = np.repeat(cols[:, None, :], 16, axis=1) + rng.normal(0, 4, (400, 16, 16))
+    start = ckn.train(ckn.get_preset("ckn-tiny"), np.clip(stripes, 0, 255).astype(np.uint8))[0]
+    p, lab = make_groups(60, 4, seed=0)
+    test_p, test_lab = make_groups(30, 4, seed=5)
+    tr, va, _ = ckn.supervised.validation_split(lab, fraction=0.25, seed=0)
+    cfg = dataclasses.replace(FAST, epochs=10, lr=3e-2)
+    tuned, report = ckn.finetune(
+        start, p[tr], lab[tr], config=cfg, seed=0, validation=(p[va], lab[va])
+    )
+    before = patch_retrieval_map(ckn.describe(start, test_p), test_lab).mean_ap
+    after = patch_retrieval_map(ckn.describe(tuned, test_p), test_lab).mean_ap
+    assert after > before + 0.05, (before, after)
+    assert report.best_val_map > report.history[0]["val_map"] + 0.1
+    assert report.best_epoch > 0
+
+
 # --- Validation helpers -----------------------------------------------------------------------
 
 
