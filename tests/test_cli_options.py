@@ -61,3 +61,69 @@ def test_eval_patches_max_pairs_reaches_the_results(tmp_path, patch_file, capsys
     assert doc["protocol"]["pairs"]["max_matching"] == 40
     # 100 test patches in groups of 4: 150 matching pairs exist, 40 are sampled.
     assert doc["splits"]["test"]["num_pairs"]["matching"] == 40
+
+
+# --------------------------------------------------------------------------- ckn patches
+
+
+def _photos(root):
+    import cv2
+    import skimage.data
+
+    root.mkdir()
+    for name in ("astro", "camera", "coffee"):
+        img = getattr(skimage.data, "astronaut" if name == "astro" else name)()
+        img = cv2.resize(img, (192, 192), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(root / f"{name}.png"), img[..., ::-1] if img.ndim == 3 else img)
+    return root
+
+
+def test_patches_test_scenes_are_the_test_split(tmp_path, capsys):
+    from retrieval.patches import load_patchset
+
+    photos = _photos(tmp_path / "photos")
+    for test in (["astro", "coffee"], ["camera"]):
+        out = tmp_path / f"{'_'.join(test)}.npz"
+        argv = ["patches", "--photos", str(photos), "--views", "3", "--test-scenes",
+                ",".join(test), "--out", str(out), "--quiet"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        ps = load_patchset(out)
+        names = np.asarray(ps.scene_names)[ps.scene]
+        assert set(names[ps.split == 1]) == set(test)
+        assert set(names[ps.split == 0]) == {"astro", "camera", "coffee"} - set(test)
+
+
+def test_patches_no_cache_neither_reads_nor_writes_the_cache(
+    tmp_path, tmp_path_factory, monkeypatch, capsys
+):
+    """A cache entry that differs from the build (a patch zeroed) is what --default returns
+    without --no-cache; with it the set is rebuilt, and the cache left as it was."""
+    import shutil
+
+    from retrieval.patches import build_default, default_cache_path, load_patchset, save_patchset
+
+    # The quick default, built once per session (the cache of tests/test_cli_patches.py).
+    monkeypatch.setenv("CKN_CACHE", str(tmp_path_factory.getbasetemp() / "ckn_cache"))
+    built = build_default(quick=True, seed=0)
+    shared = default_cache_path(quick=True)
+    assert shared.is_file()
+    monkeypatch.setenv("CKN_CACHE", str(tmp_path / "cache"))
+    entry = default_cache_path(quick=True)
+    entry.parent.mkdir(parents=True)
+    shutil.copy(shared, entry)
+    poisoned = load_patchset(entry)
+    poisoned.patches[0] = 0
+    save_patchset(poisoned, entry)
+    before = entry.read_bytes()
+    base = ["patches", "--default", "--quick", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "cached.npz")]) == 0
+    assert "(from the cache)" in capsys.readouterr().out
+    assert not load_patchset(tmp_path / "cached.npz").patches[0].any()
+    assert main([*base, "--no-cache", "--out", str(tmp_path / "fresh.npz")]) == 0
+    assert "(from the cache)" not in capsys.readouterr().out
+    np.testing.assert_array_equal(load_patchset(tmp_path / "fresh.npz").patches, built.patches)
+    assert entry.read_bytes() == before
+    # And into an empty cache folder nothing is written.
+    monkeypatch.setenv("CKN_CACHE", str(tmp_path / "empty"))
+    assert main([*base, "--no-cache", "--out", str(tmp_path / "again.npz")]) == 0
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
