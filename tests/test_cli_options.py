@@ -127,3 +127,99 @@ def test_patches_no_cache_neither_reads_nor_writes_the_cache(
     monkeypatch.setenv("CKN_CACHE", str(tmp_path / "empty"))
     assert main([*base, "--no-cache", "--out", str(tmp_path / "again.npz")]) == 0
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+
+
+# --------------------------------------------------------------------------- ckn finetune
+
+
+@pytest.fixture(scope="module")
+def finetune_setup(tmp_path_factory):
+    """A ckn-tiny with the raw input map (a pre-processing matrix to train) whose unsupervised
+    start saw vertical stripes only (fine-tuning on the camera groups then improves it, so the
+    kept epoch is a trained one), and two patch files: 40 groups of 4 views in 5 scenes, and
+    the same spots one patch twice (validation at mAP 1 from the start: it never improves)."""
+    import dataclasses
+
+    from test_finetune import make_groups
+
+    root = tmp_path_factory.mktemp("finetune")
+    rng = np.random.default_rng(0)
+    waves = rng.uniform(0.2, 1.2, (400, 1)) * np.arange(16) + rng.uniform(0, 6.3, (400, 1))
+    stripes = np.repeat(128 + 100 * np.sin(waves)[:, None, :], 16, axis=1)
+    stripes = np.clip(stripes + rng.normal(0, 4, stripes.shape), 0, 255).astype(np.uint8)
+    cfg = dataclasses.replace(ckn.get_preset("ckn-tiny"), input="raw")
+    start = ckn.save(ckn.train(cfg, stripes)[0], root / "start")
+    files = {}
+    for name, views in (("views", 4), ("twice", 1)):
+        p, lab = make_groups(40, views, seed=0)
+        if views == 1:
+            p, lab = np.repeat(p, 2, axis=0), np.repeat(lab, 2)
+        files[name] = root / f"{name}.npz"
+        scenes = {"scene": (lab // 8).astype(np.int32), "scene_names": [f"s{i}" for i in range(5)]}
+        np.savez(files[name], patches=p, labels=lab, split=np.zeros(len(lab), np.uint8), **scenes)
+    return start, files
+
+
+def _finetune(start, patches, out, *flags):
+    argv = ["finetune", "--model", str(start), "--patches", str(patches), "--out", str(out),
+            "--batch-size", "32", "--lr", "0.01", "--quiet", *flags]  # fmt: skip
+    assert main(argv) == 0
+    return ckn.load(out), ckn.read_training_report(out)["finetune"]
+
+
+def _layer(model):
+    layer = model.layers[0]
+    names = ("filters", "linear", "preproc", "alpha", "bias")
+    return {k: np.asarray(getattr(layer, k).get_value()) for k in names}
+
+
+def _nystrom(parts, lam):
+    sigma = float(1.0 / np.sqrt(parts["alpha"]))
+    return np.asarray(ckn.ops.nystrom_projection(parts["filters"], sigma, lam))
+
+
+def test_finetune_trainable_loss_and_margin_reach_the_training(finetune_setup, tmp_path, capsys):
+    """--trainable changes the named parts only; --loss and --margin reach the loss: with a
+    margin of 10 every batch-hard triplet is active, so the triplet loss is 10 + d_ap^2 - d_an^2
+    in [6, 14] for unit descriptors, and the contrastive one 1/2 d_ap^2 + 1/2 (10 - d_an)^2 in
+    [32, 52] (the defaults, 0.5 and 0.7, give at most 4.5 and 2.3)."""
+    start, files = finetune_setup
+    s = _layer(ckn.load(start))
+    lam = ckn.load(start).config.layers[0].lam
+    model, report = _finetune(start, files["views"], tmp_path / "a", "--epochs", "2",
+                              "--trainable", "filters", "--loss", "triplet", "--margin", "10",
+                              "--patience", "0")  # fmt: skip
+    assert report["best_epoch"] > 0  # a trained epoch is kept (not the start)
+    assert all(6 <= h["loss"] <= 14 for h in report["history"][1:]), report["history"]
+    a = _layer(model)
+    assert not np.array_equal(a["filters"], s["filters"])
+    for k in ("preproc", "alpha", "bias"):
+        np.testing.assert_array_equal(a[k], s[k], err_msg=k)
+    assert model.config.layers[0].lam == lam
+    np.testing.assert_allclose(a["linear"], _nystrom(a, lam), atol=1e-4)  # still a Nystrom map
+    model, report = _finetune(start, files["views"], tmp_path / "b", "--epochs", "2",
+                              "--trainable", "filters+input+lam+linear", "--loss", "contrastive",
+                              "--margin", "10", "--patience", "0")  # fmt: skip
+    assert report["best_epoch"] > 0
+    assert all(32 <= h["loss"] <= 52 for h in report["history"][1:]), report["history"]
+    b = _layer(model)
+    for k in ("filters", "preproc"):
+        assert not np.array_equal(b[k], s[k]), k
+    for k in ("alpha", "bias"):
+        np.testing.assert_array_equal(b[k], s[k], err_msg=k)
+    new_lam = model.config.layers[0].lam
+    assert new_lam != lam
+    assert np.abs(b["linear"] - _nystrom(b, new_lam)).max() > 1e-3  # a learned W after it
+
+
+def test_finetune_patience_stops_at_the_right_epoch(finetune_setup, tmp_path, capsys):
+    """Validation at mAP 1 from the start (each group one patch twice) never improves:
+    --patience 3 stops after epoch 3 of 10 and keeps the start; --patience 0 never stops."""
+    start, files = finetune_setup
+    _, report = _finetune(start, files["twice"], tmp_path / "p3", "--epochs", "10",
+                          "--patience", "3")  # fmt: skip
+    assert [h["val_map"] for h in report["history"]] == [1.0] * 4
+    assert report["epochs_done"] == 3 and report["stopped_early"] and report["best_epoch"] == 0
+    _, report = _finetune(start, files["twice"], tmp_path / "p0", "--epochs", "4",
+                          "--patience", "0")  # fmt: skip
+    assert report["epochs_done"] == 4 and not report["stopped_early"]
