@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -223,3 +224,60 @@ def test_finetune_patience_stops_at_the_right_epoch(finetune_setup, tmp_path, ca
     _, report = _finetune(start, files["twice"], tmp_path / "p0", "--epochs", "4",
                           "--patience", "0")  # fmt: skip
     assert report["epochs_done"] == 4 and not report["stopped_early"]
+
+
+# --------------------------------------------------------------------------- ckn train-global
+
+
+def test_train_global_mining_negatives_and_pool_size_reach_the_training(tmp_path, capsys):
+    """The head of ``--mining pool --negatives 1 --pool-size 4`` is, bit for bit, the one
+    train_global_head trains with those settings, and each setting changes the head: with any
+    one of them left at its default (batch mining, 2 negatives, a pool of 1000 = every image)
+    the head differs."""
+    import dataclasses
+
+    import cv2
+    import skimage.data
+    from test_global_desc import random_state
+
+    from retrieval.image import (
+        GlobalHeadConfig,
+        load_global_head,
+        load_image_folder,
+        prepare_maps,
+        train_global_head,
+    )
+    from retrieval.nets import load_backbone, state_dict_shapes, write_state_dict
+
+    weights = tmp_path / "r50.pth"
+    write_state_dict(weights, random_state(state_dict_shapes("resnet50", 16), 5), format="zip")
+    net = load_backbone("resnet50", weights, width_divisor=16)
+    rng = np.random.default_rng(3)
+    photo = skimage.data.astronaut()
+    for g in range(4):
+        (tmp_path / "train" / f"g{g}").mkdir(parents=True)
+        y, x = rng.integers(0, 400, 2)
+        for j in range(3):
+            dy, dx = rng.integers(0, 12, 2)
+            crop = photo[y + dy : y + dy + 72, x + dx : x + dx + 72, ::-1]
+            cv2.imwrite(str(tmp_path / "train" / f"g{g}" / f"{j}.png"), np.ascontiguousarray(crop))
+    out = tmp_path / "head"
+    argv = ["train-global", "--images", str(tmp_path / "train"), "--backbone",
+            f"resnet50:{weights}", "--side", "64", "--epochs", "2", "--groups", "2",
+            "--group-size", "2", "--val-fraction", "0", "--head", "gem", "--mining", "pool",
+            "--negatives", "1", "--pool-size", "4", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    coll = load_image_folder(tmp_path / "train")
+    maps = prepare_maps(net, coll.paths, side=64)
+    cfg = GlobalHeadConfig(head="gem", epochs=2, groups_per_batch=2, images_per_group=2,
+                           mining="pool", negatives=1, pool_size=4, side=64)  # fmt: skip
+
+    def leaves(head):
+        return [np.asarray(a) for a in jax.tree.leaves(head.params())]
+
+    want = leaves(train_global_head(maps, coll.labels, cfg)[0])
+    got = leaves(load_global_head(out))
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    for change in ({"mining": "batch"}, {"negatives": 2}, {"pool_size": 1000}):
+        other = leaves(train_global_head(maps, coll.labels, dataclasses.replace(cfg, **change))[0])
+        assert not all(np.array_equal(a, b) for a, b in zip(other, want)), change
