@@ -18,7 +18,14 @@ import skimage.data
 
 import ckn
 from retrieval.cli.main import main
-from retrieval.image import GlobalConfig, evaluate_global, load_backbone_spec, load_image_folder
+from retrieval.image import (
+    GlobalConfig,
+    evaluate_global,
+    list_images,
+    load_backbone_spec,
+    load_image_folder,
+)
+from retrieval.index import load_index
 from retrieval.local import (
     LocalConfig,
     VladConfig,
@@ -78,6 +85,20 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def whiten_folder(tmp_path_factory):
+    """Other images to fit a whitening on: 2 groups x 3 crops of two other photos."""
+    root = tmp_path_factory.mktemp("values") / "whiten"
+    rng = np.random.default_rng(5)
+    for name in ("immunohistochemistry", "hubble_deep_field"):
+        photo = getattr(skimage.data, name)()
+        for i in range(3):
+            y, x = (int(v) for v in rng.integers(0, 200, 2))
+            crop = np.ascontiguousarray(photo[y : y + 250, x : x + 250])
+            _write(root / name / f"{i}.png", cv2.resize(crop, (128, 128)))
+    return root
+
+
+@pytest.fixture(scope="module")
 def vgg_spec(tmp_path_factory):
     """A VGG16 of widths / 16 with random (He) weights, as ``vgg16:FILE``."""
     rng = np.random.default_rng(11)
@@ -101,6 +122,21 @@ def _rgb(path):
     return cv2.imread(str(path))[..., ::-1]
 
 
+def gem_by_hand(net, paths):
+    """GeM (p = 3, floor 1e-6) of each image's own map, L2-normalized, float64."""
+    maps = [np.asarray(net.features(_rgb(p)[None]), np.float64)[0] for p in paths]
+    v = np.stack([np.mean(np.maximum(m, 1e-6) ** 3, axis=(0, 1)) ** (1 / 3) for m in maps])
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def pca_whiten_by_hand(train, x, dim):
+    """PCA-whitening from an SVD: the top ``dim`` directions, unit variance (1/n), then L2."""
+    mean = train.mean(axis=0)
+    _, sv, vt = np.linalg.svd(train - mean, full_matrices=False)
+    y = (x - mean) @ vt[:dim].T / (sv[:dim] / np.sqrt(len(train)))
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
 def test_cli_global_map_equals_the_library_and_numpy(folder, vgg_spec, tmp_path, capsys):
     out = tmp_path / "gem.json"
     printed, _ = _cli(capsys, "--images", folder, "--global", "gem", "--backbone", vgg_spec,
@@ -110,11 +146,9 @@ def test_cli_global_map_equals_the_library_and_numpy(folder, vgg_spec, tmp_path,
     lib = evaluate_global(net, folder, GlobalConfig(head="gem", scales=(1.0,)))
     assert doc["map"] == pytest.approx(lib.result.mean_ap, abs=1e-12)
     assert f"mAP {100 * doc['map']:.2f}" in printed
-    # By hand: GeM (p = 3, floor 1e-6) of each image's own map, L2, then the AP above.
+    # By hand: GeM of each image's own map, then the AP above.
     coll = load_image_folder(folder)
-    maps = [np.asarray(net.features(_rgb(p)[None]), np.float64)[0] for p in coll.paths]
-    gem = np.stack([np.mean(np.maximum(m, 1e-6) ** 3, axis=(0, 1)) ** (1 / 3) for m in maps])
-    gem /= np.linalg.norm(gem, axis=1, keepdims=True)
+    gem = gem_by_hand(net, coll.paths)
     np.testing.assert_allclose(lib.database, gem, atol=TOL)
     want, per_query = numpy_map(gem, coll.labels, coll.junk)
     assert coll.junk and doc["num_queries"] == len(per_query) == 9
@@ -123,6 +157,33 @@ def test_cli_global_map_equals_the_library_and_numpy(folder, vgg_spec, tmp_path,
     assert got == pytest.approx({coll.names[q]: ap for q, ap in per_query.items()}, abs=1e-9)
     # The junk lists matter: without them some queries score otherwise.
     assert numpy_map(gem, coll.labels)[1] != per_query
+
+
+def test_whiten_dim_reaches_eval_images_and_index_build(
+    folder, whiten_folder, vgg_spec, tmp_path, capsys
+):
+    """``--whiten pca --whiten-dim 2``: the PCA-whitening fitted on the 6 other images' vectors
+    keeps 2 directions (by hand, up to signs; the defaults are 5 and 3), in eval-images (mAP by
+    the AP above) and in the vectors of ``ckn index build``."""
+    net = load_backbone_spec(vgg_spec)
+    coll = load_image_folder(folder)
+    want = pca_whiten_by_hand(
+        gem_by_hand(net, list_images(whiten_folder)), gem_by_hand(net, coll.paths), 2
+    )
+    g = ["--global", "gem", "--backbone", vgg_spec, "--scales", "1", "--whiten", "pca",
+         "--whiten-images", whiten_folder, "--whiten-dim", "2"]  # fmt: skip
+    out = tmp_path / "w.json"
+    _cli(capsys, "--images", folder, *g, "--json", out)
+    doc = json.loads(out.read_text())
+    assert doc["global"]["dim"] == doc["whitening"]["dim"] == 2
+    assert doc["map"] == pytest.approx(numpy_map(want, coll.labels, coll.junk)[0], abs=1e-9)
+    index = tmp_path / "photos.index"
+    assert main(["index", "build", "--images", str(folder), "--out", str(index), "--quiet",
+                 *map(str, g)]) == 0, capsys.readouterr().err  # fmt: skip
+    idx = load_index(index)
+    rows = [idx.paths.index(str(p)) for p in coll.paths]
+    assert idx.vectors.shape == (10, 2)
+    np.testing.assert_allclose(np.abs(idx.vectors[rows]), np.abs(want), atol=TOL)
 
 
 def numpy_vlad(x, centers):
