@@ -156,7 +156,9 @@ def test_no_classifier_and_input_errors(tiny_model, tiny_net, photo_patches, tmp
     with pytest.raises(InputError, match="max_bytes"):
         CB.CknBackbone(tiny_model[0], max_bytes=0)
     with pytest.raises(
-        InputError, match="known: efficientnet-lite0, vgg16, resnet50, resnet101, ckn"
+        InputError,
+        match="known: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, vgg16, "
+        "resnet50, resnet101, ckn",
     ):
         B.load_backbone("vgg19")
     p = photo_patches[:2]
