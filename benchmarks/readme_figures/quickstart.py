@@ -11,7 +11,6 @@ from .core import (
     cpu,
     duration,
     f1,
-    load,
     meta,
     para,
     renderer,
@@ -43,30 +42,36 @@ def quick_run(results) -> str:
 
 
 def _pytest_summary(fig: dict) -> dict:
-    """passed / skipped / seconds from a recorded pytest summary line, or the hand record."""
+    """Counts and seconds from a recorded pytest summary line, or the hand record."""
     if "result" in fig:
         return fig["result"]
     for line in reversed(fig.get("output_tail", [])):
-        m = re.search(r"(\d+) passed(?:, (\d+) skipped)?.* in ([\d.]+)s", line)
-        if m:
-            return {"passed": int(m[1]), "skipped": int(m[2] or 0), "seconds": float(m[3])}
-    raise ReportError("oneoffs.json ci_run: no pytest summary line in its output")
+        seconds = re.search(r" in ([\d.]+)s\b", line)
+        counts = re.findall(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)\b", line)
+        if seconds and counts:
+            return {"seconds": float(seconds[1]), **{k: int(n) for n, k in counts}}
+    raise ReportError("oneoffs.json: no pytest summary line in the recorded output")
 
 
-@renderer("ci_run")
-def ci_run(results) -> str:
-    """The last recorded clean-clone CI run."""
-    fig = results["oneoffs"]["figures"]["ci_run"]
+@renderer("suite_run")
+def suite_run(results) -> str:
+    """The last recorded run of the test suite (oneoffs.json: test_suite, else ci_run)."""
+    figures = results["oneoffs"]["figures"]
+    fig = figures.get("test_suite") or figures["ci_run"]
     m = meta(fig)
     r = _pytest_summary(fig)
     date = m.get("date") or (m.get("started_utc") or "")[:10] or "date not recorded"
     machine = cpu(fig)
-    where = f"on {machine}" if machine != "machine not recorded" else machine
-    loads = f"load {r['load']}" if "load" in r else load(fig)
+    if machine == "machine not recorded":
+        where = f"{machine}, load {r['load']}" if "load" in r else machine
+    else:
+        where = speed_note(fig)
     outcome = "passed" if fig.get("returncode") == 0 else f"failed (exit {fig.get('returncode')})"
+    counts = ", ".join(
+        f"{r[k]} {k}" for k in ("passed", "failed", "skipped", "xfailed", "xpassed") if r.get(k)
+    )
     return para(
-        f"The last recorded CI run (`{m['command']}` on a clean clone of {m['commit'][:7]},"
-        f" {date}, `benchmarks/results/oneoffs.json`) {outcome}: {r['passed']} passed and"
-        f" {r['skipped']} skipped without `../shared/data`, {r['seconds']:.0f} s, {where},"
-        f" {loads}."
+        f"The last recorded run (`{m['command']}`, {commit(fig)}, {date},"
+        f" `benchmarks/results/oneoffs.json`) {outcome}: {counts} without `../shared/data`, in"
+        f" {duration(r['seconds'])} ({where})."
     )
