@@ -34,6 +34,7 @@ from retrieval._src.hpatches import (
     HPatchesData,
     HPatchesTasks,
     evaluate_hpatches,
+    format_hpatches,
     generate_tasks,
     iter_descriptors,
     load_hpatches,
@@ -45,8 +46,11 @@ from retrieval._src.hpatches import (
     write_sequence,
     write_tasks,
 )
+from retrieval._src.hpatches.matching import match_image
+from retrieval._src.hpatches.retrieval_task import retrieval_task
 from retrieval._src.hpatches.splits import Split
-from retrieval._src.hpatches.task_files import read_patch_list
+from retrieval._src.hpatches.task_files import Pairs, PatchList, read_patch_list
+from retrieval._src.hpatches.verification import pair_distances
 from retrieval._src.metrics.hpatches_ap import hpatches_ap_of_ranks, hpatches_pr, hpatches_roc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +142,56 @@ def test_ap_of_ranks_equals_the_curve_area():
         assert hpatches_ap_of_ranks(ranks, 5) == pytest.approx(
             hpatches_pr(scores, labels).ap, abs=1e-12
         )
+
+
+def _fractions_ap(ranks) -> float:
+    """The area of ``hpatches_pr`` for positives at 1-based ``ranks``, all of them retrieved."""
+    p = lambda k, r: k / r if r else 1.0
+    return sum((p(k - 1, r - 1) + p(k, r)) / 2 for k, r in enumerate(ranks, 1)) / len(ranks)
+
+
+def test_retrieval_hand_made():
+    # Query (i_q, 0) at 0; its 5 positives at 1..5 at every level; distractors: i_q's other
+    # patch at 0.5 (same sequence: left out) and v_d's patches at 1 and 3 (exact ties).
+    q = np.zeros((16, 2, 1), np.float32)
+    q[1:, 0, 0] = np.tile(np.arange(1, 6), 3)
+    q[0, 1, 0] = 0.5
+    d = np.array([1.0, 3.0], np.float32).reshape(1, 2, 1).repeat(16, axis=0)
+    lists = [PatchList(np.array(["i_q"]), np.array([0]))]
+    lists.append(PatchList(np.array(["i_q", "v_d", "v_d"]), np.array([1, 0, 1])))
+    r = retrieval_task({"i_q": q, "v_d": d}, *lists, (6, 100))
+    # Ties keep the positives (listed first) ahead: k = 6 keeps v_d's first patch only.
+    expected = [_fractions_ap([1, 3, 4, 5, 6]), _fractions_ap([1, 3, 4, 6, 7])]
+    np.testing.assert_allclose(r.ap, np.tile(expected, (1, 3, 1)), rtol=0, atol=1e-9)
+
+
+def test_matching_hand_made():
+    # Reference patch 0 is at distance 1 from both targets: the first one (correct) wins.
+    ap, accuracy = match_image(np.array([[0.0], [10.0]], np.float32), np.array([[1.0], [-1.0]]))
+    assert (ap, accuracy) == (pytest.approx((1 + 1) / 2 / 2, abs=1e-12), 0.5)
+    # Matches ranked by distance, numpos = N: one correct match at rank 2 of 3.
+    ref = np.array([[0.0], [10.0], [20.0]], np.float32)
+    ap, _ = match_image(ref, np.array([[30.0], [12.0], [1.0]], np.float32))
+    assert ap == pytest.approx((1e-10 + 1 / 2) / 2 / 3, abs=1e-12)
+
+
+def test_pair_distances_are_the_official_float32_norms():
+    from scipy.spatial.distance import euclidean
+
+    rng = np.random.default_rng(4)
+    d = {"i_a": rng.standard_normal((16, 50, 96)).astype(np.float32)}
+    n = 5000
+    image = rng.integers(0, 6, (2, n))
+    idx = rng.integers(0, 50, (2, n))
+    names = np.full(n, "i_a")
+    pairs = Pairs(names, image[0], idx[0], names, image[1], idx[1])
+    got = pair_distances(d, pairs, "h")
+    rows = np.where(image == 0, 0, 5 + image)
+    expected = [
+        euclidean(d["i_a"][rows[0, k], idx[0, k]], d["i_a"][rows[1, k], idx[1, k]])
+        for k in range(n)
+    ]
+    np.testing.assert_array_equal(got, expected)  # bit for bit
 
 
 # --------------------------------------------------------------------------- layout
@@ -285,6 +339,7 @@ def test_descriptor_csv_round_trip_is_exact(tmp_path):
 #: Per-level jitter of the target patches: shift (px), rotation (deg), log-scale (std devs).
 JITTER = {"e": (1.0, 3.0, 0.03), "h": (2.5, 8.0, 0.08), "t": (4.5, 15.0, 0.15)}
 SEQUENCES = {"i_alpha": 40, "i_beta": 33, "v_gamma": 47, "v_delta": 36, "v_eps": 30}
+DUPLICATES = range(3, 30)
 
 
 def _textures(rng, n, bank) -> np.ndarray:
@@ -304,14 +359,19 @@ def _jitter(rng, patch, level) -> np.ndarray:
     return cv2.warpAffine(patch, m, (65, 65), borderMode=cv2.BORDER_REFLECT)
 
 
-def _synthetic_sequence(rng, n, bank) -> dict:
+def _synthetic_sequence(rng, n, bank, copies=None) -> dict:
+    """The 16 types of a sequence; ``copies``: {index: patch} reference patches to use as given."""
     ref = _textures(rng, n, bank)
-    ref[:3] = float(rng.integers(60, 200))  # flat patches: zero descriptors, exact ties
+    ref[:3] = float(rng.integers(60, 200))  # flat patches, flat in every image: exact ties
+    for i, patch in (copies or {}).items():
+        ref[i] = patch
     out = {"ref": ref}
     for level in "eht":
         for i in range(1, 6):
             warped = np.stack([_jitter(rng, p, level) for p in ref])
-            out[f"{level}{i}"] = warped + rng.normal(0, 8, ref.shape)
+            warped += rng.normal(0, 8, ref.shape)
+            warped[:3] = ref[:3]
+            out[f"{level}{i}"] = warped
     return {t: np.clip(np.rint(v), 0, 255).astype(np.uint8) for t, v in out.items()}
 
 
@@ -335,8 +395,13 @@ def release(tmp_path_factory):
     blur = lambda x: cv2.GaussianBlur(x, (0, 0), 4.0)
     bank = np.stack([blur(rng.standard_normal((65, 65)).astype(np.float32)) for _ in range(6)])
     bank /= bank.std(axis=(1, 2), keepdims=True)
+    written = {}
     for name, n in SEQUENCES.items():
-        write_sequence(root / "release", name, _synthetic_sequence(rng, n, bank))
+        # v_eps's reference patches 3-29 are i_alpha's e1 patches 3-29: as distractors, they
+        # tie exactly with the easy positives of i_alpha's queries there.
+        copies = {i: written["i_alpha"]["e1"][i] for i in DUPLICATES} if name == "v_eps" else {}
+        written[name] = _synthetic_sequence(rng, n, bank, copies)
+        write_sequence(root / "release", name, written[name])
     data = load_hpatches(root / "release", "all")
     write_descriptors(root / "descr" / "tiny", iter_descriptors(data, tiny_describe))
     tasks = generate_tasks(data, CONFIG)
@@ -434,7 +499,7 @@ def test_describe_function_equals_csv_descriptors(release):
 
 
 def test_tasks_are_not_trivial(release):
-    root, data, _ = release
+    root, data, tasks = release
     r = evaluate_hpatches(read_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG)
     s = r.as_dict()
     for task in ("matching", "retrieval"):
@@ -442,6 +507,11 @@ def test_tasks_are_not_trivial(release):
     v = s["verification"]["imbalanced"]["intra"]
     assert 0.3 < v["tough"] < v["hard"] < v["easy"] < 0.99, v
     assert r.retrieval.ap[:, :, 0].mean() != r.retrieval.ap[:, :, -1].mean()  # sizes matter
+    # Exact ties, where the order rules show: the flat patches in matching (all at distance
+    # 0), easy positives and their copies among the distractors in retrieval.
+    q = {(s, i) for s, i in zip(tasks.queries.seq, tasks.queries.idx)}
+    d = {(s, i) for s, i in zip(tasks.distractors.seq, tasks.distractors.idx)}
+    assert any(("i_alpha", i) in q and ("v_eps", i) in d for i in DUPLICATES)
 
 
 def test_evaluate_refuses_bad_input(release):
@@ -508,3 +578,15 @@ def test_split_sequences_must_be_the_test_ones(release):
     sub = HPatchesData(data.root, Split("all", (), data.sequences[:4]), data.counts)
     with pytest.raises(InputError, match="v_gamma.* not a test sequence"):
         evaluate_hpatches(tiny_describe, sub, tasks, CONFIG)
+
+
+def test_text_table(release):
+    root, data, _ = release
+    r = evaluate_hpatches(read_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG)
+    s = r.as_dict()
+    json.dumps(s, allow_nan=False)  # strict JSON
+    text = format_hpatches(s, name="tiny")
+    assert f"{100 * s['matching']['hard']:6.2f}" in text
+    assert f"{100 * s['verification']['imbalanced']['intra']['tough']:6.2f}" in text
+    assert "published" not in text  # the published figures are for split full only
+    assert "HardNet+ 52.76" in format_hpatches(dict(s, split="full"))

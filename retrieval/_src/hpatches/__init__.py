@@ -9,7 +9,8 @@ Modules, one idea each:
 * :mod:`.task_files`, :mod:`.task_generation`: verification pairs and retrieval lists, the
   official files, seeded generation for data without them;
 * :mod:`.verification`, :mod:`.matching`, :mod:`.retrieval_task`: the three tasks;
-* :mod:`.config`, :mod:`.evaluate`: the settings and :func:`evaluate_hpatches`.
+* :mod:`.config`, :mod:`.evaluate`: the settings and :func:`evaluate_hpatches`;
+* :mod:`.report`: the text table, published figures beside.
 
 The AP and AUC follow the official ``utils/metrics.py``
 (:mod:`retrieval._src.metrics.hpatches_ap`).
@@ -32,6 +33,7 @@ from retrieval._src.hpatches.layout import (
     write_sequence,
 )
 from retrieval._src.hpatches.matching import HPatchesMatching
+from retrieval._src.hpatches.report import PUBLISHED, format_hpatches
 from retrieval._src.hpatches.retrieval_task import HPatchesRetrieval
 from retrieval._src.hpatches.splits import SPLIT_NAMES, Split, official_splits
 from retrieval._src.hpatches.task_files import (
@@ -47,6 +49,7 @@ from retrieval._src.hpatches.verification import HPatchesVerification
 __all__ = [
     "OFFICIAL_LIST_SIZES",
     "PATCH_SIZE",
+    "PUBLISHED",
     "SPLIT_NAMES",
     "TASK_NAMES",
     "TYPES",
@@ -62,6 +65,7 @@ __all__ = [
     "Split",
     "describe_hpatches",
     "evaluate_hpatches",
+    "format_hpatches",
     "generate_tasks",
     "iter_descriptors",
     "load_hpatches",
