@@ -52,14 +52,35 @@ class HPatchesVerification:
     n_pairs: int
 
 
-def _rows(descriptors, seq, image, idx, noise: str) -> np.ndarray:
-    """(M, D) float32 descriptors of the patches (seq, image, idx) under a noise level."""
+def _rows(descriptors, names, codes, image, idx, noise: str) -> np.ndarray:
+    """(M, D) float32 descriptors of the patches (names[codes], image, idx) at a noise level."""
     rows = np.where(image == 0, 0, type_index(noise, 1) + image - 1)
     dim = next(iter(descriptors.values())).shape[2]
-    out = np.empty((seq.shape[0], dim), np.float32)
-    for name in np.unique(seq):
-        at = np.flatnonzero(seq == name)
-        out[at] = descriptors[name][rows[at], idx[at]]
+    out = np.empty((codes.shape[0], dim), np.float32)
+    for c in np.unique(codes):
+        at = np.flatnonzero(codes == c)
+        out[at] = descriptors[names[c]][rows[at], idx[at]]
+    return out
+
+
+class _Coded:
+    """Pairs with sequence names as integer codes (string comparisons are slow)."""
+
+    def __init__(self, pairs: Pairs):
+        self.names, codes = np.unique(np.concatenate([pairs.seq1, pairs.seq2]), return_inverse=True)
+        self.codes1, self.codes2 = np.split(codes, 2)
+        self.pairs = pairs
+
+
+def _distances(descriptors: dict, coded: _Coded, noise: str) -> np.ndarray:
+    p = coded.pairs
+    out = np.empty(p.seq1.shape[0], np.float64)
+    for start in range(0, out.size, _BLOCK):
+        sl = slice(start, start + _BLOCK)
+        a = _rows(descriptors, coded.names, coded.codes1[sl], p.image1[sl], p.idx1[sl], noise)
+        b = _rows(descriptors, coded.names, coded.codes2[sl], p.image2[sl], p.idx2[sl], noise)
+        diff = (a - b).astype(np.float64)
+        out[sl] = np.sqrt(np.einsum("md,md->m", diff, diff)).astype(np.float32)
     return out
 
 
@@ -71,14 +92,7 @@ def pair_distances(descriptors: dict, pairs: Pairs, noise: str) -> np.ndarray:
       pairs: the pairs (image ids 0-5).
       noise: ``"e"``, ``"h"`` or ``"t"``.
     """
-    out = np.empty(pairs.seq1.shape[0], np.float64)
-    for start in range(0, out.size, _BLOCK):
-        sl = slice(start, start + _BLOCK)
-        a = _rows(descriptors, pairs.seq1[sl], pairs.image1[sl], pairs.idx1[sl], noise)
-        b = _rows(descriptors, pairs.seq2[sl], pairs.image2[sl], pairs.idx2[sl], noise)
-        diff = (a - b).astype(np.float64)
-        out[sl] = np.sqrt(np.einsum("md,md->m", diff, diff)).astype(np.float32)
-    return out
+    return _distances(descriptors, _Coded(pairs), noise)
 
 
 def verification_task(descriptors: dict, tasks: HPatchesTasks) -> HPatchesVerification:
@@ -93,10 +107,11 @@ def verification_task(descriptors: dict, tasks: HPatchesTasks) -> HPatchesVerifi
     labels = np.concatenate([np.zeros(n), np.ones(n)])
     auc = np.zeros((len(NOISE_LEVELS), len(NEGATIVES)))
     ap = np.zeros_like(auc)
+    coded = {part: _Coded(getattr(tasks, part)) for part in ("positives", *NEGATIVES)}
     for i, noise in enumerate(NOISE_LEVELS):
-        pos = pair_distances(descriptors, tasks.positives, noise)
+        pos = _distances(descriptors, coded["positives"], noise)
         for j, kind in enumerate(NEGATIVES):
-            neg = pair_distances(descriptors, getattr(tasks, kind), noise)
+            neg = _distances(descriptors, coded[kind], noise)
             dist = np.concatenate([neg, pos])
             auc[i, j] = hpatches_roc(-dist, labels).auc
             ap[i, j] = hpatches_pr(-dist[:n_imb], labels[:n_imb]).ap
