@@ -1,0 +1,45 @@
+"""HPatches-style data from homography sequences, and HPatches-layout folders as patch files.
+
+* :mod:`.config`: :class:`HPatchesStyleConfig` and the noise levels (:class:`Jitter`);
+* :mod:`.jitter`: affine jitter of a frame and its ellipse overlap;
+* :mod:`.build`: :func:`cut_sequence`, :func:`build_hpatches_style` (writes the layout);
+* :mod:`.layout`: the ``hpatches-release`` layout (minimal writer and reader);
+* :mod:`.convert`: :func:`hpatches_to_patchset` (an HPatches folder -> a :class:`PatchSet`).
+"""
+
+from retrieval._src.hpstyle.build import (
+    HPatchesStyleReport,
+    SequenceCut,
+    build_hpatches_style,
+    cut_sequence,
+    output_name,
+)
+from retrieval._src.hpstyle.config import LEVELS, HPatchesStyleConfig, Jitter
+from retrieval._src.hpstyle.convert import hpatches_to_patchset, resize_patches
+from retrieval._src.hpstyle.jitter import (
+    disk_overlap,
+    ellipse_overlap,
+    sample_jitter,
+    suppress_overlapping,
+)
+from retrieval._src.hpstyle.layout import TYPES, read_sequence, write_sequence
+
+__all__ = [
+    "LEVELS",
+    "TYPES",
+    "HPatchesStyleConfig",
+    "HPatchesStyleReport",
+    "Jitter",
+    "SequenceCut",
+    "build_hpatches_style",
+    "cut_sequence",
+    "disk_overlap",
+    "ellipse_overlap",
+    "hpatches_to_patchset",
+    "output_name",
+    "read_sequence",
+    "resize_patches",
+    "sample_jitter",
+    "suppress_overlapping",
+    "write_sequence",
+]
