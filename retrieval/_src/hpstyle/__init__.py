@@ -19,6 +19,7 @@ from retrieval._src.hpstyle.convert import hpatches_to_patchset, resize_patches
 from retrieval._src.hpstyle.jitter import (
     disk_overlap,
     ellipse_overlap,
+    median_overlap,
     sample_jitter,
     suppress_overlapping,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "disk_overlap",
     "ellipse_overlap",
     "hpatches_to_patchset",
+    "median_overlap",
     "output_name",
     "read_sequence",
     "resize_patches",

@@ -204,7 +204,9 @@ def cut_sequence(
                 pyramid=pyramid,
                 **sample,
             )
-    overlap = ellipse_overlap(jit_a.reshape(-1, 2, 2), jit_t.reshape(-1, 2), grid=cfg.overlap_grid)
+    overlap = ellipse_overlap(
+        jit_a.reshape(-1, 2, 2), jit_t.reshape(-1, 2), samples=cfg.overlap_samples
+    )
     return SequenceCut(
         patches=patches,
         x=regs.x,

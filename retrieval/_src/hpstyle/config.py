@@ -36,14 +36,15 @@ class Jitter:
                 raise ValueError(f"jitter {name} must be finite and >= 0, got {v}")
 
 
-# Calibrated (retrieval/_src/hpstyle/jitter.py, ellipse_overlap at grid 200 over 20,000
-# draws) so that the median overlap with the unperturbed frame is 0.85 (easy) and 0.72
-# (hard) as HPatches (Balntas et al. 2017, Sec. 3), and 0.60 for tough ("lower" in the
-# paper; 0.60 is this project's choice). Rotation does not change the overlap of a disk;
-# its ranges (10 / 20 / 30 degrees) are a reconstruction: the paper gives none.
-EASY = Jitter(rotation_deg=10.0, scale=0.1421, translation=0.1421)
-HARD = Jitter(rotation_deg=20.0, scale=0.2785, translation=0.2785)
-TOUGH = Jitter(rotation_deg=30.0, scale=0.4289, translation=0.4289)
+# Calibrated with median_overlap (40,000 draws, bisection on scale = translation) so that
+# the median overlap with the unperturbed frame is 0.85 (easy) and 0.72 (hard), as in
+# HPatches (Balntas et al. 2017, Sec. 3), and 0.60 for tough (the paper says "lower"; 0.60
+# is this project's choice). Measured at these values (seed 2): 0.850, 0.719, 0.599.
+# Rotation does not change the overlap of a disk; its ranges (10 / 20 / 30 degrees) are a
+# reconstruction: the paper gives none.
+EASY = Jitter(rotation_deg=10.0, scale=0.139, translation=0.139)
+HARD = Jitter(rotation_deg=20.0, scale=0.281, translation=0.281)
+TOUGH = Jitter(rotation_deg=30.0, scale=0.436, translation=0.436)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class HPatchesStyleConfig:
         prefix); every other folder gets ``v_``. A name that already starts with
         ``i_`` or ``v_`` is kept as is. Default: Oxford's ``leuven`` (light
         change, fixed camera).
-      overlap_grid: lattice side of the overlap measurement (:func:`ellipse_overlap`).
+      overlap_samples: integration points of the overlap measurement (:func:`ellipse_overlap`).
     """
 
     size: int = 65
@@ -83,7 +84,7 @@ class HPatchesStyleConfig:
     edge_threshold: float = 10.0
     seed: int = 0
     illumination: tuple[str, ...] = ("leuven",)
-    overlap_grid: int = 64
+    overlap_samples: int = 256
 
     def __post_init__(self):
         if self.size < 8:
@@ -96,8 +97,8 @@ class HPatchesStyleConfig:
             raise ValueError(f"max_overlap must be in [0, 1], got {self.max_overlap}")
         if not 0.0 < self.min_size <= self.max_size:
             raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
-        if self.overlap_grid < 8:
-            raise ValueError(f"overlap_grid must be >= 8, got {self.overlap_grid}")
+        if self.overlap_samples < 8:
+            raise ValueError(f"overlap_samples must be >= 8, got {self.overlap_samples}")
         for name in LEVELS:
             if not isinstance(getattr(self, name), Jitter):
                 raise ValueError(f"{name} must be a Jitter, got {getattr(self, name)!r}")

@@ -49,38 +49,44 @@ def sample_jitter(rng: np.random.Generator, n: int, level: Jitter) -> tuple[np.n
     return a, t
 
 
-def ellipse_overlap(a: np.ndarray, t: np.ndarray, *, grid: int = 64) -> np.ndarray:
+def ellipse_overlap(a: np.ndarray, t: np.ndarray, *, samples: int = 256) -> np.ndarray:
     """Jaccard overlap of the unit disk and the ellipses ``A D + t``, (n,).
 
-    Areas are counted on a ``grid x grid`` lattice of cell centres over a square
-    holding both shapes (error about 1% at grid 64, 0.3% at grid 200).
+    The intersection is integrated over the disk's vertical chords: at abscissa
+    ``x = sin(theta)`` the disk's chord is ``|y| <= cos(theta)`` and the
+    ellipse's comes from a quadratic in y; the overlap of the two chords is
+    summed with the midpoint rule over ``samples`` values of theta (the
+    substitution removes the square-root end points; error below 1e-4 at 256).
+    The union is ``pi + pi |det A| - intersection``.
 
     Args:
       a: (n, 2, 2) invertible matrices.
       t: (n, 2) shifts.
-      grid: lattice side.
+      samples: integration points.
     """
     a = np.asarray(a, np.float64).reshape(-1, 2, 2)
     t = np.asarray(t, np.float64).reshape(-1, 2)
-    n = a.shape[0]
-    out = np.empty(n)
-    if n == 0:
-        return out
-    # Half side: the disk (1) or the ellipse (|t| + largest singular value <= |t| + Frobenius).
-    half = np.maximum(1.0, np.linalg.norm(t, axis=1) + np.linalg.norm(a.reshape(n, 4), axis=1))
-    g = (np.arange(grid) + 0.5) / grid * 2.0 - 1.0
-    gx, gy = np.meshgrid(g, g, indexing="xy")
-    lattice = np.stack([gx.ravel(), gy.ravel()], 1)  # (G, 2)
-    inv = np.linalg.inv(a)
-    chunk = max(1, 2_000_000 // lattice.shape[0])
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        q = lattice[None] * half[s:e, None, None]  # (c, G, 2)
-        in_disk = np.einsum("cgi,cgi->cg", q, q) <= 1.0
-        u = np.einsum("cij,cgj->cgi", inv[s:e], q - t[s:e, None])
-        in_ellipse = np.einsum("cgi,cgi->cg", u, u) <= 1.0
-        out[s:e] = (in_disk & in_ellipse).sum(1) / np.maximum((in_disk | in_ellipse).sum(1), 1)
-    return out
+    # The ellipse is (p - t)^T M (p - t) <= 1 with M = (A A^T)^-1.
+    m = np.linalg.inv(a @ np.swapaxes(a, 1, 2))
+    m00, m01, m11 = m[:, 0, 0, None], m[:, 0, 1, None], m[:, 1, 1, None]
+    theta = ((np.arange(samples) + 0.5) / samples - 0.5) * math.pi
+    x, half = np.sin(theta)[None], np.cos(theta)[None]
+    dx = x - t[:, 0, None]
+    disc = (m01 * dx) ** 2 - m11 * (m00 * dx * dx - 1.0)
+    root = np.sqrt(np.maximum(disc, 0.0))
+    lo = t[:, 1, None] + (-m01 * dx - root) / m11
+    hi = t[:, 1, None] + (-m01 * dx + root) / m11
+    chord = np.clip(np.minimum(hi, half) - np.maximum(lo, -half), 0.0, None)
+    chord = np.where(disc > 0, chord, 0.0)
+    inter = (chord * half).sum(1) * (math.pi / samples)
+    union = math.pi * (1.0 + np.abs(np.linalg.det(a))) - inter
+    return inter / union
+
+
+def median_overlap(level: Jitter, *, n: int = 40_000, seed: int = 0) -> float:
+    """Median :func:`ellipse_overlap` of ``n`` jitters of ``level`` (its calibration)."""
+    a, t = sample_jitter(np.random.default_rng(seed), n, level)
+    return float(np.median(ellipse_overlap(a, t)))
 
 
 def disk_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray:
