@@ -273,6 +273,15 @@ def test_bad_sequences(sequences, tmp_path):
     cv2.imwrite(str(short / "img6.png"), img)
     with pytest.raises(InputError, match="H1to6p"):
         build_hpatches_style(short.parent, tmp_path / "o2")
+    flat = tmp_path / "flat" / "f"
+    flat.mkdir(parents=True)
+    for k in range(1, 7):
+        cv2.imwrite(str(flat / f"img{k}.png"), np.full((100, 120), 128, np.uint8))
+    for k in range(2, 7):
+        np.savetxt(flat / f"H1to{k}p", np.eye(3))
+    with pytest.raises(InputError, match="f: no region fits the reference and all 15 targets"):
+        build_hpatches_style(flat.parent, tmp_path / "o4")
+    assert not (tmp_path / "o4").exists()
     with pytest.raises(InputError, match="sequences folder not found"):
         build_hpatches_style(tmp_path / "nothing", tmp_path / "o3")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
