@@ -34,6 +34,7 @@ from retrieval._src.hpstyle import (
     median_overlap,
     output_name,
     read_sequence,
+    resize_patches,
     sample_jitter,
     suppress_overlapping,
     write_sequence,
@@ -372,6 +373,15 @@ def test_convert_bad_layouts(built, tmp_path):
         hpatches_to_patchset(bad)
     with pytest.raises(InputError, match="no HPatches sequence"):
         hpatches_to_patchset(tmp_path)
+
+
+@pytest.mark.parametrize("side", [65, 64])
+def test_resize_patches_equals_one_resize_per_patch(side):
+    # 1100 patches: across the 1024-patch column chunks.
+    p = np.random.default_rng(side).integers(0, 256, (1100, side, side), dtype=np.uint8)
+    want = np.stack([cv2.resize(x, (51, 51), interpolation=cv2.INTER_AREA) for x in p])
+    np.testing.assert_array_equal(resize_patches(p, 51), want)
+    assert resize_patches(p, side) is p
 
 
 def test_writer_round_trip(tmp_path):
