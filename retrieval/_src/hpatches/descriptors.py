@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.hpatches.data import HPatchesData
 from retrieval._src.hpatches.layout import PATCH_SIZE, TYPES, check_sequence_name
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 
 #: Side of an HPatches patch, in pixels.
 PATCH_SIZE = 65

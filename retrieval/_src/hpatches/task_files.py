@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.hpatches.data import HPatchesData
 
 PAIR_HEADER = ("s1", "t1", "idx1", "s2", "t2", "idx2")

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src import regions as R
 from retrieval._src.data.geometry import Homography, read_homography
 from retrieval._src.data.sequences import _sequence_files, find_sequences, load_sequence
