@@ -1,8 +1,9 @@
 """Retrieval metrics in plain NumPy (stage: scores -> mAP).
 
 Average precision, patch retrieval mAP and nearest-neighbour accuracy, pairs and ROC
-(FPR at 95% recall), image retrieval mAP over groups with junk images, and the
-revisited Oxford / Paris protocol (:func:`load_gnd`, :func:`revisited_map`).
+(FPR at 95% recall), image retrieval mAP over groups with junk images, the revisited
+Oxford / Paris protocol (:func:`load_gnd`, :func:`revisited_map`), and the precision-recall
+and ROC areas of the HPatches benchmark code (:func:`hpatches_pr`, :func:`hpatches_roc`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from retrieval._src.metrics import (
     evaluate_rankings,
     evaluate_scores,
     fpr_at_recall,
+    hpatches_pr,
+    hpatches_roc,
     image_retrieval_map,
     nn_matching_accuracy,
     pair_scores,
@@ -42,6 +45,8 @@ __all__ = [
     "evaluate_rankings",
     "evaluate_scores",
     "fpr_at_recall",
+    "hpatches_pr",
+    "hpatches_roc",
     "image_retrieval_map",
     "load_gnd",
     "nn_matching_accuracy",

@@ -34,6 +34,9 @@ INTERNAL_TESTS = {
     "tests/test_ckn_backbone.py": "the CKN backbone's jitted map, geometry and memory estimate",
     "tests/test_global_desc.py": "one compilation of the backbone's jitted apply",
     "tests/test_global_head.py": "the learned heads' forward pieces and initialization",
+    "tests/test_hpatches.py": "hand-made cases of the HPatches tasks' pieces (matching of one "
+    "image, retrieval lists, pair distances, AP of ranks), the official split lists",
+    "tests/test_hpstyle.py": "the jitter and overlap geometry of HPatches-style data",
     "tests/test_patchsets.py": "the patch-set builders' grouping, geometry and cache internals",
     "tests/test_regions.py": "patch frames and the inside-image fraction",
     "tests/test_pooling.py": "the R-MAC region boxes",

@@ -27,32 +27,33 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src.hpatches import (
-    OFFICIAL_LIST_SIZES,
-    TYPES,
-    HPatchesConfig,
-    HPatchesData,
-    HPatchesTasks,
-    evaluate_hpatches,
-    format_hpatches,
-    generate_tasks,
-    iter_descriptors,
-    load_hpatches,
-    official_splits,
-    read_descriptors,
-    read_sequence,
-    read_tasks,
-    write_descriptors,
-    write_sequence,
-    write_tasks,
-)
+from retrieval._src.hpatches import OFFICIAL_LIST_SIZES, official_splits
 from retrieval._src.hpatches.matching import match_image
 from retrieval._src.hpatches.retrieval_task import retrieval_task
 from retrieval._src.hpatches.splits import Split
 from retrieval._src.hpatches.task_files import Pairs, PatchList, read_patch_list
 from retrieval._src.hpatches.verification import pair_distances
-from retrieval._src.metrics.hpatches_ap import hpatches_ap_of_ranks, hpatches_pr, hpatches_roc
+from retrieval._src.metrics.hpatches_ap import hpatches_ap_of_ranks
+from retrieval.metrics import hpatches_pr, hpatches_roc
+from retrieval.patches import (
+    HPATCHES_TYPES,
+    HPatchesConfig,
+    HPatchesData,
+    HPatchesTasks,
+    evaluate_hpatches,
+    format_hpatches,
+    generate_hpatches_tasks,
+    iter_hpatches_descriptors,
+    load_hpatches,
+    read_hpatches_descriptors,
+    read_hpatches_sequence,
+    read_hpatches_tasks,
+    write_hpatches_descriptors,
+    write_hpatches_sequence,
+    write_hpatches_tasks,
+)
 
+TYPES = HPATCHES_TYPES
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("hpatches_official_runner.py")
 
@@ -204,13 +205,13 @@ def _random_sequence(rng, n) -> np.ndarray:
 def test_write_read_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     a = _random_sequence(rng, 7)
-    folder = write_sequence(tmp_path, "v_one", a)
+    folder = write_hpatches_sequence(tmp_path, "v_one", a)
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{t}.png" for t in TYPES)
     assert cv2.imread(str(folder / "h3.png"), cv2.IMREAD_UNCHANGED).shape == (7 * 65, 65)
-    np.testing.assert_array_equal(read_sequence(folder), a)
-    np.testing.assert_array_equal(read_sequence(folder, ("t2", "ref")), a[[12, 0]])
+    np.testing.assert_array_equal(read_hpatches_sequence(folder), a)
+    np.testing.assert_array_equal(read_hpatches_sequence(folder, ("t2", "ref")), a[[12, 0]])
     b = _random_sequence(rng, 3)
-    write_sequence(tmp_path, "i_two", dict(zip(TYPES, b)))
+    write_hpatches_sequence(tmp_path, "i_two", dict(zip(TYPES, b)))
     data = load_hpatches(tmp_path, "all")
     assert data.sequences == ("i_two", "v_one") and data.counts == {"i_two": 3, "v_one": 7}
     np.testing.assert_array_equal(data.patches("i_two"), b)
@@ -249,8 +250,8 @@ def _corrupt(root: Path, how: str) -> str:
 )
 def test_bad_layout_refused(tmp_path, how):
     rng = np.random.default_rng(1)
-    write_sequence(tmp_path, "i_good", _random_sequence(rng, 3))
-    write_sequence(tmp_path, "v_bad", _random_sequence(rng, 3))
+    write_hpatches_sequence(tmp_path, "i_good", _random_sequence(rng, 3))
+    write_hpatches_sequence(tmp_path, "v_bad", _random_sequence(rng, 3))
     name = _corrupt(tmp_path, how)
     with pytest.raises(InputError, match=name) as e:
         load_hpatches(tmp_path, "all")
@@ -278,7 +279,7 @@ def test_empty_or_missing_root_refused(tmp_path):
 )
 def test_writer_refuses_bad_input(tmp_path, name, patches, match):
     with pytest.raises(InputError, match=match):
-        write_sequence(tmp_path, name, patches)
+        write_hpatches_sequence(tmp_path, name, patches)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -298,7 +299,7 @@ def test_official_splits():
 
 
 def test_split_checks(tmp_path):
-    write_sequence(tmp_path, "v_there", _random_sequence(np.random.default_rng(2), 2))
+    write_hpatches_sequence(tmp_path, "v_there", _random_sequence(np.random.default_rng(2), 2))
     with pytest.raises(InputError, match="unknown HPatches split 'd'"):
         load_hpatches(tmp_path, "d")
     # v_there is in the official lists; the others are absent: refused, naming some.
@@ -317,20 +318,20 @@ def test_descriptor_csv_round_trip_is_exact(tmp_path):
         "v_y": rng.standard_normal((16, 4, 9)),
     }
     d = {k: v.astype(np.float32) for k, v in d.items()}
-    write_descriptors(tmp_path / "descr", d)
+    write_hpatches_descriptors(tmp_path / "descr", d)
     assert (tmp_path / "descr" / "v_y" / "t5.csv").read_text().count("\n") == 4
-    back = read_descriptors(tmp_path / "descr")
+    back = read_hpatches_descriptors(tmp_path / "descr")
     assert back.keys() == d.keys()
     for k in d:
         np.testing.assert_array_equal(back[k], d[k])
     with pytest.raises(InputError, match=r"t3\.csv"):
         (tmp_path / "descr" / "i_x" / "t3.csv").write_text("1,2\n")
-        read_descriptors(tmp_path / "descr")
+        read_hpatches_descriptors(tmp_path / "descr")
     with pytest.raises(InputError, match=r"e1\.csv"):
         (tmp_path / "descr" / "v_y" / "e1.csv").unlink()
-        read_descriptors(tmp_path / "descr", ["v_y"])
+        read_hpatches_descriptors(tmp_path / "descr", ["v_y"])
     with pytest.raises(InputError, match="NaN or inf"):
-        write_descriptors(tmp_path / "bad", {"i_x": np.full((16, 2, 3), np.inf)})
+        write_hpatches_descriptors(tmp_path / "bad", {"i_x": np.full((16, 2, 3), np.inf)})
     assert not (tmp_path / "bad").exists()
 
 
@@ -401,11 +402,13 @@ def release(tmp_path_factory):
         # tie exactly with the easy positives of i_alpha's queries there.
         copies = {i: written["i_alpha"]["e1"][i] for i in DUPLICATES} if name == "v_eps" else {}
         written[name] = _synthetic_sequence(rng, n, bank, copies)
-        write_sequence(root / "release", name, written[name])
+        write_hpatches_sequence(root / "release", name, written[name])
     data = load_hpatches(root / "release", "all")
-    write_descriptors(root / "descr" / "tiny", iter_descriptors(data, tiny_describe))
-    tasks = generate_tasks(data, CONFIG)
-    write_tasks(root / "tasks", tasks)
+    write_hpatches_descriptors(
+        root / "descr" / "tiny", iter_hpatches_descriptors(data, tiny_describe)
+    )
+    tasks = generate_hpatches_tasks(data, CONFIG)
+    write_hpatches_tasks(root / "tasks", tasks)
     return root, data, tasks
 
 
@@ -425,14 +428,14 @@ def test_generated_tasks_follow_the_sampling_rules(release):
     assert (q.seq.size, d.seq.size) == (total * 60 // 210, total - total * 60 // 210)
     keys = {(s, i) for s, i in zip(q.seq, q.idx)} | {(s, i) for s, i in zip(d.seq, d.idx)}
     assert len(keys) == total and all(i >= 3 for _, i in keys)
-    again = generate_tasks(data, CONFIG)
+    again = generate_hpatches_tasks(data, CONFIG)
     np.testing.assert_array_equal(again.inter.idx2, inter.idx2)
     np.testing.assert_array_equal(again.distractors.idx, d.idx)
 
 
 def test_task_files_round_trip(release):
     root, data, tasks = release
-    back = read_tasks(root / "tasks", data)
+    back = read_hpatches_tasks(root / "tasks", data)
     for part in ("positives", "intra", "inter", "queries", "distractors"):
         for a, b in zip(getattr(tasks, part), getattr(back, part)):
             np.testing.assert_array_equal(a, b)
@@ -453,21 +456,21 @@ def test_task_files_round_trip(release):
 )
 def test_bad_task_files_refused(release, tmp_path, file, text, match):
     root, data, tasks = release
-    write_tasks(tmp_path, tasks)
+    write_hpatches_tasks(tmp_path, tasks)
     (tmp_path / file).write_text(text)
     with pytest.raises(InputError, match=match):
-        read_tasks(tmp_path, data)
+        read_hpatches_tasks(tmp_path, data)
 
 
 def test_unequal_pair_files_refused(release, tmp_path):
     _, data, tasks = release
-    write_tasks(tmp_path, tasks)
+    write_hpatches_tasks(tmp_path, tasks)
     lines = (tmp_path / "verif_neg_inter_split-all.csv").read_text().splitlines()
     (tmp_path / "verif_neg_inter_split-all.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(InputError, match="as many negatives"):
-        read_tasks(tmp_path, data)
+        read_hpatches_tasks(tmp_path, data)
     with pytest.raises(InputError, match="retr_queries_split-all"):
-        read_tasks(tmp_path / "none", data, ("retrieval",))
+        read_hpatches_tasks(tmp_path / "none", data, ("retrieval",))
 
 
 def test_official_task_files_parse():
@@ -482,7 +485,7 @@ def test_official_task_files_parse():
     assert set(q.seq) <= set(split.test) and set(d.seq) <= set(split.test)
     # Checked against a release of split a with (unknown here) large counts.
     data = HPatchesData(Path("/nonexistent"), split, dict.fromkeys(split.train + split.test, 10**6))
-    back = read_tasks(tasks_dir, data, ("retrieval",))
+    back = read_hpatches_tasks(tasks_dir, data, ("retrieval",))
     np.testing.assert_array_equal(back.distractors.idx, d.idx)
 
 
@@ -492,7 +495,9 @@ def test_official_task_files_parse():
 def test_describe_function_equals_csv_descriptors(release):
     root, data, _ = release
     config = HPatchesConfig(tasks=("matching", "retrieval"), n_queries=60, n_distractors=150)
-    from_csv = evaluate_hpatches(read_descriptors(root / "descr" / "tiny"), data, None, config)
+    from_csv = evaluate_hpatches(
+        read_hpatches_descriptors(root / "descr" / "tiny"), data, None, config
+    )
     direct = evaluate_hpatches(tiny_describe, data, None, config)
     assert from_csv.as_dict() == direct.as_dict()
     assert from_csv.verification is None and from_csv.as_dict()["tasks"] == "generated (seed 42)"
@@ -500,7 +505,9 @@ def test_describe_function_equals_csv_descriptors(release):
 
 def test_tasks_are_not_trivial(release):
     root, data, tasks = release
-    r = evaluate_hpatches(read_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG)
+    r = evaluate_hpatches(
+        read_hpatches_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG
+    )
     s = r.as_dict()
     for task in ("matching", "retrieval"):
         assert 0.05 < s[task]["tough"] < s[task]["hard"] < s[task]["easy"] < 0.999, s[task]
@@ -516,7 +523,7 @@ def test_tasks_are_not_trivial(release):
 
 def test_evaluate_refuses_bad_input(release):
     root, data, tasks = release
-    descriptors = read_descriptors(root / "descr" / "tiny")
+    descriptors = read_hpatches_descriptors(root / "descr" / "tiny")
     with pytest.raises(InputError, match="no descriptors for 1 test sequences: v_eps"):
         evaluate_hpatches({k: v for k, v in descriptors.items() if k != "v_eps"}, data, tasks)
     bad = dict(descriptors, i_beta=descriptors["i_beta"][:, :5])
@@ -547,7 +554,7 @@ def test_equals_the_official_benchmark(release, tmp_path):
     official = json.loads(out.read_text())
 
     ours = evaluate_hpatches(
-        read_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG
+        read_hpatches_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG
     )
     tol = dict(rtol=0, atol=1e-6)
     np.testing.assert_allclose(ours.verification.auc, official["verification"]["auc"], **tol)
@@ -582,7 +589,9 @@ def test_split_sequences_must_be_the_test_ones(release):
 
 def test_text_table(release):
     root, data, _ = release
-    r = evaluate_hpatches(read_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG)
+    r = evaluate_hpatches(
+        read_hpatches_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG
+    )
     s = r.as_dict()
     json.dumps(s, allow_nan=False)  # strict JSON
     text = format_hpatches(s, name="tiny")

@@ -21,24 +21,28 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src.data import load_patchset, save_patchset
 from retrieval._src.hpstyle import (
-    LEVELS,
-    TYPES,
-    HPatchesStyleConfig,
     Jitter,
-    build_hpatches_style,
     disk_overlap,
     ellipse_overlap,
-    hpatches_to_patchset,
     median_overlap,
     output_name,
-    read_sequence,
-    resize_patches,
     sample_jitter,
     suppress_overlapping,
-    write_sequence,
 )
+from retrieval.patches import (
+    HPATCHES_TYPES,
+    HPatchesStyleConfig,
+    build_hpatches_style,
+    hpatches_to_patchset,
+    load_patchset,
+    read_hpatches_sequence,
+    resize_patches,
+    save_patchset,
+)
+
+LEVELS = ("easy", "hard", "tough")
+TYPES = HPATCHES_TYPES
 
 OXFORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford_affine"
 if not OXFORD.is_dir():
@@ -121,7 +125,7 @@ def test_layout(built):
 def test_same_point_without_jitter(sequences, tmp_path):
     # No jitter: every target patch is the reference patch mapped by the true homography.
     build_hpatches_style(sequences, tmp_path / "o", config=NO_JITTER)
-    d = read_sequence(tmp_path / "o" / "v_camera")
+    d = read_hpatches_sequence(tmp_path / "o" / "v_camera")
     ref = d[0]
     for k in range(1, 16):
         assert np.median(_ncc(ref, d[k])) > 0.9, TYPES[k]
@@ -133,7 +137,7 @@ def test_same_point_without_jitter(sequences, tmp_path):
 def test_noise_levels_in_order(built):
     out, report = built
     for name in report.sequences:
-        d = read_sequence(out / name)
+        d = read_hpatches_sequence(out / name)
         ncc = [
             np.median(_ncc(np.tile(d[0], (5, 1, 1)), d[1 + 5 * i : 6 + 5 * i].reshape(-1, 65, 65)))
             for i in range(3)
@@ -155,7 +159,10 @@ def test_deterministic(sequences, built, tmp_path):
     # Another seed: other jitters (and so a somewhat different set of regions that fit).
     other = HPatchesStyleConfig(max_patches=120, seed=1)
     build_hpatches_style(sequences / "camera", tmp_path / "b", config=other)
-    d0, d1 = read_sequence(tmp_path / "a" / "v_camera"), read_sequence(tmp_path / "b" / "v_camera")
+    d0, d1 = (
+        read_hpatches_sequence(tmp_path / "a" / "v_camera"),
+        read_hpatches_sequence(tmp_path / "b" / "v_camera"),
+    )
     ref0 = {p.tobytes() for p in d0[0]}
     assert np.mean([p.tobytes() in ref0 for p in d1[0]]) > 0.7
     common = min(len(d0[0]), len(d1[0]))
@@ -243,13 +250,13 @@ def test_output_names():
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match="max_patches"):
+    with pytest.raises(InputError, match="max_patches"):
         HPatchesStyleConfig(max_patches=0)
-    with pytest.raises(ValueError, match="max_overlap"):
+    with pytest.raises(InputError, match="max_overlap"):
         HPatchesStyleConfig(max_overlap=1.5)
-    with pytest.raises(ValueError, match="translation"):
+    with pytest.raises(InputError, match="translation"):
         Jitter(1.0, 0.1, -0.1)
-    with pytest.raises(ValueError, match="string"):
+    with pytest.raises(InputError, match="string"):
         HPatchesStyleConfig(illumination="leuven")
 
 
@@ -305,7 +312,7 @@ def test_convert_groups_and_splits(built, tmp_path):
         rows = np.flatnonzero(ps.labels == g)
         np.testing.assert_array_equal(ps.image[rows], np.arange(16))
         assert len(set(ps.scene[rows])) == 1 and len(set(ps.split[rows])) == 1
-    cam = read_sequence(out / "v_camera")
+    cam = read_hpatches_sequence(out / "v_camera")
     rows = np.flatnonzero(ps.scene == 1)
     np.testing.assert_array_equal(ps.patches[rows], cam.reshape(-1, 65, 65))
     np.testing.assert_array_equal(ps.split, (ps.scene == 1).astype(np.uint8))
@@ -321,6 +328,9 @@ def test_convert_groups_and_splits(built, tmp_path):
     np.testing.assert_array_equal(back.labels, small.labels)
     every = hpatches_to_patchset(out)
     assert np.all(every.split == 1)
+    named = hpatches_to_patchset(out, split="all")  # the HPatches split name: the same
+    np.testing.assert_array_equal(named.split, every.split)
+    np.testing.assert_array_equal(named.patches, every.patches)
 
 
 def test_converted_file_runs_eval_patches(built, tmp_path, capsys):
@@ -356,23 +366,31 @@ def test_convert_bad_layouts(built, tmp_path):
         hpatches_to_patchset(out, split={"v_nothing": "test"})
     with pytest.raises(InputError, match="'train' or 'test'"):
         hpatches_to_patchset(out, split={"v_camera": "val"})
+    with pytest.raises(InputError, match="unknown HPatches split 'z'"):
+        hpatches_to_patchset(out, split="z")
+    # i_leuven is one of the 57 official illumination sequences: 56 are missing.
+    with pytest.raises(InputError, match="split 'illum' needs 56 sequences absent"):
+        hpatches_to_patchset(out, split="illum")
     bad = _layout_copy(out, tmp_path / "missing")
     (bad / "v_camera" / "h3.png").unlink()
-    with pytest.raises(InputError, match=r"v_camera: missing h3\.png"):
+    with pytest.raises(InputError, match=r"v_camera: missing patch types h3\.png"):
         hpatches_to_patchset(bad)
     bad = _layout_copy(out, tmp_path / "height")
     cv2.imwrite(str(bad / "i_leuven" / "e2.png"), np.zeros((100, 65), np.uint8))
-    with pytest.raises(InputError, match=r"e2\.png: 65 x 100 pixels"):
+    with pytest.raises(InputError, match=r"e2\.png: height 100 is not a positive multiple of 65"):
         hpatches_to_patchset(bad)
     bad = _layout_copy(out, tmp_path / "counts")
     cv2.imwrite(str(bad / "i_leuven" / "t1.png"), np.zeros((130, 65), np.uint8))
-    with pytest.raises(InputError, match="patch counts differ"):
+    with pytest.raises(InputError, match=r"t1\.png: 2 patches, but ref\.png has"):
         hpatches_to_patchset(bad)
     (bad / "i_leuven" / "t1.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="not a PNG"):
         hpatches_to_patchset(bad)
-    with pytest.raises(InputError, match="no HPatches sequence"):
-        hpatches_to_patchset(tmp_path)
+    (bad / "camera").mkdir()
+    with pytest.raises(InputError, match="camera: not an HPatches sequence folder"):
+        hpatches_to_patchset(bad)
+    with pytest.raises(InputError, match="no HPatches sequence folder"):
+        hpatches_to_patchset(tmp_path / "missing" / "v_camera")
 
 
 @pytest.mark.parametrize("side", [65, 64])
@@ -382,14 +400,6 @@ def test_resize_patches_equals_one_resize_per_patch(side):
     want = np.stack([cv2.resize(x, (51, 51), interpolation=cv2.INTER_AREA) for x in p])
     np.testing.assert_array_equal(resize_patches(p, 51), want)
     assert resize_patches(p, side) is p
-
-
-def test_writer_round_trip(tmp_path):
-    p = np.random.default_rng(0).integers(0, 256, (16, 3, 65, 65), dtype=np.uint8)
-    write_sequence(tmp_path / "v_x", p)
-    np.testing.assert_array_equal(read_sequence(tmp_path / "v_x"), p)
-    col = cv2.imread(str(tmp_path / "v_x" / "e2.png"), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(col[65:130], p[2, 1])  # patch 1 of e2: rows 65..129
 
 
 @pytest.mark.skipif(not OXFORD.is_dir(), reason="oxford_affine data not present")

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src.data import load_patchset, save_patchset
-from retrieval._src.phototour import (
+from retrieval.patches import (
     PhotoTour,
     evaluate_phototour,
-    find_pairs,
     fpr95,
-    pair_distances,
+    load_patchset,
+    patch_describer,
     phototour_patchset,
-    read_pairs,
+    read_phototour_pairs,
+    save_patchset,
 )
 
 N = 300  # two bitmaps: 256 + 44 patches
@@ -86,13 +86,12 @@ def test_patchset(subset, tmp_path):
     np.testing.assert_array_equal(back.labels, points[:260])
 
 
-def test_read_pairs(subset):
+def test_read_phototour_pairs(subset):
     root, _, points, pairs = subset
-    ps = read_pairs(root / "m50_100000_100000_0.txt", N)
+    ps = read_phototour_pairs(root / "m50_100000_100000_0.txt", N)
     np.testing.assert_array_equal(ps.i, pairs[:, 0])
     np.testing.assert_array_equal(ps.j, pairs[:, 1])
     np.testing.assert_array_equal(ps.is_match, points[pairs[:, 0]] == points[pairs[:, 1]])
-    assert find_pairs(root) == root / "m50_100000_100000_0.txt"
 
 
 def _fpr95_sweep(dist: np.ndarray, match: np.ndarray) -> float:
@@ -138,21 +137,23 @@ def test_evaluate_matches_direct_computation(subset):
         calls.append(p.shape[0])
         return p.reshape(p.shape[0], -1).astype(np.float32)
 
-    r = evaluate_phototour(root, describe, size=None, chunk=50)
+    r = evaluate_phototour(root, describe, chunk=50)
     flat = patches.reshape(N, -1).astype(np.float64)
     dist = np.linalg.norm(flat[pairs[:, 0]] - flat[pairs[:, 1]], axis=1)
     match = points[pairs[:, 0]] == points[pairs[:, 1]]
     assert r["fpr95"] == pytest.approx(_fpr95_sweep(dist, match), abs=1e-12)
     assert r["num_pairs"] == len(pairs) and r["num_matching"] == int(match.sum())
+    assert r["pairs"] == "m50_100000_100000_0.txt"  # the standard file, found by itself
     assert r["num_patches_described"] == np.unique(pairs).size == sum(calls)
     assert max(calls) <= 50
-    np.testing.assert_allclose(
-        pair_distances(flat, pairs[:, 0], pairs[:, 1]), dist, rtol=1e-12, atol=0
-    )
-    # At 51 x 51 the describer sees resized patches.
-    seen = []
-    evaluate_phototour(root, lambda p: seen.append(p.shape) or np.ones((p.shape[0], 2)))
-    assert seen[0][1:] == (51, 51)
+    # The pixels baseline describes the native 64 x 64 patches: the same FPR95 as the
+    # distances of its own descriptors of all patches.
+    pixels = patch_describer("pixels", 64)
+    assert pixels.size == 64 and pixels.info()["interpolation"] is None
+    d = pixels(patches).astype(np.float64)
+    dist = np.linalg.norm(d[pairs[:, 0]] - d[pairs[:, 1]], axis=1)
+    r = evaluate_phototour(root, pixels, chunk=64)
+    assert r["fpr95"] == pytest.approx(_fpr95_sweep(dist, match), abs=1e-12)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -202,27 +203,29 @@ def test_bad_inputs(subset, tmp_path):
     f = bad / pairs
     f.write_text("0 0 0 1 0 0 0\n3 1 0 4 1 0\n")
     with pytest.raises(InputError, match=rf"{pairs}: line 2 has 6 fields, expected 7"):
-        read_pairs(f, N)
+        read_phototour_pairs(f, N)
     f.write_text("0 0 0 1 0 0 0\n3 1 0 four 1 0 0\n")
     with pytest.raises(InputError, match=rf"{pairs}: line 2 is not integers"):
-        read_pairs(f, N)
+        read_phototour_pairs(f, N)
     f.write_text("0 0 0 -1 0 0 0\n")
     with pytest.raises(InputError, match="negative patch ids"):
-        read_pairs(f, N)
+        read_phototour_pairs(f, N)
     f.write_text("0 0 0 300 100 0 0\n")
     with pytest.raises(InputError, match="patch id 300 is beyond the 300 patches"):
-        read_pairs(f, N)
+        read_phototour_pairs(f, N)
 
     f.unlink()
+    describe = lambda p: p.reshape(len(p), -1)  # noqa: E731
     with pytest.raises(InputError, match="no m50_"):
-        find_pairs(bad)
-    (bad / "m50_1000_1000_0.txt").write_text("0 0 0 1 0 0 0\n")
+        evaluate_phototour(bad, describe)
+    (bad / "m50_1000_1000_0.txt").write_text("0 0 0 1 0 0 0\n3 1 0 9 3 0 0\n")
     (bad / "m50_2000_2000_0.txt").write_text("0 0 0 1 0 0 0\n")
     with pytest.raises(InputError, match="several m50_"):
-        find_pairs(bad)
-    assert find_pairs(bad, "m50_1000_1000_0.txt") == bad / "m50_1000_1000_0.txt"
+        evaluate_phototour(bad, describe)
+    r = evaluate_phototour(bad, describe, pairs="m50_1000_1000_0.txt")
+    assert (r["pairs"], r["num_pairs"]) == ("m50_1000_1000_0.txt", 2)
     with pytest.raises(InputError, match="pair file not found"):
-        find_pairs(bad, "m50_5_5_0.txt")
+        evaluate_phototour(bad, describe, pairs="m50_5_5_0.txt")
     with pytest.raises(InputError, match="PhotoTour folder not found"):
         PhotoTour(tmp_path / "nothing")
     with pytest.raises(InputError, match="split must be"):

@@ -37,8 +37,8 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.data.patchset import SPLIT_NAMES, VERSION, PatchSet
-from retrieval._src.hpstyle.convert import resize_patches
 from retrieval._src.metrics.pairs import PairSet, fpr_at_recall
+from retrieval._src.patch_describer import resize_patches
 from retrieval._src.regions import PATCH_SIZE
 
 #: Side of a bitmap, of a patch, and patches per bitmap.
@@ -251,20 +251,15 @@ def phototour_patchset(
     for s in range(0, n, PER_BITMAP):
         e = min(n, s + PER_BITMAP)
         patches[s:e] = resize_patches(pt.bitmap(s // PER_BITMAP)[: e - s], out_size)
-    nan = np.full(n, np.nan, np.float32)
     resized = out_size != PHOTOTOUR_SIZE
-    return PatchSet(
-        patches=patches,
-        labels=pt.points[:n].copy(),
-        split=np.full(n, SPLIT_NAMES.index(split), np.uint8),
-        scene=np.zeros(n, np.int32),
-        image=np.full(n, -1, np.int32),
-        x=nan,
-        y=nan.copy(),
-        scale=nan.copy(),
-        angle=nan.copy(),
-        scene_names=np.asarray([pt.root.resolve().name], dtype=str),
-        info={
+    return PatchSet.without_frames(
+        patches,
+        pt.points[:n].copy(),
+        np.full(n, SPLIT_NAMES.index(split)),
+        np.zeros(n),
+        np.full(n, -1),
+        [pt.root.resolve().name],
+        {
             "version": VERSION,
             "source": "phototour",
             "root": str(root),
@@ -301,7 +296,6 @@ def evaluate_phototour(
     describe: Callable[[np.ndarray], np.ndarray],
     *,
     pairs: str | os.PathLike | None = None,
-    size: int | None = PATCH_SIZE,
     chunk: int = 16384,
 ) -> dict:
     """FPR95 of a descriptor on a PhotoTour pair file.
@@ -311,15 +305,19 @@ def evaluate_phototour(
 
     Args:
       root: the subset folder.
-      describe: (B, S, S) uint8 patches -> (B, D) descriptors.
+      describe: (B, 64, 64) uint8 patches -> (B, D) descriptors (e.g. a
+        :class:`~retrieval._src.patch_describer.PatchDescriber`, which resizes
+        for a model trained on 51 x 51 patches).
       pairs: the pair file (:func:`find_pairs`; default the standard 100k).
-      size: patch side given to ``describe`` (default 51, ``cv2.INTER_AREA``
-        from 64; None: 64).
       chunk: patches per ``describe`` call.
 
     Returns:
       ``{"fpr95": percent, "pairs": file name, "num_pairs", "num_matching",
-      "num_patches_described", "size"}``.
+      "num_patches_described"}``.
+
+    Raises:
+      InputError: as :class:`PhotoTour`, :func:`find_pairs`, :func:`read_pairs`;
+        descriptors of a bad shape or with non-finite distances.
     """
     if chunk < 1:
         raise InputError(f"chunk must be >= 1, got {chunk}")
@@ -327,10 +325,9 @@ def evaluate_phototour(
     pair_file = find_pairs(root, pairs)
     ps = read_pairs(pair_file, len(pt))
     ids, inverse = np.unique(np.r_[ps.i, ps.j], return_inverse=True)
-    out_size = PHOTOTOUR_SIZE if size is None else int(size)
     desc = None
     for s in range(0, ids.size, chunk):
-        batch = resize_patches(pt.patches(ids[s : s + chunk]), out_size)
+        batch = pt.patches(ids[s : s + chunk])
         d = np.asarray(describe(batch))
         if d.ndim != 2 or d.shape[0] != batch.shape[0]:
             raise InputError(
@@ -347,5 +344,4 @@ def evaluate_phototour(
         "num_pairs": int(p),
         "num_matching": int(ps.is_match.sum()),
         "num_patches_described": int(ids.size),
-        "size": out_size,
     }

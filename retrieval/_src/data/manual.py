@@ -95,18 +95,12 @@ def load_manual(path: str | os.PathLike) -> PatchSet:
         raise InputError(f"{path}: patches have different sizes: {sorted(shapes)[:3]}")
     if any(p.ndim == 3 for p in patches):
         patches = [p if p.ndim == 3 else np.repeat(p[:, :, None], 3, axis=2) for p in patches]
-    n = len(patches)
-    nan = np.full(n, np.nan, np.float32)
-    return PatchSet(
-        patches=np.stack(patches),
-        labels=np.asarray(labels, np.int64),
-        split=np.asarray(split, np.uint8),
-        scene=np.asarray(scene, np.int32),
-        image=np.full(n, -1, np.int32),
-        x=nan,
-        y=nan.copy(),
-        scale=nan.copy(),
-        angle=nan.copy(),
-        scene_names=np.asarray(scene_names, dtype=str),
-        info={"version": VERSION, "source": "manual", "path": str(path)},
+    return PatchSet.without_frames(
+        np.stack(patches),
+        labels,
+        split,
+        scene,
+        np.full(len(patches), -1),
+        scene_names,
+        {"version": VERSION, "source": "manual", "path": str(path)},
     )

@@ -62,6 +62,28 @@ class PatchSet:
     def __len__(self) -> int:
         return int(self.patches.shape[0])
 
+    @classmethod
+    def without_frames(
+        cls, patches, labels, split, scene, image, scene_names, info: dict
+    ) -> PatchSet:
+        """Patches cut elsewhere (a manual set, HPatches, PhotoTour): ``x``, ``y``, ``scale``,
+        ``angle`` NaN, the other arrays as given (converted to their dtypes)."""
+        n = int(np.asarray(patches).shape[0])
+        nan = np.full(n, np.nan, np.float32)
+        return cls(
+            patches=np.asarray(patches),
+            labels=np.asarray(labels, np.int64),
+            split=np.asarray(split, np.uint8),
+            scene=np.asarray(scene, np.int32),
+            image=np.asarray(image, np.int32),
+            x=nan,
+            y=nan.copy(),
+            scale=nan.copy(),
+            angle=nan.copy(),
+            scene_names=np.asarray(scene_names, dtype=str),
+            info=info,
+        )
+
     def subset(self, index: np.ndarray) -> PatchSet:
         """Rows ``index`` (labels, scene names and info kept)."""
         kw = {k: getattr(self, k)[index] for k in self.ARRAYS}

@@ -21,7 +21,7 @@ _OXFORD_IMG = re.compile(r"^img(\d+)$")
 _HPATCHES_IMG = re.compile(r"^(\d+)$")
 
 
-def _sequence_files(seq: Path) -> tuple[dict[int, Path], dict[int, Path]] | None:
+def sequence_files(seq: Path) -> tuple[dict[int, Path], dict[int, Path]] | None:
     """(images by number, homography files by target number) or None if not a sequence."""
     images: dict[int, Path] = {}
     for p in seq.iterdir():
@@ -46,13 +46,13 @@ def find_sequences(root: str | os.PathLike) -> list[Path]:
         raise InputError(f"sequences folder not found: {root}")
     if not root.is_dir():
         raise InputError(f"sequences path is not a folder: {root}")
-    own = _sequence_files(root)
+    own = sequence_files(root)
     if own is not None and own[1]:
         return [root]
     seqs = [
         p
         for p in sorted(root.iterdir())
-        if p.is_dir() and (f := _sequence_files(p)) is not None and f[1]
+        if p.is_dir() and (f := sequence_files(p)) is not None and f[1]
     ]
     if not seqs:
         raise InputError(
@@ -67,7 +67,7 @@ def load_sequence(
 ) -> tuple[list[np.ndarray], list[Homography | None], list[int]]:
     """Images (RGB), homographies from image 1 and 0-based image ids of one sequence."""
     seq = Path(seq)
-    found = _sequence_files(seq)
+    found = sequence_files(seq)
     if found is None or not found[1]:
         raise InputError(f"{seq}: no homography files (H1toNp or H_1_N)")
     images, homs = found

@@ -17,15 +17,12 @@ from ckn import InputError
 from retrieval._src.hpatches.config import HPatchesConfig
 from retrieval._src.hpatches.data import HPatchesData
 from retrieval._src.hpatches.descriptors import check_descriptors, describe_hpatches
-from retrieval._src.hpatches.layout import sequence_kind
+from retrieval._src.hpatches.layout import LEVELS, sequence_kind
 from retrieval._src.hpatches.matching import HPatchesMatching, matching_task
 from retrieval._src.hpatches.retrieval_task import HPatchesRetrieval, retrieval_task
 from retrieval._src.hpatches.task_files import HPatchesTasks, check_tasks, read_tasks
 from retrieval._src.hpatches.task_generation import generate_tasks
 from retrieval._src.hpatches.verification import NEGATIVES, HPatchesVerification, verification_task
-
-#: Names of the noise levels in reports, in the order of the result arrays.
-LEVEL_NAMES = ("easy", "hard", "tough")
 
 
 def _mean(x) -> float | None:
@@ -43,7 +40,7 @@ def matching_summary(m: HPatchesMatching) -> dict:
     levels = m.ap.mean(axis=(0, 2))
     return {
         "map": float(levels.mean()),
-        **{name: float(v) for name, v in zip(LEVEL_NAMES, levels)},
+        **{name: float(v) for name, v in zip(LEVELS, levels)},
         **_by_kind(m.ap, m.sequences),
         "nn_accuracy": float(m.accuracy.mean()),
         "sequences": len(m.sequences),
@@ -55,11 +52,11 @@ def retrieval_summary(r: HPatchesRetrieval, n_distractors: int) -> dict:
     table = r.ap.mean(axis=0)  # (3, K)
     return {
         "map": float(table.mean()),
-        **{name: float(v) for name, v in zip(LEVEL_NAMES, table.mean(axis=1))},
+        **{name: float(v) for name, v in zip(LEVELS, table.mean(axis=1))},
         **_by_kind(r.ap, r.queries.seq),
         "by_list_size": {
             str(k): {
-                **{name: float(table[i, c]) for i, name in enumerate(LEVEL_NAMES)},
+                **{name: float(table[i, c]) for i, name in enumerate(LEVELS)},
                 "mean": float(table[:, c].mean()),
             }
             for c, k in enumerate(r.list_sizes)
@@ -78,7 +75,7 @@ def verification_summary(v: HPatchesVerification) -> dict:
             "mean": float(values.mean()),
             **{
                 kind: {
-                    **{name: float(values[i, j]) for i, name in enumerate(LEVEL_NAMES)},
+                    **{name: float(values[i, j]) for i, name in enumerate(LEVELS)},
                     "mean": float(values[:, j].mean()),
                 }
                 for j, kind in enumerate(NEGATIVES)

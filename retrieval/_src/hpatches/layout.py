@@ -31,17 +31,16 @@ from ckn.files import atomic_path
 #: Side of an HPatches patch, in pixels.
 PATCH_SIZE = 65
 
+#: Noise levels of the target types (Balntas et al. 2017, Sec. 3), and their file prefixes.
+LEVELS = ("easy", "hard", "tough")
+NOISE_LEVELS = ("e", "h", "t")
+
+#: Target images per noise level (images 2-6 of a sequence -> 1-5).
+TARGETS = 5
+
 #: The patch types of a sequence, in the order of the (16, N, 65, 65) arrays: the reference
 #: image, then the easy, hard and tough target images 1-5.
-TYPES = (
-    ("ref",)
-    + tuple(f"e{i}" for i in range(1, 6))
-    + tuple(f"h{i}" for i in range(1, 6))
-    + tuple(f"t{i}" for i in range(1, 6))
-)
-
-#: Noise levels of the target types: easy, hard, tough.
-NOISE_LEVELS = ("e", "h", "t")
+TYPES = ("ref",) + tuple(f"{p}{i}" for p in NOISE_LEVELS for i in range(1, TARGETS + 1))
 
 #: Sequence kinds by name prefix: ``i_`` illumination, ``v_`` viewpoint.
 KINDS = {"i_": "illum", "v_": "view"}
@@ -57,7 +56,7 @@ def type_index(noise: str, image: int) -> int:
     """
     if image == 0:
         return 0
-    return 1 + 5 * NOISE_LEVELS.index(noise) + (image - 1)
+    return 1 + TARGETS * NOISE_LEVELS.index(noise) + (image - 1)
 
 
 def sequence_kind(name: str) -> str:

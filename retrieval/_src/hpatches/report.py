@@ -7,6 +7,8 @@ for the split they were measured on.
 
 from __future__ import annotations
 
+from retrieval._src.hpatches.layout import LEVELS
+
 #: Published mean mAP (fractions), HPatches Python benchmark, Liberty-trained models.
 PUBLISHED = {
     "source": "HardNet repository figure (Mishchuk et al. 2017), Liberty-trained, "
@@ -27,8 +29,6 @@ PUBLISHED = {
         "HardNet+": 0.6966,
     },
 }
-
-_LEVELS = ("easy", "hard", "tough")
 
 
 def _pct(x) -> str:
@@ -54,7 +54,7 @@ def format_hpatches(summary: dict, *, name: str = "") -> str:
     if v is not None:
         lines.append(f"verification ({v['pairs']} pairs)   balanced AUC (%)   imbalanced AP (%)")
         lines.append("                        inter   intra      inter   intra")
-        for level in (*_LEVELS, "mean"):
+        for level in (*LEVELS, "mean"):
             b, i = v["balanced"], v["imbalanced"]
             lines.append(
                 f"  {level:<20}{_pct(b['inter'][level])}  {_pct(b['intra'][level])}"
@@ -72,7 +72,7 @@ def format_hpatches(summary: dict, *, name: str = "") -> str:
         )
         lines.append(f"{task} mAP (%) ({extra})")
         lines.append("    easy    hard   tough   illum    view    mean")
-        lines.append("  " + "  ".join(_pct(t[k]) for k in (*_LEVELS, "illum", "view", "map")))
+        lines.append("  " + "  ".join(_pct(t[k]) for k in (*LEVELS, "illum", "view", "map")))
     published = [
         f"  {task}: " + ", ".join(f"{m} {100 * x:.2f}" for m, x in PUBLISHED[task].items())
         for task in ("matching", "retrieval")

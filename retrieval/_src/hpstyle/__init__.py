@@ -2,8 +2,8 @@
 
 * :mod:`.config`: :class:`HPatchesStyleConfig` and the noise levels (:class:`Jitter`);
 * :mod:`.jitter`: affine jitter of a frame and its ellipse overlap;
-* :mod:`.build`: :func:`cut_sequence`, :func:`build_hpatches_style` (writes the layout);
-* :mod:`.layout`: the ``hpatches-release`` layout (minimal writer and reader);
+* :mod:`.build`: :func:`cut_sequence`, :func:`build_hpatches_style` (writes the
+  ``hpatches-release`` layout with :func:`retrieval._src.hpatches.write_sequence`);
 * :mod:`.convert`: :func:`hpatches_to_patchset` (an HPatches folder -> a :class:`PatchSet`).
 """
 
@@ -14,8 +14,8 @@ from retrieval._src.hpstyle.build import (
     cut_sequence,
     output_name,
 )
-from retrieval._src.hpstyle.config import LEVELS, HPatchesStyleConfig, Jitter
-from retrieval._src.hpstyle.convert import hpatches_to_patchset, resize_patches
+from retrieval._src.hpstyle.config import HPatchesStyleConfig, Jitter
+from retrieval._src.hpstyle.convert import hpatches_to_patchset
 from retrieval._src.hpstyle.jitter import (
     disk_overlap,
     ellipse_overlap,
@@ -23,11 +23,8 @@ from retrieval._src.hpstyle.jitter import (
     sample_jitter,
     suppress_overlapping,
 )
-from retrieval._src.hpstyle.layout import TYPES, read_sequence, write_sequence
 
 __all__ = [
-    "LEVELS",
-    "TYPES",
     "HPatchesStyleConfig",
     "HPatchesStyleReport",
     "Jitter",
@@ -39,9 +36,6 @@ __all__ = [
     "hpatches_to_patchset",
     "median_overlap",
     "output_name",
-    "read_sequence",
-    "resize_patches",
     "sample_jitter",
     "suppress_overlapping",
-    "write_sequence",
 ]

@@ -25,8 +25,8 @@ For each sequence (:func:`cut_sequence`):
    pyramid level that matches the frame's scale).
 
 :func:`build_hpatches_style` writes the ``hpatches-release`` layout
-(:mod:`.layout`), plus ``hpatches_style.json`` (settings and the measured
-median overlaps per level) at the root.
+(:func:`~retrieval._src.hpatches.write_sequence`), plus ``hpatches_style.json``
+(settings and the measured median overlaps per level) at the root.
 
 References:
   V. Balntas et al., "HPatches", CVPR 2017, Sec. 3;
@@ -48,10 +48,10 @@ from ckn import InputError
 from ckn.files import atomic_path
 from retrieval._src import regions as R
 from retrieval._src.data.geometry import Homography, read_homography
-from retrieval._src.data.sequences import _sequence_files, find_sequences, load_sequence
-from retrieval._src.hpstyle.config import LEVELS, TARGETS, HPatchesStyleConfig
+from retrieval._src.data.sequences import find_sequences, load_sequence, sequence_files
+from retrieval._src.hpatches.layout import LEVELS, PATCH_SIZE, TARGETS, TYPES, write_sequence
+from retrieval._src.hpstyle.config import HPatchesStyleConfig
 from retrieval._src.hpstyle.jitter import ellipse_overlap, sample_jitter, suppress_overlapping
-from retrieval._src.hpstyle.layout import TYPES, write_sequence
 
 #: The square of a patch in region-radius units, corner by corner.
 _CORNERS = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
@@ -62,7 +62,7 @@ class SequenceCut:
     """The HPatches-style patches of one sequence.
 
     Attributes:
-      patches: (16, N, S, S) uint8, in :data:`~retrieval._src.hpstyle.layout.TYPES` order.
+      patches: (16, N, 65, 65) uint8, in :data:`~retrieval._src.hpatches.TYPES` order.
       x, y, size, angle: (N,) the reference regions (centre, ``KeyPoint.size``,
         orientation in degrees).
       overlap: (3, 5, N) ellipse overlap of each jittered frame with its
@@ -183,8 +183,8 @@ def cut_sequence(
     n = len(regs)
     jit_a, jit_t, centre = jit_a[:, :, sel], jit_t[:, :, sel], centre[:, :, sel]
     rot = R.rotation(regs.angle)
-    patches = np.empty((len(TYPES), n, cfg.size, cfg.size), np.uint8)
-    sample = dict(size=cfg.size, magnification=cfg.magnification)
+    patches = np.empty((len(TYPES), n, PATCH_SIZE, PATCH_SIZE), np.uint8)
+    sample = dict(size=PATCH_SIZE, magnification=cfg.magnification)
     patches[0] = R.sample_patches(gray[0], regs.x, regs.y, regs.size, regs.angle, **sample)
     for k in range(TARGETS):
         pyramid = R.gaussian_pyramid(gray[k + 1], 16)
@@ -220,7 +220,7 @@ def cut_sequence(
 
 def _check_sequence_files(seq: Path) -> None:
     """Cheap checks before any work: 5 targets with images, homographies that parse."""
-    images, homs = _sequence_files(seq) or ({}, {})
+    images, homs = sequence_files(seq) or ({}, {})
     targets = sorted(k for k in homs if k != 1)
     if 1 not in images:
         raise InputError(f"{seq}: reference image missing (img1.* or 1.*)")
@@ -293,7 +293,7 @@ def build_hpatches_style(
                 del imgs
                 if len(cut) == 0:
                     raise InputError(f"{seq}: no region fits the reference and all 15 targets")
-                write_sequence(tmp / name, cut.patches)
+                write_sequence(tmp, name, cut.patches)
                 counts[name] = len(cut)
                 by_seq[name] = {lv: float(np.median(cut.overlap[i])) for i, lv in enumerate(LEVELS)}
                 for i in range(len(LEVELS)):

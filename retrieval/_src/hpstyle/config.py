@@ -5,11 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-#: Noise levels in HPatches' order and their file prefixes (``e1..e5``, ``h1..h5``, ``t1..t5``).
-LEVELS = ("easy", "hard", "tough")
-LEVEL_PREFIX = {"easy": "e", "hard": "h", "tough": "t"}
-#: Target images per sequence in the HPatches layout (images 2..6 -> 1..5).
-TARGETS = 5
+from ckn import InputError
+from retrieval._src.hpatches.layout import LEVELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +30,7 @@ class Jitter:
         for name in ("rotation_deg", "scale", "translation"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"jitter {name} must be finite and >= 0, got {v}")
+                raise InputError(f"jitter {name} must be finite and >= 0, got {v}")
 
 
 # Calibrated with median_overlap (40,000 draws, bisection on scale = translation) so that
@@ -51,8 +48,9 @@ TOUGH = Jitter(rotation_deg=30.0, scale=0.436, translation=0.436)
 class HPatchesStyleConfig:
     """How HPatches-style data is cut from homography sequences (:func:`build_hpatches_style`).
 
+    Patches are 65 x 65, the HPatches layout's side.
+
     Attributes:
-      size: patch side in pixels (HPatches: 65).
       magnification: patch side in image pixels = magnification x region size
         (OpenCV ``KeyPoint.size`` = 2 sigma), i.e. a measurement region of
         radius 5 sigma at 5: HPatches' "scale magnified by a factor of 5".
@@ -71,7 +69,6 @@ class HPatchesStyleConfig:
       overlap_samples: integration points of the overlap measurement (:func:`ellipse_overlap`).
     """
 
-    size: int = 65
     magnification: float = 5.0
     easy: Jitter = EASY
     hard: Jitter = HARD
@@ -87,27 +84,25 @@ class HPatchesStyleConfig:
     overlap_samples: int = 256
 
     def __post_init__(self):
-        if self.size < 8:
-            raise ValueError(f"size must be >= 8, got {self.size}")
         if not (math.isfinite(self.magnification) and self.magnification > 0):
-            raise ValueError(f"magnification must be > 0, got {self.magnification}")
+            raise InputError(f"magnification must be > 0, got {self.magnification}")
         if self.max_patches < 1:
-            raise ValueError(f"max_patches must be >= 1, got {self.max_patches}")
+            raise InputError(f"max_patches must be >= 1, got {self.max_patches}")
         if not 0.0 <= self.max_overlap <= 1.0:
-            raise ValueError(f"max_overlap must be in [0, 1], got {self.max_overlap}")
+            raise InputError(f"max_overlap must be in [0, 1], got {self.max_overlap}")
         if not 0.0 < self.min_size <= self.max_size:
-            raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
+            raise InputError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
         if self.overlap_samples < 8:
-            raise ValueError(f"overlap_samples must be >= 8, got {self.overlap_samples}")
+            raise InputError(f"overlap_samples must be >= 8, got {self.overlap_samples}")
         for name in LEVELS:
             if not isinstance(getattr(self, name), Jitter):
-                raise ValueError(f"{name} must be a Jitter, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be a Jitter, got {getattr(self, name)!r}")
         if isinstance(self.illumination, str):
-            raise ValueError("illumination must be a tuple of sequence names, not a string")
+            raise InputError("illumination must be a tuple of sequence names, not a string")
         object.__setattr__(self, "illumination", tuple(self.illumination))
 
     def level(self, name: str) -> Jitter:
         """The :class:`Jitter` of level ``"easy"``, ``"hard"`` or ``"tough"``."""
         if name not in LEVELS:
-            raise ValueError(f"unknown level {name!r}; expected one of {', '.join(LEVELS)}")
+            raise InputError(f"unknown level {name!r}; expected one of {', '.join(LEVELS)}")
         return getattr(self, name)

@@ -17,43 +17,22 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.data.patchset import SPLIT_NAMES, TEST, VERSION, PatchSet
-from retrieval._src.hpstyle.layout import TYPES, find_sequences, read_sequence, sequence_length
+from retrieval._src.data.patchset import SPLIT_NAMES, TEST, TRAIN, VERSION, PatchSet
+from retrieval._src.hpatches.layout import PATCH_SIZE as HPATCHES_SIZE
+from retrieval._src.hpatches.layout import TYPES, read_sequence, sequence_count, sequence_folders
+from retrieval._src.hpatches.splits import resolve_split
+from retrieval._src.patch_describer import resize_patches
 from retrieval._src.regions import PATCH_SIZE
-
-HPATCHES_SIZE = 65
-
-
-def resize_patches(patches: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, size, size) uint8, ``cv2.INTER_AREA`` (as is if S == size).
-
-    Patches are resized as columns of up to 1024 patches in one call: the
-    patch borders (rows S * i) fall on output rows size * i, so no output pixel
-    mixes two patches (the test compares with one ``cv2.resize`` per patch).
-    """
-    n, s = patches.shape[0], patches.shape[1]
-    if s == size:
-        return patches
-    out = np.empty((n, size, size), np.uint8)
-    for c in range(0, n, 1024):
-        e = min(n, c + 1024)
-        column = np.ascontiguousarray(patches[c:e]).reshape((e - c) * s, s)
-        out[c:e] = cv2.resize(column, (size, (e - c) * size), interpolation=cv2.INTER_AREA).reshape(
-            e - c, size, size
-        )
-    return out
 
 
 def _splits(names: list[str], split, root: Path) -> dict[str, int]:
     """Sequence name -> split id, for the sequences to convert (in folder order)."""
-    if split is None:
-        return {n: TEST for n in names}
-    if isinstance(split, str):
-        raise InputError("split must be a mapping sequence -> 'train' / 'test' or test sequences")
+    if split is None or isinstance(split, str):
+        s = resolve_split("all" if split is None else split, names, where=str(root))
+        return {n: TEST if n in s.test else TRAIN for n in names if n in s.test + s.train}
     if isinstance(split, Mapping):
         unknown = sorted(set(split) - set(names))
         if unknown:
@@ -69,47 +48,48 @@ def _splits(names: list[str], split, root: Path) -> dict[str, int]:
     unknown = sorted(test - set(names))
     if unknown:
         raise InputError(f"{root}: test sequences absent from the folder: {', '.join(unknown[:5])}")
-    return {n: int(n in test) for n in names}
+    return {n: TEST if n in test else TRAIN for n in names}
 
 
 def hpatches_to_patchset(
     root: str | os.PathLike,
     *,
-    split: Mapping[str, str] | Iterable[str] | None = None,
+    split: str | Mapping[str, str] | Iterable[str] | None = None,
     size: int | None = PATCH_SIZE,
 ) -> PatchSet:
     """Reads an ``hpatches-release`` folder as a :class:`PatchSet`.
 
     Args:
       root: the folder of sequences (``<seq>/ref.png``, ``e1.png``, ...).
-      split: a mapping sequence -> ``"train"`` / ``"test"`` (sequences it does
-        not name are left out; e.g. an official split's two lists), or an
-        iterable of test sequences (every other sequence is train), or None
-        (every sequence is test, as HPatches' split ``full``).
+      split: an HPatches split name (``a``, ``b``, ``c``, ``full``, ``illum``,
+        ``view``: its train and test sequences, the others left out; ``all``:
+        every sequence as test), a mapping sequence -> ``"train"`` / ``"test"``
+        (sequences it does not name are left out), an iterable of test
+        sequences (every other sequence is train), or None (``all``).
       size: output patch side (default 51, resized with ``cv2.INTER_AREA``);
         None keeps 65.
 
     Returns:
       A PatchSet: rows sequence by sequence, file by file (``image`` = the file's
-      index in :data:`~retrieval._src.hpstyle.layout.TYPES`: 0 ref, 1-5 e1-e5,
+      index in :data:`~retrieval._src.hpatches.TYPES`: 0 ref, 1-5 e1-e5,
       6-10 h1-h5, 11-15 t1-t5), patch by patch; ``labels`` = one group per
       reference patch, numbered across the file; ``x``, ``y``, ``scale``,
       ``angle`` NaN (the layout does not keep them).
 
     Raises:
-      InputError: not an HPatches layout (a missing type, a file that is not a
-        column of 65 x 65 patches, differing counts), a split naming absent
-        sequences or with values other than train / test, nothing to convert.
+      InputError: not an HPatches layout (a folder not named i_* / v_*, a
+        missing type, a file that is not a column of 65 x 65 patches, differing
+        counts), an unknown split, a split naming absent sequences or with
+        values other than train / test, nothing to convert.
     """
     root = Path(root)
     if size is not None and size < 8:
         raise InputError(f"size must be >= 8, got {size}")
     out_size = HPATCHES_SIZE if size is None else int(size)
-    seqs = find_sequences(root)
-    names = [s.name for s in seqs]
-    splits = _splits(names, split, root)
-    seqs = [s for s in seqs if s.name in splits]
-    counts = [sequence_length(s, HPATCHES_SIZE) for s in seqs]  # every layout check first
+    folders = sequence_folders(root)
+    splits = _splits(list(folders), split, root)
+    seqs = [folders[n] for n in folders if n in splits]
+    counts = [sequence_count(s) for s in seqs]  # every layout check first
     total = sum(counts) * len(TYPES)
     if total == 0:
         raise InputError(f"{root}: no sequence to convert")
@@ -120,7 +100,7 @@ def hpatches_to_patchset(
     image = np.empty(total, np.int32)
     row, group = 0, 0
     for si, (seq, n) in enumerate(zip(seqs, counts)):
-        data = read_sequence(seq, HPATCHES_SIZE)
+        data = read_sequence(seq)
         for k in range(len(TYPES)):
             sl = slice(row, row + n)
             patches[sl] = resize_patches(data[k], out_size)
@@ -130,19 +110,14 @@ def hpatches_to_patchset(
         split_arr[row - n * len(TYPES) : row] = splits[seq.name]
         scene[row - n * len(TYPES) : row] = si
         group += n
-    nan = np.full(total, np.nan, np.float32)
-    return PatchSet(
-        patches=patches,
-        labels=labels,
-        split=split_arr,
-        scene=scene,
-        image=image,
-        x=nan,
-        y=nan.copy(),
-        scale=nan.copy(),
-        angle=nan.copy(),
-        scene_names=np.asarray([s.name for s in seqs], dtype=str),
-        info={
+    return PatchSet.without_frames(
+        patches,
+        labels,
+        split_arr,
+        scene,
+        image,
+        [s.name for s in seqs],
+        {
             "version": VERSION,
             "source": "hpatches",
             "root": str(root),

@@ -25,7 +25,9 @@ Modules:
 * :mod:`.patch`: patch retrieval, all vs all in blocks of queries (mAP, NN
   accuracy, mean PR curve in one pass; RomePatches protocol);
 * :mod:`.pairs`: pair metrics (ROC, AUC, FPR at 95% recall) and pair sampling;
-* :mod:`.image`: image retrieval mAP with distractors and junk images.
+* :mod:`.image`: image retrieval mAP with distractors and junk images;
+* :mod:`.hpatches_ap`: the precision-recall and ROC areas of the HPatches benchmark code
+  (stable ranking, ``numpos``).
 """
 
 from retrieval._src.checks import check_matrix  # re-exported for existing callers
@@ -37,6 +39,7 @@ from retrieval._src.metrics.ap import (
     check_labels,
     precision_recall_curve,
 )
+from retrieval._src.metrics.hpatches_ap import PRCurve, ROCCurve, hpatches_pr, hpatches_roc
 from retrieval._src.metrics.image import (
     ImageRetrievalResult,
     evaluate_rankings,
@@ -63,7 +66,9 @@ from retrieval._src.metrics.patch import (
 __all__ = [
     "MODES",
     "ImageRetrievalResult",
+    "PRCurve",
     "PairSet",
+    "ROCCurve",
     "RetrievalResult",
     "RetrievalSummary",
     "average_precision",
@@ -74,6 +79,8 @@ __all__ = [
     "evaluate_rankings",
     "evaluate_scores",
     "fpr_at_recall",
+    "hpatches_pr",
+    "hpatches_roc",
     "image_retrieval_map",
     "junk_sets",
     "nn_matching_accuracy",
