@@ -61,6 +61,9 @@ from retrieval._src.figures import (
     contact_sheet,
 )
 from retrieval._src.hpatches import (
+    PATCH_SIZE as HPATCHES_SIZE,
+)
+from retrieval._src.hpatches import (
     PUBLISHED as HPATCHES_PUBLISHED,
 )
 from retrieval._src.hpatches import (
@@ -110,7 +113,13 @@ from retrieval._src.hpstyle import (
     hpatches_to_patchset,
 )
 from retrieval._src.patch_describer import PatchDescriber, patch_describer, resize_patches
-from retrieval._src.phototour import PhotoTour, evaluate_phototour, fpr95, phototour_patchset
+from retrieval._src.phototour import (
+    PHOTOTOUR_SIZE,
+    PhotoTour,
+    evaluate_phototour,
+    fpr95,
+    phototour_patchset,
+)
 from retrieval._src.phototour import read_pairs as read_phototour_pairs
 from retrieval._src.regions import (
     PATCH_SIZE,
@@ -161,6 +170,7 @@ __all__ = [
     "FINETUNED_DIR",
     "FINETUNE_FROM",
     "HPATCHES_PUBLISHED",
+    "HPATCHES_SIZE",
     "HPATCHES_SPLITS",
     "HPATCHES_TYPES",
     "HPatchesConfig",
@@ -171,6 +181,7 @@ __all__ = [
     "HPatchesTasks",
     "PAPER_ROMEPATCHES",
     "PATCH_SIZE",
+    "PHOTOTOUR_SIZE",
     "PatchDescriber",
     "PatchSet",
     "PatchSetConfig",

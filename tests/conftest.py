@@ -128,3 +128,101 @@ def two_layer_models(colour_patches):
         inp: ckn.train(_two_layer_config(inp), colour_patches[:200], seed=0)
         for inp in ("grad", "raw", "white")
     }
+
+
+# --- HPatches: synthetic homography sequences, the official benchmark code -----------------------
+
+
+def _homography(k: int, w: int, h: int) -> np.ndarray:
+    """Rotation 4k degrees and scale 1 - 0.04k about the centre, a little perspective."""
+    import math
+
+    a = math.radians(4.0 * k)
+    s = 1.0 - 0.04 * k
+    c = np.array([[1, 0, w / 2], [0, 1, h / 2], [0, 0, 1]])
+    m = np.array([[s * math.cos(a), -s * math.sin(a), 0], [s * math.sin(a), s * math.cos(a), 0]])
+    m = np.vstack([m, [2e-5 * k, -1e-5 * k, 1.0]])
+    return c @ m @ np.linalg.inv(c)
+
+
+def _write_homography_sequence(folder, image: np.ndarray, *, gain: float = 1.0) -> None:
+    """An Oxford-layout sequence: image 1 and its 5 warps (img1..6.png, H1to2p..H1to6p)."""
+    import cv2
+
+    folder.mkdir(parents=True)
+    h, w = image.shape
+    cv2.imwrite(str(folder / "img1.png"), image)
+    for k in range(2, 7):
+        H = _homography(k - 1, w, h)
+        warped = cv2.warpPerspective(image, H, (w, h), flags=cv2.INTER_LINEAR)
+        warped = np.clip(warped.astype(np.float64) * gain**k, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img{k}.png"), warped)
+        np.savetxt(folder / f"H1to{k}p", H)
+
+
+@pytest.fixture(scope="session")
+def homography_sequences(tmp_path_factory):
+    """Two Oxford-layout sequences of real photos under known homographies: ``camera`` and
+    ``leuven`` (the astronaut photo, darker in each image: an illumination sequence)."""
+    import cv2
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("seq")
+    _write_homography_sequence(root / "camera", skimage.data.camera())
+    gray = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2GRAY)
+    _write_homography_sequence(root / "leuven", gray, gain=0.93)
+    return root
+
+
+@pytest.fixture(scope="session")
+def hpatches_peers():
+    """The official HPatches benchmark folder (it may be absent):
+    ``$CKN_PEERS/hpatches-benchmark``, else ``shared/peers/hpatches-benchmark`` in the nearest
+    folder above the repository that has one (``../shared`` for a checkout beside it)."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CKN_PEERS"):
+        return Path(os.environ["CKN_PEERS"]) / "hpatches-benchmark"
+    root = Path(__file__).resolve().parents[1]
+    for up in root.parents:
+        if (up / "shared" / "peers" / "hpatches-benchmark").is_dir():
+            return up / "shared" / "peers" / "hpatches-benchmark"
+    return root.parent / "shared" / "peers" / "hpatches-benchmark"
+
+
+@pytest.fixture(scope="session")
+def official_hpatches(hpatches_peers):
+    """``run(descr_dir, tasks_dir, test_sequences, out_dir) -> dict``: the unmodified official
+    HPatches Python benchmark (``tests/hpatches_official_runner.py``, run-time shims only) on
+    a descriptor folder and task files of split ``all``; its raw figures. Skips when the
+    official code, or pandas / joblib / scipy / tqdm that it needs, is missing."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    peers = hpatches_peers
+    if not (peers / "python" / "utils" / "tasks.py").is_file():
+        pytest.skip(f"official HPatches code not found at {peers} (set CKN_PEERS)")
+    missing = [m for m in ("pandas", "joblib", "scipy", "tqdm") if not importlib.util.find_spec(m)]
+    if missing:
+        pytest.skip(f"the official HPatches code needs {', '.join(missing)} (test extra)")
+    runner = Path(__file__).with_name("hpatches_official_runner.py")
+
+    def run(descr_dir, tasks_dir, test_sequences, out_dir) -> dict:
+        split = Path(out_dir) / "split.json"
+        split.write_text(json.dumps({"name": "all", "test": list(test_sequences)}))
+        out = Path(out_dir) / "official.json"
+        done = subprocess.run(
+            [sys.executable, str(runner), str(peers / "python"), str(descr_dir)]
+            + [str(tasks_dir), str(split), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    return run

@@ -15,11 +15,7 @@ skips, saying so, when either is missing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -54,33 +50,6 @@ from retrieval.patches import (
 )
 
 TYPES = HPATCHES_TYPES
-ROOT = Path(__file__).resolve().parents[1]
-RUNNER = Path(__file__).with_name("hpatches_official_runner.py")
-
-
-def _peers() -> Path:
-    """``$CKN_PEERS/hpatches-benchmark``, else ``shared/peers/hpatches-benchmark`` in the
-    nearest folder above the repository that has one (``../shared`` for a checkout beside it)."""
-    if os.environ.get("CKN_PEERS"):
-        return Path(os.environ["CKN_PEERS"]) / "hpatches-benchmark"
-    for up in ROOT.parents:
-        if (up / "shared" / "peers" / "hpatches-benchmark").is_dir():
-            return up / "shared" / "peers" / "hpatches-benchmark"
-    return ROOT.parent / "shared" / "peers" / "hpatches-benchmark"
-
-
-PEERS = _peers()
-
-
-def _official_or_skip() -> Path:
-    if not (PEERS / "python" / "utils" / "tasks.py").is_file():
-        pytest.skip(f"official HPatches code not found at {PEERS} (set CKN_PEERS)")
-    missing = [m for m in ("pandas", "joblib", "scipy", "tqdm") if not importlib.util.find_spec(m)]
-    if missing:
-        pytest.skip(f"the official HPatches code needs {', '.join(missing)} (test extra)")
-    return PEERS
-
-
 # --------------------------------------------------------------------------- the AP of metrics.pr
 
 # Hand-computed areas. Ranks of the positives r_k; area = (1/P) sum (p(r_k - 1) + p(r_k)) / 2,
@@ -473,8 +442,8 @@ def test_unequal_pair_files_refused(release, tmp_path):
         read_hpatches_tasks(tmp_path / "none", data, ("retrieval",))
 
 
-def test_official_task_files_parse():
-    tasks_dir = PEERS / "tasks"
+def test_official_task_files_parse(hpatches_peers):
+    tasks_dir = hpatches_peers / "tasks"
     if not (tasks_dir / "retr_queries_split-a.csv").is_file():
         pytest.skip(f"official task files not found in {tasks_dir} (set CKN_PEERS)")
     split = official_splits()["a"]
@@ -537,21 +506,10 @@ def test_evaluate_refuses_bad_input(release):
         HPatchesConfig(list_sizes=(5, 100))
 
 
-def test_equals_the_official_benchmark(release, tmp_path):
-    peers = _official_or_skip()
+def test_equals_the_official_benchmark(release, official_hpatches, tmp_path):
     root, data, _ = release
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"name": "all", "test": list(data.sequences)}))
-    out = tmp_path / "official.json"
-    run = subprocess.run(
-        [sys.executable, str(RUNNER), str(peers / "python"), str(root / "descr" / "tiny")]
-        + [str(root / "tasks"), str(split), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    official = json.loads(out.read_text())
+    descr = root / "descr" / "tiny"
+    official = official_hpatches(descr, root / "tasks", data.sequences, tmp_path)
 
     ours = evaluate_hpatches(
         read_hpatches_descriptors(root / "descr" / "tiny"), data, root / "tasks", CONFIG

@@ -54,37 +54,9 @@ NO_JITTER = HPatchesStyleConfig(
 )
 
 
-def _homography(k: int, w: int, h: int) -> np.ndarray:
-    """Rotation 4k degrees and scale 1 - 0.04k about the centre, a little perspective."""
-    a = math.radians(4.0 * k)
-    s = 1.0 - 0.04 * k
-    c = np.array([[1, 0, w / 2], [0, 1, h / 2], [0, 0, 1]])
-    m = np.array([[s * math.cos(a), -s * math.sin(a), 0], [s * math.sin(a), s * math.cos(a), 0]])
-    m = np.vstack([m, [2e-5 * k, -1e-5 * k, 1.0]])
-    return c @ m @ np.linalg.inv(c)
-
-
-def _write_sequence(folder: Path, image: np.ndarray, *, gain: float = 1.0) -> None:
-    folder.mkdir(parents=True)
-    h, w = image.shape
-    cv2.imwrite(str(folder / "img1.png"), image)
-    for k in range(2, 7):
-        H = _homography(k - 1, w, h)
-        warped = cv2.warpPerspective(image, H, (w, h), flags=cv2.INTER_LINEAR)
-        warped = np.clip(warped.astype(np.float64) * gain**k, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"img{k}.png"), warped)
-        np.savetxt(folder / f"H1to{k}p", H)
-
-
 @pytest.fixture(scope="module")
-def sequences(tmp_path_factory) -> Path:
-    import skimage.data
-
-    root = tmp_path_factory.mktemp("seq")
-    _write_sequence(root / "camera", skimage.data.camera())
-    gray = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2GRAY)
-    _write_sequence(root / "leuven", gray, gain=0.93)
-    return root
+def sequences(homography_sequences) -> Path:
+    return homography_sequences
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""``ckn describe``: descriptors of a patch file with a trained model, to a .npy file."""
+"""``ckn describe``: descriptors of a patch file with a trained model, to a .npy file; of an
+HPatches folder, to CSV files in the official layout (``patch_benchmarks``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import time
 import numpy as np
 
 import ckn
+from ckn import InputError
+from retrieval.cli import patch_benchmarks
 from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
+from retrieval.patches import BASELINES
+
+_SPLITS = ("train", "test", "all")
 
 
 def _paths(args: argparse.Namespace) -> Paths:
+    if args.hpatches is not None:
+        return patch_benchmarks.describe_paths(args)
     return Paths(
         [Output("--out", args.out, suffix=".npy")],
         {"--patches": args.patches, "--model": args.model},
@@ -19,6 +27,14 @@ def _paths(args: argparse.Namespace) -> Paths:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    if args.hpatches is not None:
+        return patch_benchmarks.describe(args)
+    if args.out is None or args.out_dir is not None:
+        raise InputError("--patches writes one .npy file: give --out (--out-dir is for --hpatches)")
+    if args.split is not None and args.split not in _SPLITS:
+        raise InputError(f"--split of --patches is one of {', '.join(_SPLITS)}, got {args.split!r}")
+    if args.model in BASELINES:
+        raise InputError(f"--patches is described with a model directory, not {args.model!r}")
     model = ckn.load(args.model, precision=args.precision)
     patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
@@ -53,20 +69,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         "describe",
         help="describe patches with a trained model",
         description="Writes (N, D) float32 L2-normalized descriptors to a .npy file, one row per "
-        "patch in the file's row order (of the split with --split).",
-        example="ckn describe --model models/grad --patches default.npz --split test --out t.npy",
+        "patch in the file's row order (of the split with --split). With --hpatches: the "
+        "descriptors of an HPatches folder as <sequence>/<type>.csv in --out-dir, the layout the "
+        "official benchmark reads (SIFT, RootSIFT, pixels on the 65x65 patch; a model on the "
+        "patch resized to its training side, INTER_AREA).",
+        example="ckn describe --model models/grad --patches default.npz --split test --out t.npy\n"
+        "ckn describe --hpatches hpatches-release --model sift --out-dir descriptors/sift",
     )
-    d.add_argument("--model", required=True, help="model directory written by `ckn train`")
-    d.add_argument("--patches", required=True, help=".npy (N,H,W[,C]) or .npz with 'patches'")
-    d.add_argument("--out", required=True, help="output .npy file")
+    d.add_argument(
+        "--model",
+        required=True,
+        help="model directory written by `ckn train`; with --hpatches also a baseline: "
+        + ", ".join(BASELINES),
+    )
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--patches", help=".npy (N,H,W[,C]) or .npz with 'patches'")
+    src.add_argument(
+        "--hpatches", metavar="DIR", help="an HPatches folder (<sequence>/ref.png, e1.png, ...)"
+    )
+    d.add_argument("--out", help="output .npy file (with --patches)")
+    d.add_argument(
+        "--out-dir",
+        metavar="DESCR/NAME",
+        help="output folder of CSV files (with --hpatches), replaced as a whole when complete",
+    )
     d.add_argument(
         "--batch-size", type=int, default=256, help="patches per jitted batch (default 256)"
     )
     d.add_argument(
         "--split",
-        choices=("train", "test", "all"),
         default=None,
-        help="rows of an .npz with a 'split' array (default: all rows)",
+        help="rows of an .npz with a 'split' array: train, test, all (default: all rows); with "
+        "--hpatches, the train and test sequences of an HPatches split: a, b, c, full, illum, "
+        "view, all (default all: every sequence)",
     )
     d.add_argument(
         "--any-size",

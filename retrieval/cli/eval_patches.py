@@ -2,6 +2,11 @@
 
     ckn eval-patches --patches FILE.npz (--model DIR|sift|rootsift|pixels | --descriptors D.npy) \\
         [--split train|test|all] [--json OUT] [--batch-size N] [--any-size]
+    ckn eval-patches --hpatches DIR --split a|b|c|full|illum|view|all \\
+        (--model DIR|sift|rootsift|pixels | --descriptors DESCR/NAME) [--tasks-dir DIR] [--json OUT]
+    ckn eval-patches --phototour DIR --model DIR|sift|rootsift|pixels [--pairs FILE] [--json OUT]
+
+The HPatches and PhotoTour branches are in ``patch_benchmarks``.
 
 Describes the patches of each split with the model (or baseline), or takes
 precomputed descriptors (one row per patch of the file, in its row order, as
@@ -28,11 +33,12 @@ import numpy as np
 from ckn import InputError
 from ckn.files import SPLITS, load_patch_file, write_json
 from ckn.files import load_array as load_npy
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, Paths, add_command, declare_paths
+from retrieval.cli import patch_benchmarks, provenance
+from retrieval.cli.flags import Output, Paths, add_command, declare_paths, given_flags
 from retrieval.patches import (
     AP_DEFINITION,
     BASELINES,
+    HPatchesConfig,
     describe_with,
     descriptor_info,
     evaluate_descriptors,
@@ -126,13 +132,31 @@ def _paths(args: argparse.Namespace) -> Paths:
     model = args.model if args.model not in BASELINES else None
     return Paths(
         [Output("--json", args.json)],
-        {"--patches": args.patches, "--model": model, "--descriptors": args.descriptors},
+        {
+            "--patches": args.patches,
+            "--hpatches": args.hpatches,
+            "--phototour": args.phototour,
+            "--model": model,
+            "--descriptors": args.descriptors,
+            "--tasks-dir": args.tasks_dir,
+        },
     )
 
 
 def cmd_eval_patches(args: argparse.Namespace) -> int:
+    if args.hpatches is not None:
+        return patch_benchmarks.eval_hpatches(args)
+    if args.phototour is not None:
+        return patch_benchmarks.eval_phototour(args)
     meta = provenance.start()
     path = Path(args.patches)
+    other = given_flags(args, ("tasks_dir", "pairs", *patch_benchmarks.HPATCHES_FIELDS))
+    if other:
+        raise InputError(f"{other[0]} does not apply to --patches")
+    if args.split is not None and args.split not in ("train", "test", "all"):
+        raise InputError(f"--split of --patches is train, test or all, got {args.split!r}")
+    args.seed = 0 if args.seed is None else args.seed
+    args.max_pairs = 100_000 if args.max_pairs is None else args.max_pairs
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if path.suffix != ".npz" or not path.is_file():
@@ -234,10 +258,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(all in %), ROC AUC and the describe speed (patches per second), per split."
         ),
         example="ckn eval-patches --patches default.npz --model models/grad --json grad.json\n"
-        "ckn eval-patches --patches default.npz --descriptors all.npy   # from ckn describe",
+        "ckn eval-patches --patches default.npz --descriptors all.npy   # from ckn describe\n"
+        "ckn eval-patches --hpatches hpatches-release --split full --model sift "
+        "--tasks-dir hpatches-benchmark/tasks\n"
+        "ckn eval-patches --phototour notredame --model models/grad   # FPR95 (%)",
     )
-    p.add_argument(
-        "--patches", required=True, help=".npz with 'patches', 'labels' and optional 'split'"
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--patches", help=".npz with 'patches', 'labels' and optional 'split'")
+    src.add_argument(
+        "--hpatches",
+        metavar="DIR",
+        help="an HPatches folder: verification, matching and retrieval as the official "
+        "Python benchmark computes them (needs --split)",
+    )
+    src.add_argument(
+        "--phototour",
+        metavar="DIR",
+        help="a Brown / PhotoTour subset (patchNNNN.bmp, info.txt, m50_*.txt): FPR95 (%%)",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -246,16 +283,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     what.add_argument(
         "--descriptors",
-        metavar="NPY",
+        metavar="NPY|DIR",
         help="precomputed (N, D) descriptors: one row per patch of --patches in its row order "
-        "(all rows, or the rows of the one --split)",
+        "(all rows, or the rows of the one --split); with --hpatches, a folder of "
+        "<sequence>/<type>.csv (ckn describe --hpatches, or any tool writing for the official "
+        "benchmark)",
     )
     p.add_argument(
         "--split",
-        choices=("train", "test", "all"),
         default=None,
-        help="evaluate one split (default: train and test separately if the file has "
-        "a 'split' array, else all)",
+        help="--patches: evaluate one split, train, test or all (default: train and test "
+        "separately if the file has a 'split' array, else all); --hpatches: a, b, c, full, "
+        "illum, view (the official lists) or all (every sequence of the folder)",
     )
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument(
@@ -264,10 +303,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-pairs",
         type=int,
-        default=100_000,
-        help="matching pairs for FPR95 / ROC AUC, as many non-matching (default 100000)",
+        default=None,
+        help="--patches: matching pairs for FPR95 / ROC AUC, as many non-matching (default 100000)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="--patches: seed of the pair sampling (default 0); --hpatches: seed of generated "
+        f"task files (default {HPatchesConfig.seed})",
+    )
     p.add_argument(
         "--any-size",
         action="store_true",
@@ -275,5 +320,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "patches (refused by default)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    patch_benchmarks.add_eval_flags(p)
     p.set_defaults(func=cmd_eval_patches)
     declare_paths(p, _paths)

@@ -6,6 +6,11 @@ Examples::
     ckn patches --sequences ../shared/data/oxford_affine --out oxford.npz
     ckn patches --photos my_photos/ --views 10 --seed 1 --out photos.npz --tfds ~/tfds
     ckn patches --stereo --out motorcycle.npz      # scikit-image's Middlebury pair
+    ckn patches --sequences ../shared/data/oxford_affine --hpatches-style oxford-hp
+    ckn patches --hpatches oxford-hp --out oxford-hp.npz --test-scenes v_bark,v_boat
+    ckn patches --phototour liberty --out liberty.npz
+
+The HPatches and PhotoTour branches are in ``patch_benchmarks``.
 
 Every output (``.npz``, contact sheet, stats JSON, TFDS folder) is written to a
 temporary sibling and renamed, so a failure leaves none of them half-written;
@@ -29,13 +34,19 @@ from pathlib import Path
 from ckn import InputError
 from ckn.files import atomic_path
 from retrieval import patches as P
-from retrieval.cli import provenance
-from retrieval.cli.flags import Output, Paths, add_command, declare_paths
+from retrieval.cli import patch_benchmarks, provenance
+from retrieval.cli.flags import Output, Paths, add_command, declare_paths, given_flags
 from retrieval.patches import PATCH_SIZE
 
 _EXAMPLE = """\
 ckn patches --default --out default.npz --contact-sheet default.png
-ckn patches --photos my_photos/ --views 10 --out photos.npz --tfds ~/tensorflow_datasets"""
+ckn patches --photos my_photos/ --views 10 --out photos.npz --tfds ~/tensorflow_datasets
+ckn patches --sequences oxford_affine --hpatches-style oxford-hp --max-patches 500
+ckn patches --hpatches hpatches-release --split a --out hpatches-a.npz
+ckn patches --phototour liberty --out liberty.npz"""
+
+#: Sources cut by the standard benchmarks (patch_benchmarks), not by this module's builders.
+_STANDARD = ("hpatches", "phototour")
 
 
 def _source(args: argparse.Namespace) -> str:
@@ -45,14 +56,33 @@ def _source(args: argparse.Namespace) -> str:
         return "sequences"
     if args.photos is not None:
         return "photos"
+    for source in _STANDARD:
+        if getattr(args, source) is not None:
+            return source
     return "stereo"
 
 
 def _source_path(args: argparse.Namespace, source: str) -> str | None:
-    return {"sequences": args.sequences, "photos": args.photos, "stereo": args.stereo}.get(source)
+    return {
+        "sequences": args.sequences,
+        "photos": args.photos,
+        "stereo": args.stereo,
+        "hpatches": args.hpatches,
+        "phototour": args.phototour,
+    }.get(source)
 
 
 def _check_args(args: argparse.Namespace, source: str) -> None:
+    if args.out is None:
+        raise InputError("--out FILE.npz is needed (or --hpatches-style OUT_DIR with --sequences)")
+    given = given_flags(args, patch_benchmarks.STYLE_FIELDS)
+    if given:
+        raise InputError(f"{given[0]} applies to --hpatches-style only")
+    if args.split is not None and source not in _STANDARD:
+        raise InputError("--split applies to --hpatches and --phototour only")
+    if args.tfds is not None and source in _STANDARD:
+        raise InputError(f"--tfds does not apply to --{source} (no TFDS config for it)")
+    args.size = PATCH_SIZE if args.size is None else args.size
     if args.size < 8:
         raise InputError(f"--size must be >= 8, got {args.size}")
     if args.quick and source != "default":
@@ -76,6 +106,7 @@ def _paths(args: argparse.Namespace) -> Paths:
             Output("--contact-sheet", args.contact_sheet, suffix=".png"),
             Output("--stats-json", args.stats_json, suffix=".json"),
             Output("--tfds", args.tfds, kind="dir"),
+            Output("--hpatches-style", args.hpatches_style, kind="dir", replaced=True),
         ],
         {f"--{source}": _source_path(args, source) or None},
     )
@@ -95,6 +126,8 @@ def build(args: argparse.Namespace, source: str) -> P.PatchSet:
             cache=not args.no_cache,
             progress=progress,
         )
+    if source in _STANDARD:
+        return patch_benchmarks.standard_patchset(args, source, args.size)
     cfg = P.PatchSetConfig(size=args.size)
     if source == "sequences":
         return P.build_sequences(args.sequences, config=cfg, test_scenes=test, progress=progress)
@@ -121,6 +154,7 @@ def _command(args: argparse.Namespace, source: str) -> str:
     for flag, v in (
         ("--views", args.views),
         ("--test-scenes", args.test_scenes),
+        ("--split", args.split),
         ("--contact-sheet", args.contact_sheet),
         ("--tfds", args.tfds),
         ("--stats-json", args.stats_json),
@@ -147,6 +181,8 @@ def _one_line_warnings(prog: str):
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
+    if args.hpatches_style is not None:
+        return patch_benchmarks.hpatches_style(args)
     meta = provenance.start()
     source = _source(args)
     _check_args(args, source)
@@ -237,7 +273,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Detects SIFT regions independently in every image of a scene, groups those that the "
             "known geometry maps onto each other, cuts normalized patches from each region's own "
             "detection, splits train/test by scene, writes one .npz and prints the group "
-            "statistics."
+            "statistics. With --hpatches-style: HPatches-style data from homography sequences "
+            "(regions of the reference image projected into the targets with the e/h/t jitter "
+            "of HPatches), in the hpatches-release layout. --hpatches, --phototour: the "
+            "patches of a standard benchmark as a patch file (a group = one HPatches reference "
+            "patch across its 16 images, or one PhotoTour 3D point)."
         ),
         example=_EXAMPLE,
     )
@@ -263,10 +303,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stereo pairs <pair>/im0.png, im1.png, disp0.pfm; without DIR: scikit-image's "
         "motorcycle",
     )
-    p.add_argument("--out", required=True, help="output .npz (patches, labels, split, metadata)")
+    src.add_argument(
+        "--hpatches",
+        metavar="DIR",
+        help="an HPatches folder (<sequence>/ref.png, e1.png ... t5.png): a group per reference "
+        "patch, scene and split from its sequence",
+    )
+    src.add_argument(
+        "--phototour",
+        metavar="DIR",
+        help="a Brown / PhotoTour subset (patchNNNN.bmp, info.txt): a group per 3D point",
+    )
+    p.add_argument("--out", help="output .npz (patches, labels, split, metadata)")
+    p.add_argument(
+        "--hpatches-style",
+        metavar="OUT_DIR",
+        help="with --sequences: write HPatches-style data (hpatches-release layout, 65x65 "
+        "patches) to this folder instead of a patch file",
+    )
+    p.add_argument(
+        "--split",
+        help="--hpatches: the train / test sequences of an HPatches split: a, b, c, full, illum, "
+        "view, or all (default: every sequence as test); --phototour: train (default) or test "
+        "for every patch",
+    )
     p.add_argument("--quick", action="store_true", help="with --default: 4 photos, ~1,000 patches")
     p.add_argument(
-        "--size", type=int, default=PATCH_SIZE, help=f"patch side in pixels (default {PATCH_SIZE})"
+        "--size",
+        type=int,
+        default=None,
+        help=f"patch side in pixels (default {PATCH_SIZE}; --hpatches and --phototour patches "
+        "are resized with INTER_AREA, their native side keeps them)",
     )
     p.add_argument(
         "--views",
@@ -295,5 +362,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --default: rebuild, do not read or write the cache",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    patch_benchmarks.add_style_flags(p)
     p.set_defaults(func=cmd_patches)
     declare_paths(p, _paths)

@@ -24,7 +24,7 @@ class HPatchesConfig:
     """HPatches settings.
 
     Attributes:
-      tasks: the tasks to run, a subset of :data:`TASK_NAMES`.
+      tasks: the tasks to run, some of verification, matching, retrieval (:data:`TASK_NAMES`).
       seed: seed of generated task files (data without official ones).
       n_pairs: generated verification positives; as many intra- and inter-sequence negatives
         (official generator: 1,000,000).
@@ -33,7 +33,7 @@ class HPatchesConfig:
         hold fewer textured reference patches than both together.
       min_patch_std: generated retrieval queries and distractors are reference patches whose
         gray-level standard deviation exceeds this (official generator: 10).
-      list_sizes: retrieval list sizes k (default: the official ones), each > 5.
+      list_sizes: retrieval list sizes k, each > 5. Default: the official sizes.
     """
 
     tasks: tuple[str, ...] = TASK_NAMES

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn import InputError
-from ckn.files import atomic_path
+from ckn.files import atomic_path, progress_bar
 from retrieval._src import regions as R
 from retrieval._src.data.geometry import Homography, read_homography
 from retrieval._src.data.sequences import find_sequences, load_sequence, sequence_files
@@ -280,40 +280,31 @@ def build_hpatches_style(
     start = time.perf_counter()
     counts, by_seq = {}, {}
     all_overlaps = [[] for _ in LEVELS]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(seqs), desc="sequences", unit="seq")
-    try:
-        with atomic_path(out, is_dir=True) as tmp:
-            for seq, name in zip(seqs, names):
-                imgs, geoms, _ = load_sequence(seq)
-                cut = cut_sequence(name, imgs[: TARGETS + 1], geoms[1 : TARGETS + 1], cfg)
-                del imgs
-                if len(cut) == 0:
-                    raise InputError(f"{seq}: no region fits the reference and all 15 targets")
-                write_sequence(tmp, name, cut.patches)
-                counts[name] = len(cut)
-                by_seq[name] = {lv: float(np.median(cut.overlap[i])) for i, lv in enumerate(LEVELS)}
-                for i in range(len(LEVELS)):
-                    all_overlaps[i].append(cut.overlap[i].ravel())
-                if bar is not None:
-                    bar.update(1)
-            report = HPatchesStyleReport(
-                sequences=counts,
-                overlap_median={
-                    lv: float(np.median(np.concatenate(all_overlaps[i])))
-                    for i, lv in enumerate(LEVELS)
-                },
-                overlap_by_sequence=by_seq,
-                seconds=time.perf_counter() - start,
-                config=dataclasses.asdict(cfg),
-            )
-            (tmp / "hpatches_style.json").write_text(
-                json.dumps({"source": str(root), **report.as_dict()}, indent=1, sort_keys=True)
-            )
-    finally:
-        if bar is not None:
-            bar.close()
+    with atomic_path(out, is_dir=True) as tmp:
+        bar = progress_bar(
+            list(zip(seqs, names)), desc="sequences", unit="seq", disable=not progress
+        )
+        for seq, name in bar:
+            imgs, geoms, _ = load_sequence(seq)
+            cut = cut_sequence(name, imgs[: TARGETS + 1], geoms[1 : TARGETS + 1], cfg)
+            del imgs
+            if len(cut) == 0:
+                raise InputError(f"{seq}: no region fits the reference and all 15 targets")
+            write_sequence(tmp, name, cut.patches)
+            counts[name] = len(cut)
+            by_seq[name] = {lv: float(np.median(cut.overlap[i])) for i, lv in enumerate(LEVELS)}
+            for i in range(len(LEVELS)):
+                all_overlaps[i].append(cut.overlap[i].ravel())
+        report = HPatchesStyleReport(
+            sequences=counts,
+            overlap_median={
+                lv: float(np.median(np.concatenate(all_overlaps[i]))) for i, lv in enumerate(LEVELS)
+            },
+            overlap_by_sequence=by_seq,
+            seconds=time.perf_counter() - start,
+            config=dataclasses.asdict(cfg),
+        )
+        (tmp / "hpatches_style.json").write_text(
+            json.dumps({"source": str(root), **report.as_dict()}, indent=1, sort_keys=True)
+        )
     return report
