@@ -30,7 +30,10 @@ def _run(capsys, *argv):
 
 
 # Flags whose value is a destination (`ckn index info --json` is a switch: it prints).
-OUTPUT_DESTS = {"out", "json", "png", "figure", "contact_sheet", "stats_json", "tfds"}
+OUTPUT_DESTS = {
+    "out", "json", "png", "figure", "contact_sheet", "stats_json", "tfds", "out_dir",
+    "hpatches_style",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,8 @@ CASES = [
     ("patches --photos {d}/g4 --out {d}/ok.npz --stats-json", "--stats-json", "{d}/g4/s.json",
      "inside"),
     ("patches --photos {d}/g4 --out {d}/ok.npz --tfds", "--tfds", "{d}/g4/tfds", "inside"),
+    ("patches --sequences {d}/g4 --hpatches-style", "--hpatches-style", "{d}/g4/hp", "inside"),
+    ("describe --model sift --hpatches {d}/g4 --out-dir", "--out-dir", "{d}/g4/sift", "inside"),
     ("reproduce --quick --sequences {d}/g4 --out", "--out", "{d}/g4/out", "inside"),
     ("eval-images --images {d}/g4 --local sift --json", "--json", "{d}/g4/r.json", "inside"),
     ("eval-images --images {d}/g4 --local sift --figure", "--figure",
