@@ -36,6 +36,18 @@ def _where(setting: tuple) -> str:
     return f"k = {k} {p}" + (" (fitted on the evaluated images)" if on != "distractors" else "")
 
 
+@renderer("vlad_set")
+def vlad_set(results) -> str:
+    """The images of the VLAD benchmark, as its JSON describes them."""
+    protocol = results[STEM]["protocol"]
+    return para(
+        f"Benchmark: {protocol['database']}; queries: {protocol['queries']}; at most"
+        f" {protocol['local']['max_regions']} regions per image; codebook and PCA fitted on the"
+        " distractors only (rows `evaluated images`: on the evaluated images); CKN models trained"
+        " without labels on the embedded default train split. mAP (%):"
+    )
+
+
 @renderer("vlad_table")
 def vlad_table(results) -> str:
     """mAP of VLAD over each local descriptor, per codebook size and PCA."""
