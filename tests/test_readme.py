@@ -59,6 +59,22 @@ def test_a_changed_figure_is_caught(tmp_path):
     assert f"**{row['test_map']:.1f}**" in new
 
 
+def test_a_changed_preset_is_caught(monkeypatch):
+    """The presets table and the common settings are the code's, not typed copies."""
+    import dataclasses
+
+    import ckn
+
+    grad = ckn.get_preset("ckn-grad")
+    monkeypatch.setitem(ckn.PRESETS, "ckn-grad", dataclasses.replace(grad, blur=1.0))
+    monkeypatch.setattr(ckn.ops, "NORM_EPS", 1e-6)
+    text = (ROOT / "README.md").read_text()
+    new = report.render(text, core.Results(RESULTS))
+    assert "| `ckn-grad` |" in new and "1-px blur before the gradients" in new
+    assert "x / max(||x||, 1e-6)" in new
+    assert "1.5-px blur before the gradients" not in new
+
+
 def test_blocks_inline_and_of_lines_and_their_errors():
     core.RENDERERS["_test_value"] = lambda results: "value"
     core.RENDERERS["_test_arg"] = lambda results, arg: f"value {arg}\nsecond line"

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (register their renderers)
     presets,
     quickstart,
     reruns,
+    settings,
     speed,
     vlad,
 )
