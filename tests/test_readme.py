@@ -146,6 +146,7 @@ def test_machine_and_provenance_phrases():
 PENDING = {
     "bench_index_cpu": "dirty tree; the query-speed work re-runs it",
     "bench_kmeans_cpu": "dirty not recorded; the lead re-runs it",
+    "global_ckn": "model reused from ~/.cache/ckn/bench-models; re-run by the report work",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
@@ -207,6 +208,9 @@ def _problems(doc: dict) -> list[str]:
             )
             if has.returncode != 0:
                 found.append(f"commit {sha[:7]} does not contain {script}")
+    model = doc.get("model")
+    if isinstance(model, dict) and model.get("trained_here") is False:
+        found.append("its model was reused from a folder, not trained in the run")
     run = doc.get("models_run")
     if "models_run" in doc and (not run or run.get("dirty") is not False):
         found.append("the run that trained its models has no clean provenance")
