@@ -13,6 +13,7 @@ from ckn import InputError
 from retrieval.local import (
     FeatureCache,
     LocalConfig,
+    batch_matches,
     fit_geometry,
     local_features,
     make_describer,
@@ -54,6 +55,25 @@ def test_mutual_matches_equal_plain_loops(ratio):
     np.testing.assert_allclose(
         m.distance, [np.linalg.norm(a[i] - b[j]) for i, j in ref], rtol=1e-9, atol=1e-9
     )
+
+
+def test_batch_matches_equal_the_numpy_definition():
+    """One jitted call for several images (padded, masked) = mutual_matches image by image."""
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(70, 16)).astype(np.float32)
+    images = []
+    for m in (40, 1, 130, 0 + 5):
+        b = rng.normal(size=(m, 16)).astype(np.float32)
+        k = min(m, 30)
+        b[:k] = q[rng.choice(70, k, replace=False)] + rng.normal(scale=0.3, size=(k, 16))
+        images.append(b)
+    got = batch_matches(q, images, 0.8)
+    for b, m in zip(images, got):
+        ref = mutual_matches(q, b, 0.8)
+        np.testing.assert_array_equal(m.query, ref.query)
+        np.testing.assert_array_equal(m.database, ref.database)
+        np.testing.assert_allclose(m.distance, ref.distance, rtol=1e-4, atol=1e-4)
+    assert sum(len(m) for m in got) >= 40
 
 
 def test_mutual_matches_edge_cases():

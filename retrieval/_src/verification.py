@@ -18,8 +18,11 @@ Noh et al. 2017, DELG's re-ranking), each usable alone:
 :class:`FeatureCache` keeps the local features of database images for a run within a bound
 on memory (least recently used first out).
 
-Matching is plain NumPy (one (n, m) distance matrix per pair, n, m <= a few thousand
-regions: a few milliseconds), RANSAC is OpenCV's; neither is jitted (pair sizes vary).
+Matching: :func:`mutual_matches` is the plain NumPy definition (float64); :func:`match_batch`
+computes the same matches of one query against a batch of images in one jitted call (float32,
+descriptor counts padded to a power of two (:func:`padded`) and masked: few shapes, few
+compilations), used by :func:`verify_pair` (:func:`batch_matches`) and the scorer. RANSAC is
+OpenCV's, one pair at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ckn import InputError
@@ -93,6 +98,99 @@ def mutual_matches(a, b, ratio: float = 0.9) -> Matches:
         keep &= d1 < ratio * d2
     q = rows[keep].astype(np.int64)
     return Matches(q, nn[keep].astype(np.int64), d1[keep])
+
+
+@jax.jit
+def match_batch(query, query_mask, database, database_mask, ratio):
+    """:func:`mutual_matches` of one query against a batch of images, jitted (static shapes).
+
+    Args:
+      query: (n, D) float32 descriptors of the query, padded; query_mask: (n,) bool, real rows.
+      database: (B, m, D) float32 descriptors of B images, padded; database_mask: (B, m) bool.
+      ratio: Lowe's ratio (traced scalar).
+
+    Returns:
+      (nn, keep, distance): (B, n) int32 nearest database row of each query row, (B, n) bool
+      whether (i, nn) is a match (mutual, passes the ratio test, both rows real), (B, n)
+      float32 its distance. A padded image (no real row) has no match.
+    """
+    q = query.astype(jnp.float32)
+    db = database.astype(jnp.float32)
+    d2 = (
+        jnp.sum(q * q, -1)[None, :, None]
+        + jnp.sum(db * db, -1)[:, None, :]
+        - 2.0 * jnp.einsum("nd,bmd->bnm", q, db, precision=jax.lax.Precision.HIGHEST)
+    )
+    d = jnp.sqrt(jnp.maximum(d2, 0.0))
+    valid = query_mask[None, :, None] & database_mask[:, None, :]
+    d = jnp.where(valid, d, jnp.inf)
+    nn = jnp.argmin(d, axis=2)  # (B, n)
+    d1 = jnp.take_along_axis(d, nn[..., None], 2)[..., 0]
+    second = jnp.min(
+        jnp.where(jnp.arange(d.shape[2])[None, None, :] == nn[..., None], jnp.inf, d), axis=2
+    )
+    back = jnp.argmin(d, axis=1)  # (B, m): nearest query row of each database row
+    mutual = jnp.take_along_axis(back, nn, 1) == jnp.arange(d.shape[1])[None, :]
+    passes = jnp.where(jnp.isfinite(second), d1 < ratio * second, True)
+    keep = mutual & passes & jnp.isfinite(d1)
+    return nn.astype(jnp.int32), keep, d1
+
+
+#: Descriptor counts are padded to a power of two, at least this, for :func:`match_batch`
+#: (few shapes, few compilations).
+PAD = 128
+
+
+def padded(rows: int, smallest: int = PAD) -> int:
+    """The smallest power of two >= ``rows`` and >= ``smallest``."""
+    n = int(smallest)
+    while n < rows:
+        n *= 2
+    return n
+
+
+def pad_descriptors(descriptors, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """((rows, D) float32 descriptors zero-padded, (rows,) bool mask of the real ones)."""
+    x = np.asarray(descriptors, np.float32)
+    out = np.zeros((rows, x.shape[1]), np.float32)
+    out[: len(x)] = x
+    return out, np.arange(rows) < len(x)
+
+
+def batch_matches(
+    query, images, ratio: float, *, batch: int | None = None, rows: int | None = None
+) -> list[Matches]:
+    """:func:`mutual_matches` of a query against several images, by :func:`match_batch`.
+
+    Args:
+      query: (n, D) descriptors; images: a list of (m_b, D) descriptors; ratio: Lowe's.
+      batch: images per jitted call (None: all at once); the last call is padded with empty
+        images, so every call has the same shape.
+      rows: database rows every image is padded to (None: the largest, rounded up to
+        :func:`padded`); at least the largest.
+
+    Returns:
+      One :class:`Matches` per image (float32 distances, as :func:`match_batch`).
+    """
+    if not images:
+        return []
+    q, qm = pad_descriptors(query, padded(len(query)))
+    rows = padded(max([len(x) for x in images] + [rows or 0]))
+    batch = len(images) if batch is None else int(batch)
+    empty = np.zeros((0, q.shape[1]), np.float32)
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = list(images[start : start + batch])
+        n_real = len(chunk)
+        chunk += [empty] * (batch - n_real)
+        db, dm = zip(*(pad_descriptors(x, rows) for x in chunk))
+        nn, keep, dist = jax.device_get(
+            match_batch(q, qm, np.stack(db), np.stack(dm), np.float32(ratio))
+        )
+        for b in range(n_real):
+            i = np.flatnonzero(keep[b]).astype(np.int64)
+            out.append(Matches(i, nn[b, i].astype(np.int64), dist[b, i].astype(np.float64)))
+    return out
 
 
 class Geometry(NamedTuple):
@@ -232,13 +330,13 @@ def verify_pair(
     Args:
       query, database: :class:`retrieval.local.LocalFeatures` (or anything with
         ``descriptors`` (n, D) and ``regions.xy`` (n, 2)).
-      ratio: Lowe's ratio (:func:`mutual_matches`).
+      ratio: Lowe's ratio (:func:`mutual_matches`, computed by :func:`batch_matches`).
       model, threshold, max_iters, seed: :func:`fit_geometry`.
 
     Returns:
       :class:`Verification`.
     """
-    m = mutual_matches(query.descriptors, database.descriptors, ratio)
+    (m,) = batch_matches(query.descriptors, [database.descriptors], ratio)
     src = np.asarray(query.regions.xy)[m.query]
     dst = np.asarray(database.regions.xy)[m.database]
     g = fit_geometry(src, dst, model, threshold=threshold, max_iters=max_iters, seed=seed)
