@@ -3,7 +3,8 @@
 The top level holds the entry points: the model (:class:`CKN`, :class:`KernelLayer`,
 :func:`kernel_layer_apply`), its settings and presets, :func:`train`, :func:`describe`,
 :func:`finetune`, :func:`save` / :func:`load`, :class:`InputError` and
-:func:`enable_compile_cache` (compiled programs kept on disk for later processes). The rest is
+:func:`enable_compile_cache` (compiled programs kept on disk for later processes) with
+:func:`count_compilations`. The rest is
 public by stage:
 
 - :mod:`ckn.ops`: pure array math (sub-patches, kappa, Nystrom, Gaussian pooling, input maps);
@@ -23,7 +24,7 @@ from ckn import ops as ops
 from ckn import sharding as sharding
 from ckn import supervised as supervised
 from ckn import unsupervised as unsupervised
-from ckn._src.compile_cache import enable_compile_cache
+from ckn._src.compile_cache import count_compilations, enable_compile_cache
 from ckn._src.config import (
     PRESETS,
     CKNConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "PRECISIONS",
     "PRESETS",
     "TrainConfig",
+    "count_compilations",
     "describe",
     "enable_compile_cache",
     "finetune",

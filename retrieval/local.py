@@ -16,10 +16,12 @@ from retrieval._src.image_eval import (
     evaluate_vlad,
 )
 from retrieval._src.local import (
+    PATCH_BATCH,
     Describer,
     LocalConfig,
     LocalFeatures,
     describe_images,
+    iter_local_features,
     local_features,
     make_describer,
 )
@@ -62,6 +64,7 @@ from retrieval._src.vlad_fit import (
 )
 
 __all__ = [
+    "PATCH_BATCH",
     "Describer",
     "FeatureCache",
     "GEOMETRIC_MODELS",
@@ -87,6 +90,7 @@ __all__ = [
     "fit_geometry",
     "match_batch",
     "fit_vlad",
+    "iter_local_features",
     "local_features",
     "make_describer",
     "mutual_matches",

@@ -9,7 +9,6 @@ new size inside an already compiled size bucket compiles nothing, and one of a n
 does (the counter sees compilations).
 """
 
-import contextlib
 import json
 import os
 import subprocess
@@ -18,15 +17,14 @@ import textwrap
 from pathlib import Path
 
 import cv2
-import jax
 import numpy as np
 import pytest
 
+import ckn
 from retrieval import index as S
 from retrieval.image import GlobalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 # A child process: enables the cache in FOLDER, runs three jitted functions (two shapes of
 # one), prints the cache hits and misses JAX counted as JSON.
@@ -91,8 +89,6 @@ def test_concurrent_processes_share_one_folder(tmp_path):
 
 
 def test_enable_compile_cache_checks_its_input(tmp_path):
-    import ckn
-
     with pytest.raises(ckn.InputError, match="max_bytes"):
         ckn.enable_compile_cache(tmp_path, max_bytes=0)
     blocker = tmp_path / "file"
@@ -132,22 +128,6 @@ def photos(tmp_path_factory):
     return root
 
 
-@contextlib.contextmanager
-def _compilations():
-    """Counts XLA compilations in this process: yields a list, one entry per compilation."""
-    seen: list[float] = []
-
-    def listener(event, duration, **_):
-        if event == COMPILE_EVENT:
-            seen.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def _image(h: int, w: int) -> np.ndarray:
     import skimage.data
 
@@ -157,12 +137,12 @@ def _image(h: int, w: int) -> np.ndarray:
 def test_new_size_in_a_bucket_compiles_nothing(photos):
     idx = S.load_index(photos / "db.index")
     S.query_index(idx, _image(128, 128))  # buckets 128 x 128 (scale 1) and 64 x 64 (scale 0.5)
-    with _compilations() as seen:
+    with ckn.count_compilations() as seen:
         r = S.query_index(idx, _image(100, 120))  # snapped 96 x 96 and 32 x 32
         batch = S.query_images(idx, [_image(127, 110), _image(97, 127), _image(128, 100)])
     assert seen == [], f"{len(seen)} compilations for new sizes inside compiled buckets"
     assert len(r.paths) == 4 and len(batch) == 3
-    with _compilations() as seen:  # the counter sees compilations: a new bucket compiles
+    with ckn.count_compilations() as seen:  # the counter sees compilations: a new bucket compiles
         S.query_index(idx, _image(200, 130))
     assert len(seen) >= 1
 

@@ -28,12 +28,17 @@ it off; the test suite does, so that tests write nothing to the user's cache).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 from pathlib import Path
 
 from ckn._src.errors import InputError
+
+#: The JAX monitoring event of one XLA compilation (a cache hit records it too, at the cost of
+#: reading the program back).
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 #: Default bound on the cache folder's size, in bytes (the least recently used entries go).
 MAX_BYTES = 1 << 30
@@ -105,3 +110,32 @@ def enable_compile_cache(folder: str | os.PathLike | None = None, *, max_bytes: 
     compilation_cache.reset_cache()  # a cache set up earlier in the process (another folder)
     compilation_cache.set_cache_dir(str(path))
     return path
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts the XLA compilations (and persistent-cache reads) of the ``with`` block.
+
+    Yields:
+      A list that receives the seconds of each compilation as it happens (``len`` of it:
+      their number). JAX records one per jitted program it builds, whether it compiles it or
+      reads it from the persistent cache; nothing for a program it already holds.
+
+    Examples:
+      >>> with ckn.count_compilations() as seen:
+      ...     retrieval.index.query_index(idx, image)
+      >>> len(seen)  # 0: the image's size buckets were compiled before
+    """
+    import jax
+
+    seen: list[float] = []
+
+    def listener(event, duration, **_):
+        if event == COMPILE_EVENT:
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
