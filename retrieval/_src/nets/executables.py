@@ -97,7 +97,8 @@ def _save(path: Path, compiled) -> None:
         data = pickle.dumps(serialize_executable.serialize(compiled))
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(data)
-        files = sorted(path.parent.glob(f"*{_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        kept = [p for p in path.parent.glob(f"*{_SUFFIX}") if not p.name.startswith(".")]
+        files = sorted(kept, key=lambda p: p.stat().st_mtime)  # (not others' temporaries)
         for old in files[: max(0, len(files) - MAX_PROGRAMS)]:
             old.unlink(missing_ok=True)
     except Exception:  # noqa: BLE001 (a cache that cannot be written is only slower)
