@@ -172,3 +172,9 @@ def test_second_query_process_compiles_nothing(photos, tmp_path):
     again = {p.name: p.stat().st_mtime_ns for p in (xla / "programs").glob("*")}
     assert again.keys() == programs.keys()
     assert all(again[k] > programs[k] for k in programs)  # read back (touched), not rebuilt
+    # A damaged program (a disk error; writes themselves are atomic) is compiled again and
+    # replaced, with the same results.
+    broken = sorted(xla.joinpath("programs").glob("*"))[0]
+    broken.write_bytes(broken.read_bytes()[:100])
+    assert _query(photos, cache) == first
+    assert broken.stat().st_size > 100 and _entries(xla) == entries
