@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register their renderers)
     heads,
     patches,
     presets,
+    query,
     quickstart,
     reruns,
     settings,

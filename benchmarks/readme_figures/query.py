@@ -1,0 +1,62 @@
+"""README figures of querying an index and of local CKN descriptors of images (bench_query_cpu,
+bench_local_cpu). Every figure names its machine (``speed_note``); ratios are taken within one
+run."""
+
+from __future__ import annotations
+
+from .core import para, renderer, speed_note
+
+
+def _s(x: float) -> str:
+    return f"{x:.2f} s" if x < 10 else f"{x:.0f} s"
+
+
+@renderer("query_speed")
+def query_speed(results) -> str:
+    """First / second ``ckn index query`` process, new-size and batched queries, the goals."""
+    doc = results["bench_query_cpu"]
+    r = doc["results"][0]
+    proc, ip, b = r["process"], r["in_process"], r["batch"]
+    goals = doc["goals"]
+    return para(
+        f"At {r['indexed']:,} indexed vectors ({r['dim']}-D, IVF-PQ; `nice python"
+        " benchmarks/bench_query.py`, `benchmarks/results/bench_query_cpu.json`;"
+        f" {speed_note(doc)}), `ckn index query` on a {ip['query_image'].split()[-1]} photo took"
+        f" {_s(proc['first']['wall_s'])} in a first process (empty cache),"
+        f" {_s(proc['second']['median_s'])} in a second one (median of"
+        f" {proc['second']['repeats']}; goal 3 s:"
+        f" {'met' if goals['second_process_met'] else 'not met'}) and"
+        f" {_s(proc['no_cache']['wall_s'])} with `CKN_COMPILE_CACHE=0`. In Python, a query of a"
+        f" new size inside compiled buckets took {_s(ip['warm_new_size']['median_s'])}"
+        f" ({ip['warm_new_size_compilations']} compilations), {ip['warm_new_size_over_forward']:.2f}"
+        f" times one forward pass of the image alone ({_s(ip['forward_pass']['median_s'])};"
+        f" goal 2: {'met' if goals['warm_new_size_met'] else 'not met'}; three scales cost about"
+        " 1.8 passes); a query needing new buckets"
+        f" {_s(ip['new_bucket_s'])} ({ip['new_bucket_compilations']} compilations)."
+        f" {b['queries']} queries of {b['distinct_sizes']} sizes in one `query_images` call:"
+        f" {_s(b['cold_s'])} with {b['cold_compilations']} compilations, then"
+        f" {_s(b['warm_s'])} warm ({_s(b['warm_per_query_s'])} per query)."
+    )
+
+
+@renderer("local_speed")
+def local_speed(results) -> str:
+    """Images/s and patches/s of local CKN descriptors beside the encoder in the same run."""
+    doc = results["bench_local_cpu"]
+    r = doc["results"][0]
+    b, one, enc = r["batched"], r["image_by_image"], r["encode"]
+    return para(
+        f"Local CKN descriptors of images (`{r['preset']}` saved as a model folder, as"
+        " `eval-images --local MODEL_DIR` and `ckn index build --local MODEL_DIR` read it;"
+        f" {b['images']} photos, {b['patches']:,} patches; `nice python"
+        " benchmarks/bench_local.py`, `benchmarks/results/bench_local_cpu.json`;"
+        f" {speed_note(doc)}): patches batched across images"
+        f" ({r['patch_batch']} per call), {b['images_per_s']:.2f} images/s and"
+        f" {b['patches_per_s']:.1f} patches/s end to end, the describer alone"
+        f" {b['describe_patches_per_s']:.1f} patches/s ="
+        f" {100 * r['describe_fraction_of_encode']:.0f}% of `ckn.describe`'s"
+        f" {enc['patches_per_s']:.1f} in the same run (target 80%); image by image"
+        f" {one['images_per_s']:.2f} images/s, {one['describe_patches_per_s']:.1f} patches/s"
+        f" for the describer. Region detection and patch sampling took"
+        f" {100 * b['seconds_regions'] / b['wall_s']:.0f}% of the time."
+    )
