@@ -146,7 +146,6 @@ def test_machine_and_provenance_phrases():
 PENDING = {
     "bench_index_cpu": "dirty tree; the query-speed work re-runs it",
     "bench_kmeans_cpu": "dirty not recorded; the lead re-runs it",
-    "global_ckn": "model reused from ~/.cache/ckn/bench-models; re-run by the report work",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
