@@ -9,8 +9,9 @@ The index: the 16 scikit-image photos and crops of ``bench_index.py`` described 
 ``ckn index build`` does by default (global GeM of the shipped EfficientNet-Lite0, scales
 1, 0.707, 0.5, max side 1024, size buckets of 64 px), plus ``--size - 16`` synthetic
 clustered unit vectors of the same dimension (``bench_index.synthetic``) standing for the
-rest of a large collection, searched with IVF-PQ (``search="auto"`` at this size) and
-re-ranked exactly with the stored vectors; saved with ``save_index``.
+rest of a large collection, in one part (as one build), searched with IVF-PQ
+(``search="auto"`` at this size) and re-ranked exactly with the stored vectors; saved with
+``save_index``.
 
 Measured:
 
@@ -22,7 +23,8 @@ Measured:
   cache and the kept backbone programs (``ckn.enable_compile_cache``) are read;
   ``no_cache``: ``CKN_COMPILE_CACHE=0``, the behaviour before the cache (once).
 * ``in_process`` (Python, ``query_index`` on the loaded index, no persistent cache):
-  ``first_query`` (compiles the query's buckets), ``warm_same_size`` (median),
+  ``first_query`` (the first in the process after the build, which described the query
+  photo: its buckets are compiled), ``warm_same_size`` (median),
   ``warm_new_size``: images of sizes not seen before whose buckets are compiled (the query
   image cut by 0-4 px per side, which keeps its buckets at the three scales; median over
   ``--repeats`` * 3 sizes, each a first query of its size; compilations counted), beside
@@ -79,12 +81,16 @@ def build(tmp: Path, size: int) -> tuple[Path, Path]:
     searcher = make_index(vectors, "ivfpq")
     print(f"IVF-PQ over {len(vectors)} vectors trained in {time.perf_counter() - t:.1f} s",
           flush=True)  # fmt: skip
-    part = S.Part("synthetic", "synthetic", str(tmp / "synthetic"),
-                  tuple(f"{i:06d}.jpg" for i in range(len(extra))))  # fmt: skip
+    # One part (as one build of a large collection): the photos and the synthetic rows.
+    (real_part,) = real.parts
+    paths = tuple(f"photos/{p}" for p in real_part.paths) + tuple(
+        f"synthetic/{i:06d}.jpg" for i in range(len(extra))
+    )
+    part = S.Part(real_part.id, str(tmp), str(tmp), paths)
     search = {"method": "ivfpq", "ivfpq": dict(searcher.options), "rerank": S.RERANK,
               "requested": SETTINGS.search, "exact_limit": S.EXACT_LIMIT}  # fmt: skip
     idx = dataclasses.replace(
-        real, vectors=vectors, parts=(*real.parts, part), search_info=search, searcher=searcher
+        real, vectors=vectors, parts=(part,), search_info=search, searcher=searcher
     )
     folder = S.save_index(idx, tmp / "big.index")
     return photos, folder
