@@ -1,8 +1,9 @@
 """Pure array math of convolutional kernel networks (stage: the kernel layer's building blocks).
 
 Sub-patch extraction, patch normalization, the kernel kappa, the Nystrom projection,
-Gaussian pooling and the input maps (raw / white / grad): jit-able functions on
-channels-last arrays, no state. The layer itself is :func:`ckn.kernel_layer_apply`.
+Gaussian pooling, the input maps (raw / white / grad) and the descriptor projection:
+jit-able functions on channels-last arrays, no state. The layer itself is
+:func:`ckn.kernel_layer_apply`.
 """
 
 from ckn._src.config import (
@@ -27,6 +28,7 @@ from ckn._src.ops import (
     nystrom_projection,
     pooled_size,
     pooling_matrix,
+    project_descriptors,
     select_channels,
     whitening_matrix,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "nystrom_projection",
     "pooled_size",
     "pooling_matrix",
+    "project_descriptors",
     "select_channels",
     "whitening_matrix",
 ]

@@ -2,7 +2,8 @@
 
 The differentiable descriptor (:func:`descriptor_function`, the trainable parts, the
 Nystrom map with a stable derivative), the validation split and mAP, and the
-checkpointed epoch loop :func:`run_epochs` with its checkpoints. The entry point is
+checkpointed epoch loop :func:`run_epochs` with its checkpoints, and the learned
+projection of the descriptor (:func:`pca_projection`, :func:`with_projection`). The entry point is
 :func:`ckn.finetune`; the losses are in :mod:`ckn.losses`.
 """
 
@@ -28,10 +29,12 @@ from ckn._src.epochs import (
 from ckn._src.finetune import (
     DEFAULT_MARGINS,
     LOSSES,
+    PCA_ROWS,
     SCHEDULES,
     validation_map,
     validation_split,
 )
+from ckn._src.projection import pca_projection, with_projection
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -43,15 +46,18 @@ __all__ = [
     "EpochsReport",
     "EpochsRun",
     "LOSSES",
+    "PCA_ROWS",
     "SCHEDULES",
     "TRAINABLE_PARTS",
     "descriptor_function",
     "initial_params",
     "load_checkpoint",
     "nystrom_map",
+    "pca_projection",
     "run_epochs",
     "save_checkpoint",
     "trainable_parts",
     "validation_map",
     "validation_split",
+    "with_projection",
 ]

@@ -144,6 +144,9 @@ class CKNConfig:
         flattened last map) or "position" (L2 of each position's p values
         first, then global L2; a reconstruction that measured better).
       train: unsupervised training settings.
+      projection: (D, k): a learned linear map of the D-dim descriptor to k
+        dims, then L2 (``ckn.finetune`` with ``FinetuneConfig.projection``);
+        None: the descriptor is the normalized last map (``ckn.train``'s models).
     """
 
     name: str = "custom"
@@ -159,8 +162,16 @@ class CKNConfig:
     patch_size: int = 51
     normalize: str = "global"
     train: TrainConfig = field(default_factory=TrainConfig)
+    projection: tuple[int, int] | None = None
 
     def __post_init__(self):
+        if self.projection is not None:
+            proj = tuple(self.projection)
+            if len(proj) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in proj):
+                raise InputError(f"projection must be (D, k) ints or None, got {self.projection!r}")
+            if min(proj) < 1:
+                raise InputError(f"projection dims must be >= 1, got {proj}")
+            object.__setattr__(self, "projection", proj)
         if self.input not in INPUTS:
             raise InputError(
                 f"unknown input map {self.input!r}; expected one of {', '.join(INPUTS)}"
@@ -230,6 +241,23 @@ class CKNConfig:
         """
         return (*self.layer_geometry(height, width)[-1].pooled, self.layers[-1].filters)
 
+    def descriptor_dim(self, height: int, width: int) -> int:
+        """D of the descriptor of a height x width patch: k with a projection, else H' W' C'.
+
+        Raises:
+          InputError: the input is too small, or its last map does not have the
+            projection's input dimension.
+        """
+        h, w, c = self.output_shape(height, width)
+        if self.projection is None:
+            return h * w * c
+        if h * w * c != self.projection[0]:
+            raise InputError(
+                f"patches of {height}x{width} give a {h * w * c}-D map but the projection "
+                f"takes {self.projection[0]}-D descriptors"
+            )
+        return self.projection[1]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -238,6 +266,8 @@ class CKNConfig:
         d = dict(d)
         d["layers"] = tuple(LayerConfig(**layer) for layer in d["layers"])
         d["train"] = TrainConfig(**d.get("train", {}))
+        if d.get("projection") is not None:
+            d["projection"] = tuple(d["projection"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -34,7 +34,9 @@ fixed (sigma is the unsupervised one). Choices:
   "linear" a (p, p) matrix W_l after each Nystrom map (linear = L(Z) W,
   W = I for a model of ``ckn.train``): supervised metric learning on the
   kernel features, still a ``ckn.save`` model, but no longer a Nystrom layer
-  (it can be fine-tuned again only with "+linear").
+  (it can be fine-tuned again only with "+linear"); "projection" the model's
+  (D, k) map of the descriptor (``CKNConfig.projection``), with the filters or
+  alone (a fixed network).
   NIPS 2014 layers are refused.
 """
 
@@ -54,20 +56,23 @@ from ckn._src import ops
 from ckn._src.errors import InputError
 from ckn._src.layers import CKN, LayerParams
 
-#: What ``trainable`` may name, joined by "+" ("filters" always; e.g. "filters+linear").
-TRAINABLE_PARTS = ("filters", "input", "lam", "linear")
+#: What ``trainable`` may name, joined by "+" ("filters" always, e.g. "filters+linear",
+#: or "projection" alone: the descriptor's projection on a fixed network).
+TRAINABLE_PARTS = ("filters", "input", "lam", "linear", "projection")
 
 
 def trainable_parts(trainable: str) -> tuple[str, ...]:
     """The parts of a ``trainable`` string, checked.
 
     Raises:
-      InputError: an unknown or repeated part, or no "filters".
+      InputError: an unknown or repeated part, or no "filters" (except "projection" alone).
     """
     parts = tuple(trainable.split("+"))
-    if "filters" not in parts or len(set(parts)) != len(parts) or set(parts) - set(TRAINABLE_PARTS):
+    bad = len(set(parts)) != len(parts) or set(parts) - set(TRAINABLE_PARTS)
+    if bad or ("filters" not in parts and parts != ("projection",)):
         raise InputError(
-            f"trainable must be 'filters' plus any of +input, +lam, +linear, got {trainable!r}"
+            "trainable must be 'filters' plus any of +input, +lam, +linear, +projection, "
+            f"or 'projection' alone, got {trainable!r}"
         )
     return parts
 
@@ -154,7 +159,7 @@ def _layer_arrays(model: CKN, params: dict, dtype) -> list[LayerParams]:
     """Every layer's arrays, with the trainable ones from ``params`` (Nystrom map recomputed)."""
     out = []
     for i, layer in enumerate(model.layers):
-        z = unit_rows(params["filters"][i])
+        z = unit_rows(params["filters"][i] if "filters" in params else layer.filters.get_value())
         alpha = layer.alpha.get_value().astype(dtype)
         lam = jnp.exp(params["log_lam"][i]) if "log_lam" in params else layer.config.lam
         if i == 0 and "preproc" in params:
@@ -175,14 +180,25 @@ def forward(graphdef, state, params: dict, patches: jax.Array) -> jax.Array:
     ``graphdef, state = split(model)``; ``params`` as :func:`initial_params` returns them.
     """
     model = nnx.merge(graphdef, state)
-    dtype = params["filters"][0].dtype
+    dtype = jax.tree.leaves(params)[0].dtype
     x = model.input_map(patches).astype(dtype)
     for lp, layer in zip(_layer_arrays(model, params, dtype), model.layers):
         x = _layer(x, lp, layer.config, model.precision)
     if model.config.normalize == "position":
         x = x / jnp.maximum(_safe_sqrt(jnp.sum(x * x, axis=-1, keepdims=True)), 1e-12)
     x = x.reshape(x.shape[0], -1)
-    return x / jnp.maximum(_safe_sqrt(jnp.sum(x * x, axis=1, keepdims=True)), 1e-12)
+    x = x / jnp.maximum(_safe_sqrt(jnp.sum(x * x, axis=1, keepdims=True)), 1e-12)
+    return project(model, params, x)
+
+
+def project(model: CKN, params: dict, x: jax.Array) -> jax.Array:
+    """(B, D) normalized last maps -> the descriptors: the projection of ``params`` (trained)
+    or of the model (fixed), if any (``ckn.ops.project_descriptors``); else ``x``."""
+    if "projection" in params:
+        return ops.project_descriptors(x, params["projection"], precision=model.precision)
+    if model.projection is not None:
+        return ops.project_descriptors(x, model.projection.get_value(), precision=model.precision)
+    return x
 
 
 def _check_nystrom(model: CKN, *, free_linear: bool = False) -> None:
@@ -219,16 +235,26 @@ def initial_params(model: CKN, trainable: str = "filters") -> dict:
       trainable: "filters" plus any of "+input", "+lam", "+linear" (module docstring).
 
     Returns:
-      {"filters": tuple of (p_l, d_l) unit rows; with "+input" on a model with a
-      pre-processing matrix "preproc": (d_0, d_0); with "+lam" "log_lam": tuple
-      of () per layer; with "+linear" "linear": tuple of (p_l, p_l) W_l}.
+      {"filters": tuple of (p_l, d_l) unit rows (unless "projection" alone); with
+      "+input" on a model with a pre-processing matrix "preproc": (d_0, d_0); with
+      "+lam" "log_lam": tuple of () per layer; with "+linear" "linear": tuple of
+      (p_l, p_l) W_l; with "projection" the model's (D, k) "projection"}.
 
     Raises:
-      InputError: not a Nystrom model, a bad ``trainable``, or lam = 0 with "+lam".
+      InputError: not a Nystrom model, a bad ``trainable``, lam = 0 with "+lam", or
+        "projection" on a model without one.
     """
     parts = trainable_parts(trainable)
     _check_nystrom(model, free_linear="linear" in parts)
-    params = {"filters": tuple(unit_rows(lay.filters.get_value()) for lay in model.layers)}
+    params = {}
+    if "filters" in parts:
+        params["filters"] = tuple(unit_rows(lay.filters.get_value()) for lay in model.layers)
+    if "projection" in parts:
+        if model.projection is None:
+            raise InputError(
+                "training the projection needs a model with one (CKNConfig.projection)"
+            )
+        params["projection"] = model.projection.get_value()
     if "input" in parts and model.layers[0].preproc is not None:
         params["preproc"] = model.layers[0].preproc.get_value()
     if "lam" in parts:
@@ -277,6 +303,7 @@ def descriptor_function(model: CKN) -> Callable[[dict, jax.Array], jax.Array]:
 @functools.partial(jax.jit, static_argnames="graphdef")
 def _materialize(graphdef, state, params):
     """The arrays of every layer for the current parameters (filters, linear, preproc)."""
+    params = {k: v for k, v in params.items() if k != "projection"}
     model = nnx.merge(graphdef, state)
     return [(lp.filters, lp.linear, lp.preproc) for lp in _layer_arrays(model, params, jnp.float32)]
 
@@ -284,6 +311,10 @@ def _materialize(graphdef, state, params):
 def install(model: CKN, params: dict) -> CKN:
     """A new model: ``model`` with ``params`` installed (Nystrom maps recomputed, lam
     written into the config if trained); ``model`` is not modified."""
+    if set(params) == {"projection"}:  # a fixed network: its arrays kept bit for bit
+        new = nnx.clone(model)
+        new.projection.set_value(params["projection"])
+        return new
     graphdef, state = split(model)
     arrays = _materialize(graphdef, state, params)
     cfg = model.config
@@ -300,4 +331,6 @@ def install(model: CKN, params: dict) -> CKN:
         layer.bias.set_value(old.bias.get_value())
         if layer.preproc is not None:
             layer.preproc.set_value(pre)
+    if new.projection is not None:
+        new.projection.set_value(params.get("projection", model.projection.get_value()))
     return new

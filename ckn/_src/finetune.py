@@ -63,6 +63,8 @@ from ckn._src.fileio import check_patches
 from ckn._src.layers import CKN
 from ckn._src.losses import BATCH_LOSSES
 from ckn._src.model import describe
+from ckn._src.ops import project_descriptors
+from ckn._src.projection import pca_projection, with_projection
 from ckn._src.training import _optax_promotion
 
 LOSSES = tuple(BATCH_LOSSES)
@@ -90,8 +92,13 @@ class FinetuneConfig:
       warmup: fraction of the planned steps with a linear warm-up.
       weight_decay: decoupled decay of the parameters towards the
         unsupervised start (L2-SP).
-      trainable: "filters" plus any of "+input", "+lam", "+linear"
-        (``ckn._src.differentiable``).
+      trainable: "filters" plus any of "+input", "+lam", "+linear", "+projection",
+        or "projection" alone (``ckn._src.differentiable``; alone, the network is
+        fixed and its descriptors are computed once).
+      projection: k: append a learned (D, k) projection of the descriptor (then L2),
+        started from the k leading principal directions of the training
+        descriptors (``ckn._src.projection``); needs "projection" in ``trainable``
+        and a model without one. None: no new projection.
       patience: stop after this many epochs without a better validation mAP
         (None: never; only with validation data).
     """
@@ -107,6 +114,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     trainable: str = "filters"
     patience: int | None = 5
+    projection: int | None = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -115,7 +123,12 @@ class FinetuneConfig:
             raise InputError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
-        trainable_parts(self.trainable)
+        parts = trainable_parts(self.trainable)
+        if self.projection is not None and (self.projection < 1 or "projection" not in parts):
+            raise InputError(
+                f"projection must be >= 1 and needs 'projection' in trainable, got "
+                f"{self.projection} with {self.trainable!r}"
+            )
         if self.margin is not None and not self.margin > 0:
             raise InputError(f"margin must be > 0, got {self.margin}")
         if self.epochs < 1 or self.groups_per_batch < 2 or self.patches_per_group < 2:
@@ -349,6 +362,45 @@ def _train_step(graphdef, loss, state, params, params0, opt_state, patches, labe
     return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
 
 
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _head_step(loss, params, params0, opt_state, features, labels, mask, hyper):
+    """``_train_step`` for the projection alone: ``features`` are the fixed network's (B, D)
+    descriptors; the same Adam update, decay and non-finite guard."""
+    _TRACES[0] += 1
+    lr, margin, decay = hyper
+
+    def objective(p):
+        x = project_descriptors(features, p["projection"])
+        return BATCH_LOSSES[loss](x, labels, margin, mask)
+
+    value, grads = jax.value_and_grad(objective)(params)
+    finite = jnp.isfinite(value) & jnp.isfinite(grads["projection"]).all()
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    with _optax_promotion():
+        updates, new_opt = _ADAM.update(grads, opt_state)
+    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
+    keep = lambda a, b: jnp.where(finite, a, b)
+    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+
+
+#: Training descriptors the principal directions of a new projection are computed from.
+PCA_ROWS = 20_000
+
+
+def _add_projection(model: CKN, patches, dim: int, trunk: np.ndarray | None) -> CKN:
+    """``model`` with a (D, dim) projection from the PCA of (up to PCA_ROWS, evenly spaced)
+    training descriptors (``trunk``: the network's descriptors of every row, if computed)."""
+    if model.projection is not None:
+        raise InputError(
+            "the model already has a projection: train it with 'projection' in trainable "
+            "and no new projection dim"
+        )
+    n = patches.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(PCA_ROWS, n)).astype(int))
+    x = trunk[rows] if trunk is not None else describe(model, np.asarray(patches[rows]))
+    return with_projection(model, pca_projection(x, dim))
+
+
 # --- Checkpoints -----------------------------------------------------------------------------
 
 _CHECKPOINT = CheckpointFormat(
@@ -403,6 +455,27 @@ def _check_data(model: CKN, patches, labels, what: str) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
+def _check_features(model: CKN, patches, validation, features) -> tuple:
+    """The (N, D) and (M, D) or None float32 ``features`` of ``finetune``, checked."""
+    dim = int(np.prod(model.config.output_shape(patches.shape[1], patches.shape[2])))
+    rows = (patches.shape[0], None if validation is None else validation[0].shape[0])
+    out = []
+    for f, n, what in zip(features, rows, ("training", "validation")):
+        if n is None or f is None:
+            if (n is None) != (f is None):
+                raise InputError(f"{what} features must be given exactly with {what} patches")
+            out.append(None)
+            continue
+        f = np.asarray(f, np.float32)
+        if f.shape != (n, dim) or not np.isfinite(f).all():
+            raise InputError(
+                f"{what} features must be finite ({n}, {dim}) descriptors of the network, "
+                f"got {f.shape}"
+            )
+        out.append(f)
+    return tuple(out)
+
+
 def finetune(
     model: CKN,
     patches: np.ndarray,
@@ -415,6 +488,7 @@ def finetune(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    features: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> tuple[CKN, FinetuneReport]:
     """Fine-tunes a Nystrom CKN end to end on groups of matching patches.
 
@@ -436,6 +510,11 @@ def finetune(
         the same, bit for bit, as an uninterrupted run.
       stop_after: return after this many epochs in total (the schedule still
         plans ``config.epochs``); resume later from the checkpoint.
+      features: with ``trainable = "projection"`` alone, the fixed network's
+        descriptors (before any projection) of ``patches`` (N, D) and of the
+        validation patches (M, D) or None, as ``ckn.describe`` of the model
+        without its projection gives them: computed once by the caller for
+        several runs (e.g. a sweep); None: computed here.
 
     Returns:
       (fine-tuned model, FinetuneReport).
@@ -460,6 +539,19 @@ def finetune(
             raise InputError("the validation labels have no group of two or more patches")
     if resume and checkpoint is None:
         raise InputError("resume needs a checkpoint folder")
+    start = model
+    frozen = trainable_parts(config.trainable) == ("projection",)
+    trunk = val_trunk = None
+    if features is not None and not frozen:
+        raise InputError("features are only taken with trainable 'projection' alone")
+    if frozen and features is not None:
+        trunk, val_trunk = _check_features(model, patches, validation, features)
+    elif frozen:  # a fixed network: its descriptors once, before the projection
+        bare = with_projection(model, None)
+        trunk = describe(bare, patches)
+        val_trunk = None if validation is None else describe(bare, validation[0])
+    if config.projection is not None:
+        model = _add_projection(model, patches, config.projection, trunk)
     # Everything on one device (a model trained with sharded k-means holds
     # arrays replicated on a mesh, which would run every step on each device).
     device = jax.local_devices()[0]
@@ -467,41 +559,53 @@ def finetune(
     graphdef, state = split(model)
     state = jax.device_put(state, device)
     report = FinetuneReport(trained=sorted(params0), config=dataclasses.asdict(config))
-    fingerprint = _fingerprint(model, patches, labels, validation, config, seed)
+    fingerprint = _fingerprint(start, patches, labels, validation, config, seed)
     steps_per_epoch = -(-len(groups) // config.groups_per_batch)
     total = config.epochs * steps_per_epoch
 
     def evaluate(p) -> float | None:
         if validation is None:
             return None
+        if frozen:
+            x = project_descriptors(val_trunk, p["projection"])
+            return validation_map(np.asarray(x), val_lab)
         return validation_map(describe(install(model, p), validation[0]), val_lab)
+
+    def step(params, opt_state, batch, s, plan, hyper):
+        if frozen:
+            return _head_step(
+                config.loss, params, params0, opt_state, batch, plan.labels[s], plan.mask[s], hyper
+            )
+        return _train_step(
+            graphdef,
+            config.loss,
+            state,
+            params,
+            params0,
+            opt_state,
+            batch,
+            plan.labels[s],
+            plan.mask[s],
+            hyper,
+        )
+
+    source = trunk if frozen else patches
 
     hyper_fixed = (np.float32(config.margin_value), np.float32(config.weight_decay))
     first_step = None  # seconds of the first step of this call (with compilation, if not cached)
 
-    def train_epoch(epoch: int, step: int, params, opt_state, tick) -> EpochResult:
-        """The batches of ``_epoch_plan(..., epoch)``, from global step ``step``."""
+    def train_epoch(epoch: int, step_at: int, params, opt_state, tick) -> EpochResult:
+        """The batches of ``_epoch_plan(..., epoch)``, from global step ``step_at``."""
         nonlocal first_step
         t0 = time.perf_counter()
         plan = _epoch_plan(groups, config, seed, epoch)
         losses, weights, nonfinite = [], [], 0
-        batch = np.asarray(patches[plan.rows[0]])
+        batch = np.asarray(source[plan.rows[0]])
         for s in range(plan.rows.shape[0]):
-            hyper = (np.float32(_learning_rate(step + s, total, config)), *hyper_fixed)
-            params, opt_state, value, finite = _train_step(
-                graphdef,
-                config.loss,
-                state,
-                params,
-                params0,
-                opt_state,
-                batch,
-                plan.labels[s],
-                plan.mask[s],
-                hyper,
-            )
+            hyper = (np.float32(_learning_rate(step_at + s, total, config)), *hyper_fixed)
+            params, opt_state, value, finite = step(params, opt_state, batch, s, plan, hyper)
             if s + 1 < plan.rows.shape[0]:  # read the next batch while the step runs
-                batch = np.asarray(patches[plan.rows[s + 1]])
+                batch = np.asarray(source[plan.rows[s + 1]])
             nonfinite += int(not bool(finite))
             losses.append(float(value))
             if first_step is None:
@@ -528,6 +632,8 @@ def finetune(
         report.first_step_seconds = first_step
         report.steps_per_second = (run.steps - 1) / (run.seconds - first_step)
     report.traces = _TRACES[0] - traces0
-    if report.best_epoch == 0:  # the start is best: the input model itself, bit for bit
-        return nnx.clone(model), report
-    return install(model, run.best), report
+    # The start is best: the input model itself, bit for bit (with a new projection: its PCA
+    # start). The training patch shape is kept (describe and the benchmarks check it).
+    tuned = nnx.clone(model) if report.best_epoch == 0 else install(model, run.best)
+    tuned.patch_shape = getattr(start, "patch_shape", None)
+    return tuned, report

@@ -265,6 +265,9 @@ class CKN(nnx.Module):
             layers.append(KernelLayer(c, lc, preprocess=pre, rngs=rngs))
             c = lc.filters
         self.layers = nnx.List(layers)
+        # A learned (D, k) map of the descriptor (``CKNConfig.projection``); zeros until set.
+        proj = config.projection
+        self.projection = None if proj is None else Filters(jnp.zeros(proj, jnp.float32))
         self.precision = check_precision(precision)
 
     def input_map(self, patches: jax.Array, *, precision: str | None = None) -> jax.Array:
@@ -307,8 +310,10 @@ class CKN(nnx.Module):
         """(N, H, W[, C]) patches -> (N, D) float32 descriptors, L2-normalized.
 
         ``config.normalize == "position"`` L2-normalizes each position of the
-        last map before the global L2 normalization. A flat patch gives the
-        zero vector (finite, never NaN).
+        last map before the global L2 normalization; a model with a projection
+        (``config.projection``) then maps it to k dims and L2-normalizes again
+        (``ckn.ops.project_descriptors``). A flat patch gives the zero vector
+        (finite, never NaN).
         """
         y = self(patches, precision=precision)
         if self.config.normalize == "position":
@@ -317,7 +322,10 @@ class CKN(nnx.Module):
             y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
         y = y.reshape(y.shape[0], -1)
         norm = jnp.linalg.norm(y, axis=1, keepdims=True)
-        return (y / jnp.maximum(norm, 1e-12)).astype(jnp.float32)
+        y = y / jnp.maximum(norm, 1e-12)
+        if self.projection is not None:
+            y = ops.project_descriptors(y, self.projection.get_value(), precision=precision)
+        return y.astype(jnp.float32)
 
 
 # XLA's CPU backend emits 256-bit vector code unless told otherwise; the

@@ -183,13 +183,11 @@ def describe(
         check_precision(precision)
     patches = _check_input(model, patches, any_size=any_size)
     n = patches.shape[0]
-    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
+    dim = model.config.descriptor_dim(patches.shape[1], patches.shape[2])
     if out is None:
-        out = np.empty((n, h * w * c), np.float32)
-    elif out.shape != (n, h * w * c) or out.dtype != np.float32:
-        raise InputError(
-            f"out must be float32 of shape {(n, h * w * c)}, got {out.dtype} {out.shape}"
-        )
+        out = np.empty((n, dim), np.float32)
+    elif out.shape != (n, dim) or out.dtype != np.float32:
+        raise InputError(f"out must be float32 of shape {(n, dim)}, got {out.dtype} {out.shape}")
     if n == 0:
         return out
     mesh = sharding.batch_mesh(devices)
@@ -300,6 +298,8 @@ def save(model: CKN, path: str | os.PathLike, *, training: dict | None = None) -
             var = getattr(layer, name)
             if var is not None:
                 arrays[f"layers.{i}.{name}"] = np.asarray(var.get_value())
+    if model.projection is not None:
+        arrays["projection"] = np.asarray(model.projection.get_value())
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -370,6 +370,14 @@ def load(path: str | os.PathLike, *, precision: str = "highest") -> CKN:
                     "or non-finite values"
                 )
             var.set_value(jnp.asarray(a, jnp.float32))
+    if model.projection is not None:
+        a = arrays.get("projection")
+        if a is None or a.shape != config.projection or not np.isfinite(a).all():
+            raise InputError(
+                f"{arr_file}: array projection missing, not of shape {config.projection} "
+                "or non-finite"
+            )
+        model.projection.set_value(jnp.asarray(a, jnp.float32))
     model.patch_shape = patch_shape
     return model
 

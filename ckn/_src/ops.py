@@ -407,6 +407,25 @@ def gaussian_pool_planes(
     return _separable_pool(x, subsampling, mode, std, precision, h_axis=2)
 
 
+def project_descriptors(x: jax.Array, matrix: jax.Array, *, precision=None) -> jax.Array:
+    """A linear projection of descriptors, then L2 normalization of each row.
+
+    The norm's derivative is finite at 0 (a flat patch's zero descriptor
+    stays zero, with zero gradient), so the map can be trained.
+
+    Args:
+      x: (N, D) descriptors.
+      matrix: (D, k) projection.
+
+    Returns:
+      (N, k) rows of unit norm (zero rows stay zero).
+    """
+    y = jnp.matmul(x, matrix, precision=precision)
+    sq = jnp.sum(y * y, axis=1, keepdims=True)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, y * lax.rsqrt(jnp.maximum(safe, 1e-24)), 0.0)
+
+
 def to_float(patches) -> jax.Array:
     """uint8 (or any integer) -> float32 in [0, 1]; floats -> float32 unchanged.
 

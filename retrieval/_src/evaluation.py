@@ -231,5 +231,5 @@ def descriptor_info(name_or_model_dir, patch_shape) -> dict:
     if isinstance(what, str):
         dim = 128 if what in ("sift", "rootsift") else h * w * channels
         return {"name": what, "kind": "baseline", "dim": dim, "coverage": coverage}
-    oh, ow, oc = what.config.output_shape(h, w)
-    return {"name": what.config.name, "kind": "ckn", "dim": int(oh * ow * oc), "coverage": coverage}
+    dim = what.config.descriptor_dim(h, w)
+    return {"name": what.config.name, "kind": "ckn", "dim": int(dim), "coverage": coverage}

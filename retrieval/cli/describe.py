@@ -38,13 +38,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
     model = ckn.load(args.model, precision=args.precision)
     patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
     n = patches.shape[0]
-    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
+    dim = model.config.descriptor_dim(patches.shape[1], patches.shape[2])
     # Every check of describe() before the output file is created.
     ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
     t0 = time.perf_counter()
     with ckn.files.atomic_path(args.out) as tmp:
         # Written straight into a memory-mapped .npy: bounded memory for large files.
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         ckn.describe(
             model,
             patches,
@@ -57,7 +57,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         del out
     seconds = time.perf_counter() - t0
     print(
-        f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s "
+        f"wrote {args.out}: {n} x {dim} float32 descriptors in {seconds:.1f} s "
         f"({n / seconds:.0f} patches/s)"
     )
     return 0

@@ -2,7 +2,8 @@
 
     ckn finetune --model DIR --patches FILE.npz --out DIR [--split train|all]
         [--loss triplet|contrastive] [--margin M] [--epochs E] [--batch-size B]
-        [--group-size K] [--lr LR] [--trainable filters[+input][+lam][+linear]] [--patience P]
+        [--group-size K] [--lr LR] [--patience P] [--projection K]
+        [--trainable filters[+input][+lam][+linear][+projection] | projection]
         [--val-fraction F] [--seed S] [--resume] [--overwrite] [--quiet]
 
 Trains the filters of a model written by ``ckn train`` on the groups of the
@@ -93,6 +94,7 @@ def _config(args: argparse.Namespace) -> ckn.FinetuneConfig:
         patches_per_group=args.group_size,
         lr=args.lr,
         trainable=args.trainable,
+        projection=args.projection,
         patience=args.patience if args.patience > 0 else None,
     )
 
@@ -210,7 +212,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=d.trainable,
         help=f"what trains: filters plus any of +input (the first layer's pre-processing; "
         "nothing for the grad input map), +lam, +linear (a learned p x p map after each "
-        f"Nystrom map) (default {d.trainable})",
+        "Nystrom map), +projection (the descriptor's projection, see --projection), or "
+        f"projection alone (default {d.trainable})",
+    )
+    p.add_argument(
+        "--projection",
+        type=int,
+        default=d.projection,
+        metavar="K",
+        help="append a learned K-dim linear projection of the descriptor (then L2), started "
+        "from the PCA of the training descriptors; needs 'projection' in --trainable "
+        "(alone: the network stays fixed and is described once) (default: none)",
     )
     p.add_argument(
         "--val-fraction",

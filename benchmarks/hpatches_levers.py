@@ -1,0 +1,216 @@
+"""Supervised ckn-grad on HPatches-style data: the levers, measured on TRAIN sequences only.
+
+    nice python benchmarks/hpatches_levers.py --sequences ../shared/data/oxford_affine \\
+        [--json benchmarks/results/hpatches_levers.json] [--work DIR] [--folds graf]
+        [--network-levers] [--network-epochs E]
+
+Issue 22 item 7: choose the fine-tuning recipe for ``benchmarks/hpatches_style.py`` (train
+bikes, graf, leuven, ubc; test bark, boat, trees, wall) without looking at the test
+sequences. This script reads only the train sequences (a folder of links to them is
+built; the test folders are never opened) and, for each fold (a validation sequence v,
+default graf; the other three train):
+
+1. HPatches-style data of the train sequences (``build_hpatches_style``, default settings,
+   as ``ckn patches --sequences DIR --hpatches-style OUT``), converted to patch files
+   (``hpatches_to_patchset``: a group = one reference patch across its 16 files, 51 x 51);
+2. ckn-grad trained without labels on the three training sequences (``ckn.train``, the
+   preset, as ``ckn train --preset ckn-grad``);
+3. each lever: ``ckn.finetune`` as ``ckn finetune`` runs it on those three sequences (a
+   held-out scene, ``validation_split`` fraction 0.2, for early stopping and the best
+   epoch), one setting changed from the reference;
+4. HPatches matching (the official protocol, ``evaluate_hpatches``; mAP and easy / hard /
+   tough) on v, beside SIFT, RootSIFT and the unsupervised model at the same place.
+
+Levers with a fixed network (the learned projection: ``trainable = "projection"``) share the
+network's descriptors (``ckn.finetune(features=...)``; bit for bit what ``ckn finetune``
+computes itself). ``--network-levers`` adds runs that train the network (filters, +linear,
+filters+projection; ``--network-epochs`` each, slow on a CPU). Not measured here:
+augmentation and a learnable input map / pooling (ckn-grad's gradient map and pooling have
+no trainable array; see the JSON's ``not_measured``).
+
+Writes ``{"metadata": provenance, "results": [one record per fold], "recipe": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
+
+import ckn  # noqa: E402
+from retrieval import patches as rp  # noqa: E402
+
+_META = bench_common.metadata()
+
+TRAIN_SEQUENCES = ("bikes", "graf", "leuven", "ubc")
+TEST_SEQUENCES = ("bark", "boat", "trees", "wall")  # never read here
+VAL_FRACTION = 0.2  # ckn finetune's --val-fraction default
+SEED = 0
+
+#: The reference: a 128-D projection learned on the fixed unsupervised network.
+REFERENCE = ckn.FinetuneConfig(
+    trainable="projection", projection=128, epochs=40, lr=3e-3, patience=10
+)
+
+#: One change each from the reference (fixed network: fast).
+PROJECTION_LEVERS = {
+    "projection 128 (reference)": {},
+    "projection 64": {"projection": 64},
+    "projection 256": {"projection": 256},
+    "contrastive loss": {"loss": "contrastive"},
+    "triplet margin 1.0": {"margin": 1.0},
+    "mining: 8 patches per group (32 groups)": {"patches_per_group": 8, "groups_per_batch": 32},
+    "mining: 2 patches per group (128 groups)": {"patches_per_group": 2, "groups_per_batch": 128},
+    "lr 1e-3": {"lr": 1e-3},
+    "10 epochs": {"epochs": 10},
+}
+
+#: Runs that train the network itself (--network-levers; epochs from --network-epochs).
+NETWORK_LEVERS = {
+    "filters (ckn finetune's default)": {"trainable": "filters"},
+    "filters+linear": {"trainable": "filters+linear"},
+    "filters+projection 128": {"trainable": "filters+projection", "projection": 128},
+}
+
+NOT_MEASURED = {
+    "augmentation": "not built: the groups already hold 15 jittered views (e / h / t) per "
+    "reference patch",
+    "learnable input map and pooling": "ckn-grad's gradient map and Gaussian pooling have no "
+    "trainable array (--trainable +input adds nothing for it)",
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _train_links(root: Path, work: Path) -> Path:
+    """A folder of links to the train sequences only (the test ones are never opened)."""
+    links = work / "train_sequences"
+    links.mkdir(parents=True, exist_ok=True)
+    for name in TRAIN_SEQUENCES:
+        link = links / name
+        if not link.exists():
+            os.symlink((root / name).resolve(), link)
+    return links
+
+
+def _matching(describe, folder: Path) -> dict:
+    data = rp.load_hpatches(folder, "all")
+    res = rp.evaluate_hpatches(describe, data, config=rp.HPatchesConfig(tasks=("matching",)))
+    m = res.as_dict()["matching"]
+    return {k: 100.0 * m[k] for k in ("map", "easy", "hard", "tough")}
+
+
+def _fold(hp: Path, val_seq: str, work: Path, args) -> dict:
+    t0 = time.perf_counter()
+    names = sorted(p.name for p in hp.iterdir() if p.is_dir())
+    val_name = next(n for n in names if n.split("_", 1)[1] == val_seq)
+    ps = rp.hpatches_to_patchset(hp, split={n: "train" for n in names if n != val_name})
+    val_dir = work / f"val_{val_seq}"
+    val_dir.mkdir(exist_ok=True)
+    if not (val_dir / val_name).exists():
+        os.symlink(hp / val_name, val_dir / val_name)
+    _log(f"fold {val_seq}: {len(ps)} training patches ({', '.join(ps.scene_names)})")
+    out = {"validation_sequence": val_seq, "train_sequences": [str(s) for s in ps.scene_names]}
+    for base in ("sift", "rootsift"):
+        out[base] = _matching(rp.patch_describer(base, rp.HPATCHES_SIZE), val_dir)
+        _log(f"  {base}: matching mAP {out[base]['map']:.2f}")
+    t = time.perf_counter()
+    model, _ = ckn.train(ckn.get_preset("ckn-grad"), ps.patches, seed=SEED)
+    out["unsupervised_seconds"] = time.perf_counter() - t
+    out["unsupervised"] = _matching(rp.patch_describer(model, rp.HPATCHES_SIZE), val_dir)
+    _log(f"  ckn-grad unsupervised: {out['unsupervised']['map']:.2f}")
+    tr, va, by = ckn.supervised.validation_split(
+        ps.labels, ps.scene, fraction=VAL_FRACTION, seed=SEED
+    )
+    held = sorted({str(s) for s in ps.scene_names[ps.scene[va]]})
+    out["finetune_validation"] = {"by": by, "held_out": held, "rows": [int(tr.size), int(va.size)]}
+    t = time.perf_counter()
+    features = (ckn.describe(model, ps.patches[tr]), ckn.describe(model, ps.patches[va]))
+    out["features_seconds"] = time.perf_counter() - t
+    pca = ckn.supervised.with_projection(
+        model, ckn.supervised.pca_projection(features[0][:: max(1, tr.size // 20000)], 128)
+    )
+    out["pca_128"] = _matching(rp.patch_describer(pca, rp.HPATCHES_SIZE), val_dir)
+    _log(f"  ckn-grad + PCA 128 (the projection's start): {out['pca_128']['map']:.2f}")
+    levers = [(k, v, True) for k, v in PROJECTION_LEVERS.items()]
+    if args.network_levers:
+        extra = {"epochs": args.network_epochs, "lr": 1e-3, "patience": 5}
+        levers += [(k, {**extra, **v}, False) for k, v in NETWORK_LEVERS.items()]
+    out["levers"] = {}
+    for name, change, fixed in levers:
+        cfg = dataclasses.replace(REFERENCE, **change)
+        t = time.perf_counter()
+        tuned, report = ckn.finetune(
+            model,
+            ps.patches[tr],
+            ps.labels[tr],
+            config=cfg,
+            seed=SEED,
+            validation=(ps.patches[va], ps.labels[va]),
+            features=features if fixed else None,
+        )
+        seconds = time.perf_counter() - t
+        scores = _matching(rp.patch_describer(tuned, rp.HPATCHES_SIZE), val_dir)
+        out["levers"][name] = {
+            "change": change,
+            "config": dataclasses.asdict(cfg),
+            "matching": scores,
+            "gain_over_rootsift": scores["map"] - out["rootsift"]["map"],
+            "finetune_val_map": [100.0 * h["val_map"] for h in report.history],
+            "best_epoch": report.best_epoch,
+            "epochs_done": report.epochs_done,
+            "seconds": seconds,
+        }
+        _log(
+            f"  {name}: matching mAP {scores['map']:.2f} (RootSIFT {out['rootsift']['map']:.2f});"
+            f" best epoch {report.best_epoch} of {report.epochs_done}, {seconds:.0f} s"
+        )
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sequences", required=True, help="the oxford_affine folder")
+    ap.add_argument("--json", default=str(bench_common.RESULTS / "hpatches_levers.json"))
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--folds", default="graf", help="validation sequences, comma-separated")
+    ap.add_argument("--network-levers", action="store_true", help="also train the network")
+    ap.add_argument("--network-epochs", type=int, default=4)
+    args = ap.parse_args(argv)
+    root = Path(args.sequences)
+    folds = args.folds.split(",")
+    if not set(folds) <= set(TRAIN_SEQUENCES):
+        ap.error(f"--folds must name train sequences ({', '.join(TRAIN_SEQUENCES)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        t = time.perf_counter()
+        hp = work / "hpatches_style"
+        if not (hp / "hpatches_style.json").is_file():
+            rp.build_hpatches_style(_train_links(root, work), hp)
+        _log(f"HPatches-style train data: {time.perf_counter() - t:.0f} s")
+        results = [_fold(hp, v, work, args) for v in folds]
+    bench_common.write_json(
+        args.json,
+        _META,
+        results,
+        train_sequences=list(TRAIN_SEQUENCES),
+        test_sequences_never_read=list(TEST_SEQUENCES),
+        reference=dataclasses.asdict(REFERENCE),
+        not_measured=NOT_MEASURED,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
