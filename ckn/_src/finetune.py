@@ -215,21 +215,39 @@ def validation_map(descriptors: np.ndarray, labels: np.ndarray) -> float:
         raise InputError(
             f"descriptors must be (N, D) and labels (N,), got {x.shape} and {lab.shape}"
         )
+    n = x.shape[0]
     aps = []
-    for start in range(0, x.shape[0], 512):
-        sims = x[start : start + 512] @ x.T
-        for r, q in enumerate(range(start, min(start + 512, x.shape[0]))):
-            rel = lab == lab[q]
-            rel[q] = False
-            n_rel = int(rel.sum())
-            if n_rel == 0:
-                continue
-            keep = np.arange(x.shape[0]) != q
-            s, rk = sims[r][keep], rel[keep]
-            order = np.lexsort((rk, -s))  # by decreasing score, relevant last among ties
-            ranks = np.flatnonzero(rk[order]) + 1
-            aps.append(np.mean(np.arange(1, n_rel + 1) / ranks))
-    return float(np.mean(aps)) if aps else float("nan")
+    for start in range(0, n, 256):  # a block of queries at a time
+        q = np.arange(start, min(start + 256, n))
+        sims = (x[q] @ x.T).astype(np.float64)
+        rel = lab[q][:, None] == lab[None, :]
+        rel[np.arange(q.size), q] = False
+        # The k-th relevant item by decreasing score (relevant last among ties) has rank
+        # k + #{non-relevant items scoring >= it}: one sort of each row's other items, and
+        # the relevant scores looked up in it (rows side by side: each shifted by its index
+        # times a span larger than all scores; the query and relevant items below every score).
+        other = np.where(rel, -np.inf, sims)
+        other[np.arange(q.size), q] = -np.inf
+        finite = sims[np.isfinite(sims)]
+        lo, hi = float(finite.min()) - 1.0, float(finite.max()) + 1.0
+        span = hi - lo
+        shift = np.arange(q.size)[:, None] * span
+        keys = np.sort(np.where(np.isfinite(other), other, lo) + shift, axis=1).ravel()
+        r, c = np.nonzero(rel)
+        scores = sims[r, c] + shift[r, 0]
+        below = np.searchsorted(keys, scores, side="left") - r * n  # entries of row r below
+        at_least = n - below  # every padded entry scores below, so these are non-relevant
+        n_rel = rel.sum(axis=1)
+        order = np.lexsort((-scores, r))  # by query, then by decreasing score
+        r, at_least = r[order], at_least[order]
+        k = np.arange(r.size) - np.repeat(np.cumsum(n_rel) - n_rel, n_rel) + 1
+        ranks = k + at_least
+        ap = np.zeros(q.size)
+        np.add.at(ap, r, k / ranks)
+        keep = n_rel > 0
+        aps.append(ap[keep] / n_rel[keep])
+    aps = np.concatenate(aps)
+    return float(np.mean(aps)) if aps.size else float("nan")
 
 
 def validation_split(
