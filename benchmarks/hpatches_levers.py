@@ -25,7 +25,8 @@ default graf; the other three train):
 Levers with a fixed network (the learned projection: ``trainable = "projection"``) share the
 network's descriptors (``ckn.finetune(features=...)``; bit for bit what ``ckn finetune``
 computes itself), and are scored on the network's descriptors of v projected by the learned
-matrix (the fine-tuned model's descriptors: the network is kept bit for bit). ``--network-levers`` adds runs that train the network (filters, +linear,
+matrix (the fine-tuned model's descriptors: the network is kept bit for bit).
+``--network-levers`` adds runs that train the network (filters, +linear,
 filters+projection; ``--network-epochs`` each, slow on a CPU). Not measured here:
 augmentation and a learnable input map / pooling (ckn-grad's gradient map and pooling have
 no trainable array; see the JSON's ``not_measured``).
