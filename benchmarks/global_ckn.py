@@ -72,8 +72,20 @@ def _log(msg: str) -> None:
 
 
 def _rss_mib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process's own memory so far, in MiB.
+
+    ``VmHWM`` of ``/proc/self/status``: the high-water mark of this address space only.
+    ``ru_maxrss`` is not used where ``/proc`` exists: Linux carries it over fork and exec,
+    so the probe subprocess would report this run's peak (a model trained in the run) as
+    its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def train_model(work: Path) -> dict:

@@ -2,14 +2,16 @@
 
 The top level holds the entry points: the model (:class:`CKN`, :class:`KernelLayer`,
 :func:`kernel_layer_apply`), its settings and presets, :func:`train`, :func:`describe`,
-:func:`finetune`, :func:`save` / :func:`load` and :class:`InputError`. The rest is
+:func:`finetune`, :func:`save` / :func:`load`, :class:`InputError` and
+:func:`enable_compile_cache` (compiled programs kept on disk for later processes) with
+:func:`count_compilations`. The rest is
 public by stage:
 
 - :mod:`ckn.ops`: pure array math (sub-patches, kappa, Nystrom, Gaussian pooling, input maps);
 - :mod:`ckn.unsupervised`: k-means and layer-by-layer training;
 - :mod:`ckn.supervised`: the differentiable descriptor, validation, the epoch loop;
 - :mod:`ckn.losses`: contrastive and triplet losses, hardest-in-batch mining;
-- :mod:`ckn.files`: patch files, atomic writes, progress bars;
+- :mod:`ckn.files`: patch files, atomic writes, progress bars, the cache folder;
 - :mod:`ckn.sharding`: the batch mesh and the sharded describe step.
 
 Everything under ``ckn._src`` is private. ``ckn`` is a library: it imports nothing
@@ -22,6 +24,7 @@ from ckn import ops as ops
 from ckn import sharding as sharding
 from ckn import supervised as supervised
 from ckn import unsupervised as unsupervised
+from ckn._src.compile_cache import count_compilations, enable_compile_cache
 from ckn._src.config import (
     PRESETS,
     CKNConfig,
@@ -52,7 +55,9 @@ __all__ = [
     "PRECISIONS",
     "PRESETS",
     "TrainConfig",
+    "count_compilations",
     "describe",
+    "enable_compile_cache",
     "finetune",
     "get_preset",
     "kernel_layer_apply",

@@ -4,7 +4,9 @@ Interest regions and oriented patch sampling (:func:`detect_regions`,
 :func:`sample_patches`, :class:`RegionSpec`), local descriptors at those regions
 (SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_describer`), the
 VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`) and the VLAD
-evaluation on a folder of images (:func:`evaluate_vlad`).
+evaluation on a folder of images (:func:`evaluate_vlad`); spatial verification of a pair
+(:func:`mutual_matches`, :func:`fit_geometry` over :data:`GEOMETRIC_MODELS`,
+:func:`verify_pair`) and the bounded :class:`FeatureCache` of database features.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from retrieval._src.image_eval import (
     evaluate_vlad,
 )
 from retrieval._src.local import (
+    PATCH_BATCH,
     Describer,
     LocalConfig,
     LocalFeatures,
     describe_images,
+    iter_local_features,
     local_features,
     make_describer,
 )
@@ -29,6 +33,20 @@ from retrieval._src.regions import (
     sample_patch,
     sample_patches,
     select_regions,
+)
+from retrieval._src.verification import (
+    GEOMETRIC_MODELS,
+    FeatureCache,
+    GeometricModel,
+    Geometry,
+    Matches,
+    Verification,
+    batch_matches,
+    fit_geometry,
+    match_batch,
+    mutual_matches,
+    transfer_error,
+    verify_pair,
 )
 from retrieval._src.vlad import (
     VladNorm,
@@ -46,12 +64,19 @@ from retrieval._src.vlad_fit import (
 )
 
 __all__ = [
+    "PATCH_BATCH",
     "Describer",
+    "FeatureCache",
+    "GEOMETRIC_MODELS",
+    "GeometricModel",
+    "Geometry",
     "LocalConfig",
     "LocalFeatures",
     "MAGNIFICATION",
+    "Matches",
     "RegionSpec",
     "Regions",
+    "Verification",
     "VladConfig",
     "VladEvaluation",
     "VladModel",
@@ -61,12 +86,19 @@ __all__ = [
     "encode_images",
     "evaluate_vlad",
     "fit_codebook",
+    "batch_matches",
+    "fit_geometry",
+    "match_batch",
     "fit_vlad",
+    "iter_local_features",
     "local_features",
     "make_describer",
+    "mutual_matches",
     "sample_patch",
     "sample_patches",
     "select_regions",
+    "transfer_error",
+    "verify_pair",
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",

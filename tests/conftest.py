@@ -4,8 +4,14 @@ Four simulated CPU devices so that the sharding code paths run in CI.
 """
 
 import dataclasses
+import os
 
 import jax
+
+# The `ckn` command keeps compiled programs in $CKN_CACHE/xla (ckn.enable_compile_cache); the
+# suite's in-process and subprocess runs do not (the compilation-cache tests turn it on in a
+# temporary folder).
+os.environ["CKN_COMPILE_CACHE"] = "0"
 
 # Four CPU devices whatever XLA_FLAGS holds: jax_num_cpu_devices takes precedence over
 # --xla_force_host_platform_device_count (checked with jax 0.10), so an XLA_FLAGS set

@@ -54,7 +54,7 @@ CKN_TOP = {
     "CKN", "KernelLayer", "Filters", "LayerParams", "kernel_layer_apply", "CKNConfig",
     "LayerConfig", "LayerGeometry", "TrainConfig", "PRESETS", "get_preset", "PRECISIONS", "train",
     "describe", "finetune", "FinetuneConfig", "FinetuneReport", "save", "load",
-    "read_training_report", "InputError",
+    "read_training_report", "InputError", "enable_compile_cache", "count_compilations",
 }  # fmt: skip
 RETRIEVAL_TOP = {
     "reproduce", "build_default", "load_patchset", "save_patchset", "PatchSet",

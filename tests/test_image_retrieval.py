@@ -294,6 +294,35 @@ def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
     assert f.descriptors.shape == (30, d.dim) and np.isfinite(f.descriptors).all()
 
 
+def test_patches_batched_across_images_equal_image_by_image(tiny_model, image_dir):
+    """describe_images gathers the patches of consecutive images into full describer calls
+    (only the last call is short) and gives the descriptors of image-by-image
+    local_features."""
+    model, _ = tiny_model
+    d = make_describer(model)
+    calls = []
+
+    def counted(patches):
+        calls.append(len(patches))
+        return d.fn(patches)
+
+    counting = dataclasses.replace(d, fn=counted)
+    paths = load_image_folder(image_dir).paths
+    config = LocalConfig(max_regions=50)
+    batched = describe_images(paths, counting, config=config, progress=False, batch=64)
+    one = [local_features(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), d, config=config)
+           for p in paths]  # fmt: skip
+    total = sum(len(f.descriptors) for f in one)
+    assert total > 3 * 64 and len({len(f.descriptors) for f in one}) > 1  # images of 50 and less
+    assert calls == [64] * (total // 64) + ([total % 64] if total % 64 else [])
+    for b, o in zip(batched, one, strict=True):
+        np.testing.assert_allclose(b.descriptors, o.descriptors, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(b.regions.x, o.regions.x)
+        assert b.image_shape == o.image_shape and b.seconds_describe > 0
+    with pytest.raises(InputError, match="batch must be"):
+        describe_images(paths, d, progress=False, batch=0)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

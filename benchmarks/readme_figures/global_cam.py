@@ -18,6 +18,24 @@ def _m(doc: dict, s: str, whiten: str, name: str) -> float:
     return 100 * _row(doc, s, whiten, name)["map"]
 
 
+@renderer("cam_settings")
+def cam_settings(results) -> str:
+    """The CAM method with the settings of the benchmark run."""
+    p = results[STEM]["protocol"]
+    scale = "one scale" if p["cam_scale"] == 1.0 else f"scale {p['cam_scale']}"
+    boxes = "/".join(f"{100 * t:g}" for t in p["thresholds"])
+    return para(
+        "**Class-weighted (CAM) pooling and re-ranking** (Jimenez et al. 2017; `ckn eval-images"
+        " --global cam [--cam-variant ofa|ona] [--rerank R]`, Python"
+        " `retrieval.image.evaluate_cam`), as run here: EfficientNet-Lite0 (GAP + linear"
+        f" classifier), {scale}, long side {p['max_side']}, {p['top_classes']} classes,"
+        " PCA-whitening of the class vectors fitted on the other set's top-1 class vectors,"
+        f" re-ranking of the top {p['rerank']} by each image's best CAM box (heatmap of the"
+        f" query's first {p['heatmap_classes']} classes, boxes at {boxes} % of its maximum, query"
+        f" vector from its first {p['rerank_classes']} classes), QE after re-ranking."
+    )
+
+
 @renderer("global_cam_run")
 def global_cam_run(results) -> str:
     """Where the CAM table comes from."""

@@ -55,6 +55,17 @@ def global_run(results) -> str:
     )
 
 
+@renderer("global_set")
+def global_set(results, s: str) -> str:
+    """The images of one evaluation set, as the JSON describes them."""
+    sets = results[STEM]["protocol"]["sets"]
+    if s not in sets:
+        raise ReportError(f"global_retrieval.json has no set {s!r}")
+    d = sets[s]
+    negatives = f"; hard negatives: {d['hard_negatives']}" if "hard_negatives" in d else ""
+    return para(f"`{s}`: {d['database']}{negatives}; {d['queries']} queries.")
+
+
 @renderer("global_oxford_table")
 def global_oxford_table(results) -> str:
     """oxford: every head, single / multi-scale, every whitening."""

@@ -28,6 +28,27 @@ def rows(doc: dict) -> dict[str, dict]:
     return {r["descriptor"]: r for r in doc["rows"]}
 
 
+@renderer("splits")
+def splits(results, which: str) -> str:
+    """A heading's split: ``train 7 photos, test 8 photos`` (default) or the scene names."""
+    stats = results[DATA[which]]["data"]["stats"]
+    parts = []
+    for split in ("train", "test"):
+        if which == "default":
+            parts.append(f"{split} {stats['splits'][split]['scenes']} photos")
+        else:
+            names = [k for k, v in stats["scenes"].items() if v["split"] == split]
+            parts.append(f"{split} {', '.join(names)}")
+    return (", " if which == "default" else "; ").join(parts)
+
+
+@renderer("group_sizes")
+def group_sizes(results) -> str:
+    """``2-10``: the smallest and largest group of the two tables' patch sets."""
+    sizes = [results[stem]["data"]["stats"]["group_size"] for stem in DATA.values()]
+    return f"{min(g['min'] for g in sizes)}-{max(g['max'] for g in sizes)}"
+
+
 @renderer("reproduce_table")
 def reproduce_table(results, data: str) -> str:
     """The patch-retrieval table of one `ckn reproduce` run (default or oxford)."""

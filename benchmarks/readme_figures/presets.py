@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import math
+
+import ckn
+
 from .core import ReportError, f1, f2, para, renderer, run, signed, table
 
 
@@ -57,17 +61,25 @@ def ablation_effects(results) -> str:
         if white_best < raw
         else "and whitening beat plain centring (CKN-raw) here"
     )
+    # The settings named in the text are the presets' own (ckn/_src/config.py).
+    paper_cfg, grad_cfg = ckn.get_preset("ckn-grad-paper"), ckn.get_preset("ckn-grad")
+    last = paper_cfg.layers[-1]
+    side = paper_cfg.layer_geometry(paper_cfg.patch_size, paper_cfg.patch_size)[-1].positions[0]
+    cells = grad_cfg.output_shape(grad_cfg.patch_size, grad_cfg.patch_size)[0]
+    reg = ckn.get_preset("ckn-white").train.whiten_reg
     return para(
-        "What each change does: the papers' strided pooling with subsampling 4 on a 13x13 map"
-        " centres the outer cells on the patch border, so half of their Gaussian window is zero"
-        " padding and the inner cells overlap heavily (std 2.8 map pixels); centring the 4x4"
+        "What each change does: the papers' strided pooling with subsampling"
+        f" {last.subsampling} on a {side}x{side} map centres the outer cells on the patch border,"
+        " so half of their Gaussian window is zero padding and the inner cells overlap heavily"
+        f" (std {last.subsampling / math.sqrt(2):.1f} map pixels); centring the {cells}x{cells}"
         " cells as SIFT does, with a narrower Gaussian, is the largest gain"
         f" ({signed(centred - papers)}). Per-position L2 equalizes the cells"
-        f" ({signed(position - centred)}). A 1.5-pixel blur before the gradient map plays the"
-        f" role of SIFT's scale-space smoothing ({signed(grad - position)}). Changing the number"
+        f" ({signed(position - centred)}). A {grad_cfg.blur:g}-pixel blur before the gradient map"
+        f" plays the role of SIFT's scale-space smoothing ({signed(grad - position)}). Changing"
+        " the number"
         " of orientations, fixing sigma, or doubling the first layer's filters moved mAP by at"
         f" most {f2(largest)}. For CKN-white, plain whitening of 3x3 sub-patches amplifies pixel"
-        " noise; damping it (eigenvalues + 0.1 max) recovers most of the loss"
+        f" noise; damping it (eigenvalues + {reg:g} max) recovers most of the loss"
         f" ({f1(white0)} -> {f1(white)}), {verdict} ({f1(raw)})."
     )
 

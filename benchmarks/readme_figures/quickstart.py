@@ -27,12 +27,14 @@ def quick_run(results) -> str:
     photos = sum(s["scenes"] for s in stats["splits"].values())
     rows = {r["descriptor"]: r for r in doc["rows"]}
     g, s = rows["ckn-grad"], rows["sift"]
+    train = g["config"]["train"]
     # A patch set read from the cache loads in a fraction of the time its build took.
     built = doc["data"]["seconds"] >= 0.5 * doc["data"]["info"].get("build_seconds", 0)
     cached = "patch set built" if built else "patch set read from the cache"
     return para(
         f"`--quick` uses the small variant of the default data ({photos} photos,"
-        f" {thousands(stats['patches'])} patches) and 30,000 sub-patches / 20 k-means iterations"
+        f" {thousands(stats['patches'])} patches) and {thousands(train['num_patches'])}"
+        f" sub-patches / {train['kmeans_iters']} k-means iterations"
         " per layer. The run recorded in `benchmarks/results/reproduce_quick.json` (first run,"
         f" {cached}; later runs read it from `~/.cache/ckn`, or `$CKN_CACHE`) took"
         f" {duration(meta(doc)['wall_seconds'])} ({speed_note(doc)}; {commit(doc)}), and"

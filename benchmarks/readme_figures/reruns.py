@@ -21,11 +21,18 @@ def rerun(results, stem: str) -> str:
     def fmt(x: float) -> str:
         return f"{x:.2f}" if points else f"{x:.6g}"
 
+    most = r["max_abs_diff_points"]
+    if points and most < 0.005:  # invisible at two decimals: say so instead of "0.00"
+        return para(
+            f"Re-run: {r['changed']} of {r['compared']} {what} of `{stem}.json` differ from"
+            f" {before}, all by less than 0.005 mAP points (at most {most:.1g}); the figures here"
+            " are the re-run's."
+        )
     size = (
         f", {r['changed_by_0.05_or_more']} of them by 0.05 mAP points or more, by at most"
-        f" {r['max_abs_diff_points']:.2f}"
+        f" {most:.2f}"
         if points
-        else f", by at most {r['max_abs_diff_points']:.2g}"
+        else f", by at most {most:.2g}"
     )
     return para(
         f"Re-run: {r['changed']} of {r['compared']} {what} of `{stem}.json` differ from"

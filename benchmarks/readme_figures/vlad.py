@@ -36,6 +36,18 @@ def _where(setting: tuple) -> str:
     return f"k = {k} {p}" + (" (fitted on the evaluated images)" if on != "distractors" else "")
 
 
+@renderer("vlad_set")
+def vlad_set(results) -> str:
+    """The images of the VLAD benchmark, as its JSON describes them."""
+    protocol = results[STEM]["protocol"]
+    return para(
+        f"Benchmark: {protocol['database']}; queries: {protocol['queries']}; at most"
+        f" {protocol['local']['max_regions']} regions per image; codebook and PCA fitted on the"
+        " distractors only (rows `evaluated images`: on the evaluated images); CKN models trained"
+        " without labels on the embedded default train split. mAP (%):"
+    )
+
+
 @renderer("vlad_table")
 def vlad_table(results) -> str:
     """mAP of VLAD over each local descriptor, per codebook size and PCA."""
@@ -78,6 +90,7 @@ def vlad_reading(results) -> str:
     protocol = doc["protocol"]
     n_distractors = len(protocol["distractors"])
     n_images = doc["results"][0]["num_queries"] + n_distractors
+    dims = sorted({r["pca"] for r in doc["results"] if r["pca"] is not None})
     exceptions = (
         f"; the exception{'s are' if len(not_lower) > 1 else ' is'} {', '.join(not_lower)}"
         if not_lower
@@ -128,12 +141,13 @@ def vlad_reading(results) -> str:
         [
             para(
                 "Command: `python benchmarks/image_retrieval.py --oxford"
-                " ../shared/data/oxford_affine --work /tmp/ir/bench-models --max-regions 500`;"
+                " ../shared/data/oxford_affine --work /tmp/ir/bench-models --max-regions"
+                f" {doc['protocol']['local']['max_regions']}`;"
                 f" the run: {run(doc, STEM)}. {claim} PCA (whitened or plain) lowered mAP in"
                 f" {count(t.below, t.n)} comparisons of the table with the same descriptor, k and"
                 f" codebook images without PCA{exceptions}. {n_distractors} distractor photos (or"
-                f" {n_images} images) are too few to estimate 64-256 directions, which is why"
-                " `ckn eval-images` defaults to `--pca 0`."
+                f" {n_images} images) are too few to estimate {dims[0]}-{dims[-1]} directions,"
+                " which is why `ckn eval-images` defaults to `--pca 0`."
             ),
             para(
                 f"{timing} faiss IVF-PQ recall@10 against exact search: {recalls} on"

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -126,24 +126,19 @@ class LocalFeatures(NamedTuple):
     seconds_describe: float
 
 
-def local_features(
-    image: np.ndarray,
-    describer: Describer,
-    *,
-    config: LocalConfig = LocalConfig(),
-    name: str = "image",
-) -> LocalFeatures:
-    """Regions, patches and descriptors of one image.
+class _Sampled(NamedTuple):
+    """An image's regions and patches, not described yet."""
 
-    Args:
-      image: (H, W) or (H, W, 3) RGB uint8.
-      describer: from :func:`make_describer`.
-      config: region selection.
-      name: used in error messages.
+    name: str
+    regions: R.Regions
+    image_shape: tuple[int, int]
+    patches: np.ndarray
+    seconds_regions: float
 
-    Raises:
-      InputError: a bad image, or an image without any selected region.
-    """
+
+def _sample(image: np.ndarray, describer: Describer, config: LocalConfig, name: str) -> _Sampled:
+    """Regions and oriented patches of one image (the part of :func:`local_features` before
+    the describer)."""
     t0 = time.perf_counter()
     image = resize_max(np.asarray(image), config.max_side)
     gray = R.to_gray(R._check_image(image, name))
@@ -178,10 +173,111 @@ def local_features(
     )
     if describer.color and patches.ndim == 3:
         patches = np.repeat(patches[..., None], 3, axis=3)
+    return _Sampled(name, sel, gray.shape, patches, time.perf_counter() - t0)
+
+
+def local_features(
+    image: np.ndarray,
+    describer: Describer,
+    *,
+    config: LocalConfig = LocalConfig(),
+    name: str = "image",
+) -> LocalFeatures:
+    """Regions, patches and descriptors of one image.
+
+    Args:
+      image: (H, W) or (H, W, 3) RGB uint8.
+      describer: from :func:`make_describer`.
+      config: region selection.
+      name: used in error messages.
+
+    Raises:
+      InputError: a bad image, or an image without any selected region.
+    """
+    s = _sample(image, describer, config, name)
     t1 = time.perf_counter()
-    desc = np.asarray(describer(patches), np.float32)
-    t2 = time.perf_counter()
-    return LocalFeatures(desc, sel, gray.shape, t1 - t0, t2 - t1)
+    desc = np.asarray(describer(s.patches), np.float32)
+    return LocalFeatures(desc, s.regions, s.image_shape, s.seconds_regions,
+                         time.perf_counter() - t1)  # fmt: skip
+
+
+#: Patches described per call by :func:`iter_local_features` (a multiple of the describers'
+#: 256-patch batches): the patches of consecutive images fill whole batches, so an image
+#: of a few hundred regions no longer pays for a padded batch and a call of its own.
+PATCH_BATCH = 2048
+
+
+def iter_local_features(
+    images: Iterable[tuple[str, np.ndarray]],
+    describer: Describer,
+    *,
+    config: LocalConfig = LocalConfig(),
+    batch: int = PATCH_BATCH,
+) -> Iterator[LocalFeatures]:
+    """:func:`local_features` of many images, their patches described together in batches.
+
+    Patches of consecutive images are gathered and described ``batch`` at a time (only the
+    last call of the stream is shorter), so the describer runs full batches whatever the
+    number of regions per image; descriptors are the same as image by image (each patch is
+    described alone: rows do not interact). Memory: at most ``batch`` patches plus one
+    image's are held. Each image's ``seconds_describe`` is its share (by patch count) of the
+    calls its patches were in.
+
+    Args:
+      images: (name, (H, W[, 3]) uint8 array) pairs, read lazily in order.
+      describer: from :func:`make_describer`.
+      config: region selection.
+      batch: patches per describer call (>= 1).
+
+    Yields:
+      One :class:`LocalFeatures` per image, in order, as soon as its patches are described.
+
+    Raises:
+      InputError: a bad image, or an image without any selected region (named).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be an int >= 1, got {batch!r}")
+    waiting: list[_Sampled] = []  # sampled images whose descriptors are not all ready
+    todo: list[np.ndarray] = []  # patches not described yet (the tail of `waiting`'s)
+    done: list[np.ndarray] = []  # descriptors of `waiting`'s first patches
+    seconds: list[float] = []  # describe time per ready descriptor row, as `done`
+    n_todo = 0
+
+    def describe(m: int) -> None:
+        nonlocal todo, n_todo
+        x = np.concatenate(todo) if len(todo) > 1 else todo[0]
+        t = time.perf_counter()
+        d = np.asarray(describer(x[:m]), np.float32)
+        share = (time.perf_counter() - t) / max(m, 1)
+        done.append(d)
+        seconds.append(np.full(m, share))
+        todo, n_todo = ([x[m:]] if m < len(x) else []), n_todo - m
+
+    def ready() -> Iterator[LocalFeatures]:
+        nonlocal done, seconds
+        d = np.concatenate(done) if len(done) > 1 else done[0]
+        sec = np.concatenate(seconds)
+        start = 0
+        while waiting and start + len(waiting[0].patches) <= len(d):
+            s = waiting.pop(0)
+            n = len(s.patches)
+            yield LocalFeatures(d[start : start + n], s.regions, s.image_shape,
+                                s.seconds_regions, float(sec[start : start + n].sum()))  # fmt: skip
+            start += n
+        done, seconds = [d[start:]], [sec[start:]]
+
+    for name, image in images:
+        s = _sample(image, describer, config, name)
+        waiting.append(s)
+        todo.append(s.patches)
+        n_todo += len(s.patches)
+        if n_todo >= batch:
+            describe(n_todo // batch * batch)
+            yield from ready()
+    if n_todo:
+        describe(n_todo)
+    if waiting:
+        yield from ready()
 
 
 def describe_images(
@@ -192,19 +288,20 @@ def describe_images(
     names: Sequence[str] | None = None,
     progress: bool = True,
     desc: str = "describing images",
+    batch: int = PATCH_BATCH,
 ) -> list[LocalFeatures]:
-    """:func:`local_features` of every image (paths are read as RGB), with a progress bar.
+    """:func:`local_features` of every image (paths are read as RGB), with a progress bar;
+    the patches of consecutive images are described together (:func:`iter_local_features`).
 
     Raises:
       InputError: an image that does not decode or has no region (named).
     """
-    out = []
-    for i, im in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
-        if isinstance(im, (str, os.PathLike)):
-            name = str(im) if names is None else names[i]
-            arr = read_image(im)
-        else:
-            name = f"image {i}" if names is None else names[i]
-            arr = np.asarray(im)
-        out.append(local_features(arr, describer, config=config, name=name))
-    return out
+
+    def read():
+        for i, im in enumerate(tqdm(images, desc=desc, unit="image", disable=not progress)):
+            if isinstance(im, (str, os.PathLike)):
+                yield (str(im) if names is None else names[i]), read_image(im)
+            else:
+                yield (f"image {i}" if names is None else names[i]), np.asarray(im)
+
+    return list(iter_local_features(read(), describer, config=config, batch=batch))

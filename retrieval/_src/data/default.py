@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn import InputError
+from ckn.files import cache_dir
 from retrieval._src.data.config import PatchSetConfig
 from retrieval._src.data.io import load_patchset, save_patchset
 from retrieval._src.data.patchset import VERSION, PatchSet, SkippedItemWarning
@@ -57,11 +57,6 @@ def default_photos(
             img = (img.astype(np.float64) * (255.0 / max(float(img.max()), 1e-12))).astype(np.uint8)
         out.append((n, img))
     return out
-
-
-def cache_dir() -> Path:
-    """``$CKN_CACHE`` or ``~/.cache/ckn``."""
-    return Path(os.environ.get("CKN_CACHE") or Path.home() / ".cache" / "ckn")
 
 
 def default_config(quick: bool = False, **overrides) -> PatchSetConfig:

@@ -58,7 +58,8 @@ class SavedIndex:
       settings: the :class:`IndexSettings`.
       description: resolved description: dim, backbone name, weights path and SHA-256 (global)
         or local descriptor, model SHA-256, VLAD dimension (local).
-      vectors: (N, dim) float32 searchable vectors (whitened, L2-normalized).
+      vectors: (N, dim) float32 searchable vectors (whitened, L2-normalized); read-only and
+        memory-mapped when loaded from a folder of one part.
       parts: the :class:`Part` of each build / add, in order (rows follow them).
       whitening: the fitted global whitening, or None (VLAD: in ``vlad.pca``).
       whitening_info: what was fitted on what, and why.

@@ -48,6 +48,7 @@ from flax import nnx
 from ckn import InputError
 from retrieval._src.nets import check_image_batch, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
+from retrieval._src.nets.executables import call_compiled
 from retrieval._src.nets.weights import load_params, read_state_dict
 
 BACKBONES = (
@@ -196,7 +197,9 @@ class Backbone(nnx.Module):
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.name = name
         self._arch = _ARCHS[name]
-        self.params = nnx.data(jax.tree.map(lambda a: nnx.Param(jnp.asarray(a)), params))
+        # device_put, not jnp.asarray: asarray compiles a copy per parameter shape (48 small
+        # compilations for Lite0, a third of a fresh query process's set-up).
+        self.params = nnx.data(jax.tree.map(lambda a: nnx.Param(jax.device_put(a)), params))
         self.stride = self._arch.stride
         self.min_size = self._arch.min_size
         values = self.arrays()  # C: the last conv's outputs (VGG16), else the classifier's inputs
@@ -223,8 +226,11 @@ class Backbone(nnx.Module):
 
     def _run(self, images, output: str) -> jax.Array:
         images = self._images(images)
-        return _apply(
-            self.arrays(), images, arch=self._arch, output=output, precision=self.precision
+        return call_compiled(
+            _apply,
+            (self.name, output, self.precision),
+            (self.arrays(), images),
+            {"arch": self._arch, "output": output, "precision": self.precision},
         )
 
     def lower_features(self, images) -> jax.stages.Lowered:
