@@ -107,6 +107,10 @@ def test_add_equals_build_on_union_and_saves_incrementally(photos, gem_index, tm
     )
     assert np.array_equal(grown.vectors, union.vectors)
     assert [p.split("/")[-2:] for p in grown.paths] == [p.split("/")[-2:] for p in union.paths]
+    rows = [0, 7, 8, 15, 3, 12]  # both parts, their edges, out of order
+    assert grown.path_of(rows) == [grown.paths[i] for i in rows]
+    with pytest.raises(InputError, match="row 16 is not in the index"):
+        grown.path_of([16])
     S.save_index(grown, out)
     assert first < set(p.name for p in out.iterdir())  # the first part's files kept as they were
     _same_index(grown, S.load_index(out))

@@ -318,11 +318,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}", file=sys.stderr)
     if args.png is not None:
         res = results[0]
-        files = idx.resolved_paths()
         shown = []
-        for i in res.ids:
+        for path in res.paths:  # absolute
             try:
-                shown.append(read_image_any(files[i]))
+                shown.append(read_image_any(path))
             except InputError:
                 shown.append(None)
         with atomic_path(args.png) as tmp:

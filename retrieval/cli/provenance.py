@@ -40,9 +40,21 @@ _VERSIONED = (
     "faiss",
     "tensorflow_datasets",
 )
-#: Modules slow to import (TFDS: about 0.6 s, a fifth of a cached ``ckn index query``) whose
-#: version is read from their distribution's metadata when no one has imported them.
-_READ_NOT_IMPORTED = {"tensorflow_datasets": "tensorflow-datasets"}
+#: Modules slow to import (TFDS about 0.6 s, faiss 0.4 s, scikit-image: a third of a cached
+#: ``ckn index query``) whose version is read from their distribution's metadata when no one
+#: has imported them (the first distribution installed; none: imported after all).
+_READ_NOT_IMPORTED = {
+    "tensorflow_datasets": ("tensorflow-datasets",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+    "skimage": ("scikit-image",),
+}
+
+
+def _distribution_version(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(name)
+    return None
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:
@@ -95,8 +107,10 @@ def versions(extra: tuple[str, ...] = ()) -> dict:
     for name in (*_VERSIONED, *extra):
         with contextlib.suppress(Exception):
             if name in _READ_NOT_IMPORTED and name not in sys.modules:
-                out[name] = importlib.metadata.version(_READ_NOT_IMPORTED[name])
-                continue
+                version = _distribution_version(_READ_NOT_IMPORTED[name])
+                if version is not None:
+                    out[name] = version
+                    continue
             mod = sys.modules.get(name) or importlib.import_module(name)
             out["opencv" if name == "cv2" else name] = getattr(mod, "__version__", "?")
     return out

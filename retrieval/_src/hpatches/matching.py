@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from retrieval._src.hpatches.layout import NOISE_LEVELS, type_index
 from retrieval._src.metrics.hpatches_ap import hpatches_pr
@@ -44,6 +43,8 @@ def match_image(ref: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     Returns:
       (ap, accuracy).
     """
+    from scipy.spatial.distance import cdist  # lazy: ~1 s of every ckn command's start
+
     dist = cdist(ref, target, "euclidean")
     nn = np.argmin(dist, axis=1)
     rows = np.arange(ref.shape[0])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from retrieval._src.hpatches.layout import NOISE_LEVELS, type_index
 from retrieval._src.hpatches.task_files import PatchList
@@ -61,6 +60,8 @@ def _reference_rows(descriptors: dict, plist: PatchList) -> np.ndarray:
 
 def _positive_distances(descriptors: dict, queries: PatchList, q_desc: np.ndarray) -> np.ndarray:
     """(Q, 3, 5) distances from each query to its 5 target views per noise level."""
+    from scipy.spatial.distance import cdist  # lazy: ~1 s of every ckn command's start
+
     rows = [type_index(noise, image) for noise in NOISE_LEVELS for image in range(1, 6)]
     out = np.empty((q_desc.shape[0], len(rows)))
     for q, (name, idx) in enumerate(zip(queries.seq, queries.idx)):
@@ -82,6 +83,8 @@ def retrieval_task(
     Returns:
       The per-query APs.
     """
+    from scipy.spatial.distance import cdist  # lazy: ~1 s of every ckn command's start
+
     sizes = np.asarray(list_sizes, dtype=np.int64)
     q_desc = _reference_rows(descriptors, queries)
     d_desc = _reference_rows(descriptors, distractors)

@@ -40,11 +40,10 @@ def query_images(index: SavedIndex, images, k: int = 10) -> list[IndexQueryResul
         raise InputError(f"k must be a positive integer, got {k!r}")
     v = describe_for_index(index, images)
     scores, ids = _search(index, v, k)
-    paths = index.paths
     out = []
     for s, i in zip(scores, ids):
         keep = i >= 0
-        out.append(IndexQueryResult(s[keep], i[keep], [paths[j] for j in i[keep]]))
+        out.append(IndexQueryResult(s[keep], i[keep], index.path_of(i[keep])))
     return out
 
 
