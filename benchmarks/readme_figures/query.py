@@ -19,7 +19,8 @@ def query_speed(results) -> str:
     proc, ip, b = r["process"], r["in_process"], r["batch"]
     goals = doc["goals"]
     return para(
-        f"At {r['indexed']:,} indexed vectors ({r['dim']}-D, IVF-PQ; `nice python"
+        f"At {r['indexed']:,} indexed vectors ({r['dim']}-D, IVF-PQ trained on"
+        f" {r.get('ivfpq_train_vectors', r['indexed']):,}; `nice python"
         " benchmarks/bench_query.py`, `benchmarks/results/bench_query_cpu.json`, code at"
         f" {doc['metadata']['commit'][:7]}; {speed_note(doc)}), `ckn index query` on a"
         f" {ip['query_image'].split()[-1]} photo took"
