@@ -198,10 +198,6 @@ def _data(args: argparse.Namespace):
 
 def cmd_train_global(args: argparse.Namespace) -> int:
     meta = provenance.start()
-    if args.head == "gem" and not args.whiten and args.dim is not None:
-        raise InputError(
-            "--dim applies to --head rmac or --whiten: a gem head keeps the C channels"
-        )
     with fields_as_flags(_FIELDS):
         cfg = _config(args)
     out, ckpt = _check_paths(args)
