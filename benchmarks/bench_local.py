@@ -8,7 +8,7 @@ Command (from the project root; about 10 minutes on the loaded 2-core CPU):
 The model: the preset with random unit filters, as ``bench_encode.py`` times it (the cost
 does not depend on the filter values), saved with ``ckn.save`` and read back as
 ``eval-images --local MODEL_DIR`` / ``ckn index build --local MODEL_DIR`` read it
-(``retrieval.local.make_describer(MODEL_DIR)``). The images: the 16 scikit-image photos
+(``retrieval.local.make_local_describer(MODEL_DIR)``). The images: the 16 scikit-image photos
 and crops of ``bench_index.py``, default :class:`retrieval.local.LocalConfig` (up to 1000
 regions per image, max side 1024).
 
@@ -48,7 +48,7 @@ from retrieval.local import (  # noqa: E402
     LocalConfig,
     describe_images,
     local_features,
-    make_describer,
+    make_local_describer,
 )
 from retrieval.patches import read_image  # noqa: E402
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_local.") as tmp:
         tmp = Path(tmp)
         ckn.save(model, tmp / "model")
-        describer = make_describer(str(tmp / "model"))
+        describer = make_local_describer(str(tmp / "model"))
         paths = sorted(_photos(tmp / "photos").iterdir())
         arrays = [read_image(q) for q in paths]
 

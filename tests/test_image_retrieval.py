@@ -337,7 +337,7 @@ def test_patches_batched_across_images_equal_image_by_image(tiny_model, image_di
     (only the last call is short) and gives the descriptors of image-by-image
     local_features."""
     model, _ = tiny_model
-    d = make_describer(model)
+    d = make_local_describer(model)
     calls = []
 
     def counted(patches):
