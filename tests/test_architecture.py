@@ -362,6 +362,7 @@ def test_every_image_option_is_in_the_one_table_of_modes():
     from retrieval.cli.main import build_parser
 
     own = {"--images", "--json", "--strict", "--quiet", "--out", "--overwrite", "--help"}
+    own |= {"--fitted", "--shard", "--nprobe"}  # index build: a part of a sharded index; search
     sub = build_parser()._subparsers._group_actions[0].choices
     parsers = [sub["eval-images"], sub["index"]._subparsers._group_actions[0].choices["build"]]
     for p in parsers:

@@ -7,8 +7,13 @@
         [--search auto|exact|ivfpq] [--overwrite]
     ckn index add --index INDEX --images DIR2   (images already indexed are left out)
     ckn index query --index INDEX (--image Q.jpg [--image Q2.jpg ...] | --images QDIR)
-        [--top 10] [--png OUT.png] [--json OUT.json]
+        [--top 10] [--nprobe N] [--png OUT.png] [--json OUT.json]
     ckn index info --index INDEX [--json]
+
+    in shards (a collection too large for one process; any scheduler runs the shards):
+    ckn index fit --images DIR --sample K --out FITTED.npz (description flags as build)
+    ckn index build --images DIR --fitted FITTED.npz --shard I/N --out PART   (I = 0..N-1)
+    ckn index merge PART... --out INDEX
 
 ``build`` describes every image under DIR once, with the describer the mode selects (the
 modes and options of ``ckn eval-images``, one table: :mod:`retrieval.cli.image_modes`; CAM
@@ -24,7 +29,13 @@ score (inner product of L2-normalized vectors) and path (relative to the working
 folder when inside it, else absolute; absolute in ``--json``) of its nearest
 indexed images; description flags given to ``query`` (``--global``,
 ``--backbone``, ``--local``, ...) must match the index's, or it is refused.
-``info`` prints what an index holds. Bad images are skipped by the one policy
+``info`` prints what an index holds.
+``fit`` fits, once, on a seeded sample of K images, what every shard shares (whitening / VLAD
+codebook, the IVF-PQ quantizer for the whole collection); ``build --fitted --shard I/N``
+describes the I-th of N slices of the sorted image list with it into a part folder;
+``merge`` checks the parts (same fitted file, settings and versions; slices complete and
+disjoint; none interrupted or altered) and writes one index whose IVF-PQ lists and vectors
+stay on disk and are memory-mapped by ``query``. Bad images are skipped by the one policy
 (:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
 fails instead.
 """
@@ -71,15 +82,23 @@ from retrieval.image import (
 )
 from retrieval.index import (
     CLAIMS,
+    FIT_SAMPLE,
     IndexSettings,
     add_to_index,
     build_index,
+    build_part,
+    fit_images,
     index_info,
+    load_fitted,
     load_index,
+    merge_parts,
     mismatch_text,
+    parse_shard,
     query_figure,
     query_images,
+    save_fitted,
     save_index,
+    save_part,
     settings_mismatch,
 )
 from retrieval.local import LocalConfig, VladConfig
@@ -128,6 +147,7 @@ def _build_paths(args: argparse.Namespace) -> Paths:
         [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
         {
             "--images": args.images,
+            "--fitted": args.fitted,
             "--whiten-images": args.whiten_images,
             "--local": _local_input(args.local),
             "--global-head": args.global_head,
@@ -137,6 +157,8 @@ def _build_paths(args: argparse.Namespace) -> Paths:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.fitted is not None or args.shard is not None:
+        return _build_part(args)
     meta = provenance.start()
     settings = _settings(args)
     if settings.whiten == "none" and args.whiten_images is not None:
@@ -159,6 +181,91 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"whitening: {idx.whitening_info['reason']}")
     skipped = f" ({len(info['skipped'])} skipped)" if info["skipped"] else ""
     print(f"indexed {plural(idx.ntotal, 'image')} of {args.images}{skipped}: {_label(idx)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# Settings the fitted file fixes: refused beside --fitted (the description flags are checked).
+_FIXED_BY_FIT = ("whiten", "whiten_dim", "whiten_images", "search", "nprobe")
+
+
+def _build_part(args: argparse.Namespace) -> int:
+    """``build --fitted FITTED --shard I/N``: shard I of N described into a part folder."""
+    if args.fitted is None or args.shard is None:
+        raise InputError(
+            "--shard I/N and --fitted FITTED go together (fit once with ckn index fit)"
+        )
+    shard = parse_shard(args.shard)  # out of range: refused before any work
+    for field in _FIXED_BY_FIT:
+        if getattr(args, field, None) is not None:
+            raise InputError(f"{args.field_flags[field]} is fixed by --fitted (ckn index fit)")
+    meta = provenance.start()
+    fitted = load_fitted(args.fitted)
+    mismatch = settings_mismatch(fitted, **{k: getattr(args, k) for k in CLAIMS})
+    if mismatch is not None:
+        raise InputError(mismatch_text(mismatch, args.field_flags))
+    with fields_as_flags(STRICT):
+        part = build_part(args.images, fitted, shard, progress=not args.quiet,
+                          record={"provenance": provenance.finish(meta)})  # fmt: skip
+    save_part(part, args.out, overwrite=args.overwrite)
+    i, n = shard
+    print(
+        f"part {i}/{n}: {plural(len(part.paths), 'image')} of {args.images} "
+        f"({fitted.method} search, {fitted.dim}-D)"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _fit_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, suffix=".npz")],
+        {
+            "--images": args.images,
+            "--local": _local_input(args.local),
+            "--global-head": args.global_head,
+            "--backbone": weights_path(args.backbone),
+        },
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    settings = _settings(args)
+    fitted = fit_images(args.images, settings, sample=args.sample, seed=args.sample_seed,
+                        progress=not args.quiet)  # fmt: skip
+    fitted = save_fitted(
+        dataclasses.replace(fitted, info=dict(fitted.info, provenance=provenance.finish(meta))),
+        args.out,
+    )
+    print(f"whitening: {fitted.whitening_info['reason']}")
+    search = fitted.search_info
+    how = (
+        f"IVF-PQ trained for {search['count']:,} images (nlist {search['ivfpq']['nlist']}, "
+        f"nprobe {search['ivfpq']['nprobe']})"
+        if fitted.method == "ivfpq"
+        else f"exact search ({search['count']:,} images)"
+    )
+    print(f"fitted on {plural(fitted.info['sample'], 'sampled image')}: {fitted.dim}-D, {how}")
+    print(f"wrote {args.out} (SHA-256 {fitted.sha256[:16]}...)")
+    return 0
+
+
+def _merge_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
+        {f"part {i + 1}": p for i, p in enumerate(args.parts)},
+    )
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    out = merge_parts(args.parts, args.out, overwrite=args.overwrite)
+    idx = load_index(out)
+    print(
+        f"merged {plural(len(args.parts), 'part')}: {plural(idx.ntotal, 'image')} "
+        f"({_label(idx)}) in {time.perf_counter() - t0:.1f} s"
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -242,7 +349,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.png is not None and len(queries) != 1:
         raise InputError(f"--png draws one query; there are {len(queries)}: use --json")
     meta = provenance.start()
-    idx = load_index(args.index)
+    idx = load_index(args.index)  # a merged index: its lists and vectors memory-mapped
+    if args.nprobe is not None:
+        with fields_as_flags(args.field_flags):
+            idx = idx.with_nprobe(args.nprobe)
     mismatch = settings_mismatch(idx, **{k: getattr(args, k) for k in CLAIMS})
     if mismatch is not None:  # named by the flags that claim them
         raise InputError(mismatch_text(mismatch, args.field_flags))
@@ -361,7 +471,7 @@ def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
-        help="a saved, searchable image index: build, add, query, info",
+        help="a saved, searchable image index: build, add, query, info; fit, merge (shards)",
         description=(
             "A folder holding the descriptors of a collection of images, their paths, the "
             "fitted whitening / VLAD codebook and the settings: built once, grown with add, "
@@ -373,6 +483,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  ckn index add --index photos.index --images more_photos/\n"
             "  ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
             "  ckn index info --index photos.index\n"
+            "  ckn index fit --images photos/ --sample 50000 --out f.npz --global gem\n"
+            "  ckn index build --images photos/ --fitted f.npz --shard 0/8 --out parts/0\n"
+            "  ckn index merge parts/* --out photos.index\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -398,12 +511,67 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="fit the whitening (--local: and the codebook) on this folder instead of --images",
     )
-    add_settings(b, IndexSettings, ["search"])
+    add_settings(b, IndexSettings, ["search", "nprobe"])
     b.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
+    sh = b.add_argument_group("in shards (see ckn index fit and merge)")
+    sh.add_argument("--fitted", default=None, metavar="FITTED",
+                   help="the fitted file of ckn index fit: describe shard --shard with it into a "
+                   "part folder --out (settings come from it)")  # fmt: skip
+    sh.add_argument("--shard", default=None, metavar="I/N",
+                   help="the I-th (0..N-1) of N slices of the sorted image list, e.g. "
+                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")  # fmt: skip
     _strict_quiet(b)
     b.set_defaults(func=cmd_build)
     register_options(b)
     declare_paths(b, _build_paths)
+
+    f = add_command(
+        isub,
+        "fit",
+        help="fit once what every shard shares (whitening / codebook, IVF-PQ quantizer)",
+        description=(
+            "Describes a seeded sample of --sample images of --images and fits on it what "
+            "every shard of the collection must share: the whitening (--local: the VLAD "
+            "codebook and PCAs) and, when the whole collection is searched with IVF-PQ, its "
+            "quantizer, sized for the whole collection. Writes one .npz file, named by its "
+            "SHA-256 in every part (ckn index build --fitted)."
+        ),
+        example="ckn index fit --images photos/ --sample 50000 --out photos.fitted.npz "
+        "--global gem",
+    )
+    f.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    f.add_argument("--out", required=True, help="fitted file to write (.npz)")
+    f.add_argument(
+        "--sample",
+        type=int,
+        default=FIT_SAMPLE,
+        help=f"images sampled to fit on (default {FIT_SAMPLE:,}; all if fewer)",
+    )
+    f.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (default 0)")
+    _description_flags(f, query=False)
+    add_settings(f, IndexSettings, ["whiten", "whiten_dim", "search", "nprobe"])
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fit)
+    register_options(f)
+    declare_paths(f, _fit_paths)
+
+    m = add_command(
+        isub,
+        "merge",
+        help="merge the parts of ckn index build --shard into one index",
+        description=(
+            "Checks that the parts share one fitted file, settings and versions, that their "
+            "slices are complete and disjoint and that none was interrupted or altered, then "
+            "writes one index --out atomically: exact search, or IVF-PQ whose inverted lists "
+            "and full vectors stay on disk (memory-mapped by ckn index query)."
+        ),
+        example="ckn index merge parts/part-* --out photos.index",
+    )
+    m.add_argument("parts", nargs="+", metavar="PART", help="part folders, in any order")
+    m.add_argument("--out", required=True, help="index folder to write")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
+    m.set_defaults(func=cmd_merge)
+    declare_paths(m, _merge_paths)
 
     a = add_command(
         isub,
@@ -444,6 +612,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     q.add_argument("--images", default=None, help="a folder of query images (searched recursively)")
     q.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    add_settings(q, IndexSettings, ["nprobe"], help={"nprobe": "IVF-PQ cells visited per query "
+                 "(default: the index's, set at build or fit)"}, show_default=False)  # fmt: skip
     q.add_argument("--png", default=None, help="also draw the query and its results (a .png; "
                    "one query)")  # fmt: skip
     q.add_argument("--json", default=None, help="also write the results (a .json)")
