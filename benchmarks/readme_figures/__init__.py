@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (register their renderers)
     query,
     quickstart,
     reruns,
+    scale,
     settings,
     speed,
     vlad,
