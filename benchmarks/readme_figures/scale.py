@@ -4,7 +4,7 @@ or extrapolated, and from what."""
 
 from __future__ import annotations
 
-from .core import para, renderer, run, table
+from .core import busy, para, renderer, run, table
 
 
 def _mib(nbytes: float) -> str:
@@ -39,7 +39,13 @@ def scale_run(results) -> str:
         f" {cfg['n']:,} synthetic {cfg['dim']}-D vectors drawn around {cfg['centres']:,} centres"
         f" (clustered like global descriptors), {cfg['parts']} parts, every step in a process of"
         " its own (its peak resident memory its own), recall@10 of"
-        f" {cfg['queries']:,} held-out queries against exact search:"
+        f" {cfg['queries']:,} held-out queries against exact search"
+        + (
+            " (other jobs shared the CPU during the run: the times are noisy and slower than on"
+            " a quiet machine; recall, memory and disk are not affected):"
+            if busy(doc)
+            else ":"
+        )
     )
 
 
@@ -74,8 +80,12 @@ def scale_costs(results) -> str:
             _mib(rss["part_max"] * 2**20) + " (largest part)",
             "measured",
         ],
-        ["merge (inverted lists on disk)", f"{r['merge_s']:.0f} s", _mib(rss["merge"] * 2**20),
-         "measured"],  # fmt: skip
+        [
+            "merge (inverted lists on disk)",
+            f"{r['merge_s']:.0f} s",
+            _mib(rss["merge"] * 2**20),
+            "measured",
+        ],  # fmt: skip
         [
             f"query (nprobe {r['nprobe']}, re-scored)",
             f"{_ms(q['single_query_s']['median_s'])} single, {_ms(q['batched_per_query_s'])}"

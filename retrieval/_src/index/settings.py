@@ -31,10 +31,11 @@ EXACT_LIMIT = 50_000
 RERANK = 10
 #: IVF-PQ cells (inverted lists) visited per query, at most nlist. benchmarks/bench_scale.py at
 #: 1e6 clustered 512-D vectors (nlist 1282, RERANK x 10 re-scored): recall@10 0.77 / 0.82 /
-#: 0.87 / 0.92 / 0.957 / 0.988 at nprobe 16 / 32 / 64 / 128 / 256 / 512, single query 2.2 /
-#: 4.6 / 6.3 / 9.4 / 11.8 / 51.7 ms: 256 is the smallest that meets the goal recall@10 >= 0.95,
-#: at 5x the latency of 16 but 4x less than 512 (the PQ codes are not what misses neighbours;
-#: the cells visited are). Smaller indexes have fewer cells: nprobe is capped at nlist.
+#: 0.87 / 0.92 / 0.957 / 0.988 at nprobe 16 / 32 / 64 / 128 / 256 / 512 (the same in every
+#: run): 256 is the smallest that meets the goal recall@10 >= 0.95 (the cells visited, not the
+#: PQ codes, miss the neighbours). Single-query latency 2.2 / 4.6 / 6.3 / 9.4 / 11.8 / 51.7 ms
+#: in a quiet run (load 4-6, 8aa3347), 3.6 / 3.8 / 6.0 / 17.8 / 56.1 / 83.1 ms in the committed
+#: bench_scale_cpu.json (load ~20). Smaller indexes have fewer cells: nprobe is capped at nlist.
 NPROBE = 256
 #: ``whiten="auto"`` whitens when fitting images >= this times the whitened dimension.
 WHITEN_MIN_RATIO = 2
