@@ -26,8 +26,9 @@ def cam_settings(results) -> str:
     boxes = "/".join(f"{100 * t:g}" for t in p["thresholds"])
     return para(
         "**Class-weighted (CAM) pooling and re-ranking** (Jimenez et al. 2017; `ckn eval-images"
-        " --global cam [--cam-variant ofa|ona] [--rerank R]`, Python"
-        " `retrieval.image.evaluate_cam`), as run here: EfficientNet-Lite0 (GAP + linear"
+        " --global cam [--cam-variant ofa|ona] [--rerank R]`, Python `retrieval.image.evaluate`"
+        " with a `CamDescription` and its `cam_scorers`), as run here: EfficientNet-Lite0 (GAP +"
+        " linear"
         f" classifier), {scale}, long side {p['max_side']}, {p['top_classes']} classes,"
         " PCA-whitening of the class vectors fitted on the other set's top-1 class vectors,"
         f" re-ranking of the top {p['rerank']} by each image's best CAM box (heatmap of the"
