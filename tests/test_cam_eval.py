@@ -174,14 +174,14 @@ def test_query_expansion_formula(net, folders, ref):
 def test_ona_rerank_and_qe_together_against_a_direct_reference(net, folders, ref):
     """OnA scores, the top 6 of 9 re-ranked by their best CAM region, alpha-QE (k = 2, alpha 1)
     over the re-ranked list with the OnA database vectors, the expanded query scored and its
-    top 6 re-ranked again (module docstring of cam_eval, steps 3-5); mAP by a plain AP.
+    top 6 re-ranked again (retrieval/_src/cam_search.py docstring, steps 2-4); mAP by a plain AP.
 
     Fails without the second re-ranking or with QE neighbours taken from the OfA vectors."""
     coll, maps, vectors, classes = ref
     maps = maps.astype(np.float16).astype(np.float32)  # the pipeline keeps them in float16
     weight = net.classifier[0]
     cam = CamConfig(top_classes=8, rerank=6, rerank_classes=3, variant="ona")
-    ev = evaluate_cam(net, folders[0], CFG, cam, PostConfig(qe=2, alpha=1.0))
+    ev = run_cam(net, folders[0], CFG, cam, PostConfig(qe=2, alpha=1.0))
     ofa = aggregate_class_vectors(vectors).astype(np.float64)
 
     def l2(v):
@@ -220,7 +220,7 @@ def test_ona_rerank_and_qe_together_against_a_direct_reference(net, folders, ref
     assert ev.result.mean_ap == pytest.approx(np.mean(want), abs=1e-12)
     # Re-ranking and QE change the OnA lists here.
     plain = CamConfig(top_classes=8, variant="ona")
-    assert not np.array_equal(ev.ranking, evaluate_cam(net, folders[0], CFG, plain).ranking)
+    assert not np.array_equal(ev.ranking, run_cam(net, folders[0], CFG, plain).ranking)
 
 
 def test_rerank_and_qe_together_and_determinism(net, folders):

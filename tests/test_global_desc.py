@@ -392,7 +392,7 @@ def test_cli_every_head_end_to_end(head, vgg, vgg_file, folders, tmp_path, capsy
     assert doc["num_queries"] == 9 and doc["num_distractors"] == 1
     # The library's value on the same inputs (test_eval_images_values.py checks it by hand).
     with pytest.warns(UserWarning, match="1 of 10 images are gray"):
-        lib = evaluate_global(vgg, ev_dir, GlobalConfig(head=head, scales=(1.0,)))
+        lib = run_pooling(vgg, ev_dir, GlobalConfig(head=head, scales=(1.0,)))
     assert doc["map"] == pytest.approx(lib.result.mean_ap, abs=1e-12)
     assert doc["global"]["head"] == head and doc["metadata"]["command"]
     assert doc["global"]["dim"] == (256 if head == "codes" else 32)

@@ -6,6 +6,7 @@ hand-made ranking: fractions, compared to 1e-12).
 
 import dataclasses
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from test_eval_images_values import numpy_map, numpy_vlad  # the NumPy reference
 
 from ckn import InputError
 from retrieval.cli.main import main
-from retrieval.image import VladDescription, build_describer, evaluate, load_image_folder
+from retrieval.image import (
+    VladDescriber,
+    VladDescription,
+    build_describer,
+    evaluate,
+    load_image_folder,
+)
 from retrieval.index import make_index
 from retrieval.local import (
     LocalConfig,
@@ -251,51 +258,68 @@ def _synthetic_features(groups, views, n=60, d=16, seed=0):
     return feats, np.asarray(labels)
 
 
-def test_pca_whitened_vlad_branch_equals_pca_whitening_by_hand():
-    """evaluate_vlad with pca_dim: the VLADs of the images and of pca_windows random windows
-    each, PCA-whitened by an SVD written here (variance 1/n), L2; mAP by the AP written out."""
+def _evaluate_features(folder, feats, labels, config, **kw):
+    """The pipeline's VLAD branch on given local features: a groups folder of blank images
+    (group g = folder g<g>), each described by its entry of ``feats`` (the describer's memo)."""
+    for i, g in enumerate(labels):
+        (folder / f"g{g}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"g{g}" / f"{i}.png"), np.zeros((32, 32), np.uint8))
+    coll = load_image_folder(folder)
+    np.testing.assert_array_equal(coll.labels, labels)
+    memo = {os.fspath(p): f for p, f in zip(coll.paths, feats)}
+    return evaluate(VladDescriber(VladDescription("sift", vlad=config), memo=memo), folder, **kw)
+
+
+def test_pca_whitened_vlad_branch_equals_pca_whitening_by_hand(tmp_path):
+    """The pipeline's VLAD with pca_dim: the VLADs of the images and of pca_windows random
+    windows each, PCA-whitened by an SVD written here (variance 1/n), L2; mAP by the AP written
+    out."""
     feats, labels = _synthetic_features(6, 2)
     cfg = VladConfig(k=4, pca_dim=8, pca_windows=3)
-    ev = evaluate_vlad(feats, labels, config=cfg)
-    raw = evaluate_vlad(feats, labels, config=dataclasses.replace(cfg, pca_dim=None))
-    np.testing.assert_array_equal(ev.model.centers, raw.model.centers)  # one codebook
+    ev = _evaluate_features(tmp_path / "a", feats, labels, cfg)
+    raw = _evaluate_features(tmp_path / "b", feats, labels, dataclasses.replace(cfg, pca_dim=None))
+    centers = raw.describer.model.centers
+    np.testing.assert_array_equal(ev.describer.model.centers, centers)  # one codebook
     # The PCA training vectors: each image, then its windows (rng seeded as documented).
     rng = np.random.default_rng(cfg.seed)
     sets = []
     for f in feats:
         sets.append(f.descriptors)
         sets += [f.descriptors[i] for i in window_subsets(f, 3, rng, min_count=5)]
-    train = np.stack([numpy_vlad(x, raw.model.centers) for x in sets])
-    assert ev.model.info["pca_train_vectors"] == len(sets) > 12
+    train = np.stack([numpy_vlad(x, centers) for x in sets])
+    assert ev.describer.model.info["pca_train_vectors"] == len(sets) > 12
     mean = train.mean(axis=0)
     _, sv, vt = np.linalg.svd(train - mean, full_matrices=False)
     std = sv[:8] / np.sqrt(len(sets))
-    want = (raw.vectors.astype(np.float64) - mean) @ vt[:8].T / std
+    want = (raw.database.astype(np.float64) - mean) @ vt[:8].T / std
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     # Up to the sign of each direction.
-    np.testing.assert_allclose(np.abs(ev.vectors), np.abs(want), atol=1e-5)
-    np.testing.assert_allclose(ev.vectors @ ev.vectors.T, want @ want.T, atol=1e-5)
+    np.testing.assert_allclose(np.abs(ev.database), np.abs(want), atol=1e-5)
+    np.testing.assert_allclose(ev.database @ ev.database.T, want @ want.T, atol=1e-5)
     assert ev.result.mean_ap == pytest.approx(numpy_map(want, labels)[0], abs=1e-9)
     assert ev.result.mean_ap != raw.result.mean_ap  # the whitening changed the ranking
 
 
-def test_ivfpq_vlad_branch_is_exact_when_the_codes_are():
+def test_ivfpq_vlad_branch_is_exact_when_the_codes_are(tmp_path):
     """IVF-PQ with one list and 2**nbits = N training vectors: faiss copies the N residuals as
-    the centroids of every sub-quantizer, so the codes are exact, and the IVF-PQ branch (scored
-    on its ranked lists) must give the exact branch's rankings and mAP."""
+    the centroids of every sub-quantizer, so the codes are exact, and the pipeline's IVF-PQ
+    search (scored on its ranked lists) must give the exact search's rankings and mAP."""
     pytest.importorskip("faiss")
     feats, labels = _synthetic_features(8, 2, seed=1)
     cfg = VladConfig(k=4)
-    exact = evaluate_vlad(feats, labels, config=cfg)
+    exact = _evaluate_features(tmp_path / "a", feats, labels, cfg)
     opts = {"nlist": 1, "m": 8, "nbits": 4}  # 16 images, 64-D VLADs: 8 codes of 8 dims
-    pq = evaluate_vlad(feats, labels, config=cfg, search="ivfpq", search_options=opts)
-    assert exact.vectors.shape == (16, 64)
+    pq = _evaluate_features(tmp_path / "b", feats, labels, cfg, search="ivfpq",
+                            search_options=opts)  # fmt: skip
+    assert exact.database.shape == (16, 64)
     np.testing.assert_array_equal(pq.ranking, exact.ranking)
-    want, per_query = numpy_map(exact.vectors, labels)
+    want, per_query = numpy_map(exact.database, labels)
     assert exact.result.mean_ap == pytest.approx(want, abs=1e-9)
     assert pq.result.mean_ap == pytest.approx(want, abs=1e-9)
     np.testing.assert_allclose(pq.result.per_query, list(per_query.values()), atol=1e-9)
     assert 0.3 < want < 1.0  # rankings with mistakes: a wrong list would show
+    with pytest.raises(InputError, match="search_options are IVF-PQ sizes"):
+        _evaluate_features(tmp_path / "c", feats, labels, cfg, search_options=opts)
 
 
 def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
@@ -340,11 +364,8 @@ def test_cli_eval_images(image_dir, tmp_path, capsys):
     assert "note: PCA-whitening to 16-D fitted on only 7 distinct images" in cap.err
     doc = json.loads(out.read_text())
     assert doc["num_queries"] == 6 and doc["num_distractors"] == 1
-    coll = load_image_folder(image_dir)
-    feats = describe_images(
-        coll.paths, make_describer("sift"), config=LocalConfig(max_regions=150), progress=False
-    )
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8, pca_dim=16), names=coll.names)
+    local = VladDescription("sift", LocalConfig(max_regions=150), VladConfig(k=8, pca_dim=16))
+    ev = evaluate(build_describer(local), image_dir)
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
     assert len(doc["per_query"]) == 6 and doc["ap_definition"].startswith("non-interpolated")
     assert fig.stat().st_size > 1000
@@ -494,12 +515,9 @@ def test_cli_local_dim_no_whiten_and_search_reach_the_results(image_dir, tmp_pat
     doc = json.loads(out.read_text())
     assert doc["vlad"]["local_dim"] == 32 and doc["vlad"]["pca_dim"] == 8
     assert doc["vlad"]["pca_whiten"] is False and doc["search"]["method"] == "ivfpq"
-    coll = load_image_folder(image_dir)
-    feats = describe_images(
-        coll.paths, make_local_describer("sift"), config=LocalConfig(max_regions=60), progress=False
-    )
     cfg = VladConfig(k=8, local_dim=32, pca_dim=8, pca_whiten=False)
-    ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names, search="ivfpq")
+    local = VladDescription("sift", LocalConfig(max_regions=60), cfg)
+    ev = evaluate(build_describer(local), image_dir, search="ivfpq")
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
 
 

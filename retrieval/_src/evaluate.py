@@ -386,9 +386,15 @@ def _rank(chain, qd: Described, db: Described, describer, post, self_ids, progre
     return scores, final
 
 
-def _check_search(search: str, gnd, chain) -> None:
+def _check_search(search: str, options, gnd, chain) -> None:
     if search not in SEARCHES:
         raise InputError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    if options and search != "ivfpq":
+        raise InputError("search_options are IVF-PQ sizes: they need search 'ivfpq'")
+    unknown = sorted(set(options or ()) - {"nlist", "m", "nbits", "nprobe"})
+    if unknown:
+        raise InputError(f"unknown search_options {', '.join(unknown)}; known: nlist, m, nbits, "
+                         "nprobe")  # fmt: skip
     if search == "ivfpq" and (gnd is not None or chain):
         raise InputError(
             "search 'ivfpq' ranks a shortlist of each query: it does not combine with gnd, "
@@ -406,6 +412,7 @@ def evaluate(
     codebook_images: str | os.PathLike | None = None,
     gnd: str | os.PathLike | None = None,
     search: str = "exact",
+    search_options: dict | None = None,
     depth: int = 10,
     progress: bool = False,
     strict: bool = False,
@@ -428,6 +435,8 @@ def evaluate(
         the evaluated database images).
       gnd: a revisitop ground-truth pickle: the revisited protocol.
       search: "exact", or "ivfpq" (groups protocol without re-scoring).
+      search_options: IVF-PQ sizes (``nlist``, ``m``, ``nbits``, ``nprobe`` of
+        :func:`retrieval.index.make_index`; default: sized for the collection).
       depth: length of the returned rankings.
       progress: progress bars.
       strict: fail on the first unreadable, truncated or too small image instead of
@@ -455,7 +464,7 @@ def evaluate(
     chain = _chain(scorers, post)
     for s in chain:
         s.check(describer, post)
-    _check_search(search, gnd, chain)
+    _check_search(search, search_options, gnd, chain)
     queries = plan.query_images(describer.min_size)
     info: dict = {"seconds": {}, "skipped_images": [*plan.skipped, *w_skipped]}
     sec = info["seconds"]
@@ -492,7 +501,11 @@ def evaluate(
         self_ids = np.arange(n_db) if gnd is None else None
         result = revisited = None
         if search == "ivfpq":
-            top = make_index(dbv, "ivfpq").search(qv, min(n_db, IVFPQ_DEPTH)).ids
+            top = (
+                make_index(dbv, "ivfpq", **(search_options or {}))
+                .search(qv, min(n_db, IVFPQ_DEPTH))
+                .ids
+            )
             result = evaluate_rankings(top, plan.labels, junk=plan.junk, names=plan.names)
             width = max(1, min(n_db - 1, depth))
             ranking = np.stack([np.concatenate([r[r != q], np.full(width, -1)])[:width]

@@ -66,6 +66,9 @@ class VladDescriber(BaseDescriber):
       patches: the :class:`retrieval.local.LocalDescriber` of the patches.
       model: the fitted :class:`retrieval.local.VladModel` (None before ``train``).
       train_info: what ``train`` did (images, regions, seconds).
+
+    ``memo``: {``os.fspath(path)``: :class:`retrieval.local.LocalFeatures`} of images already
+    described (filled as images are described; shared with the describer ``train`` returns).
     """
 
     trains = True

@@ -87,10 +87,16 @@ def shown_path(path: str | os.PathLike) -> str:
 def _as_flags(message: str, fields: Mapping[str, str]) -> str:
     words = re.split(r"(\W+)", message)
     for i, w in enumerate(words):
-        # The first word if it is a field; later words only when unambiguous (``whiten_images``).
-        if w in fields and (i == 0 or "_" in w):
+        # The first word if it is a field, or the first of a bracketed "(field: ...)"; later
+        # words only when unambiguous (``whiten_images``).
+        opens = 0 < i < len(words) - 1 and words[i - 1].endswith("(") and words[i + 1][0] == ":"
+        if w in fields and (i == 0 or opens or "_" in w):
             words[i] = fields[w]
     return "".join(words)
+
+
+#: The bad-image policy's setting (``strict``, :func:`retrieval.image.usable_images`) as a flag.
+STRICT = {"strict": "--strict"}
 
 
 @contextlib.contextmanager
@@ -98,7 +104,8 @@ def fields_as_flags(fields: Mapping[str, str]):
     """Re-raises a library ``InputError`` naming settings' fields (``dim 256: ...``, ``... needs
     whiten_images``) with the command's flags instead (``--dim 256: ...``): the library names its
     dataclass fields, the command line its flags. A field is translated where it is the
-    message's first word, or anywhere when its name has an underscore."""
+    message's first word or opens a bracket (``(strict: ...)``), or anywhere when its name has
+    an underscore."""
     try:
         yield
     except InputError as e:

@@ -44,6 +44,7 @@ from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
 from retrieval.cli.fields import add_settings, given
 from retrieval.cli.flags import (
+    STRICT,
     Output,
     Paths,
     add_command,
@@ -141,7 +142,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if settings.whiten == "none" and args.whiten_images is not None:
         raise InputError("--whiten-images needs --whiten auto or --whiten pca")
     info: dict = {}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, fields_as_flags(STRICT):
         warnings.simplefilter("always", UserWarning)
         idx = build_index(
             args.images,
@@ -178,7 +179,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     idx = load_index(args.index)
     before = idx.ntotal
     info: dict = {}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, fields_as_flags(STRICT):
         warnings.simplefilter("always", UserWarning)
         grown = add_to_index(idx, args.images, progress=not args.quiet, strict=args.strict,
                              info=info)  # fmt: skip
@@ -228,7 +229,8 @@ def _queries(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     skipped: list[str] = []
     if args.images is not None:
         files = [str(f) for f in list_images(args.images)]
-        keep, skipped = usable_images(files, strict=args.strict)
+        with fields_as_flags(STRICT):
+            keep, skipped = usable_images(files, strict=args.strict)
         queries += [files[i] for i in keep]
     return queries, skipped
 

@@ -34,6 +34,7 @@ import ckn
 from ckn import InputError
 from retrieval.cli import provenance
 from retrieval.cli.flags import (
+    STRICT,
     Output,
     Paths,
     add_command,
@@ -133,7 +134,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _folder(args: argparse.Namespace, path, skipped: list[str]):
     """A folder of groups with its bad images skipped (the policy of every command)."""
-    coll, lines = check_images(load_image_folder(path), strict=args.strict)
+    with fields_as_flags(STRICT):
+        coll, lines = check_images(load_image_folder(path), strict=args.strict)
     skipped += lines
     return coll
 
