@@ -108,6 +108,7 @@ from retrieval._src.index.core import (
     _make_searcher,
 )
 from retrieval._src.index.models import LOCAL_BASELINES
+from retrieval._src.index.ondisk import open_ondisk
 from retrieval._src.index.query import index_info, query_images, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
@@ -355,7 +356,8 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
 
 def _remove_unnamed(folder: Path, head: dict) -> None:
     """Deletes part / IVF-PQ files that ``index.json`` does not name (interrupted adds)."""
-    named = {_JSON, _LOCK, _WHITENING_FILE, _VLAD_FILE, head["search"]["file"]}
+    named = {_JSON, _LOCK, _WHITENING_FILE, _VLAD_FILE, head["search"]["file"],
+             head["search"].get("ivfdata")}  # fmt: skip
     for p in head["parts"]:
         named.update((p["vectors"], p["paths"]))
     for f in folder.iterdir():
@@ -393,9 +395,10 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
     try:
         settings = IndexSettings.from_json(doc["settings"])
         dim = int(doc["dim"])
+        ondisk = doc["search"].get("storage") == "ondisk"  # merged parts: map, do not read
         parts, chunks = [], []
         for p in doc["parts"]:
-            v = _load_npy(folder / p["vectors"])
+            v = _load_npy(folder / p["vectors"], mmap=ondisk)
             meta = json.loads((folder / p["paths"]).read_text())
             if v.ndim != 2 or v.shape != (int(p["count"]), dim) or v.dtype != np.float32:
                 raise InputError(
@@ -407,7 +410,10 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
                                  f"{v.shape[0]} vectors: the index folder is damaged")  # fmt: skip
             parts.append(Part(p["id"], meta["root"], _root_now(folder, meta), tuple(meta["paths"])))
             chunks.append(v)
-        vectors = np.ascontiguousarray(np.concatenate(chunks) if chunks else np.zeros((0, dim)))
+        if len(chunks) == 1:
+            vectors = chunks[0]  # a memory map stays one (concatenate would read it)
+        else:
+            vectors = np.ascontiguousarray(np.concatenate(chunks) if chunks else np.zeros((0, dim)))
         if vectors.shape[0] != int(doc["count"]):
             raise InputError(f"{path}: count {doc['count']} but {vectors.shape[0]} vectors")
         w = doc["whitening"]
@@ -429,7 +435,10 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
             fpath = folder / search["file"]
             if not fpath.is_file():
                 raise InputError(f"{fpath} is missing: the index folder is damaged")
-            fidx = faiss.read_index(str(fpath))
+            if ondisk:
+                fidx = open_ondisk(fpath, folder / search["ivfdata"])
+            else:
+                fidx = faiss.read_index(str(fpath))
         searcher, _ = _make_searcher(vectors, search["method"], fidx, search.get("ivfpq"))
         search.pop("file", None)
         whitening_info = {k: v for k, v in w.items() if k != "file"}
@@ -453,7 +462,7 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
         ) from None
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path} is missing: the index folder is damaged")
-    return np.load(path, allow_pickle=False)
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)

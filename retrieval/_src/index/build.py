@@ -118,6 +118,18 @@ def _whiten_plan(settings: IndexSettings, n_fit: int, d: int, where: str) -> tup
     return dim, f"whiten pca: PCA-whitened to {dim}-D, fitted on {n_fit} images ({where})"
 
 
+def _whitening_info(settings: IndexSettings, wdim, where: str, n_fit: int, reason: str) -> dict:
+    """What the whitening was fitted on, and why (``index.json``'s ``whitening``)."""
+    return {
+        "kind": "none" if wdim is None else "pca",
+        "requested": settings.whiten,
+        "dim": wdim,
+        "fitted_on": where if wdim is not None else None,
+        "fit_images": int(n_fit),
+        "reason": reason,
+    }
+
+
 def _utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -199,14 +211,8 @@ def build_index(
         vlad = fitted.model
         vectors = _vectors(fitted, files, progress)
         description["vlad_dim"] = int(vlad.centers.size)
-    whitening_info = {
-        "kind": "none" if wdim is None else "pca",
-        "requested": settings.whiten,
-        "dim": wdim,
-        "fitted_on": where if wdim is not None else None,
-        "fit_images": int(len(fit_files) if fit_files is not None else len(files)),
-        "reason": reason,
-    }
+    n_fit = len(fit_files) if fit_files is not None else len(files)
+    whitening_info = _whitening_info(settings, wdim, where, n_fit, reason)
     vectors = np.ascontiguousarray(vectors, np.float32)
     description["dim"] = int(vectors.shape[1])
     method = _method(settings, vectors.shape[0])
@@ -290,6 +296,11 @@ def add_to_index(
       InputError: no image, an image given twice, a bad image with ``strict``, a changed
         weights file / model.
     """
+    if index.search_info.get("storage") == "ondisk":
+        raise InputError(
+            "this index was merged from parts and is mapped from disk: build parts of the "
+            "new images with the same fitted file and merge again"
+        )
     t0 = time.perf_counter()
     given, root_abs, files, rels = _collect(images, root)
     _check_twice(files)
