@@ -31,7 +31,7 @@ import hashlib
 import io
 import json
 import os
-import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ class FittedState:
       search_info: ``method`` ("exact" / "ivfpq"), ``count`` (the collection size it was
         chosen for), ``exact_limit``, and for IVF-PQ the sizes and ``rerank``.
       ivfpq: the trained, empty faiss IVF-PQ index serialized as (B,) uint8, or None.
-      info: the sample (size, seconds, record).
+      info: the sample (size, seed) and the caller's record; no timings, so that one fit
+        on one sample gives the same file, byte for byte.
       sha256: SHA-256 of the file it was saved to or read from (None before saving).
       source: the bytes of that file (a part keeps an exact copy), or None.
     """
@@ -131,7 +132,6 @@ def _finish(settings, description, whitening, whitening_info, vlad, searchable, 
     """The FittedState: the search method for ``count`` vectors, IVF-PQ trained if needed."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise InputError(f"count must be a positive integer, got {count!r}")
-    t0 = time.perf_counter()
     method = _method(settings, int(count))
     search = {
         "method": method,
@@ -147,7 +147,6 @@ def _finish(settings, description, whitening, whitening_info, vlad, searchable, 
         search.update(ivfpq=dict(trained.options), rerank=RERANK)
         blob = faiss.serialize_index(trained._index)
     description = dict(description, dim=int(searchable.shape[1]))
-    info = dict(info, train_seconds=round(time.perf_counter() - t0, 3))
     return FittedState(settings, description, whitening, whitening_info, vlad, search, blob, info)
 
 
@@ -214,7 +213,6 @@ def fit_images(
     """
     if not isinstance(settings, IndexSettings):
         raise InputError(f"settings must be IndexSettings, got {type(settings).__name__}")
-    t0 = time.perf_counter()
     _, _, files, rels = _collect(images, root)
     order = sorted(range(len(rels)), key=rels.__getitem__)
     rows = _sample_rows(len(order), sample, seed)
@@ -223,7 +221,6 @@ def fit_images(
     describer, desc = index_describer(settings.describer)
     if settings.kind == "global":
         raw = _vectors(describer, chosen, progress)
-        info["describe_seconds"] = round(time.perf_counter() - t0, 3)
         return fit_vectors(raw, settings, count=len(files), description=desc, record=info)
     # VLAD: the codebook and PCAs (the PCA-whitening, its pca_dim) fitted on the sample.
     where = f"a sample of {len(chosen)}"
@@ -236,7 +233,6 @@ def fit_images(
     searchable = _vectors(trained, chosen, progress)
     desc["vlad_dim"] = int(vlad.centers.size)
     winfo = _whitening_info(settings, wdim, where, len(chosen), reason)
-    info["describe_seconds"] = round(time.perf_counter() - t0, 3)
     return _finish(settings, desc, None, winfo, vlad, searchable, len(files), info)
 
 
@@ -270,12 +266,25 @@ def save_fitted(fitted: FittedState, path: str | os.PathLike) -> FittedState:
         arrays.update({f"vlad.{k}": v for k, v in _npz_vlad(fitted.vlad).items()})
     if fitted.ivfpq is not None:
         arrays["ivfpq"] = np.asarray(fitted.ivfpq, np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
+    data = _npz_bytes(arrays)
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_bytes(data)
     return dataclasses.replace(fitted, sha256=hashlib.sha256(data).hexdigest(), source=data)
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    """The bytes of an ``.npz`` of ``arrays`` (``np.load`` reads it), the same on every run.
+
+    ``np.savez`` stamps each member with the current time, so one fit saved twice
+    would get two SHA-256s; here every member has the zip format's first date.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, a in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+    return buf.getvalue()
 
 
 def check_format(doc, where, fmt: str, version: int, remedy: str) -> dict:
