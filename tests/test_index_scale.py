@@ -339,3 +339,33 @@ def test_two_image_parts_merged_equal_one_build(photos, tmp_path, kind):
         a, b = S.query_index(one, path, k=10), S.query_index(merged, path, k=10)
         assert a.paths == b.paths
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_bench_scale_tiny_run(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # The data: the same rows whatever the slicing, unit norm.
+    cfg = {"n": 25_000, "dim": 8, "centres": 10, "seed": 0, "queries": 3}
+    whole = bench.rows(cfg, 0, 25_000)
+    np.testing.assert_array_equal(bench.rows(cfg, 9_990, 20_010), whole[9_990:20_010])
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+    out = tmp_path / "bench.json"
+    bench.main(["--n", "4000", "--parts", "2", "--dim", "32", "--centres", "40", "--sample",
+                "3000", "--queries", "20", "--repeats", "3", "--search", "ivfpq", "--inline",
+                "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    doc = json.loads(out.read_text())
+    r = doc["results"][0]
+    assert r["every_step_under_2GB"] and r["steps_in_own_process"] is False
+    assert r["recall_at_10_rescored"] >= 0.95 and 0 < r["recall_at_10_raw"] <= 1
+    assert doc["steps"]["query"]["method"] == "ivfpq"
+    assert [p["count"] for p in doc["steps"]["parts"]] == [2000, 2000]
+    assert doc["steps"]["truth"]["rows"] == 4000 and not (tmp_path / "work").exists()
+    assert r["index_bytes_per_vector"] > 32 * 4  # the float32 vectors at least
