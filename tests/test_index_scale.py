@@ -293,6 +293,12 @@ def test_interrupted_or_damaged_parts_are_refused(ivf, tmp_path, monkeypatch):
     v[7, 3] += 1.0
     np.save(cut / "vectors.npy", v)
     _refused([p0, cut], out, "cut/vectors.npy: SHA-256 .* differs from the part's record")
+    shutil.rmtree(cut)
+    shutil.copytree(p1, cut)
+    meta = json.loads((cut / "paths.json").read_text())
+    meta["paths"][3] = meta["paths"][3].replace("img", "IMG")
+    (cut / "paths.json").write_text(json.dumps(meta) + "\n")  # the same size
+    _refused([p0, cut], out, "are not the sorted image list they record")
     with pytest.raises(InputError, match="not found"):
         merge_parts([p0, tmp_path / "nowhere"], out)
     with pytest.raises(InputError, match="out of range"):

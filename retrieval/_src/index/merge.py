@@ -57,6 +57,7 @@ from retrieval._src.index.parts import (
     FITTED,
     PATHS,
     VECTORS,
+    list_sha256,
     read_part_header,
     shard_bounds,
 )
@@ -183,6 +184,11 @@ def merge_parts(
         raise InputError(f"{folders[0] / FITTED} differs from the part's record: damaged part")
     meta = [_read_paths(f, h["count"]) for f, h in zip(folders, heads)]
     paths = tuple(p for m in meta for p in m["paths"])
+    if list_sha256(paths) != heads[0]["list_sha256"]:
+        raise InputError(
+            f"the paths of the parts ({', '.join(f.name for f in folders)}) are not the sorted "
+            "image list they record: a damaged part"
+        )
     part = Part(uuid.uuid4().hex[:16], meta[0]["root"], meta[0]["root_abs"], paths)
     entry = {
         "op": "merge",

@@ -343,6 +343,8 @@ def read_part_header(folder: str | os.PathLike) -> dict:
                 )
         check_shard(doc["shard"])
         int(doc["start"]), int(doc["count"]), int(doc["total"])
+    except InputError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InputError(f"{path}: damaged part record ({type(e).__name__}: {e})") from None
     return doc
