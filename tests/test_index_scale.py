@@ -364,14 +364,33 @@ def test_bench_scale_tiny_run(tmp_path):
     np.testing.assert_array_equal(bench.rows(cfg, 9_990, 20_010), whole[9_990:20_010])
     np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
     out = tmp_path / "bench.json"
+    work = tmp_path / "work"
     bench.main(["--n", "4000", "--parts", "2", "--dim", "32", "--centres", "40", "--sample",
                 "3000", "--queries", "20", "--repeats", "3", "--search", "ivfpq", "--inline",
-                "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+                "--work", str(work), "--keep", "--out", str(out)])  # fmt: skip
     doc = json.loads(out.read_text())
     r = doc["results"][0]
     assert r["every_step_under_2GB"] and r["steps_in_own_process"] is False
     assert r["recall_at_10_rescored"] >= 0.95 and 0 < r["recall_at_10_raw"] <= 1
     assert doc["steps"]["query"]["method"] == "ivfpq"
     assert [p["count"] for p in doc["steps"]["parts"]] == [2000, 2000]
-    assert doc["steps"]["truth"]["rows"] == 4000 and not (tmp_path / "work").exists()
+    assert doc["steps"]["truth"]["rows"] == 4000
     assert r["index_bytes_per_vector"] > 32 * 4  # the float32 vectors at least
+    # The benchmark's blockwise truth is the brute-force top-10.
+    cfg = doc["config"]
+    _, ids = _topk(bench.queries(cfg), bench.rows(cfg, 0, 4000), 10)
+    np.testing.assert_array_equal(np.load(work / "truth_ids.npy"), ids)
+
+
+def test_row_reader_reads_a_whole_file_map_and_indexes_the_rest(tmp_path):
+    from retrieval._src.index.ondisk import row_reader
+
+    a = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    for arr, ref in ((m, a), (m[1:], a[1:]), (a, a)):
+        with row_reader(arr) as take:
+            for ids in ([0, 1, 2, 7, 8, 20, 48], [], [5], [47, 48]):
+                np.testing.assert_array_equal(take(np.array(ids, np.int64)), ref[ids])
+    with row_reader(m) as take, pytest.raises(IndexError):
+        take(np.array([3, 50]))

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ckn import InputError
+from retrieval._src.index.ondisk import row_reader
 from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.search import ExactIndex, FaissIndex, make_index
@@ -159,12 +160,13 @@ def _search(index: SavedIndex, vectors, k: int) -> tuple[np.ndarray, np.ndarray]
     _, cand = s.search(q, kc)
     scores = np.full((q.shape[0], k), -np.inf, np.float32)
     ids = np.full((q.shape[0], k), -1, np.int64)
-    for r in range(q.shape[0]):
-        c = np.unique(cand[r][cand[r] >= 0])
-        exact = index.vectors[c] @ q[r]
-        order = np.argsort(-exact, kind="stable")[:k]
-        scores[r, : order.size] = exact[order]
-        ids[r, : order.size] = c[order]
+    with row_reader(index.vectors) as take:
+        for r in range(q.shape[0]):
+            c = np.unique(cand[r][cand[r] >= 0])
+            exact = take(c) @ q[r]
+            order = np.argsort(-exact, kind="stable")[:k]
+            scores[r, : order.size] = exact[order]
+            ids[r, : order.size] = c[order]
     return scores, ids
 
 
