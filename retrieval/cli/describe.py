@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
+import jax
 
 import ckn
 from ckn import InputError
@@ -15,9 +15,12 @@ from retrieval.cli.flags import (
     Output,
     Paths,
     add_command,
+    add_distributed_flags,
     add_precision_flag,
     declare_paths,
     fields_as_flags,
+    plural,
+    start_distributed,
 )
 from retrieval.patches import BASELINES
 
@@ -42,32 +45,33 @@ def cmd_describe(args: argparse.Namespace) -> int:
         raise InputError(f"--split of --patches is one of {', '.join(_SPLITS)}, got {args.split!r}")
     if args.model in BASELINES:
         raise InputError(f"--patches is described with a model directory, not {args.model!r}")
-    model = ckn.load(args.model, precision=args.precision)
+    # The patch file is read first (NumPy only): jax.distributed must start before JAX does.
     patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
-    n = patches.shape[0]
-    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
-    # Every check of describe() before the output file is created.
-    with fields_as_flags({"any_size": "--any-size"}):
-        ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
+    index, count = start_distributed(args)
+    model = ckn.load(args.model, precision=args.precision)
     t0 = time.perf_counter()
-    with ckn.files.atomic_path(args.out) as tmp:
-        # Written straight into a memory-mapped .npy: bounded memory for large files.
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, h * w * c))
-        ckn.describe(
+    with fields_as_flags({"any_size": "--any-size"}):
+        lo, hi = ckn.sharding.write_descriptors(
             model,
             patches,
+            args.out,
             batch_size=args.batch_size,
-            progress=not args.quiet,
-            out=out,
             any_size=args.any_size,
+            progress=not args.quiet,
         )
-        out.flush()
-        del out
     seconds = time.perf_counter() - t0
-    print(
-        f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s "
-        f"({n / seconds:.0f} patches/s)"
-    )
+    n = patches.shape[0]
+    h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])  # checked by now
+    if count > 1:
+        print(
+            f"process {index}/{count}: rows {lo}:{hi} on "
+            f"{plural(len(jax.local_devices()), 'local device')}"
+        )
+    if index == 0:
+        print(
+            f"wrote {args.out}: {n} x {h * w * c} float32 descriptors in {seconds:.1f} s "
+            f"({n / seconds:.0f} patches/s)"
+        )
     return 0
 
 
@@ -119,5 +123,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_precision_flag(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed_flags(d)
     d.set_defaults(func=cmd_describe)
     declare_paths(d, _paths)
