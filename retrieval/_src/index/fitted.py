@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.index import _npz_vlad, _npz_whitening, _vlad_from, _whitening_from
 from retrieval._src.index.build import _collect, _vectors, _whiten_plan, _whitening_info
 from retrieval._src.index.core import _method
@@ -143,7 +144,7 @@ def _finish(settings, description, whitening, whitening_info, vlad, searchable, 
     if method == "ivfpq":
         import faiss
 
-        trained = train_ivfpq(searchable, int(count))
+        trained = train_ivfpq(searchable, int(count), nprobe=settings.nprobe)
         search.update(ivfpq=dict(trained.options), rerank=RERANK)
         blob = faiss.serialize_index(trained._index)
     description = dict(description, dim=int(searchable.shape[1]))

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
+from ckn.files import atomic_path
 from retrieval._src.index import (
     _JSON,
     _VLAD_FILE,
@@ -45,6 +46,7 @@ from retrieval._src.index import (
     _is_index,
     _npz_vlad,
     _npz_whitening,
+    _part_meta,
     _write_json,
     _write_npz,
     save_index,
@@ -240,10 +242,7 @@ def merge_parts(
             tmp / name,
             fitted.dim,
         )
-        _write_json(
-            tmp / f"part-{part.id}.json",
-            {"root": part.root, "root_abs": part.root_abs, "paths": list(paths)},
-        )
+        _write_json(tmp / f"part-{part.id}.json", _part_meta(part, Path(out)))
         if fitted.whitening is not None:
             _write_npz(tmp / _WHITENING_FILE, _npz_whitening(fitted.whitening))
         if fitted.vlad is not None:

@@ -43,8 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ckn import InputError, atomic_path
+from ckn import InputError
 from ckn import __version__ as ckn_version
+from ckn.files import atomic_path
 from retrieval._src.index.build import _check_twice, _collect, describe_for_index
 from retrieval._src.index.fitted import FittedState, check_format, load_fitted
 from retrieval._src.index.ondisk import sha256_file, write_part_codes

@@ -29,6 +29,13 @@ EXACT_LIMIT = 50_000
 #: IVF-PQ candidates per requested neighbour, re-scored exactly (benchmarks/bench_index.py:
 #: recall@10 0.90 with 4, 1.00 with 10 at 100,000 vectors; latency about the same).
 RERANK = 10
+#: IVF-PQ cells (inverted lists) visited per query, at most nlist. benchmarks/bench_scale.py at
+#: 1e6 clustered 512-D vectors (nlist 1282, RERANK x 10 re-scored): recall@10 0.77 / 0.82 /
+#: 0.87 / 0.92 / 0.957 / 0.988 at nprobe 16 / 32 / 64 / 128 / 256 / 512, single query 2.2 /
+#: 4.6 / 6.3 / 9.4 / 11.8 / 51.7 ms: 256 is the smallest that meets the goal recall@10 >= 0.95,
+#: at 5x the latency of 16 but 4x less than 512 (the PQ codes are not what misses neighbours;
+#: the cells visited are). Smaller indexes have fewer cells: nprobe is capped at nlist.
+NPROBE = 256
 #: ``whiten="auto"`` whitens when fitting images >= this times the whitened dimension.
 WHITEN_MIN_RATIO = 2
 #: Whitened dimension of VLADs when ``whiten_dim`` is None.
@@ -51,6 +58,8 @@ class IndexSettings:
       whiten: "auto", "pca" or "none" (see :mod:`retrieval._src.index`).
       whiten_dim: whitened dimension (None: see :mod:`retrieval._src.index`).
       search: "auto", "exact" or "ivfpq".
+      nprobe: IVF-PQ cells visited per query (``NPROBE``; capped at nlist; exact search
+        ignores it). The only setting a query may change (:meth:`SavedIndex.with_nprobe`).
     """
 
     describer: Any = PoolingDescription()
@@ -68,6 +77,13 @@ class IndexSettings:
         "auto",
         choices=SEARCH_MODES,
         help=f"auto = exact below {EXACT_LIMIT:,} images, faiss IVF-PQ from there on",
+    )
+    nprobe: int = setting(
+        NPROBE,
+        kind="int",
+        minimum=1,
+        help="IVF-PQ cells visited per query: more finds more true neighbours, slower "
+        "(capped at the index's cell count; exact search ignores it)",
     )
 
     def __post_init__(self):
@@ -97,6 +113,7 @@ class IndexSettings:
             "whiten": self.whiten,
             "whiten_dim": self.whiten_dim,
             "search": self.search,
+            "nprobe": self.nprobe,
             "describer": {"name": describer_name(d), "config": dataclasses.asdict(d)},
         }
         if isinstance(d, PoolingDescription):
@@ -113,6 +130,8 @@ class IndexSettings:
     def from_json(cls, doc: dict) -> IndexSettings:
         try:
             common = {k: doc[k] for k in ("whiten", "whiten_dim", "search")}
+            if "nprobe" in doc:  # absent in indexes saved before the setting existed
+                common["nprobe"] = doc["nprobe"]
             if "describer" in doc:
                 entry = DESCRIBERS[doc["describer"]["name"]]
                 return cls(_from_dict(entry.config, doc["describer"]["config"]), **common)
