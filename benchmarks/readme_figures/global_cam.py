@@ -43,8 +43,9 @@ def global_cam_run(results) -> str:
     doc = results[STEM]
     return para(
         f"`nice python benchmarks/global_cam.py` (the run: {run(doc, STEM)}; every row through"
-        " `evaluate_cam` / `evaluate_global`, the backbone's maps computed once per image and"
-        " reused). mAP %:"
+        " the library's evaluation (`evaluate_cam` / `evaluate_global` at the run's commit, one"
+        " `retrieval.evaluate` since; `global_cam.py --check` re-runs rows against this JSON),"
+        " the backbone's maps computed once per image and reused). mAP %:"
     )
 
 
