@@ -2,24 +2,21 @@
 
 Interest regions and oriented patch sampling (:func:`detect_regions`,
 :func:`sample_patches`, :class:`RegionSpec`), local descriptors at those regions
-(SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_describer`), the
-VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`) and the VLAD
-evaluation on a folder of images (:func:`evaluate_vlad`).
+(SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_local_describer`), and
+the VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`). VLAD as a describer
+of the image pipeline (``VladDescription``) and its evaluation (``evaluate``) are in
+:mod:`retrieval.image`.
 """
 
 from __future__ import annotations
 
-from retrieval._src.image_eval import (
-    VladEvaluation,
-    evaluate_vlad,
-)
 from retrieval._src.local import (
-    Describer,
     LocalConfig,
+    LocalDescriber,
     LocalFeatures,
     describe_images,
     local_features,
-    make_describer,
+    make_local_describer,
 )
 from retrieval._src.regions import (
     MAGNIFICATION,
@@ -46,24 +43,22 @@ from retrieval._src.vlad_fit import (
 )
 
 __all__ = [
-    "Describer",
     "LocalConfig",
+    "LocalDescriber",
     "LocalFeatures",
     "MAGNIFICATION",
     "RegionSpec",
     "Regions",
     "VladConfig",
-    "VladEvaluation",
     "VladModel",
     "VladNorm",
     "describe_images",
     "detect_regions",
     "encode_images",
-    "evaluate_vlad",
     "fit_codebook",
     "fit_vlad",
     "local_features",
-    "make_describer",
+    "make_local_describer",
     "sample_patch",
     "sample_patches",
     "select_regions",

@@ -55,8 +55,8 @@ CKN_TOP = {
 }  # fmt: skip
 RETRIEVAL_TOP = {
     "reproduce", "build_default", "load_patchset", "save_patchset", "PatchSet",
-    "evaluate_descriptors", "load_backbone", "extract_global", "GlobalConfig", "evaluate_global",
-    "evaluate_vlad", "build_index", "load_index", "query_index", "write_tfds",
+    "evaluate_descriptors", "load_backbone", "extract_global", "GlobalConfig", "evaluate",
+    "build_index", "load_index", "query_index", "write_tfds",
 }  # fmt: skip
 STAGES = {
     "ckn": ("ops", "unsupervised", "supervised", "losses", "files", "sharding"),

@@ -16,7 +16,8 @@ from test_eval_images_values import numpy_map, numpy_vlad  # the NumPy reference
 
 from ckn import InputError
 from retrieval.cli.main import main
-from retrieval.image import load_image_folder
+from retrieval.image import VladDescription, build_describer, evaluate, load_image_folder
+from retrieval.index import make_index
 from retrieval.local import (
     LocalConfig,
     LocalFeatures,
@@ -24,10 +25,9 @@ from retrieval.local import (
     VladConfig,
     describe_images,
     encode_images,
-    evaluate_vlad,
     fit_vlad,
     local_features,
-    make_describer,
+    make_local_describer,
     window_subsets,
 )
 from retrieval.metrics import evaluate_rankings, evaluate_scores, image_retrieval_map
@@ -176,7 +176,7 @@ def test_folder_bad_input(tmp_path):
 def test_undecodable_and_regionless_images(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
-    d = make_describer("sift")
+    d = make_local_describer("sift")
     with pytest.raises(InputError, match="cannot read image"):
         describe_images([bad], d, progress=False)
     flat = np.full((64, 64), 128, np.uint8)
@@ -185,7 +185,7 @@ def test_undecodable_and_regionless_images(tmp_path):
 
 
 def test_local_features_cap_and_shapes(image_dir):
-    d = make_describer("rootsift")
+    d = make_local_describer("rootsift")
     f = local_features(
         cv2.imread(str(image_dir / "astronaut" / "0.png")), d, config=LocalConfig(max_regions=40)
     )
@@ -196,28 +196,42 @@ def test_local_features_cap_and_shapes(image_dir):
 
 def test_vlad_pipeline_end_to_end_and_dimension_mismatch(image_dir):
     coll = load_image_folder(image_dir)
-    d = make_describer("sift")
+    d = make_local_describer("sift")
     feats = describe_images(coll.paths, d, config=LocalConfig(max_regions=150), progress=False)
     # Without PCA (measured 0.889: brick's rotated view is the hard one).
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8, pca_dim=None), names=coll.names)
-    assert ev.vectors.shape == (7, 8 * 128)
-    assert ev.result.num_queries == 6 and ev.result.mean_ap >= 0.8
+    model = fit_vlad(feats, VladConfig(k=8, pca_dim=None))
+    vectors = encode_images(model, feats, names=coll.names)
+    res = image_retrieval_map(vectors, coll.labels, names=coll.names)
+    assert vectors.shape == (7, 8 * 128)
+    assert res.num_queries == 6 and res.mean_ap >= 0.8
+    # The pipeline: the same figures (its describer fits the same model on the same images).
+    local = LocalConfig(max_regions=150)
+    vlad = build_describer(VladDescription("sift", local, VladConfig(k=8, pca_dim=None)))
+    ev = evaluate(vlad, image_dir)
+    np.testing.assert_array_equal(ev.database, vectors)
+    assert ev.result.mean_ap == res.mean_ap and ev.info["train"]["on"] == "evaluated images"
     assert ev.ranking.shape == (7, 6) and not (ev.ranking == np.arange(7)[:, None]).any()
     # With PCA-whitening to 16-D (fitted on 7 images + 10 windows each).
     cfg = VladConfig(k=8, pca_dim=16, pca_windows=10)
-    ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names)
-    assert ev.vectors.shape == (7, 16) and ev.model.info["pca_train_vectors"] > 16
-    np.testing.assert_allclose(np.linalg.norm(ev.vectors, axis=1), 1.0, rtol=1e-5)
-    assert ev.result.num_queries == 6 and 0.0 < ev.result.mean_ap <= 1.0
+    model = fit_vlad(feats, cfg)
+    vectors = encode_images(model, feats, names=coll.names)
+    res = image_retrieval_map(vectors, coll.labels, names=coll.names)
+    assert vectors.shape == (7, 16) and model.info["pca_train_vectors"] > 16
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert res.num_queries == 6 and 0.0 < res.mean_ap <= 1.0
     # Descriptors of another dimension than the codebook's: named, clear.
     with pytest.raises(InputError, match="image 1: descriptors of shape \\(5, 64\\)"):
-        encode_images(ev.model, [feats[0], np.zeros((5, 64), np.float32)])
+        encode_images(model, [feats[0], np.zeros((5, 64), np.float32)])
     # A PCA dimension the training vectors cannot span.
     with pytest.raises(InputError, match="span"):
         fit_vlad(feats[:1], VladConfig(k=8, pca_dim=64, pca_windows=3))
-    # IVF-PQ through the same interface (sized down for 7 vectors), scored on its rankings.
-    ev_pq = evaluate_vlad(feats, coll.labels, config=cfg, search="ivfpq")
-    assert ev_pq.result.num_queries == 6 and 0.0 < ev_pq.result.mean_ap <= 1.0
+    # IVF-PQ (sized down for 7 vectors), scored on its rankings, and through the pipeline.
+    top = make_index(vectors, "ivfpq").search(vectors, 7).ids
+    res_pq = evaluate_rankings(top, coll.labels)
+    assert res_pq.num_queries == 6 and 0.0 < res_pq.mean_ap <= 1.0
+    ev_pq = evaluate(build_describer(VladDescription("sift", local, cfg)), image_dir,
+                     search="ivfpq")  # fmt: skip
+    assert ev_pq.result.mean_ap == res_pq.mean_ap
 
 
 def _synthetic_features(groups, views, n=60, d=16, seed=0):
@@ -286,7 +300,7 @@ def test_ivfpq_vlad_branch_is_exact_when_the_codes_are():
 
 def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
     model, _ = tiny_model
-    d = make_describer(model)
+    d = make_local_describer(model)
     assert d.patch_size == model.config.patch_size
     f = local_features(
         cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=LocalConfig(max_regions=30)
@@ -426,10 +440,10 @@ def test_oxford_two_sequences_sift():
         paths += files
         labels += [g] * len(files)
     feats = describe_images(
-        paths, make_describer("sift"), config=LocalConfig(max_regions=150), progress=False
+        paths, make_local_describer("sift"), config=LocalConfig(max_regions=150), progress=False
     )
-    ev = evaluate_vlad(feats, np.array(labels), config=VladConfig(k=16, pca_dim=None))
-    assert ev.result.mean_ap == 1.0
+    vectors = encode_images(fit_vlad(feats, VladConfig(k=16, pca_dim=None)), feats)
+    assert image_retrieval_map(vectors, np.array(labels)).mean_ap == 1.0
 
 
 def test_one_default_for_pca_and_max_side_in_python_and_cli():
@@ -438,7 +452,7 @@ def test_one_default_for_pca_and_max_side_in_python_and_cli():
     assert VladConfig().pca_dim is None
     assert VladConfig(pca_dim=0).pca_dim is None
     assert LocalConfig().max_side == 1024
-    with pytest.raises(InputError, match="pca_dim must be >= 1"):
+    with pytest.raises(InputError, match="pca_dim must be None or an int >= 1"):
         VladConfig(pca_dim=-1)
 
 
@@ -482,8 +496,59 @@ def test_cli_local_dim_no_whiten_and_search_reach_the_results(image_dir, tmp_pat
     assert doc["vlad"]["pca_whiten"] is False and doc["search"]["method"] == "ivfpq"
     coll = load_image_folder(image_dir)
     feats = describe_images(
-        coll.paths, make_describer("sift"), config=LocalConfig(max_regions=60), progress=False
+        coll.paths, make_local_describer("sift"), config=LocalConfig(max_regions=60), progress=False
     )
     cfg = VladConfig(k=8, local_dim=32, pca_dim=8, pca_whiten=False)
     ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names, search="ivfpq")
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
+
+
+def test_local_vlad_runs_the_revisited_protocol(image_dir, tmp_path, capsys):
+    # --gnd with --local (refused before the one pipeline): the database is imlist, the
+    # queries are qimlist cropped to their boxes, described by the same VLAD model (fitted on
+    # the database images); checked against a direct computation.
+    import pickle
+
+    from retrieval.metrics import revisited_map
+
+    flat = tmp_path / "jpg"
+    flat.mkdir()
+    names = []
+    for g in sorted(p for p in image_dir.iterdir() if p.is_dir()):
+        for f in sorted(g.glob("*.png")):
+            names.append(f"{g.name}{f.stem}")
+            cv2.imwrite(str(flat / f"{names[-1]}.jpg"), cv2.imread(str(f)))
+    boxes = [[0, 0, 400, 400], [20, 10, 200, 180]]
+    gnd = {
+        "imlist": names,
+        "qimlist": [names[0], names[4]],
+        "gnd": [
+            {"bbx": boxes[0], "easy": [1], "hard": [], "junk": [0]},
+            {"bbx": boxes[1], "easy": [5], "hard": [], "junk": []},
+        ],
+    }
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    out = tmp_path / "r.json"
+    rc = main(["eval-images", "--images", str(flat), "--gnd", str(tmp_path / "gnd.pkl"),
+               "--local", "sift", "--k", "8", "--max-regions", "100", "--json", str(out),
+               "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["protocol"] == "revisited" and doc["map"] == doc["medium"]["map"]
+    assert doc["num_database"] == 6 and doc["num_queries"] == 2
+    # Direct: VLAD fitted on the database images, queries cropped as PIL crops.
+    d = make_local_describer("sift")
+    local = LocalConfig(max_regions=100)
+    db = describe_images(sorted(flat.glob("*.jpg"), key=lambda p: names.index(p.stem)), d,
+                         config=local, progress=False)  # fmt: skip
+    model = fit_vlad(db, VladConfig(k=8))
+    crops = []
+    for name, (x1, y1, x2, y2) in zip(gnd["qimlist"], boxes):
+        img = cv2.imread(str(flat / f"{name}.jpg"))[..., ::-1]
+        crops.append(np.ascontiguousarray(img[y1:y2, x1:x2]))
+    q = encode_images(model, describe_images(crops, d, config=local, progress=False))
+    v = encode_images(model, db)
+    order = np.argsort(-(q.astype(np.float64) @ v.T.astype(np.float64)), axis=1, kind="stable")
+    want = revisited_map(order.T, gnd["gnd"])
+    for p in ("easy", "medium", "hard"):
+        assert doc[p]["map"] == want[p]["map"], p

@@ -266,7 +266,7 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     shutil.rmtree(ckpt, ignore_errors=True)
     p = "" if head.p is None else f"p {cfg.p:g} -> {float(head.p.get_value()):.3f}; "
     print(
-        f"saved {out}: {head.kind}{' + whitening' if head.whitened else ''} head, "
+        f"saved {out}: {head.head}{' + whitening' if head.whitened else ''} head, "
         f"{head.dim}-D; {p}{validation_summary(report, 'the initial head')}; "
         f"{report.steps} steps ({report.steps_per_second:.1f} steps/s), "
         f"{time.perf_counter() - t0:.0f} s"

@@ -162,9 +162,9 @@ _ADAM = optax.scale_by_adam()
 _TRACES = [0]  # compilations of _train_step (reported; tested)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "levels", "cap", "loss"))
+@functools.partial(jax.jit, static_argnames=("head", "levels", "cap", "loss"))
 def _train_step(
-    kind, levels, cap, loss, params, params0, opt_state, maps, mask, labels, rowmask, hyper
+    head, levels, cap, loss, params, params0, opt_state, maps, mask, labels, rowmask, hyper
 ):
     """One Adam step on a batch; ``hyper`` = (lr, margin, p_lr_scale, weight decay), traced.
 
@@ -175,7 +175,7 @@ def _train_step(
     lr, margin, p_scale, decay = hyper
 
     def objective(prm):
-        v = head_forward(prm, maps, mask, kind=kind, levels=levels, max_regions=cap)
+        v = head_forward(prm, maps, mask, head=head, levels=levels, max_regions=cap)
         return _LOSSES[loss](v, labels, margin, rowmask)
 
     value, grads = jax.value_and_grad(objective)(params)
@@ -222,7 +222,7 @@ def _check_data(maps, labels, what: str) -> np.ndarray:
 def validation_map(head_params: HeadParams, maps: HeadMaps, labels, config, cap=None) -> float:
     """Groups-protocol mAP (every image of a group queries the others) of a head on maps."""
     fn = lambda x, m: _forward(
-        head_params, x, m, kind=config.head, levels=config.levels, max_regions=cap
+        head_params, x, m, head=config.head, levels=config.levels, max_regions=cap
     )
     v = _chunks(fn, maps.maps, maps.mask)
     return float(evaluate_scores(v.astype(np.float64) @ v.T.astype(np.float64), labels).mean_ap)
@@ -297,9 +297,9 @@ def train_global_head(
     fingerprint = _fingerprint(maps, lab, validation, config, seed)
     steps_per_epoch = -(-len(groups) // config.groups_per_batch)
     schedule = _schedule(config, config.epochs * steps_per_epoch)
-    kind, levels = config.head, config.levels
+    head, levels = config.head, config.levels
     cap = cap_val = None
-    if kind == "rmac":
+    if head == "rmac":
         cap = region_cap(maps.mask, levels)
         cap_val = None if validation is None else region_cap(validation[0].mask, levels)
 
@@ -319,7 +319,7 @@ def train_global_head(
         """Pool mining (with this epoch's starting head), then the batches of the epoch."""
         mine = None
         if config.mining == "pool":
-            fn = lambda x, m, p=params: _forward(p, x, m, kind=kind, levels=levels, max_regions=cap)
+            fn = lambda x, m, p=params: _forward(p, x, m, head=head, levels=levels, max_regions=cap)
             desc = _chunks(fn, maps.maps, maps.mask)
             mine = _pool_miner(desc, lab, config, seed, epoch)
         plan = _epoch_plan(groups, lab, config, seed, epoch, mine)
@@ -328,7 +328,7 @@ def train_global_head(
             rows = plan.rows[s]
             hyper = (np.float32(schedule(step + s)), *hyper_fixed)
             params, opt_state, value, finite = _train_step(
-                kind,
+                head,
                 levels,
                 cap,
                 config.loss,
@@ -366,13 +366,13 @@ def train_global_head(
     report.seconds = time.perf_counter() - t_start
     report.steps_per_second = run.steps / run.seconds if run.seconds else 0.0
     report.traces = _TRACES[0] - traces0
-    head = GlobalHead(
+    model = GlobalHead(
         run.best,
-        kind=kind,
+        head=head,
         channels=maps.maps.shape[3],
         levels=levels,
         backbone=backbone,
         config=config,
         training={"report": report.to_dict()},
     )
-    return head, report
+    return model, report

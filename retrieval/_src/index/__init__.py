@@ -90,6 +90,7 @@ import numpy as np
 
 from ckn import InputError
 from ckn.files import atomic_path
+from retrieval._src.describer import DEFAULT_BACKBONE
 from retrieval._src.index.build import add_to_index, build_index, describe_for_index
 from retrieval._src.index.core import (
     IndexQueryResult,
@@ -97,7 +98,7 @@ from retrieval._src.index.core import (
     SavedIndex,
     _make_searcher,
 )
-from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES
+from retrieval._src.index.models import LOCAL_BASELINES
 from retrieval._src.index.query import index_info, query_images, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ckn import InputError
-from retrieval._src.local import make_describer
+from retrieval._src.local import make_local_describer
 
-DEFAULT_BACKBONE = "efficientnet-lite0"
 LOCAL_BASELINES = ("sift", "rootsift", "pixels")
 
 
@@ -69,7 +68,7 @@ _BACKBONES: dict[tuple[str, str], Any] = {}
 
 def _backbone(spec: str, sha: str | None = None):
     """The backbone of "NAME[:FILE]" and its weights file's SHA-256 (checked against ``sha``)."""
-    from retrieval._src.global_eval import load_backbone_spec
+    from retrieval._src.describer import load_backbone_spec
 
     path = _weights_path(spec)
     got = _sha256_any(path)
@@ -87,7 +86,7 @@ def _backbone(spec: str, sha: str | None = None):
 
 def _describer(spec: str, sha: str | None = None):
     if spec in LOCAL_BASELINES:
-        return make_describer(spec), None
+        return make_local_describer(spec), None
     folder = Path(spec)
     if not folder.is_dir():
         raise InputError(f"--local: not sift, rootsift, pixels nor a model folder: {spec}")
@@ -97,4 +96,4 @@ def _describer(spec: str, sha: str | None = None):
             f"the model {folder} changed since the index was built "
             f"(SHA-256 {got[:12]}... instead of {sha[:12]}...): rebuild the index"
         )
-    return make_describer(str(folder)), got
+    return make_local_describer(str(folder)), got
