@@ -1,6 +1,6 @@
 """The saved searchable image index and the search engines (stage: vectors -> ranked images).
 
-:func:`build_index` describes a folder once (global descriptors or VLAD),
+:func:`build_index` describes a folder once (any describer of :mod:`retrieval.image`),
 :func:`save_index` / :func:`load_index` / :func:`add_to_index` keep it on disk,
 :func:`query_index` ranks the indexed images for a query image. The search engines
 (:class:`ExactIndex`, :class:`FaissIndex`, :func:`make_index`) work on plain vectors.
@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from retrieval._src.index import (
+    CLAIMS,
     DEFAULT_BACKBONE,
     EXACT_LIMIT,
     RERANK,
@@ -16,6 +17,7 @@ from retrieval._src.index import (
     WHITEN_MODES,
     IndexQueryResult,
     IndexSettings,
+    Mismatch,
     Part,
     SavedIndex,
     add_to_index,
@@ -24,9 +26,11 @@ from retrieval._src.index import (
     describe_for_index,
     index_info,
     load_index,
+    mismatch_text,
     query_images,
     query_index,
     save_index,
+    settings_mismatch,
 )
 from retrieval._src.index_figure import (
     query_figure,
@@ -41,6 +45,7 @@ from retrieval._src.search import (
 )
 
 __all__ = [
+    "CLAIMS",
     "DEFAULT_BACKBONE",
     "EXACT_LIMIT",
     "ExactIndex",
@@ -48,6 +53,7 @@ __all__ = [
     "Index",
     "IndexQueryResult",
     "IndexSettings",
+    "Mismatch",
     "Part",
     "RERANK",
     "SEARCH_MODES",
@@ -61,9 +67,11 @@ __all__ = [
     "index_info",
     "load_index",
     "make_index",
+    "mismatch_text",
     "query_figure",
     "query_images",
     "query_index",
     "recall_at",
     "save_index",
+    "settings_mismatch",
 ]

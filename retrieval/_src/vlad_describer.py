@@ -82,6 +82,14 @@ class VladDescriber(BaseDescriber):
         self._memo = {} if memo is None else memo
         self.train_info: dict = {}
 
+    def with_config(self, config: VladDescription) -> VladDescriber:
+        """The same patch describer (and kept local descriptors) with another config."""
+        return VladDescriber(config, patches=self.patches, memo=self._memo)
+
+    def with_model(self, model: VladModel) -> VladDescriber:
+        """The describer with a fitted model (e.g. an index's)."""
+        return VladDescriber(self.config, patches=self.patches, model=model, memo=self._memo)
+
     def local_features(self, images, *, progress=False, desc="describing images") -> list:
         """The :class:`retrieval.local.LocalFeatures` of every image (paths read as RGB)."""
         from tqdm.auto import tqdm

