@@ -8,7 +8,14 @@ import time
 import numpy as np
 
 import ckn
-from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    add_command,
+    add_precision_flag,
+    declare_paths,
+    fields_as_flags,
+)
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -24,7 +31,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     n = patches.shape[0]
     h, w, c = model.config.output_shape(patches.shape[1], patches.shape[2])
     # Every check of describe() before the output file is created.
-    ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
+    with fields_as_flags({"any_size": "--any-size"}):
+        ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
     t0 = time.perf_counter()
     with ckn.files.atomic_path(args.out) as tmp:
         # Written straight into a memory-mapped .npy: bounded memory for large files.
