@@ -99,7 +99,7 @@ class PostConfig:
 
     whiten: str = setting(
         "none", choices=WHITENINGS,
-        help="whitening fitted on other images (whiten_images); learned needs group "
+        help="whitening fitted on other images (never the evaluated ones); learned needs group "
         "subfolders there",
     )  # fmt: skip
     whiten_dim: int | None = setting(
