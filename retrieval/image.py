@@ -7,7 +7,8 @@ R-MAC, CroW, neural codes; multi-scale :func:`extract_global`), a learned head
 (:class:`LearnedHeadDescription`, :func:`train_global_head`), CAM OfA
 (:class:`CamDescription`), VLAD of local descriptors (:class:`VladDescription`).
 Post-processing (PCA and learned whitening, database-side augmentation), scorers
-(:class:`Scorer`: CAM OnA and re-ranking, :class:`QueryExpansion`), and the one evaluation
+(:class:`Scorer`: CAM OnA and re-ranking, :class:`SpatialVerification` of the shortlist
+(:class:`VerifyConfig`), :class:`QueryExpansion`), and the one evaluation
 :func:`evaluate` over folders of images (:func:`load_image_folder`) in the groups or the
 revisited protocol. The backbones are in :mod:`retrieval.nets`, local descriptors and VLAD in
 :mod:`retrieval.local`, the metrics in :mod:`retrieval.metrics`.
@@ -133,6 +134,7 @@ from retrieval._src.scoring import (
     ScoringContext,
     scores_of,
 )
+from retrieval._src.spatial import SpatialVerification, VerifyConfig, verified_scores
 from retrieval._src.vlad_describer import VladDescriber, VladDescription
 
 __all__ = [
@@ -178,6 +180,8 @@ __all__ = [
     "ScaleConfig",
     "Scorer",
     "ScoringContext",
+    "SpatialVerification",
+    "VerifyConfig",
     "VladDescriber",
     "VladDescription",
     "WHITENINGS",
@@ -240,4 +244,5 @@ __all__ = [
     "thumbnail",
     "train_global_head",
     "usable_images",
+    "verified_scores",
 ]

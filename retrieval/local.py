@@ -3,7 +3,9 @@
 Interest regions and oriented patch sampling (:func:`detect_regions`,
 :func:`sample_patches`, :class:`RegionSpec`), local descriptors at those regions
 (SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_local_describer`), and
-the VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`). VLAD as a describer
+the VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`), spatial verification
+of a pair (:func:`mutual_matches`, :func:`fit_geometry` over :data:`GEOMETRIC_MODELS`,
+:func:`verify_pair`) and the bounded :class:`FeatureCache`. VLAD as a describer
 of the image pipeline (``VladDescription``) and its evaluation (``evaluate``) are in
 :mod:`retrieval.image`.
 """
@@ -27,6 +29,20 @@ from retrieval._src.regions import (
     sample_patches,
     select_regions,
 )
+from retrieval._src.verification import (
+    GEOMETRIC_MODELS,
+    FeatureCache,
+    GeometricModel,
+    Geometry,
+    Matches,
+    Verification,
+    batch_matches,
+    fit_geometry,
+    match_batch,
+    mutual_matches,
+    transfer_error,
+    verify_pair,
+)
 from retrieval._src.vlad import (
     VladNorm,
     fit_codebook,
@@ -43,12 +59,18 @@ from retrieval._src.vlad_fit import (
 )
 
 __all__ = [
+    "FeatureCache",
+    "GEOMETRIC_MODELS",
+    "GeometricModel",
+    "Geometry",
     "LocalConfig",
     "LocalDescriber",
     "LocalFeatures",
     "MAGNIFICATION",
+    "Matches",
     "RegionSpec",
     "Regions",
+    "Verification",
     "VladConfig",
     "VladModel",
     "VladNorm",
@@ -56,12 +78,18 @@ __all__ = [
     "detect_regions",
     "encode_images",
     "fit_codebook",
+    "batch_matches",
+    "fit_geometry",
+    "match_batch",
     "fit_vlad",
     "local_features",
     "make_local_describer",
+    "mutual_matches",
     "sample_patch",
     "sample_patches",
     "select_regions",
+    "transfer_error",
+    "verify_pair",
     "vlad_core",
     "vlad_encode",
     "vlad_encode_batch",

@@ -290,6 +290,17 @@ def _close(d: Described | None) -> None:
             v.close()
 
 
+def _with_images(d: Described, images, keep) -> Described:
+    """``d`` with its images as the extra "images" (a (N,) object array) when a scorer keeps
+    them (spatial verification: database paths, query paths or crops)."""
+    if "images" not in keep:
+        return d
+    arr = np.empty(len(images), dtype=object)
+    for i, im in enumerate(images):
+        arr[i] = im
+    return d._replace(extras={**d.extras, "images": arr})
+
+
 def _described(describer, images, progress, keep=frozenset()) -> Described:
     d = describer.describe(images, progress=progress, keep=keep)
     v = checked_vectors(d.vectors, len(images), f"the {describer.label} describer")
@@ -455,6 +466,8 @@ def evaluate(
     chain = _chain(scorers, post)
     for s in chain:
         s.check(describer, post)
+        if hasattr(s, "check_size"):
+            s.check_size(n_db)
     _check_search(search, gnd, chain)
     queries = plan.query_images(describer.min_size)
     info: dict = {"seconds": {}, "skipped_images": [*plan.skipped, *w_skipped]}
@@ -467,12 +480,12 @@ def evaluate(
         )
     keep = frozenset().union(*(s.keeps for s in chain))
     t0 = time.perf_counter()
-    db = _described(describer, plan.db, progress, keep)
+    db = _with_images(_described(describer, plan.db, progress, keep), plan.db, keep)
     qd = None
     try:
         extract = db.info
         if gnd is not None:
-            qd = _described(describer, queries, progress)
+            qd = _with_images(_described(describer, queries, progress), queries, keep)
             extract = _merge(extract, qd.info)
         sec["describe"] = time.perf_counter() - t0
         sec["describe_per_image"] = sec["describe"] / (n_db + len(queries))

@@ -10,7 +10,12 @@ block of queries to its scorers in order. A :class:`Scorer` has:
   hands it blocks of one query; otherwise one block holds every query);
 * ``keeps``: what the database's description must keep for it (CAM: ``{"maps"}``);
 * ``check(describer, post)``: refuses, before any image is described, a describer or a
-  post-processing it cannot work with.
+  post-processing it cannot work with; optionally ``check_size(num_database)`` (a shortlist
+  longer than the database: spatial verification).
+
+A scorer that keeps ``"images"`` gets the images themselves as the extra ``"images"`` of the
+database and of the queries (a (N,) object array: paths, or arrays such as the revisited
+query crops): spatial verification (:mod:`retrieval._src.spatial`) reads them.
 
 Query expansion (:class:`QueryExpansion`, ``PostConfig.qe``) is the scorer every mode shares:
 the formula of :func:`retrieval.image.expand_with` over the top k of the current scores with the

@@ -10,6 +10,8 @@
     every mode: [--max-side 1024] [--whiten none|pca|learned --whiten-images DIR2] \\
         [--whiten-dim D] [--qe K] [--alpha A] [--dba K] [--gnd FILE] [--search exact|ivfpq] \\
         [--json OUT] [--figure PNG]
+        [--verify sift|rootsift|MODEL_DIR [--verify-top 100] [--verify-ratio 0.9]
+         [--verify-model affine|homography] [--min-inliers 10]]
 
 The mode flag selects a describer (:mod:`retrieval.cli.image_modes`: VLAD of local
 descriptors, a pooling head over an ImageNet CNN, a learned head from ``ckn train-global``,
@@ -56,11 +58,13 @@ from retrieval.cli.flags import (
     weights_path,
 )
 from retrieval.cli.image_modes import (
+    VERIFY_FIELDS,
     check_options,
     describer_config,
     mode_of,
     register_options,
     scorers_of,
+    verify_config,
 )
 from retrieval.cli.image_report import (
     describer_doc,
@@ -78,6 +82,7 @@ from retrieval.image import (
     LearnedHeadDescription,
     PostConfig,
     ScaleConfig,
+    VerifyConfig,
     VladDescription,
     build_describer,
     evaluate,
@@ -89,6 +94,8 @@ def _paths(args: argparse.Namespace) -> Paths:
     """--json and --figure (suffixes checked; missing folders are created when they are
     written) against every file and folder the command reads."""
     local = args.local if args.local is not None and Path(args.local).exists() else None
+    verify = args.descriptor if args.descriptor is not None and Path(args.descriptor).exists() \
+        else None  # fmt: skip
     return Paths(
         [
             Output("--json", args.json, suffix=".json"),
@@ -102,6 +109,7 @@ def _paths(args: argparse.Namespace) -> Paths:
             "--global-head": args.global_head,
             "--local": local,
             "--backbone": weights_path(args.backbone),
+            "--verify": verify,
         },
     )
 
@@ -151,6 +159,20 @@ def _result_label(args, mode: str, ev, config) -> str:
     return f"{ev.describer.label}, {ev.info['dim']}-D, {search} search"
 
 
+def _verification_doc(ev, verify) -> dict | None:
+    """The verification's settings, counts and times (None without --verify), printed too."""
+    if verify is None:
+        return None
+    rec = ev.info["verification"]
+    print(
+        f"verified {rec['pairs']} pairs: {rec['seconds_per_query']:.3f} s per query "
+        f"({rec['seconds_per_query_cached']:.3f} s with the database features cached), "
+        f"database features {rec['seconds_database_features']:.1f} s, cache peak "
+        f"{rec['cache']['peak_mb']:.1f} MiB"
+    )
+    return rec
+
+
 def cmd_eval_images(args: argparse.Namespace) -> int:
     meta = provenance.start()
     mode = mode_of(args)
@@ -162,7 +184,9 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     with fields_as_flags(args.field_flags):
         post = PostConfig(**given(args, PostConfig))
         config = describer_config(args, mode)
+        verify = verify_config(args)
         describer = build_describer(config)
+        scorers = scorers_of(config, verify)
     if mode == "global-head" and args.head is not None and args.head != describer.head.head:
         kind = describer.head.head
         raise InputError(
@@ -170,10 +194,13 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
             f"leave --global out or give --global {kind}"
         )
     print(_header(args, mode, config, describer, post))
+    if verify is not None:
+        sv = scorers[-1]
+        print(f"spatial verification: {verify.label}, {sv.patches.dim}-D local descriptors")
     with warnings.catch_warnings(record=True) as caught, fields_as_flags(args.field_flags):
         warnings.simplefilter("always", UserWarning)
         ev = evaluate(
-            describer, args.images, post, scorers=scorers_of(config),
+            describer, args.images, post, scorers=scorers,
             whiten_images=args.whiten_images, codebook_images=args.codebook_images,
             gnd=args.gnd, search=args.search or "exact", progress=not args.quiet,
             strict=args.strict,
@@ -199,6 +226,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     doc = protocol_doc(ev, args, label)
     doc.update(local_doc(ev, args, config) if mode == "local" else
                global_doc(ev, args, config, post))  # fmt: skip
+    doc["verification"] = _verification_doc(ev, verify)
     doc["describer"] = describer_doc(config)
     doc["post"] = dataclasses.asdict(post)
     doc["arguments"] = arguments(args)
@@ -279,6 +307,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     w = p.add_argument_group("post-processing and search")
     add_settings(w, PostConfig, ["whiten", "whiten_dim", "qe", "alpha", "dba"])
+    v = p.add_argument_group("spatial verification (after any mode, before --qe)")
+    add_settings(v, VerifyConfig, VERIFY_FIELDS[:1], show_default=False,
+                 metavar={"descriptor": "sift|rootsift|MODEL_DIR"})  # fmt: skip
+    add_settings(v, VerifyConfig, VERIFY_FIELDS[1:])
     w.add_argument(
         "--whiten-images",
         default=None,

@@ -12,6 +12,9 @@ mode                flag                                   describer config
 ``cam``             ``--global cam``                       ``CamDescription`` (+ scorers)
 ==================  =====================================  ===========================
 
+Every mode may add spatial verification of its shortlist (``--verify``, options from
+:class:`retrieval.image.VerifyConfig`: :func:`verify_config`), a scorer after the mode's own.
+
 :data:`APPLIES` is THE table of which option applies to which mode; a command registers the
 options it has (each from its config dataclass: :mod:`retrieval.cli.fields`), and
 :func:`check_options` refuses, in one line, an option given in a mode it does not apply to.
@@ -35,6 +38,8 @@ from retrieval.image import (
     LearnedHeadDescription,
     PoolingDescription,
     ScaleConfig,
+    SpatialVerification,
+    VerifyConfig,
     VladDescription,
     cam_scorers,
 )
@@ -79,7 +84,15 @@ APPLIES: dict[str, frozenset] = {
     "--local-dim": _LOCAL,
     "--max-regions": _LOCAL,
     "--seed": _LOCAL,
+    "--verify": ALL,
+    "--verify-top": ALL,
+    "--verify-ratio": ALL,
+    "--verify-model": ALL,
+    "--min-inliers": ALL,
 }
+
+#: The options of spatial verification (:class:`retrieval.image.VerifyConfig`'s fields).
+VERIFY_FIELDS = ("descriptor", "top", "ratio", "model", "min_inliers")
 
 
 def mode_of(args: argparse.Namespace) -> str:
@@ -148,6 +161,23 @@ def describer_config(args: argparse.Namespace, mode: str):
     return CamDescription(**backbone, scales=_scales(args, default.scales), cam=cam)
 
 
-def scorers_of(config) -> tuple:
-    """The scorers a mode's config asks for (CAM: OnA, re-ranking)."""
-    return cam_scorers(config.cam) if isinstance(config, CamDescription) else ()
+def verify_config(args: argparse.Namespace) -> VerifyConfig | None:
+    """The spatial verification the options ask for (``--verify``), or None.
+
+    Raises:
+      InputError: a verification option without ``--verify``.
+    """
+    values = given(args, VerifyConfig, VERIFY_FIELDS)
+    if "descriptor" not in values:
+        if values:
+            flags = ", ".join(args.field_flags[k] for k in values)
+            raise InputError(f"{flags} needs --verify sift|rootsift|MODEL_DIR")
+        return None
+    return VerifyConfig(**values)
+
+
+def scorers_of(config, verify: VerifyConfig | None = None) -> tuple:
+    """The scorers a mode's config asks for (CAM: OnA, re-ranking), then spatial verification
+    when ``verify`` is given (query expansion, last, is the pipeline's)."""
+    out = cam_scorers(config.cam) if isinstance(config, CamDescription) else ()
+    return out if verify is None else (*out, SpatialVerification(verify))

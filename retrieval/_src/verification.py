@@ -1,0 +1,394 @@
+"""Spatial verification of a pair of images: matches of local descriptors, one geometric model.
+
+The pieces the spatial-verification scorer re-ranks a shortlist with (Philbin et al. 2007;
+Noh et al. 2017, DELG's re-ranking), each usable alone:
+
+1. **Local features** of each image: :func:`retrieval.local.local_features` (SIFT / DoG
+   regions, oriented patches described by SIFT, RootSIFT or a CKN model).
+2. **Tentative matches** (:func:`mutual_matches`): query descriptor i and database descriptor j
+   match when each is the other's nearest neighbour (Euclidean distance) and i passes Lowe's
+   ratio test, ``d(i, j) < ratio * d(i, j2)`` with j2 its second nearest neighbour.
+3. **Geometry** (:func:`fit_geometry`, models in :data:`GEOMETRIC_MODELS`): RANSAC of an
+   affine map (OpenCV ``estimateAffine2D``) or a homography (``findHomography``) from the
+   query's region centres to the database image's, with OpenCV's random generator seeded
+   (``cv2.setRNGSeed``) before each fit so that a pair always gives the same answer.
+4. **Inliers** (:func:`verify_pair`): the matches the fitted model maps within
+   ``threshold`` pixels; their number is the pair's verification score.
+
+:class:`FeatureCache` keeps the local features of database images for a run within a bound
+on memory (least recently used first out).
+
+Matching: :func:`mutual_matches` is the plain NumPy definition (float64); :func:`match_batch`
+computes the same matches of one query against a batch of images in one jitted call (float32,
+descriptor counts padded to a power of two (:func:`padded`) and masked: few shapes, few
+compilations), used by :func:`verify_pair` (:func:`batch_matches`) and the scorer. RANSAC is
+OpenCV's, one pair at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import NamedTuple
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ckn import InputError
+
+
+class Matches(NamedTuple):
+    """Tentative matches between two images' local descriptors.
+
+    Attributes:
+      query: (M,) int64 rows of the first (query) image's descriptors.
+      database: (M,) int64 rows of the second image's descriptors.
+      distance: (M,) float64 Euclidean distances of the matched pairs.
+    """
+
+    query: np.ndarray
+    database: np.ndarray
+    distance: np.ndarray
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.query.shape[0])
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) float64 Euclidean distances between the rows of a (n, D) and b (m, D)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def mutual_matches(a, b, ratio: float = 0.9) -> Matches:
+    """Mutual nearest neighbours of two descriptor sets that pass the ratio test.
+
+    Args:
+      a: (n, D) descriptors of the query image.
+      b: (m, D) descriptors of the database image.
+      ratio: Lowe's ratio in (0, 1]: i's nearest neighbour j is kept when
+        ``d(i, j) < ratio * d(i, j2)`` (j2: the second nearest; with m = 1 every nearest
+        neighbour passes). 1 keeps every mutual nearest neighbour that is not a tie.
+
+    Returns:
+      :class:`Matches` in increasing order of query row.
+
+    Raises:
+      InputError: descriptors of different dimension, or a ratio outside (0, 1].
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise InputError(f"descriptors must be (n, D) and (m, D), got {a.shape} and {b.shape}")
+    if not 0.0 < float(ratio) <= 1.0:
+        raise InputError(f"ratio must be in (0, 1], got {ratio}")
+    empty = np.zeros(0, np.int64)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return Matches(empty, empty, np.zeros(0))
+    d = _distances(a, b)
+    nn = np.argmin(d, axis=1)
+    rows = np.arange(a.shape[0])
+    d1 = d[rows, nn]
+    keep = np.argmin(d, axis=0)[nn] == rows  # mutual
+    if b.shape[0] > 1:
+        d2 = np.partition(d, 1, axis=1)[:, 1]
+        keep &= d1 < ratio * d2
+    q = rows[keep].astype(np.int64)
+    return Matches(q, nn[keep].astype(np.int64), d1[keep])
+
+
+@jax.jit
+def match_batch(query, query_mask, database, database_mask, ratio):
+    """:func:`mutual_matches` of one query against a batch of images, jitted (static shapes).
+
+    Args:
+      query: (n, D) float32 descriptors of the query, padded; query_mask: (n,) bool, real rows.
+      database: (B, m, D) float32 descriptors of B images, padded; database_mask: (B, m) bool.
+      ratio: Lowe's ratio (traced scalar).
+
+    Returns:
+      (nn, keep, distance): (B, n) int32 nearest database row of each query row, (B, n) bool
+      whether (i, nn) is a match (mutual, passes the ratio test, both rows real), (B, n)
+      float32 its distance. A padded image (no real row) has no match.
+    """
+    q = query.astype(jnp.float32)
+    db = database.astype(jnp.float32)
+    d2 = (
+        jnp.sum(q * q, -1)[None, :, None]
+        + jnp.sum(db * db, -1)[:, None, :]
+        - 2.0 * jnp.einsum("nd,bmd->bnm", q, db, precision=jax.lax.Precision.HIGHEST)
+    )
+    d = jnp.sqrt(jnp.maximum(d2, 0.0))
+    valid = query_mask[None, :, None] & database_mask[:, None, :]
+    d = jnp.where(valid, d, jnp.inf)
+    nn = jnp.argmin(d, axis=2)  # (B, n)
+    d1 = jnp.take_along_axis(d, nn[..., None], 2)[..., 0]
+    second = jnp.min(
+        jnp.where(jnp.arange(d.shape[2])[None, None, :] == nn[..., None], jnp.inf, d), axis=2
+    )
+    back = jnp.argmin(d, axis=1)  # (B, m): nearest query row of each database row
+    mutual = jnp.take_along_axis(back, nn, 1) == jnp.arange(d.shape[1])[None, :]
+    passes = jnp.where(jnp.isfinite(second), d1 < ratio * second, True)
+    keep = mutual & passes & jnp.isfinite(d1)
+    return nn.astype(jnp.int32), keep, d1
+
+
+#: Descriptor counts are padded to a power of two, at least this, for :func:`match_batch`
+#: (few shapes, few compilations).
+PAD = 128
+
+
+def padded(rows: int, smallest: int = PAD) -> int:
+    """The smallest power of two >= ``rows`` and >= ``smallest``."""
+    n = int(smallest)
+    while n < rows:
+        n *= 2
+    return n
+
+
+def pad_descriptors(descriptors, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """((rows, D) float32 descriptors zero-padded, (rows,) bool mask of the real ones)."""
+    x = np.asarray(descriptors, np.float32)
+    out = np.zeros((rows, x.shape[1]), np.float32)
+    out[: len(x)] = x
+    return out, np.arange(rows) < len(x)
+
+
+def batch_matches(
+    query, images, ratio: float, *, batch: int | None = None, rows: int | None = None
+) -> list[Matches]:
+    """:func:`mutual_matches` of a query against several images, by :func:`match_batch`.
+
+    Args:
+      query: (n, D) descriptors; images: a list of (m_b, D) descriptors; ratio: Lowe's.
+      batch: images per jitted call (None: all at once); the last call is padded with empty
+        images, so every call has the same shape.
+      rows: database rows every image is padded to (None: the largest, rounded up to
+        :func:`padded`); at least the largest.
+
+    Returns:
+      One :class:`Matches` per image (float32 distances, as :func:`match_batch`).
+    """
+    if not images:
+        return []
+    q, qm = pad_descriptors(query, padded(len(query)))
+    rows = padded(max([len(x) for x in images] + [rows or 0]))
+    batch = len(images) if batch is None else int(batch)
+    empty = np.zeros((0, q.shape[1]), np.float32)
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = list(images[start : start + batch])
+        n_real = len(chunk)
+        chunk += [empty] * (batch - n_real)
+        db, dm = zip(*(pad_descriptors(x, rows) for x in chunk))
+        nn, keep, dist = jax.device_get(
+            match_batch(q, qm, np.stack(db), np.stack(dm), np.float32(ratio))
+        )
+        for b in range(n_real):
+            i = np.flatnonzero(keep[b]).astype(np.int64)
+            out.append(Matches(i, nn[b, i].astype(np.int64), dist[b, i].astype(np.float64)))
+    return out
+
+
+class Geometry(NamedTuple):
+    """A fitted geometric model and its inliers.
+
+    Attributes:
+      model: (3, 3) float64 map from query to database pixel coordinates (homogeneous; the
+        last row of an affine map is (0, 0, 1)), or None when no model was found.
+      inliers: (M,) bool, the matches the model maps within the threshold.
+    """
+
+    model: np.ndarray | None
+    inliers: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """The number of inliers."""
+        return int(self.inliers.sum())
+
+
+def _affine(src, dst, threshold, max_iters, confidence):
+    m, mask = cv2.estimateAffine2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold,
+        maxIters=max_iters, confidence=confidence, refineIters=10,
+    )  # fmt: skip
+    return (None if m is None else np.vstack([m, [0.0, 0.0, 1.0]])), mask
+
+
+def _homography(src, dst, threshold, max_iters, confidence):
+    return cv2.findHomography(
+        src, dst, cv2.RANSAC, threshold, maxIters=max_iters, confidence=confidence
+    )
+
+
+class GeometricModel(NamedTuple):
+    """A RANSAC-fitted model family: ``fit(src, dst, threshold, max_iters, confidence)`` ->
+    ((3, 3) model or None, OpenCV's inlier mask), and the fewest matches it needs."""
+
+    fit: Callable
+    min_matches: int
+
+
+#: The geometric models: name -> :class:`GeometricModel`.
+GEOMETRIC_MODELS: dict[str, GeometricModel] = {
+    "affine": GeometricModel(_affine, 3),
+    "homography": GeometricModel(_homography, 4),
+}
+
+
+def transfer_error(model: np.ndarray, src, dst) -> np.ndarray:
+    """(M,) pixel distances between ``model`` applied to ``src`` (M, 2) and ``dst`` (M, 2)."""
+    src = np.asarray(src, np.float64)
+    p = np.concatenate([src, np.ones((len(src), 1))], axis=1) @ np.asarray(model, np.float64).T
+    w = p[:, 2:3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = p[:, :2] / np.where(np.abs(w) < 1e-12, np.nan, w)
+    err = np.linalg.norm(xy - np.asarray(dst, np.float64), axis=1)
+    return np.where(np.isfinite(err), err, np.inf)
+
+
+def fit_geometry(
+    src,
+    dst,
+    model: str = "affine",
+    *,
+    threshold: float = 8.0,
+    max_iters: int = 2000,
+    confidence: float = 0.999,
+    seed: int = 0,
+) -> Geometry:
+    """RANSAC of one geometric model mapping ``src`` onto ``dst`` (OpenCV, seeded).
+
+    The inliers returned are those of the final (refined) model recomputed here: the
+    matches it maps within ``threshold`` pixels (OpenCV's own mask can disagree with its
+    refined model by a few points).
+
+    Args:
+      src: (M, 2) query pixel coordinates (x, y) of the matches.
+      dst: (M, 2) database pixel coordinates.
+      model: a name of :data:`GEOMETRIC_MODELS`.
+      threshold: largest transfer error of an inlier, pixels.
+      max_iters: RANSAC iterations at most.
+      confidence: RANSAC's stopping confidence.
+      seed: OpenCV's generator seed, set before the fit.
+
+    Returns:
+      :class:`Geometry` (no model and no inlier with fewer matches than the model needs).
+
+    Raises:
+      InputError: an unknown model, or src and dst of different shapes.
+    """
+    if model not in GEOMETRIC_MODELS:
+        raise InputError(f"model must be one of {', '.join(GEOMETRIC_MODELS)}, got {model!r}")
+    src = np.asarray(src, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, np.float64).reshape(-1, 2)
+    if src.shape != dst.shape:
+        raise InputError(f"src and dst must have the same shape, got {src.shape} and {dst.shape}")
+    spec = GEOMETRIC_MODELS[model]
+    none = Geometry(None, np.zeros(len(src), bool))
+    if len(src) < spec.min_matches:
+        return none
+    cv2.setRNGSeed(int(seed))
+    m, _ = spec.fit(src.astype(np.float32), dst.astype(np.float32), float(threshold),
+                    int(max_iters), float(confidence))  # fmt: skip
+    if m is None or not np.isfinite(m).all():
+        return none
+    m = np.asarray(m, np.float64)
+    return Geometry(m, transfer_error(m, src, dst) <= threshold)
+
+
+class Verification(NamedTuple):
+    """The spatial verification of one pair of images.
+
+    Attributes:
+      inliers: the number of matches consistent with the fitted model (0 without a model).
+      matches: :class:`Matches` (tentative, before geometry).
+      geometry: :class:`Geometry` of the matches.
+    """
+
+    inliers: int
+    matches: Matches
+    geometry: Geometry
+
+
+def verify_pair(
+    query,
+    database,
+    *,
+    ratio: float = 0.9,
+    model: str = "affine",
+    threshold: float = 8.0,
+    max_iters: int = 2000,
+    seed: int = 0,
+) -> Verification:
+    """Matches two images' local features and counts the matches one model explains.
+
+    Args:
+      query, database: :class:`retrieval.local.LocalFeatures` (or anything with
+        ``descriptors`` (n, D) and ``regions.xy`` (n, 2)).
+      ratio: Lowe's ratio (:func:`mutual_matches`, computed by :func:`batch_matches`).
+      model, threshold, max_iters, seed: :func:`fit_geometry`.
+
+    Returns:
+      :class:`Verification`.
+    """
+    (m,) = batch_matches(query.descriptors, [database.descriptors], ratio)
+    src = np.asarray(query.regions.xy)[m.query]
+    dst = np.asarray(database.regions.xy)[m.database]
+    g = fit_geometry(src, dst, model, threshold=threshold, max_iters=max_iters, seed=seed)
+    return Verification(g.count, m, g)
+
+
+class FeatureCache:
+    """Local features of database images for one run, within ``max_bytes`` (LRU).
+
+    ``get(key, make)`` returns the cached value of ``key`` or ``make()`` (stored, then the
+    least recently used entries are dropped until the total size fits; one entry larger than
+    the bound is returned but not kept). The size of a value is the sum of the ``nbytes`` of
+    its arrays (a :class:`retrieval.local.LocalFeatures`: descriptors and regions).
+
+    Attributes:
+      hits, misses: lookups served from the cache / computed.
+      nbytes: bytes held now; peak: the most held at once.
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self.hits = self.misses = self.nbytes = self.peak = 0
+
+    @staticmethod
+    def size_of(value) -> int:
+        """Bytes of the arrays in ``value`` (nested tuples and NamedTuples walked)."""
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        if isinstance(value, tuple):
+            return sum(FeatureCache.size_of(v) for v in value)
+        return 0
+
+    def get(self, key, make: Callable):
+        """The value of ``key``, from the cache or ``make()``."""
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        self.misses += 1
+        value = make()
+        size = self.size_of(value)
+        if size <= self.max_bytes:
+            self._items[key] = (value, size)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, (_, s) = self._items.popitem(last=False)
+                self.nbytes -= s
+            self.peak = max(self.peak, self.nbytes)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
