@@ -7,6 +7,8 @@ verified images by decreasing inliers, ties and the others in the global order);
 plain AP loop.
 """
 
+import dataclasses
+import json
 import pickle
 import warnings
 import zlib
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from ckn import InputError
+from retrieval.cli.main import main
 from retrieval.image import (
     BaseDescriber,
     Block,
@@ -25,11 +28,19 @@ from retrieval.image import (
     ScoringContext,
     SpatialVerification,
     VerifyConfig,
+    VladDescription,
+    build_describer,
     evaluate,
     read_image_any,
     verified_scores,
 )
-from retrieval.local import LocalConfig, local_features, make_local_describer, verify_pair
+from retrieval.local import (
+    LocalConfig,
+    VladConfig,
+    local_features,
+    make_local_describer,
+    verify_pair,
+)
 from retrieval.patches import default_photos
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "stereo_motorcycle"]
@@ -115,7 +126,7 @@ def test_groups_protocol_equals_the_direct_reference(folder, descriptor, model):
     ev = evaluate(_Random(), folder, scorers=(SpatialVerification(config),), depth=100)
     plain = evaluate(_Random(), folder, depth=100)
     d = make_local_describer(descriptor)
-    local = LocalConfig(max_regions=300)
+    local = LocalConfig(max_regions=300, contrast_threshold=config.contrast_threshold)
     feats = [local_features(read_image_any(p), d, config=local) for p in ev.paths]
     vecs = _Random().describe(ev.paths).vectors
     aps = []
@@ -156,7 +167,7 @@ def test_revisited_queries_are_verified_as_crops_and_qe_follows(folder, tmp_path
     ev = evaluate(_Random(), flat, scorers=(SpatialVerification(config),),
                   gnd=tmp_path / "gnd.pkl", depth=12)  # fmt: skip
     d = make_local_describer("rootsift")
-    local = LocalConfig(max_regions=300)
+    local = LocalConfig(max_regions=300, contrast_threshold=config.contrast_threshold)
     feats = [local_features(read_image_any(p), d, config=local) for p in ev.paths]
     vecs = _Random().describe(ev.paths).vectors
     for q, name in enumerate(gnd["qimlist"]):
@@ -229,3 +240,49 @@ def test_refusals(folder, tmp_path):
         sv.rescore(Block(np.array([0]), None, {"images": query}),
                    Ranked({"query": np.zeros((1, 2))}, db.vectors, np.zeros((1, 2))),
                    ScoringContext(None, db, PostConfig(), {}))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cli(capsys, *argv):
+    rc = main(["eval-images", *map(str, argv), "--quiet"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_verify_after_vlad_equals_the_library(folder, tmp_path, capsys):
+    out = tmp_path / "v.json"
+    rc, _, err = _cli(capsys, "--images", folder, "--local", "sift", "--k", "4", "--pca", "0",
+                      "--max-regions", "100", "--verify", "sift", "--verify-top", "13",
+                      "--min-inliers", "8", "--json", out)  # fmt: skip
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    config = VerifyConfig("sift", top=13, min_inliers=8)
+    vlad = VladDescription("sift", local_config=LocalConfig(max_regions=100),
+                           vlad=VladConfig(k=4, pca_dim=0))  # fmt: skip
+    ev = evaluate(build_describer(vlad), folder, scorers=(SpatialVerification(config),))
+    assert doc["map"] == ev.result.mean_ap
+    assert doc["verification"]["config"] == dataclasses.asdict(config)
+    assert doc["verification"]["pairs"] == 14 * 13 and doc["verification"]["seconds_per_query"] > 0
+
+
+def test_cli_refusals_are_one_line_exit_2_and_write_nothing(folder, tmp_path, capsys):
+    out = tmp_path / "never.json"
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    h = ["--images", folder, "--json", out]
+    cases = [
+        ([*h, "--global", "gem", "--verify-top", "5"], "--verify-top needs --verify"),
+        ([*h, "--global", "gem", "--verify", "sift", "--verify-top", "0"], "--verify-top must be"),
+        ([*h, "--global", "gem", "--verify", "sift", "--verify-top", "15"],
+         "--verify-top 15 is larger than the database (14 images)"),
+        ([*h, "--global", "gem", "--verify", empty], "not_a_model"),
+        ([*h, "--local", "sift", "--verify", "sift", "--verify-top", "5", "--search", "ivfpq"],
+         "does not combine"),
+    ]  # fmt: skip
+    for argv, msg in cases:
+        rc, _, err = _cli(capsys, *argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and msg in lines[0], (argv, err)
+        assert not out.exists()

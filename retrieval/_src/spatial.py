@@ -72,6 +72,8 @@ class VerifyConfig:
       min_inliers: fewest inliers of a verified image.
       threshold: largest transfer error of an inlier, pixels.
       regions: local regions per image at most, strongest first.
+      contrast_threshold: the SIFT detector's contrast threshold (0.01, below the patch data's
+        0.03: a query crop of a few hundred pixels has few regions at 0.03).
       max_side: images are shrunk to this long side before detection.
       cache_mb: memory for the database images' local features, MiB.
       seed: OpenCV's RANSAC seed.
@@ -99,6 +101,11 @@ class VerifyConfig:
     regions: int = setting(
         1000, minimum=1, flag="verify-regions", help="local regions per image, strongest first"
     )
+    contrast_threshold: float = setting(
+        0.01, positive=True, flag="verify-contrast",
+        help="SIFT detector contrast threshold of the verification's regions (lower: more "
+        "regions on small query crops)",
+    )  # fmt: skip
     max_side: int | None = max_side_setting()
     cache_mb: int = setting(
         1024, minimum=0, flag="verify-cache-mb",
@@ -150,6 +157,13 @@ def verified_scores(scores: np.ndarray, short: np.ndarray, inliers, min_inliers:
 class SpatialVerification:
     """The spatial-verification scorer (module docstring).
 
+    Args:
+      config: the :class:`VerifyConfig`.
+      cache: a :class:`retrieval.local.FeatureCache` shared with other runs on the same
+        database with the same local descriptor and regions (a benchmark); default: a new one
+        of ``cache_mb``.
+      patches: the loaded local describer of ``config.descriptor`` (default: loaded here).
+
     Attributes:
       config: the :class:`VerifyConfig`.
       patches: the :class:`retrieval.local.LocalDescriber` of ``config.descriptor``.
@@ -160,13 +174,16 @@ class SpatialVerification:
     per_query = True
     name = "spatial verification"
 
-    def __init__(self, config: VerifyConfig):
+    def __init__(self, config: VerifyConfig, *, cache: FeatureCache | None = None, patches=None):
         if not isinstance(config, VerifyConfig):
             raise InputError(f"SpatialVerification needs a VerifyConfig, got {config!r}")
         self.config = config
-        self.patches = make_local_describer(config.descriptor)
-        self.local = LocalConfig(max_regions=config.regions, max_side=config.max_side)
-        self.cache = FeatureCache(config.cache_mb * 2**20)
+        self.patches = make_local_describer(config.descriptor) if patches is None else patches
+        self.local = LocalConfig(
+            max_regions=config.regions, max_side=config.max_side,
+            contrast_threshold=config.contrast_threshold,
+        )  # fmt: skip
+        self.cache = FeatureCache(config.cache_mb * 2**20) if cache is None else cache
         self._query: tuple = (None, None, {})  # (query id, features, {db row: inliers})
         self.seconds: dict[int, float] = {}
         self.seconds_database = 0.0
