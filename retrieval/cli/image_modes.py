@@ -89,10 +89,11 @@ APPLIES: dict[str, frozenset] = {
     "--verify-ratio": ALL,
     "--verify-model": ALL,
     "--min-inliers": ALL,
+    "--verify-contrast": ALL,
 }
 
 #: The options of spatial verification (:class:`retrieval.image.VerifyConfig`'s fields).
-VERIFY_FIELDS = ("descriptor", "top", "ratio", "model", "min_inliers")
+VERIFY_FIELDS = ("descriptor", "top", "ratio", "model", "min_inliers", "contrast_threshold")
 
 
 def mode_of(args: argparse.Namespace) -> str:
