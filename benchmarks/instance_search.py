@@ -17,7 +17,9 @@ revisited-format folder: ``<name>.jpg`` images and a ground-truth pickle read by
   blur, noise, JPEG); the other quadrants of a photo are hard negatives; the quadrants of the 3
   texture photos give one view each, distractors: 48 objects, 204 database images;
 * one query per object: ONE MORE such view (not in the database), cropped to a box of 30-50 % of
-  its sides at a random place (the ``bbx`` of the revisited protocol: the query is the crop);
+  its sides at a random place (the ``bbx`` of the revisited protocol: the query is the crop),
+  drawn again until the crop holds at least 10 local regions (``MIN_QUERY_REGIONS``; an object
+  with no such box in 50 draws has no query, its views are distractors);
 * its positives: the database views of the object, "easy" when the view's crop holds >= 70 % of
   the query box's content (the box mapped back through the query view's known homography),
   "hard" for 30-70 %, junk below. Medium mAP (easy + hard positives, junk ignored) is the
@@ -64,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import global_ckn as GC  # noqa: E402
 
+from ckn import InputError  # noqa: E402
 from retrieval.cli import provenance  # noqa: E402
 from retrieval.image import (  # noqa: E402
     MULTI_SCALE,
@@ -77,7 +80,12 @@ from retrieval.image import (  # noqa: E402
     build_describer,
     evaluate,
 )
-from retrieval.local import FeatureCache, make_local_describer  # noqa: E402
+from retrieval.local import (  # noqa: E402
+    FeatureCache,
+    LocalConfig,
+    local_features,
+    make_local_describer,
+)
 from retrieval.patches import (  # noqa: E402
     DEFAULT_TEST,
     DEFAULT_TRAIN,
@@ -100,6 +108,12 @@ TOP = 100
 #: matches always has 3 inliers, and on a development run over 3 of the photos (astronaut,
 #: coffee, chelsea: 12 queries) true pairs had 3-40 inliers, sampled false ones at most 4.
 MIN_INLIERS = 6
+#: A query box is drawn again (a new view, a new box; at most QUERY_TRIES times) until the
+#: crop holds this many local regions: a person draws a box around something, not a flat patch
+#: (three of the first draws had none, which the verification refuses); an object without
+#: such a box in QUERY_TRIES draws gets no query.
+MIN_QUERY_REGIONS = 10
+QUERY_TRIES = 50
 EASY, HARD = 0.7, 0.3
 
 
@@ -121,11 +135,22 @@ def _crop_rect(rng, y0, x0, th, tw):
     return x, y, cw, ch
 
 
+def _regions(crop: np.ndarray) -> int:
+    """Local regions the verification would find in a query crop."""
+    sift = _regions.__dict__.setdefault("sift", make_local_describer("sift"))
+    local = LocalConfig(contrast_threshold=VerifyConfig().contrast_threshold)
+    try:
+        return len(local_features(np.ascontiguousarray(crop), sift, config=local).regions)
+    except InputError:
+        return 0
+
+
 def build_set(root: Path, views: int, seed: int = 0, photos=None) -> dict:
     """Writes the crop-query set (module docstring) into ``root``; returns its description."""
     root.mkdir(parents=True, exist_ok=True)
     imlist, qimlist, gnd = [], [], []
     counts = {"easy": 0, "hard": 0, "junk": 0}
+    tries = [0, 0]  # queries without / with MIN_QUERY_REGIONS regions
     for name, img in default_photos(photos or (DEFAULT_TRAIN + DEFAULT_TEST)):
         img = _rgb(img)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -145,11 +170,18 @@ def build_set(root: Path, views: int, seed: int = 0, photos=None) -> dict:
                 imlist.append(stem)
             if texture:
                 continue
-            x, y, cw, ch = _crop_rect(rng, y0, x0, th, tw)
-            crop = np.ascontiguousarray(img[y : y + ch, x : x + cw])
-            view, H, _ = synthetic_view(crop, rng, ViewParams())
-            bw, bh = int(cw * rng.uniform(0.3, 0.5)), int(ch * rng.uniform(0.3, 0.5))
-            bx, by = int(rng.integers(0, cw - bw + 1)), int(rng.integers(0, ch - bh + 1))
+            for _ in range(QUERY_TRIES):  # a query box with some local regions, as a person
+                x, y, cw, ch = _crop_rect(rng, y0, x0, th, tw)  # would draw one
+                crop = np.ascontiguousarray(img[y : y + ch, x : x + cw])
+                view, H, _ = synthetic_view(crop, rng, ViewParams())
+                bw, bh = int(cw * rng.uniform(0.3, 0.5)), int(ch * rng.uniform(0.3, 0.5))
+                bx, by = int(rng.integers(0, cw - bw + 1)), int(rng.integers(0, ch - bh + 1))
+                n = _regions(view[by : by + bh, bx : bx + bw])
+                if n >= MIN_QUERY_REGIONS:
+                    break
+            tries[n >= MIN_QUERY_REGIONS] += 1
+            if n < MIN_QUERY_REGIONS:  # no box with texture: no query, its views distractors
+                continue
             stem = f"{name}_q{q}_query"
             cv2.imwrite(str(root / f"{stem}.jpg"), view[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
             qimlist.append(stem)
@@ -169,7 +201,8 @@ def build_set(root: Path, views: int, seed: int = 0, photos=None) -> dict:
     doc = {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
     (root / "gnd.pkl").write_bytes(pickle.dumps(doc))
     return {"database": len(imlist), "queries": len(qimlist), "positives": counts,
-            "objects": len(qimlist), "views": views, "seed": seed}  # fmt: skip
+            "objects": sum(tries), "views": views, "seed": seed,
+            "min_query_regions": MIN_QUERY_REGIONS, "objects_without_query": tries[0]}  # fmt: skip
 
 
 class Memo(BaseDescriber):
