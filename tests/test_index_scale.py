@@ -381,7 +381,8 @@ def test_bench_scale_tiny_run(tmp_path):
                 "--work", str(work), "--keep", "--out", str(out)])  # fmt: skip
     doc = json.loads(out.read_text())
     r = doc["results"][0]
-    assert r["every_step_under_2GB"] and r["steps_in_own_process"] is False
+    # Inline, the peak RSS is the test process's (GBs in a full suite), not a step's.
+    assert r["steps_in_own_process"] is False and r["every_step_under_2GB"] is None
     assert r["recall_at_10_rescored"] >= 0.95 and 0 < r["recall_at_10_raw"] <= 1
     assert doc["steps"]["query"]["method"] == "ivfpq"
     assert [p["count"] for p in doc["steps"]["parts"]] == [2000, 2000]
