@@ -57,11 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
 from retrieval import index as S  # noqa: E402
-from retrieval.image import GlobalConfig  # noqa: E402
+from retrieval.image import GlobalConfig, PoolingDescription  # noqa: E402
 from retrieval.index import ExactIndex, make_index, recall_at  # noqa: E402
 
 NUM_QUERIES = 100
-SETTINGS = S.IndexSettings(global_config=GlobalConfig(head="gem"), whiten="none")
+SETTINGS = S.IndexSettings(
+    PoolingDescription(global_config=GlobalConfig(head="gem")), whiten="none"
+)
 
 
 def synthetic(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,12 @@ Command (from the project root; about 10 minutes on the loaded 2-core CPU):
 The model: the preset with random unit filters, as ``bench_encode.py`` times it (the cost
 does not depend on the filter values), saved with ``ckn.save`` and read back as
 ``eval-images --local MODEL_DIR`` / ``ckn index build --local MODEL_DIR`` read it
-(``retrieval.local.make_describer(MODEL_DIR)``). The images: the 16 scikit-image photos
+(``retrieval.local.make_local_describer(MODEL_DIR)``). The images: the 16 scikit-image photos
 and crops of ``bench_index.py``, default :class:`retrieval.local.LocalConfig` (up to 1000
 regions per image, max side 1024).
 
-Measured, each after one untimed pass (compilation), median of ``--repeats``:
+Measured, each after one untimed pass (compilation), in ``--repeats`` rounds of the three
+(so that a load drifting during the run weighs on all alike), median over the rounds:
 
 * ``encode``: ``ckn.describe`` of seeded random uint8 patches of the preset's size
   (bench_encode's ``describe`` figure, in the same run and load);
@@ -48,7 +49,7 @@ from retrieval.local import (  # noqa: E402
     LocalConfig,
     describe_images,
     local_features,
-    make_describer,
+    make_local_describer,
 )
 from retrieval.patches import read_image  # noqa: E402
 
@@ -67,7 +68,7 @@ def rates(feats, wall: float, images: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="ckn-grad")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--encode-patches", type=int, default=4096)
     p.add_argument("--out", default=str(bc.RESULTS / "bench_local_cpu.json"))
     args = p.parse_args(argv)
@@ -79,17 +80,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_local.") as tmp:
         tmp = Path(tmp)
         ckn.save(model, tmp / "model")
-        describer = make_describer(str(tmp / "model"))
+        describer = make_local_describer(str(tmp / "model"))
         paths = sorted(_photos(tmp / "photos").iterdir())
         arrays = [read_image(q) for q in paths]
 
         s = cfg.patch_size
         shape = (args.encode_patches, s, s, 3) if describer.color else (args.encode_patches, s, s)
         patches = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-        enc = bc.stats(bc.time_repeats(lambda: ckn.describe(model, patches),
-                                       repeats=args.repeats))  # fmt: skip
-        encode = {"patches": len(patches), "patches_per_s": len(patches) / enc["median_s"], **enc}
-        print(f"encode: {encode['patches_per_s']:.1f} patches/s", flush=True)
+
+        def encode_once():
+            ckn.describe(model, patches)
 
         def batched():
             return describe_images(arrays, describer, config=config, progress=False)
@@ -97,16 +97,26 @@ def main(argv=None) -> int:
         def one_by_one():
             return [local_features(a, describer, config=config) for a in arrays]
 
-        rows = {}
-        for name, fn in (("batched", batched), ("image_by_image", one_by_one)):
-            fn()  # compiles
-            runs = []
-            for _ in range(args.repeats):
+        paths_ = (("batched", batched), ("image_by_image", one_by_one))
+        encode_once()  # compiles
+        for _, fn in paths_:
+            fn()
+        # Rounds of (encode, batched, image by image): a load that drifts during the run
+        # weighs on the three alike.
+        enc_times, runs = [], {name: [] for name, _ in paths_}
+        for _ in range(args.repeats):
+            enc_times += bc.time_repeats(encode_once, repeats=1, warmup=0)
+            for name, fn in paths_:
                 t = time.perf_counter()
                 feats = fn()
-                runs.append(rates(feats, time.perf_counter() - t, len(arrays)))
-            best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
-            rows[name] = {**best, "runs": runs}
+                runs[name].append(rates(feats, time.perf_counter() - t, len(arrays)))
+        enc = bc.stats(enc_times)
+        encode = {"patches": len(patches), "patches_per_s": len(patches) / enc["median_s"], **enc}
+        print(f"encode: {encode['patches_per_s']:.1f} patches/s", flush=True)
+        rows = {}
+        for name, _ in paths_:
+            best = sorted(runs[name], key=lambda r: r["wall_s"])[len(runs[name]) // 2]
+            rows[name] = {**best, "runs": runs[name]}
             print(
                 f"{name}: {best['images_per_s']:.2f} images/s, {best['patches_per_s']:.1f} "
                 f"patches/s end to end, describer alone {best['describe_patches_per_s']:.1f} "

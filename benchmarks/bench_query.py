@@ -62,10 +62,10 @@ from bench_index import _photos, synthetic  # noqa: E402
 import ckn  # noqa: E402
 import retrieval  # noqa: E402
 from retrieval import index as S  # noqa: E402
-from retrieval.image import GlobalConfig, read_image_any  # noqa: E402
+from retrieval.image import GlobalConfig, PoolingDescription, read_image_any  # noqa: E402
 from retrieval.index import make_index  # noqa: E402
 
-SETTINGS = S.IndexSettings(global_config=GlobalConfig(head="gem"))
+SETTINGS = S.IndexSettings(PoolingDescription(global_config=GlobalConfig(head="gem")))
 QUERY = "coffee_full.jpg"
 BATCH_PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 

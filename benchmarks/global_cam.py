@@ -5,10 +5,13 @@ Command (from the project root):
     nice python benchmarks/global_cam.py [--oxford ../shared/data/oxford_affine] \\
         [--views 4] [--rerank 20] [--out benchmarks/results/global_cam.json]
 
+``--check SUBSET.json`` re-runs only the rows given (``--rows "none:CAM OfA,pca:CAM OnA"``,
+``--sets tiles``) and compares them with the committed results instead of writing them.
+
 The two image sets of ``benchmarks/global_retrieval.py`` (``oxford``: 48 Oxford affine images in
 8 groups + 17 distractors; ``tiles``: 48 groups of synthetic views of photo quadrants + 12
 distractors), written as group folders (PNG, lossless) and evaluated with the library's own
-pipelines, ``retrieval.image.evaluate_cam`` and ``retrieval.evaluate_global`` (every image of a
+pipeline, ``retrieval.image.evaluate`` with the CAM or the R-MAC describer (every image of a
 group a query against all others, itself excluded; non-interpolated AP). Whitening, when on, is
 fitted on the OTHER set (as in global_retrieval.py): PCA-whitening of the top-1 class vectors for
 CAM (the paper's), of the descriptors for R-MAC, to min(D, n - 1) dimensions.
@@ -43,13 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from global_retrieval import oxford_set, tiles_set  # noqa: E402
 
-from retrieval import GlobalConfig, evaluate_global, load_backbone  # noqa: E402
+from retrieval import GlobalConfig, evaluate, load_backbone  # noqa: E402
 from retrieval.cli import provenance  # noqa: E402
 from retrieval.image import (  # noqa: E402
     MULTI_SCALE,
     CamConfig,
+    CamDescription,
+    PoolingDescription,
     PostConfig,
-    evaluate_cam,
+    ScaleConfig,
+    build_describer,
+    cam_scorers,
 )
 
 META = provenance.start()
@@ -125,20 +132,28 @@ def variants(rerank: int):
     ]
 
 
-def run_set(net, folder: Path, other: Path, set_name: str, rerank: int) -> list[dict]:
+def describer_of(net, what, scales):
+    """(describer, scorers) of a row: R-MAC over the backbone, or CAM with its scorers."""
+    if isinstance(what, str):
+        config = PoolingDescription(global_config=GlobalConfig(head=what, scales=scales))
+        return build_describer(config, backbone=net), ()
+    config = CamDescription(scales=ScaleConfig(scales=scales), cam=what)
+    return build_describer(config, backbone=net), cam_scorers(what)
+
+
+def run_set(net, folder: Path, other: Path, set_name: str, rerank: int, only=None) -> list[dict]:
     rows = []
     for whiten in ("none", "pca"):
         for name, what, scales, qe in variants(rerank):
+            if only is not None and (whiten, name) not in only:
+                continue
             post = PostConfig(whiten=whiten, qe=qe)
-            config = GlobalConfig(head="rmac" if isinstance(what, str) else "mac", scales=scales)
             wi = other if whiten != "none" else None
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # gray images repeated to RGB
-                if isinstance(what, str):
-                    ev = evaluate_global(net, folder, config, post, whiten_images=wi)
-                else:
-                    ev = evaluate_cam(net, folder, config, what, post, whiten_images=wi)
+                describer, scorers = describer_of(net, what, scales)
+                ev = evaluate(describer, folder, post, scorers=scorers, whiten_images=wi)
             seconds = time.perf_counter() - t0
             row = {
                 "set": set_name, "row": name, "whiten": whiten, "qe": qe,
@@ -194,18 +209,47 @@ def claims(rows: list[dict]) -> dict:
     return out
 
 
+def check(rows: list[dict], committed: Path, seconds: float) -> int:
+    """Compares re-run rows with the committed ones (mAP, trapezoid mAP, dim, queries)."""
+    have = {
+        (r["set"], r["whiten"], r["row"]): r for r in json.loads(committed.read_text())["results"]
+    }
+    keys = ("map", "map_trapezoid", "dim", "queries")
+    bad = 0
+    for r in rows:
+        c = have[(r["set"], r["whiten"], r["row"])]
+        same = all(r[k] == c[k] for k in keys)
+        bad += not same
+        _log(f"{'EQUAL' if same else 'DIFFERENT'} [{r['set']}] {r['whiten']:5s} {r['row']:34s} "
+             f"mAP {100 * r['map']:.4f} (committed {100 * c['map']:.4f})")  # fmt: skip
+    _log(f"{len(rows) - bad} of {len(rows)} rows equal the committed values ({seconds:.0f} s)")
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--oxford", default="../shared/data/oxford_affine")
     ap.add_argument("--views", type=int, default=4, help="synthetic views per quadrant (default 4)")
     ap.add_argument("--rerank", type=int, default=20, help="re-ranked shortlist R (default 20)")
     ap.add_argument("--out", default="benchmarks/results/global_cam.json")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="re-run --rows of --sets and compare with --out (nothing written)",
+    )
+    ap.add_argument("--sets", default="oxford,tiles", help="with --check: the sets to run")
+    ap.add_argument("--rows", default=None,
+                    help='with --check: "WHITEN:ROW,..." (default: every row)')  # fmt: skip
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     net = MemoBackbone(load_backbone("efficientnet-lite0"))
     rows: list[dict] = []
+    sets = args.sets.split(",") if args.check else ["oxford", "tiles"]
+    only = None
+    if args.check and args.rows:
+        only = {tuple(r.split(":", 1)) for r in args.rows.split(",")}
     with tempfile.TemporaryDirectory(prefix="global-cam-") as tmp:
         tiles = write_groups(Path(tmp) / "tiles", *tiles_set(args.views))
         ox = oxford_set(Path(args.oxford))
@@ -213,8 +257,12 @@ def main(argv=None) -> int:
             _log(f"oxford: {args.oxford} not found: the Oxford set is skipped")
             sys.exit(f"the benchmark needs both sets; {args.oxford} is missing")
         oxford = write_groups(Path(tmp) / "oxford", *ox)
-        rows += run_set(net, oxford, tiles, "oxford", args.rerank)
-        rows += run_set(net, tiles, oxford, "tiles", args.rerank)
+        if "oxford" in sets:
+            rows += run_set(net, oxford, tiles, "oxford", args.rerank, only)
+        if "tiles" in sets:
+            rows += run_set(net, tiles, oxford, "tiles", args.rerank, only)
+    if args.check:
+        return check(rows, out, time.perf_counter() - t_start)
     cl = claims(rows)
     _log(json.dumps({k: v for k, v in cl.items() if k.endswith("count")}, indent=1))
     doc = {
@@ -239,7 +287,7 @@ def main(argv=None) -> int:
             "whitening": "PCA, fitted on the other set (CAM: top-1 class vectors), "
             "min(D, n - 1) dimensions",
             "qe": "average QE over the top k after re-ranking; with re-ranking the expanded "
-            "query is re-ranked again (retrieval.image.evaluate_cam)",
+            "query is re-ranked again (retrieval.image.evaluate with cam_scorers)",
             "ap_definition": "non-interpolated AP, query excluded, ties against relevant",
         },  # fmt: skip
         "results": rows,

@@ -435,6 +435,9 @@ def main(argv=None) -> int:
         help="development aid: save the descriptors here, or read them when saved (the JSON "
         "says so)",
     )  # fmt: skip
+    ap.add_argument("--check", action="store_true",
+                    help="compare every row's figures with --out instead of writing it (no "
+                    "steady-state timing)")  # fmt: skip
     args = ap.parse_args(argv)
     cache = None if args.cache is None else Path(args.cache)
     t_start = time.perf_counter()
@@ -446,9 +449,13 @@ def main(argv=None) -> int:
     else:
         images, names, labels = ox
         steady = (
-            lambda: {  # noqa: E731
-                "steady_state_seconds_per_image": steady_state(net, images[0:48:3])
-            }
+            None
+            if args.check
+            else (
+                lambda: {  # noqa: E731
+                    "steady_state_seconds_per_image": steady_state(net, images[0:48:3])
+                }
+            )
         )
         d = cached_describe(net, images, "oxford", cache, steady)
         sets["oxford"] = {**d, "labels": labels, "names": names,
@@ -464,6 +471,8 @@ def main(argv=None) -> int:
         rows += evaluate(sets["tiles"], sets["oxford"], "tiles", "oxford (the 48 Oxford images)")
     else:
         rows += evaluate(sets["tiles"], None, "tiles", "")
+    if args.check:
+        return check(rows, Path(args.out), time.perf_counter() - t_start)
     for s in sets:
         _log(table(rows, s))
     cl = claims(rows)
@@ -528,6 +537,22 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
     _log(f"wrote {out} ({time.perf_counter() - t_start:.0f} s)")
     return 0
+
+
+def check(rows: list[dict], committed: Path, seconds: float) -> int:
+    """Compares re-computed rows with the committed ones (mAP, trapezoid mAP, dim, queries)."""
+    key = ("set", "head", "scales", "whiten", "whiten_dim_setting", "qe", "alpha")
+    have = {tuple(json.dumps(r[k]) for k in key): r
+            for r in json.loads(committed.read_text())["results"]}  # fmt: skip
+    bad = 0
+    for r in json.loads(json.dumps(rows, default=_json_default)):
+        c = have[tuple(json.dumps(r[k]) for k in key)]
+        same = all(r[k] == c[k] for k in ("map", "map_trapezoid", "dim", "num_queries"))
+        bad += not same
+        if not same:
+            _log(f"DIFFERENT {[r[k] for k in key]}: mAP {r['map']} (committed {c['map']})")
+    _log(f"{len(rows) - bad} of {len(rows)} rows equal the committed values ({seconds:.0f} s)")
+    return 1 if bad else 0
 
 
 def _json_default(o):

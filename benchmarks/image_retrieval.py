@@ -135,7 +135,7 @@ def describe_all(images, names, spec, local: retrieval.local.LocalConfig):
 
     Images without any region are reported and left out of the database.
     """
-    d = retrieval.local.make_describer(spec)
+    d = retrieval.local.make_local_describer(spec)
     warm = np.random.default_rng(0).integers(
         0, 256, (256, d.patch_size, d.patch_size), dtype=np.uint8
     )
@@ -301,28 +301,30 @@ def main(argv=None) -> int:
         settings += [(64, None, False, "evaluated images"), (64, 256, True, "evaluated images")]
         for k, pca, whiten, on in settings:
             cfg = retrieval.local.VladConfig(k=k, pca_dim=pca, pca_whiten=whiten)
-            ev = retrieval.evaluate_vlad(
-                feats, lab, train=train if on == "distractors" else None, config=cfg, names=nm
-            )
+            t_fit = time.perf_counter()
+            model = retrieval.local.fit_vlad(train if on == "distractors" else feats, cfg)
+            t_fit = time.perf_counter() - t_fit
+            vectors = retrieval.local.encode_images(model, feats, names=nm)
+            res = retrieval.metrics.image_retrieval_map(vectors, lab, names=nm)
             row = {
                 "descriptor": dname,
                 "k": k,
                 "pca": pca,
                 "whiten": whiten,
                 "codebook_on": on,
-                "dim": ev.model.dim,
-                "map": ev.result.mean_ap,
-                "map_trapezoid": ev.result.mean_ap_trapezoid,
-                "num_queries": ev.result.num_queries,
-                "fit_seconds": ev.seconds["fit"],
+                "dim": model.dim,
+                "map": res.mean_ap,
+                "map_trapezoid": res.mean_ap_trapezoid,
+                "num_queries": res.num_queries,
+                "fit_seconds": t_fit,
             }
             results.append(row)
             _log(
                 f"   k={k:<3} pca={str(pca):<4} whiten={str(whiten):<5} on {on:<16} "
-                f"mAP {100 * ev.result.mean_ap:6.2f}"
+                f"mAP {100 * res.mean_ap:6.2f}"
             )
             if (k, pca, on) == (64, None, "distractors"):
-                per = ev.result.per_query
+                per = res.per_query
                 per_group[dname] = {
                     s: float(np.nanmean(per[lab == g])) for g, s in enumerate(SEQUENCES)
                 }

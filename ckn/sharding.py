@@ -1,8 +1,10 @@
-"""Data parallelism over the local devices (stage: running a model on many images).
+"""Data parallelism over devices and processes (stage: running a model on many images).
 
 The 1-D batch mesh and its shardings, padding a batch to the device count, the
 sharded describe step :func:`apply_describe` and the host group size of
-:func:`ckn.describe`.
+:func:`ckn.describe`; several processes (hosts) joined by ``jax.distributed``
+(:class:`Distributed`), each describing its :func:`process_rows` into one file
+(:func:`write_descriptors`).
 """
 
 from ckn._src.layers import (
@@ -10,6 +12,11 @@ from ckn._src.layers import (
 )
 from ckn._src.model import (
     group_size,
+)
+from ckn._src.multihost import (
+    Distributed,
+    process_rows,
+    write_descriptors,
 )
 from ckn._src.sharding import (
     batch_mesh,
@@ -19,10 +26,13 @@ from ckn._src.sharding import (
 )
 
 __all__ = [
+    "Distributed",
     "apply_describe",
     "batch_mesh",
     "batch_sharding",
     "group_size",
     "padded_size",
+    "process_rows",
     "replicated",
+    "write_descriptors",
 ]

@@ -5,8 +5,9 @@ The top level holds the entry points a first example needs; the rest is public b
 - :mod:`retrieval.patches`: patch data sets, the SIFT / pixel baselines, the patch
   evaluation and ``ckn reproduce``'s benchmark;
 - :mod:`retrieval.local`: interest regions, local descriptors, VLAD;
-- :mod:`retrieval.image`: global image descriptors (pooling heads, CAM, learned heads),
-  whitening, query expansion and their evaluation;
+- :mod:`retrieval.image`: the image retrieval pipeline: describers (pooling heads over a
+  backbone, learned heads, CAM, VLAD), whitening, scorers (query expansion, CAM) and the one
+  evaluation :func:`evaluate`;
 - :mod:`retrieval.nets`: ImageNet CNN backbones and a trained CKN as a backbone;
 - :mod:`retrieval.index`: the saved searchable index and the search engines;
 - :mod:`retrieval.metrics`: AP, patch and image retrieval mAP, ROC, the revisited protocol.
@@ -24,9 +25,8 @@ if TYPE_CHECKING:
     from retrieval import metrics as metrics
     from retrieval import nets as nets
     from retrieval import patches as patches
-    from retrieval.image import GlobalConfig, evaluate_global, extract_global
+    from retrieval.image import GlobalConfig, evaluate, extract_global
     from retrieval.index import build_index, load_index, query_index
-    from retrieval.local import evaluate_vlad
     from retrieval.nets import load_backbone
     from retrieval.patches import (
         PatchSet,
@@ -44,12 +44,11 @@ _STAGES = ("image", "index", "local", "metrics", "nets", "patches")
 # Entry point -> its stage module. `write_tfds` imports tensorflow_datasets on its first call.
 _ENTRY = {
     "GlobalConfig": "image",
-    "evaluate_global": "image",
+    "evaluate": "image",
     "extract_global": "image",
     "build_index": "index",
     "load_index": "index",
     "query_index": "index",
-    "evaluate_vlad": "local",
     "load_backbone": "nets",
     "PatchSet": "patches",
     "build_default": "patches",
@@ -82,8 +81,7 @@ __all__ = [
     "build_default",
     "build_index",
     "evaluate_descriptors",
-    "evaluate_global",
-    "evaluate_vlad",
+    "evaluate",
     "extract_global",
     "load_backbone",
     "load_index",

@@ -1,12 +1,17 @@
-"""Global image descriptors and their pipeline (stage: image -> conv map -> one vector -> mAP).
+"""Image retrieval as one pipeline (stage: images -> vectors -> rankings -> mAP).
 
-Pooling heads on ``(N, h, w, C)`` maps with masks (MAC, SPoC, GeM, R-MAC, CroW),
-multi-scale extraction (:func:`extract_global`), post-processing (PCA and learned
-whitening, query expansion, database-side augmentation), class activation maps (CAM
-OfA / OnA, re-ranking), learned global heads (:func:`train_global_head`), folders of
-images (:func:`load_image_folder`) and the evaluations (:func:`evaluate_global`,
-:func:`evaluate_cam`). The backbones are in :mod:`retrieval.nets`, the metrics in
-:mod:`retrieval.metrics`.
+Describers (images in, one vector each out: :class:`Describer`, built from one frozen config
+by :func:`build_describer`; registry :data:`DESCRIBERS`): a pooling head over a backbone
+(:class:`PoolingDescription`; heads in the registry :data:`POOLING_HEADS`: MAC, SPoC, GeM,
+R-MAC, CroW, neural codes; multi-scale :func:`extract_global`), a learned head
+(:class:`LearnedHeadDescription`, :func:`train_global_head`), CAM OfA
+(:class:`CamDescription`), VLAD of local descriptors (:class:`VladDescription`).
+Post-processing (PCA and learned whitening, database-side augmentation), scorers
+(:class:`Scorer`: CAM OnA and re-ranking, :class:`SpatialVerification` of the shortlist
+(:class:`VerifyConfig`), :class:`QueryExpansion`), and the one evaluation
+:func:`evaluate` over folders of images (:func:`load_image_folder`) in the groups or the
+revisited protocol. The backbones are in :mod:`retrieval.nets`, local descriptors and VLAD in
+:mod:`retrieval.local`, the metrics in :mod:`retrieval.metrics`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,33 @@ from retrieval._src.cam import (
     heatmap_boxes,
     online_aggregation,
 )
-from retrieval._src.cam_eval import (
+from retrieval._src.cam_search import (
     CamConfig,
-    evaluate_cam,
+    CamDescriber,
+    CamDescription,
+    CamReranking,
+    OnlineAggregation,
+    cam_scorers,
+)
+from retrieval._src.describer import (
+    BaseDescriber,
+    Described,
+    Describer,
+    LearnedHeadDescriber,
+    LearnedHeadDescription,
+    PoolingDescriber,
+    PoolingDescription,
+    load_backbone_spec,
+)
+from retrieval._src.describers import DESCRIBERS, build_describer, describer_name
+from retrieval._src.evaluate import (
+    SEARCHES,
+    WHITENINGS,
+    Evaluation,
+    PostConfig,
+    evaluate,
+    fit_global_whitening,
+    postprocess,
 )
 from retrieval._src.figures import (
     save_figure,
@@ -33,10 +62,10 @@ from retrieval._src.figures import (
 from retrieval._src.global_desc import (
     DEFAULT_BATCH,
     DEFAULT_BATCH_ACCELERATOR,
-    HEADS,
     MULTI_SCALE,
     GlobalConfig,
     PerScale,
+    ScaleConfig,
     combine_scales,
     extract_global,
     extract_global_heads,
@@ -44,17 +73,6 @@ from retrieval._src.global_desc import (
     iter_feature_maps,
     read_image_any,
     scaled_sizes,
-)
-from retrieval._src.global_eval import (
-    WHITENINGS,
-    GlobalEvaluation,
-    PostConfig,
-    evaluate_global,
-    expand_queries,
-    fit_global_whitening,
-    group_pairs,
-    load_backbone_spec,
-    postprocess,
 )
 from retrieval._src.global_head import (
     HEAD_KINDS,
@@ -73,9 +91,11 @@ from retrieval._src.global_head import (
     save_global_head,
     train_global_head,
 )
+from retrieval._src.heads import HEADS, POOLING_HEADS, PoolingHead, pooling_head
 from retrieval._src.image_folder import (
     ImageCollection,
     check_images,
+    group_pairs,
     image_problem,
     list_images,
     load_image_folder,
@@ -99,19 +119,39 @@ from retrieval._src.postprocess import (
     apply_pca_whitening,
     apply_whitening,
     database_augmentation,
+    expand_queries,
+    expand_with,
     fit_learned_whitening,
     fit_pca_whitening,
     multiscale_combine,
     query_expansion,
 )
+from retrieval._src.scoring import (
+    Block,
+    QueryExpansion,
+    Ranked,
+    Scorer,
+    ScoringContext,
+    scores_of,
+)
+from retrieval._src.spatial import SpatialVerification, VerifyConfig, verified_scores
+from retrieval._src.vlad_describer import VladDescriber, VladDescription
 
 __all__ = [
+    "BaseDescriber",
+    "Block",
     "CamConfig",
+    "CamDescriber",
+    "CamDescription",
+    "CamReranking",
     "CamVectors",
     "DEFAULT_BATCH",
     "DEFAULT_BATCH_ACCELERATOR",
+    "DESCRIBERS",
+    "Described",
+    "Describer",
+    "Evaluation",
     "GlobalConfig",
-    "GlobalEvaluation",
     "GlobalHead",
     "GlobalHeadConfig",
     "GlobalHeadReport",
@@ -121,30 +161,51 @@ __all__ = [
     "HeadMaps",
     "HeadParams",
     "ImageCollection",
+    "LearnedHeadDescriber",
+    "LearnedHeadDescription",
     "MINING",
     "MULTI_SCALE",
+    "OnlineAggregation",
     "PCAWhitening",
+    "POOLING_HEADS",
     "PerScale",
+    "PoolingDescriber",
+    "PoolingDescription",
+    "PoolingHead",
     "PostConfig",
+    "QueryExpansion",
+    "Ranked",
     "Reranked",
+    "SEARCHES",
+    "ScaleConfig",
+    "Scorer",
+    "ScoringContext",
+    "SpatialVerification",
+    "VerifyConfig",
+    "VladDescriber",
+    "VladDescription",
     "WHITENINGS",
     "Whitening",
     "aggregate_class_vectors",
     "alpha_qe",
+    "annotations",
     "apply_pca_whitening",
     "apply_whitening",
     "backbone_info",
+    "build_describer",
     "cam_class_vectors",
     "cam_pool",
     "cam_rerank",
+    "cam_scorers",
     "check_images",
     "class_activation_maps",
     "combine_scales",
     "crow",
     "database_augmentation",
-    "evaluate_cam",
-    "evaluate_global",
+    "describer_name",
+    "evaluate",
     "expand_queries",
+    "expand_with",
     "extract_global",
     "extract_global_heads",
     "extract_per_scale",
@@ -167,6 +228,7 @@ __all__ = [
     "multiscale_combine",
     "neural_codes",
     "online_aggregation",
+    "pooling_head",
     "postprocess",
     "prepare_maps",
     "query_expansion",
@@ -177,8 +239,10 @@ __all__ = [
     "save_figure",
     "save_global_head",
     "scaled_sizes",
+    "scores_of",
     "spoc",
     "thumbnail",
     "train_global_head",
     "usable_images",
+    "verified_scores",
 ]

@@ -2,28 +2,25 @@
 
 Interest regions and oriented patch sampling (:func:`detect_regions`,
 :func:`sample_patches`, :class:`RegionSpec`), local descriptors at those regions
-(SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_describer`), the
-VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`) and the VLAD
-evaluation on a folder of images (:func:`evaluate_vlad`); spatial verification of a pair
-(:func:`mutual_matches`, :func:`fit_geometry` over :data:`GEOMETRIC_MODELS`,
-:func:`verify_pair`) and the bounded :class:`FeatureCache` of database features.
+(SIFT / RootSIFT / a CKN model: :func:`local_features`, :func:`make_local_describer`), the
+VLAD encoding and its fitting (:func:`vlad_encode`, :func:`fit_vlad`); spatial verification of a
+pair (:func:`mutual_matches`, :func:`fit_geometry` over :data:`GEOMETRIC_MODELS`,
+:func:`verify_pair`) and the bounded :class:`FeatureCache` of database features. VLAD as a
+describer of the image pipeline (``VladDescription``) and its evaluation (``evaluate``) are in
+:mod:`retrieval.image`.
 """
 
 from __future__ import annotations
 
-from retrieval._src.image_eval import (
-    VladEvaluation,
-    evaluate_vlad,
-)
 from retrieval._src.local import (
     PATCH_BATCH,
-    Describer,
     LocalConfig,
+    LocalDescriber,
     LocalFeatures,
     describe_images,
     iter_local_features,
     local_features,
-    make_describer,
+    make_local_describer,
 )
 from retrieval._src.regions import (
     MAGNIFICATION,
@@ -65,12 +62,12 @@ from retrieval._src.vlad_fit import (
 
 __all__ = [
     "PATCH_BATCH",
-    "Describer",
     "FeatureCache",
     "GEOMETRIC_MODELS",
     "GeometricModel",
     "Geometry",
     "LocalConfig",
+    "LocalDescriber",
     "LocalFeatures",
     "MAGNIFICATION",
     "Matches",
@@ -78,13 +75,11 @@ __all__ = [
     "Regions",
     "Verification",
     "VladConfig",
-    "VladEvaluation",
     "VladModel",
     "VladNorm",
     "describe_images",
     "detect_regions",
     "encode_images",
-    "evaluate_vlad",
     "fit_codebook",
     "batch_matches",
     "fit_geometry",
@@ -92,7 +87,7 @@ __all__ = [
     "fit_vlad",
     "iter_local_features",
     "local_features",
-    "make_describer",
+    "make_local_describer",
     "mutual_matches",
     "sample_patch",
     "sample_patches",

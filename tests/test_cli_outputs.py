@@ -97,6 +97,8 @@ CASES = [
     ("eval-images --images {d}/g4 --local sift --figure", "--figure",
      "{d}/g4/chelsea/chelsea1.png", "inside"),
     ("index build --images {d}/g4 --global gem --out", "--out", "{d}/g4/idx", "inside"),
+    ("index fit --images {d}/g4 --global gem --out", "--out", "{d}/g4/f.npz", "inside"),
+    ("index merge --overwrite {d}/index --out", "--out", "{d}/index/merged", "inside"),
     ("index query --index {d}/index --image {d}/g4/coffee/coffee0.png --json", "--json",
      "{d}/index/index.json", "inside"),
     ("index query --index {d}/index --image {d}/g4/coffee/coffee0.png --json", "--json",

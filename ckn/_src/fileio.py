@@ -201,7 +201,8 @@ def _split_rows(path: Path, split_array: np.ndarray | None, split: str | None) -
         raise InputError(f"split must be train, test or all, got {split!r}")
     if split_array is None:
         raise InputError(
-            f"{path}: has no 'split' array, cannot select the {split} split (use --split all)"
+            f"{path}: has no 'split' array, cannot select the {split} split (split 'all' takes "
+            "every patch)"
         )
     if split_array.dtype.kind in "US":
         rows = split_array == split

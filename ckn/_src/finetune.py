@@ -15,11 +15,14 @@ with gradients through the kernel and the Nystrom map
   loss: learning rate, margin and weight decay are traced, batches have a
   static shape (G * K rows, a mask for groups smaller than K and the last
   batch's missing groups).
-* Adam (``optax.scale_by_adam``); the filters are renormalized after each
-  step; the decoupled weight decay pulls towards the unsupervised start
-  (L2-SP), not towards 0, which means nothing for unit filters.
+* The one supervised step of ``ckn.supervised.supervised_step`` (shared with
+  retrieval's global heads): Adam, the decoupled weight decay pulling towards
+  the unsupervised start (L2-SP), not towards 0, which means nothing for unit
+  filters, a non-finite gradient skipped (``optax.apply_if_finite``); the
+  filters are renormalized after each step.
 * One epoch = every group of two or more patches once, in an order drawn
-  from (seed, epoch), K members drawn per group: a run resumed from a
+  from (seed, epoch), K members drawn per group (``ckn.supervised.
+  epoch_batches``, the global heads' plan too): a run resumed from a
   checkpoint draws the same batches and ends with the same bits.
 * Training runs on one device (``jax.local_devices()[0]``).
 
@@ -44,11 +47,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from ckn._src.batches import epoch_batches, group_rows
 from ckn._src.differentiable import (
     forward,
     initial_params,
@@ -65,7 +67,7 @@ from ckn._src.losses import BATCH_LOSSES
 from ckn._src.model import describe
 from ckn._src.ops import project_descriptors
 from ckn._src.projection import pca_projection, with_projection
-from ckn._src.training import _optax_promotion
+from ckn._src.supervised_step import step_optimizer, supervised_step
 
 LOSSES = tuple(BATCH_LOSSES)
 SCHEDULES = ("cosine", "constant")
@@ -311,14 +313,6 @@ def validation_split(
 # --- Batches and the training step -------------------------------------------------------------
 
 
-def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
-    """Rows of every group with two or more members, in label order."""
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(counts)[:-1]
-    return [g for g in np.split(order, bounds) if g.size >= 2]
-
-
 class _Plan(NamedTuple):
     rows: np.ndarray  # (S, B) int64 patch rows
     labels: np.ndarray  # (S, B) int32 group slot within the batch
@@ -326,18 +320,11 @@ class _Plan(NamedTuple):
 
 
 def _epoch_plan(groups: list[np.ndarray], cfg: FinetuneConfig, seed: int, epoch: int) -> _Plan:
-    """The batches of one epoch: every group once, in a random order drawn from (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
+    """The batches of one epoch (:func:`ckn.supervised.epoch_batches`), rows flattened, each
+    group labelled by its slot in the batch."""
     g, k = cfg.groups_per_batch, cfg.patches_per_group
-    order = rng.permutation(len(groups))
-    steps = -(-len(groups) // g)
-    rows = np.zeros((steps, g, k), np.int64)
-    mask = np.zeros((steps, g, k), bool)
-    for j, gi in enumerate(order):
-        members = groups[gi]
-        take = rng.choice(members, size=min(k, members.size), replace=False)
-        rows[j // g, j % g, : take.size] = take
-        mask[j // g, j % g, : take.size] = True
+    rows, mask = epoch_batches(groups, g, k, seed, epoch)
+    steps = rows.shape[0]
     labels = np.broadcast_to(np.arange(g, dtype=np.int32)[None, :, None], rows.shape)
     return _Plan(rows.reshape(steps, -1), labels.reshape(steps, -1).copy(), mask.reshape(steps, -1))
 
@@ -351,16 +338,16 @@ def _learning_rate(step: int, total: int, cfg: FinetuneConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
 
 
-_ADAM = optax.scale_by_adam()
 _TRACES = [0]  # traces of _train_step (reported, and tested: once per process and config)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "loss"))
 def _train_step(graphdef, loss, state, params, params0, opt_state, patches, labels, mask, hyper):
-    """One Adam step on a batch; ``hyper`` = (lr, margin, weight decay), traced.
+    """The one supervised step (:func:`ckn.supervised.supervised_step`) on a batch, the filters
+    back on the unit sphere; ``hyper`` = (lr, margin, weight decay), traced.
 
-    Returns (params, opt_state, loss, finite): a non-finite gradient leaves
-    the parameters and the optimizer state unchanged.
+    Returns (params, opt_state, loss, finite): a non-finite gradient leaves the parameters and
+    the optimizer state unchanged.
     """
     _TRACES[0] += 1
     lr, margin, decay = hyper
@@ -368,22 +355,16 @@ def _train_step(graphdef, loss, state, params, params0, opt_state, patches, labe
     def objective(p):
         return BATCH_LOSSES[loss](forward(graphdef, state, p, patches), labels, margin, mask)
 
-    value, grads = jax.value_and_grad(objective)(params)
-    leaves = jax.tree.leaves(grads)
-    finite = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in leaves]))
-    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    with _optax_promotion():
-        updates, new_opt = _ADAM.update(grads, opt_state)
-    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
-    new["filters"] = tuple(unit_rows(v) for v in new["filters"])
-    keep = lambda a, b: jnp.where(finite, a, b)
-    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+    def unit_filters(p):
+        return {**p, "filters": tuple(unit_rows(v) for v in p["filters"])}
+
+    return supervised_step(objective, params, params0, opt_state, lr, decay, project=unit_filters)
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
 def _head_step(loss, params, params0, opt_state, features, labels, mask, hyper):
     """``_train_step`` for the projection alone: ``features`` are the fixed network's (B, D)
-    descriptors; the same Adam update, decay and non-finite guard."""
+    descriptors; the same step (no projection of the parameters afterwards)."""
     _TRACES[0] += 1
     lr, margin, decay = hyper
 
@@ -391,14 +372,7 @@ def _head_step(loss, params, params0, opt_state, features, labels, mask, hyper):
         x = project_descriptors(features, p["projection"])
         return BATCH_LOSSES[loss](x, labels, margin, mask)
 
-    value, grads = jax.value_and_grad(objective)(params)
-    finite = jnp.isfinite(value) & jnp.isfinite(grads["projection"]).all()
-    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    with _optax_promotion():
-        updates, new_opt = _ADAM.update(grads, opt_state)
-    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
-    keep = lambda a, b: jnp.where(finite, a, b)
-    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+    return supervised_step(objective, params, params0, opt_state, lr, decay)
 
 
 #: Training descriptors the principal directions of a new projection are computed from.
@@ -423,7 +397,7 @@ def _add_projection(model: CKN, patches, dim: int, trunk: np.ndarray | None) -> 
 
 _CHECKPOINT = CheckpointFormat(
     "ckn-finetune-checkpoint",
-    1,
+    2,  # 2: the optimizer state of the one supervised step (optax.apply_if_finite)
     label="fine-tuning",
     config_key="finetune_config",
     subject="model",
@@ -545,7 +519,7 @@ def finetune(
     t_start = time.perf_counter()
     traces0 = _TRACES[0]
     lab = _check_data(model, patches, labels, "training")
-    groups = _group_rows(lab)
+    groups = group_rows(lab)
     if len(groups) < 2:
         raise InputError(
             f"{len(groups)} group(s) of two or more patches among {lab.shape[0]} patches: "
@@ -553,7 +527,7 @@ def finetune(
         )
     if validation is not None:
         val_lab = _check_data(model, validation[0], validation[1], "validation")
-        if not _group_rows(val_lab):
+        if not group_rows(val_lab):
             raise InputError("the validation labels have no group of two or more patches")
     if resume and checkpoint is None:
         raise InputError("resume needs a checkpoint folder")
@@ -635,7 +609,7 @@ def finetune(
     run = run_epochs(
         train_epoch,
         params0,
-        jax.device_put(_ADAM.init(params0), device),
+        jax.device_put(step_optimizer(params0).init(params0), device),
         report,
         config,
         evaluate=evaluate,

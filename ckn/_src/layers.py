@@ -22,6 +22,7 @@ alone and ``nnx.state(model, Filters)`` selects them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -79,7 +80,12 @@ class LayerParams(NamedTuple):
 
 
 def kernel_layer_apply(
-    x: jax.Array, params: LayerParams, cfg: LayerConfig, *, precision: str | None = None
+    x: jax.Array,
+    params: LayerParams,
+    cfg: LayerConfig,
+    *,
+    precision: str | None = None,
+    sqrt: Callable[[jax.Array], jax.Array] = jnp.sqrt,
 ) -> jax.Array:
     """One kernel layer, as a pure function (see the module docstring).
 
@@ -88,6 +94,9 @@ def kernel_layer_apply(
       params: the layer's arrays.
       cfg: the layer's settings (sub-patch, padding, subsampling, pooling); static under jit.
       precision: matrix-product precision ("highest", "default") or None (JAX's default).
+      sqrt: the square root of the sub-patch norms: ``jnp.sqrt``, or, for gradients
+        (``ckn.finetune``), one with a finite derivative at 0 (``jnp.sqrt``'s is infinite,
+        and a flat region would give NaN gradients); the values are the same.
 
     Returns:
       (N, H', W', p) output map.
@@ -97,18 +106,18 @@ def kernel_layer_apply(
     c = x.shape[-1]
     p = filters.shape[0]
     if preproc is not None and subpatch * subpatch * c <= _SMALL_SUBPATCH:
-        zx, rho = _small_subpatch_products(x, filters, preproc, subpatch, padding, precision)
+        zx, rho = _small_subpatch_products(x, filters, preproc, subpatch, padding, precision, sqrt)
     elif preproc is not None:
         # Pre-processed sub-patch vectors at every position, then 1x1 products.
         y = ops.conv(x, preproc.reshape(subpatch, subpatch, c, -1), padding, precision=precision)
-        rho = jnp.linalg.norm(y, axis=-1, keepdims=True)
+        rho = sqrt(jnp.sum(y * y, axis=-1, keepdims=True))  # jnp.linalg.norm's own formula
         zx = jnp.matmul(y, filters.T, precision=precision)
     else:
         # Z^T x at all positions is one convolution; ||x||^2 is the e x e box
         # sum of the per-position sums of squares (a convolution of x^2 with a
         # ones kernel, done as shifted adds: 8x less time than a 1-channel conv).
         zx = ops.conv(x, filters.T.reshape(subpatch, subpatch, c, p), padding, precision=precision)
-        rho = jnp.sqrt(ops.box_sum(jnp.sum(x * x, axis=-1, keepdims=True), subpatch, padding))
+        rho = sqrt(ops.box_sum(jnp.sum(x * x, axis=-1, keepdims=True), subpatch, padding))
     u = zx / jnp.maximum(rho, ops.NORM_EPS)
     # Norms below eps are float rounding of a flat region (XLA fuses a*k - b*k
     # into an FMA, so equal inputs need not cancel exactly): count them as 0,
@@ -128,6 +137,7 @@ def _small_subpatch_products(
     subpatch: int,
     padding: str,
     precision: str | None,
+    sqrt: Callable[[jax.Array], jax.Array] = jnp.sqrt,
 ) -> tuple[jax.Array, jax.Array]:
     """Z^T (x P) and ||x P|| at every position, for sub-patches of few values.
 
@@ -144,6 +154,7 @@ def _small_subpatch_products(
       preproc: (d, d) pre-processing matrix P (centring or whitening).
       subpatch, padding: the layer's sub-patch geometry.
       precision: precision of the one small product P Z^T.
+      sqrt: the square root of the norms (see :func:`kernel_layer_apply`).
 
     Returns:
       (zx (N, H', W', p), rho (N, H', W', 1)).
@@ -151,7 +162,7 @@ def _small_subpatch_products(
     maps = ops.shifted_maps(x, subpatch, padding)
     cols = [m[..., k] for m in maps for k in range(x.shape[-1])]  # (row, column, channel) order
     y = [_weighted_sum(cols, preproc[:, j]) for j in range(len(cols))]
-    rho = jnp.sqrt(_weighted_sum(y, y))[..., None]
+    rho = sqrt(_weighted_sum(y, y))[..., None]
     w = jnp.matmul(preproc, filters.T, precision=precision)  # (d, p)
     zx = _weighted_sum([col[..., None] for col in cols], w.reshape(len(cols), 1, 1, 1, -1))
     return zx, rho

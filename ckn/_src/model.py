@@ -78,14 +78,13 @@ def _check_input(model: CKN, patches, *, any_size: bool = False) -> np.ndarray:
         if got[2] != trained[2]:
             raise InputError(
                 f"this model was trained on {trained[2]}-channel patches ({_fmt(trained)}), got "
-                f"{got[2]}-channel patches ({_fmt(got)}); convert them, or pass any_size=True "
-                "(ckn: --any-size) to describe them anyway"
+                f"{got[2]}-channel patches ({_fmt(got)}); convert them, or pass any_size to "
+                "describe them anyway"
             )
         if got[:2] != trained[:2]:
             raise InputError(
                 f"this model was trained on {_fmt(trained[:2] + (1,))} patches, got "
-                f"{_fmt(got[:2] + (1,))} patches; pass any_size=True (ckn: --any-size) to "
-                "describe them anyway"
+                f"{_fmt(got[:2] + (1,))} patches; pass any_size to describe them anyway"
             )
     return patches
 

@@ -77,13 +77,11 @@ from tqdm.auto import tqdm
 from ckn import InputError
 from retrieval._src import pooling
 from retrieval._src.data.io import TRUNCATED_JPEG, jpeg_truncated
+from retrieval._src.heads import HEADS, pool_maps, pooling_head
 from retrieval._src.nets.backbone import Backbone
 from retrieval._src.postprocess import multiscale_combine
+from retrieval._src.settings import check_settings, max_side_setting, setting
 
-#: Pooling heads of :class:`GlobalConfig`.
-HEADS = ("mac", "spoc", "gem", "rmac", "crow", "codes")
-#: Side of the square input of the ``codes`` head (Babenko et al.).
-CODES_SIZE = 224
 #: cirtorch's multi-scale set: 1, 1/sqrt(2), 1/2.
 MULTI_SCALE = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 #: Rows of a padded batch when ``batch_size`` is None, by backend. On the CPU
@@ -95,15 +93,11 @@ DEFAULT_BATCH = {"cpu": 1}
 DEFAULT_BATCH_ACCELERATOR = 8
 
 
-@dataclasses.dataclass(frozen=True)
-class GlobalConfig:
-    """How :func:`extract_global` describes images.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScaleConfig:
+    """How a backbone sees images: shrink, scales, buckets, batches (see the module docstring).
 
     Attributes:
-      head: "mac", "spoc", "gem", "rmac", "crow" or "codes" (see the module docstring).
-      p: GeM exponent (3, cirtorch); also the power of the multi-scale mean with GeM
-        (1 for the other heads, as cirtorch).
-      levels: R-MAC levels.
       scales: image scales, each > 0, relative to the image after the ``max_side`` shrink;
         (1, 1/sqrt 2, 1/2) is cirtorch's multi-scale set, (1,) a single scale.
       max_side: long side, in pixels, that images are shrunk to when larger (never
@@ -114,42 +108,42 @@ class GlobalConfig:
         None: 1 on the CPU, 8 on accelerators (see ``DEFAULT_BATCH``).
     """
 
-    head: str = "gem"
-    p: float = 3.0
-    levels: int = 3
-    scales: tuple[float, ...] = MULTI_SCALE
-    max_side: int | None = 1024
-    bucket: int = 64
-    batch_size: int | None = None
+    scales: tuple[float, ...] = setting(
+        MULTI_SCALE, positive=True,
+        help="image scales combined by a power mean (p of GeM, else 1); 1: one scale",
+    )  # fmt: skip
+    max_side: int | None = max_side_setting()
+    bucket: int = setting(64, minimum=1, help="padded sizes are multiples of this")
+    batch_size: int | None = setting(
+        None, kind="int", minimum=1, optional=True, help="images per padded batch"
+    )
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise InputError(f"unknown head {self.head!r}; known: {', '.join(HEADS)}")
-        if not (isinstance(self.p, (int, float)) and math.isfinite(self.p) and self.p > 0):
-            raise InputError(f"p must be a finite number > 0, got {self.p!r}")
-        for name in ("levels", "bucket"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("max_side", "batch_size"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
-        try:
-            scales = tuple(float(s) for s in self.scales)
-        except (TypeError, ValueError):
-            raise InputError(f"scales must be numbers, got {self.scales!r}") from None
-        if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-            raise InputError(f"scales must be one or more numbers > 0, got {self.scales!r}")
-        if len(set(scales)) != len(scales):
-            raise InputError(f"scales has a repeated value: {self.scales!r}")
-        object.__setattr__(self, "scales", scales)
-        object.__setattr__(self, "p", float(self.p))
+        check_settings(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalConfig(ScaleConfig):
+    """How :func:`extract_global` describes images: a pooling head and the image sizes.
+
+    Attributes:
+      head: a name of :data:`retrieval.image.POOLING_HEADS` ("mac", "spoc", "gem", "rmac",
+        "crow", "codes"; see the module docstring).
+      p: GeM exponent (3, cirtorch); also the power of the multi-scale mean with GeM
+        (1 for the other heads, as cirtorch: ``POOLING_HEADS[head].multiscale_p``).
+      levels: R-MAC levels.
+      scales, max_side, bucket, batch_size: as :class:`ScaleConfig` (keyword only).
+    """
+
+    # "global" is a Python keyword: the one field whose flag (--global) is not its name.
+    head: str = setting("gem", choices=HEADS, flag="global", help="the pooling head")
+    p: float = setting(3.0, positive=True, help="GeM exponent")
+    levels: int = setting(3, minimum=1, help="R-MAC levels")
 
     @property
     def combine_p(self) -> float:
-        """Power of the multi-scale mean: the GeM p with GeM, else 1 (cirtorch)."""
-        return self.p if self.head == "gem" else 1.0
+        """Power of the multi-scale mean (the head's ``multiscale_p``: p for GeM, else 1)."""
+        return pooling_head(self.head).multiscale_p(self.p)
 
 
 # --------------------------------------------------------------------------- images
@@ -228,7 +222,7 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def scaled_sizes(h: int, w: int, config: GlobalConfig, stride: int = 1) -> list[tuple[int, int]]:
+def scaled_sizes(h: int, w: int, config: ScaleConfig, stride: int = 1) -> list[tuple[int, int]]:
     """(height, width) of an h x w image at each of ``config.scales``, after the max_side shrink.
 
     ``f = min(1, max_side / max(h, w))``; scale s gives ``floor(h f s / stride) * stride``
@@ -253,30 +247,13 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _batch_size(config: GlobalConfig) -> int:
+def _batch_size(config: ScaleConfig) -> int:
     if config.batch_size is not None:
         return config.batch_size
     return DEFAULT_BATCH.get(jax.default_backend(), DEFAULT_BATCH_ACCELERATOR)
 
 
-# --------------------------------------------------------------------------- pooling
-
-
-def _pool(head: str, feats: jax.Array, mask: jax.Array, config: GlobalConfig) -> np.ndarray:
-    """(B, h, w, C) maps + (B, h, w) mask -> (B, C) float32 L2-normalized (zeros: no valid cell)."""
-    if head == "mac":
-        v = pooling.mac(feats, mask)
-    elif head == "spoc":
-        v = pooling.spoc(feats, mask)
-    elif head == "gem":
-        v = pooling.gem(feats, config.p, mask=mask)
-    elif head == "rmac":
-        v = pooling.rmac(feats, config.levels, mask=mask)
-    elif head == "crow":
-        v = pooling.crow(feats, mask=mask)
-    else:  # pragma: no cover - checked by GlobalConfig
-        raise InputError(f"unknown head {head!r}")
-    return np.asarray(pooling.l2_normalize(v), np.float32)
+# --------------------------------------------------------------------------- heads
 
 
 def _check_heads(heads: Sequence[str]) -> tuple[str, ...]:
@@ -284,8 +261,7 @@ def _check_heads(heads: Sequence[str]) -> tuple[str, ...]:
     if not heads:
         raise InputError("heads: empty, nothing to compute")
     for h in heads:
-        if h not in HEADS:
-            raise InputError(f"unknown head {h!r}; known: {', '.join(HEADS)}")
+        pooling_head(h)
     if len(set(heads)) != len(heads):
         raise InputError(f"heads has a repeated name: {heads}")
     return heads
@@ -361,13 +337,15 @@ def extract_global_heads(
     heads = _check_heads((config.head,) if heads is None else heads)
     src, sizes, rec = _prepare(backbone, images, config)
     out: dict[str, np.ndarray] = {}
-    pooled = [h for h in heads if h != "codes"]
+    pooled = [h for h in heads if pooling_head(h).image_size is None]
     if pooled:
         vecs, have = _extract_pooled(backbone, src, sizes, config, pooled, progress, rec)
         for head in pooled:
-            out[head] = combine_scales(vecs[head], have, config.p if head == "gem" else 1.0)
-    if "codes" in heads:
-        out["codes"] = _extract_codes(backbone, src, _batch_size(config), progress, rec)
+            p = pooling_head(head).multiscale_p(config.p)
+            out[head] = combine_scales(vecs[head], have, p)
+    for head in heads:
+        if head not in pooled:
+            out[head] = _extract_square(backbone, src, head, config, progress, rec)
     _report(backbone, rec, info)
     return {h: out[h] for h in heads}
 
@@ -401,28 +379,32 @@ def extract_per_scale(
 
     Args:
       backbone, images, config, progress, info: as :func:`extract_global`.
-      heads: pooled heads (default: ``(config.head,)``); "codes" is not accepted.
+      heads: multi-scale heads (default: ``(config.head,)``); not one of one square size
+        (``codes``).
 
     Returns:
       A :class:`PerScale`.
     """
     heads = _check_heads((config.head,) if heads is None else heads)
-    if "codes" in heads:
-        raise InputError("codes has one scale (224 x 224): use extract_global_heads")
+    for head in heads:
+        if (size := pooling_head(head).image_size) is not None:
+            raise InputError(f"{head} has one scale ({size} x {size}): use extract_global_heads")
     src, sizes, rec = _prepare(backbone, images, config)
     vecs, have = _extract_pooled(backbone, src, sizes, config, heads, progress, rec)
     _report(backbone, rec, info)
     return PerScale(vecs, have)
 
 
-def _prepare(backbone, images, config: GlobalConfig):
+def _prepare(backbone, images, config: ScaleConfig):
     """Checks; pass 1 over the images: their sizes (one image in memory at a time)."""
     if not all(hasattr(backbone, a) for a in ("features", "stride", "min_size", "channels")):
         raise InputError(
             f"backbone must be a retrieval.nets.Backbone, got {type(backbone).__name__}"
         )
-    if not isinstance(config, GlobalConfig):
-        raise InputError(f"config must be a GlobalConfig, got {type(config).__name__}")
+    if not isinstance(config, ScaleConfig):
+        raise InputError(
+            f"config must be a GlobalConfig or a ScaleConfig, got {type(config).__name__}"
+        )
     if config.bucket % backbone.stride:
         raise InputError(
             f"bucket ({config.bucket} px) must be a multiple of {backbone.name}'s stride "
@@ -528,7 +510,7 @@ def _map_batches(backbone, src, items, config, progress, rec):
 def iter_feature_maps(
     backbone: Backbone,
     images: Sequence,
-    config: GlobalConfig = GlobalConfig(),  # noqa: B008 (a frozen dataclass)
+    config: ScaleConfig = ScaleConfig(),  # noqa: B008 (a frozen dataclass)
     *,
     progress: bool = False,
     info: dict | None = None,
@@ -536,7 +518,8 @@ def iter_feature_maps(
     """The backbone's feature maps of images, one padded bucket batch at a time.
 
     Images are shrunk, resized per scale, bucketed and padded as :func:`extract_global`
-    does (``config.head`` is not used); a consumer pools each :class:`MapBatch` itself
+    does (a :class:`ScaleConfig`; a ``GlobalConfig``'s head is not used); a consumer pools
+    each :class:`MapBatch` itself
     (class-weighted pooling, stored maps for re-ranking). Every image is checked (and its
     size read) before the first batch is yielded.
 
@@ -562,7 +545,7 @@ def _extract_pooled(backbone, src, sizes, config, heads, progress, rec):
     vecs = {h: np.zeros((*have.shape, backbone.channels), np.float32) for h in heads}
     for mb in _map_batches(backbone, src, items, config, progress, rec):
         for head in heads:
-            v = _pool(head, mb.features, mb.mask, config)
+            v = pool_maps(head, mb.features, mb.mask, config)
             for r, (i, s) in enumerate(mb.items):
                 vecs[head][s, i] = v[r]
     return vecs, have
@@ -594,27 +577,26 @@ def combine_scales(vecs, have, p: float = 1.0) -> np.ndarray:
     return out
 
 
-def _extract_codes(backbone, src, batch, progress, rec):
-    """Neural codes: 224 x 224 images; VGG16 fc6, else the GAP of the last map."""
-    n = len(src)
-    codes = backbone.name == "vgg16"
+def _extract_square(backbone, src, head: str, config, progress, rec):
+    """A head of one square size (neural codes): the backbone's ``codes`` when it has them
+    (VGG16's fc6), else the head pooled on the map of the square image."""
+    n, batch = len(src), _batch_size(config)
+    size = pooling_head(head).image_size
+    codes = getattr(backbone, "has_codes", False)
     out = None
-    for start in tqdm(range(0, n, batch), desc="neural codes", unit="batch", disable=not progress):
+    for start in tqdm(range(0, n, batch), desc=head, unit="batch", disable=not progress):
         rows = range(start, min(n, start + batch))
-        x = np.empty((batch, CODES_SIZE, CODES_SIZE, 3), np.uint8)
+        x = np.empty((batch, size, size, 3), np.uint8)
         x[:] = pad_colour(backbone)
         for r, i in enumerate(rows):
-            x[r] = _resize(src.load(i), CODES_SIZE, CODES_SIZE)
+            x[r] = _resize(src.load(i), size, size)
         if codes:
-            v = backbone.codes(x)
+            v = np.asarray(pooling.l2_normalize(backbone.codes(x)), np.float32)
         else:
-            v = pooling.spoc(backbone.features(x))
-        v = np.asarray(pooling.l2_normalize(v), np.float32)
+            v = pool_maps(head, backbone.features(x), None, config)
         if out is None:
             out = np.empty((n, v.shape[1]), np.float32)
         out[start : start + len(rows)] = v[: len(rows)]
         rec["batches"] += 1
-    rec["buckets"][f"{CODES_SIZE}x{CODES_SIZE}"] = (
-        rec["buckets"].get(f"{CODES_SIZE}x{CODES_SIZE}", 0) + n
-    )
+    rec["buckets"][f"{size}x{size}"] = rec["buckets"].get(f"{size}x{size}", 0) + n
     return out

@@ -129,7 +129,7 @@ def usable_images(
         if why is None:
             keep.append(i)
         elif strict:
-            raise InputError(f"{name}: {why} (--strict)")
+            raise InputError(f"{name}: {why} (strict: no image is skipped)")
         else:
             skipped.append(f"{name}: {why}")
     return keep, skipped
@@ -175,3 +175,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise InputError(f"no image under {folder}")
     return files
+
+
+def group_pairs(labels) -> np.ndarray:
+    """(P, 2) int64: every ordered pair (i, j), i != j, of images with the same label >= 0."""
+    lab = np.asarray(labels, np.int64)
+    pairs = []
+    for g in np.unique(lab[lab >= 0]):
+        idx = np.flatnonzero(lab == g)
+        if idx.size >= 2:
+            a, b = np.meshgrid(idx, idx, indexing="ij")
+            off = a != b
+            pairs.append(np.stack([a[off], b[off]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)

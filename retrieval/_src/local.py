@@ -8,7 +8,7 @@ size, patch at most 5% outside the image), strongest first up to
 ``max_regions`` per image; each region is resampled to an oriented ``S x S``
 patch (side 6 x size); patches are described by a trained CKN
 (``ckn.describe``) or by SIFT / RootSIFT at the patch centre
-(``retrieval.patches.describe_with``; :func:`make_describer`).
+(``retrieval.patches.describe_with``; :func:`make_local_describer`).
 
 References:
   Paulin et al., IJCV 2017, Sec. 6 (VLAD over Patch-CKN descriptors).
@@ -30,6 +30,7 @@ from ckn import InputError
 from retrieval._src import regions as R
 from retrieval._src.data import read_image, resize_max
 from retrieval._src.evaluation import describe_with, descriptor_info, resolve_model
+from retrieval._src.settings import check_settings, max_side_setting, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ class LocalConfig:
         thousands of keypoints nor the memory; None: never).
     """
 
-    max_regions: int = 1000
+    max_regions: int = setting(1000, minimum=1, help="regions per image, strongest first")
     contrast_threshold: float = 0.03
     edge_threshold: float = 10.0
     min_size: float = 4.0
@@ -56,18 +57,15 @@ class LocalConfig:
     nms_radius: float = 1.0
     max_outside: float = 0.05
     magnification: float = R.MAGNIFICATION
-    max_side: int | None = 1024
+    max_side: int | None = max_side_setting()
 
     def __post_init__(self):
-        if self.max_regions < 1:
-            raise InputError(f"max_regions must be >= 1, got {self.max_regions}")
-        if self.max_side is not None and self.max_side < 16:
-            raise InputError(f"max_side must be >= 16, got {self.max_side}")
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class Describer:
-    """Turns oriented patches into local descriptors.
+class LocalDescriber:
+    """Turns oriented patches into local descriptors (patches in, one vector per patch out).
 
     Attributes:
       name: "sift", "rootsift" or the CKN model's directory / preset name.
@@ -87,8 +85,8 @@ class Describer:
         return self.fn(patches)
 
 
-def make_describer(spec: Any, *, batch_size: int = 256) -> Describer:
-    """A :class:`Describer` from "sift", "rootsift", "pixels", a model directory or a ``ckn.CKN``.
+def make_local_describer(spec: Any, *, batch_size: int = 256) -> LocalDescriber:
+    """A :class:`LocalDescriber` from "sift", "rootsift", "pixels", a model folder or a ``ckn.CKN``.
 
     The baselines describe 51 x 51 gray patches; a CKN model the patch side of
     its config (``patch_size``), in colour for ``channels`` "rgb" / "green".
@@ -103,7 +101,7 @@ def make_describer(spec: Any, *, batch_size: int = 256) -> Describer:
         size, color = what.config.patch_size, what.config.channels in ("rgb", "green")
         name = str(spec) if isinstance(spec, (str, os.PathLike)) else what.config.name
     dim = descriptor_info(what, (size, size, 3) if color else (size, size))["dim"]
-    return Describer(
+    return LocalDescriber(
         name, size, color, functools.partial(describe_with, what, batch_size=batch_size), dim
     )
 
@@ -136,7 +134,9 @@ class _Sampled(NamedTuple):
     seconds_regions: float
 
 
-def _sample(image: np.ndarray, describer: Describer, config: LocalConfig, name: str) -> _Sampled:
+def _sample(
+    image: np.ndarray, describer: LocalDescriber, config: LocalConfig, name: str
+) -> _Sampled:
     """Regions and oriented patches of one image (the part of :func:`local_features` before
     the describer)."""
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def _sample(image: np.ndarray, describer: Describer, config: LocalConfig, name: 
 
 def local_features(
     image: np.ndarray,
-    describer: Describer,
+    describer: LocalDescriber,
     *,
     config: LocalConfig = LocalConfig(),
     name: str = "image",
@@ -187,7 +187,7 @@ def local_features(
 
     Args:
       image: (H, W) or (H, W, 3) RGB uint8.
-      describer: from :func:`make_describer`.
+      describer: from :func:`make_local_describer`.
       config: region selection.
       name: used in error messages.
 
@@ -209,7 +209,7 @@ PATCH_BATCH = 2048
 
 def iter_local_features(
     images: Iterable[tuple[str, np.ndarray]],
-    describer: Describer,
+    describer: LocalDescriber,
     *,
     config: LocalConfig = LocalConfig(),
     batch: int = PATCH_BATCH,
@@ -225,7 +225,7 @@ def iter_local_features(
 
     Args:
       images: (name, (H, W[, 3]) uint8 array) pairs, read lazily in order.
-      describer: from :func:`make_describer`.
+      describer: from :func:`make_local_describer`.
       config: region selection.
       batch: patches per describer call (>= 1).
 
@@ -282,7 +282,7 @@ def iter_local_features(
 
 def describe_images(
     images: Sequence[str | os.PathLike | np.ndarray],
-    describer: Describer,
+    describer: LocalDescriber,
     *,
     config: LocalConfig = LocalConfig(),
     names: Sequence[str] | None = None,

@@ -23,9 +23,11 @@ normalization, applied by one function, :func:`apply_whitening`:
   ``whitenlearn``. Returns a :class:`Whitening` (m, P).
 
 Multi-scale (:func:`multiscale_combine`), query expansion
-(:func:`query_expansion`, :func:`alpha_qe`) and database-side augmentation
-(:func:`database_augmentation`) follow cirtorch / dirtorch / Gordo et al.; see
-each function.
+(:func:`query_expansion`, :func:`alpha_qe`, :func:`expand_queries`) and database-side
+augmentation (:func:`database_augmentation`) follow cirtorch / dirtorch / Gordo et al.; see
+each function. Query expansion has one formula, :func:`expand_with`: every caller (the
+functions here, database augmentation, the pipeline's query-expansion scorer after CAM
+re-ranking) chooses the neighbours and calls it.
 
 References:
   H. Jegou and O. Chum, "Negative evidences and co-occurrences in image
@@ -45,23 +47,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.metrics import check_matrix
+from retrieval._src.checks import check_matrix
 from retrieval._src.search import exact_search
 
 #: Norm floor of the L2 normalizations (VLFeat's value, as in vlad.py).
 NORM_FLOOR = 1e-12
-
-
-def _check_matrix(x, name: str, *, dim: int | None = None, dim_name: str = "") -> np.ndarray:
-    """(N, D) float32 (N = 0 allowed: the callers say what an empty set means)."""
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise InputError(f"{name} must be (N, D), got shape {a.shape}")
-    if dim is not None and a.shape[1] != dim:
-        raise InputError(f"{name} have dimension {a.shape[1]} but {dim_name} has dimension {dim}")
-    if a.shape[0] == 0:
-        return a.astype(np.float32)
-    return check_matrix(a, name)
 
 
 # --------------------------------------------------------------------------- PCA-whitening
@@ -134,7 +124,7 @@ def fit_pca_whitening(
       InputError: bad shapes or values, dim < 1, or dim above the number of
         directions the training vectors span (at most n - 1).
     """
-    a = _check_matrix(x, "PCA training vectors").astype(np.float64)
+    a = check_matrix(x, "PCA training vectors", empty=True).astype(np.float64)
     n, big_d = a.shape
     if dim < 1:
         raise InputError(f"PCA dimension must be >= 1, got {dim}")
@@ -232,7 +222,9 @@ def apply_whitening(
         raise InputError(f"dim must be in 1..{whitening.dim}, got {dim}")
     a = np.asarray(x)
     single = a.ndim == 1
-    a = _check_matrix(a[None] if single else a, "vectors", dim=whitening.input_dim, dim_name=name)
+    a = check_matrix(
+        a[None] if single else a, "vectors", dim=whitening.input_dim, dim_name=name, empty=True
+    )
     a = a.astype(np.float64) - whitening.mean
     if isinstance(whitening, PCAWhitening):
         # Components and scales apart, as fitted (and as vlad.py always applied them).
@@ -250,17 +242,7 @@ def apply_whitening(
 
 def _as_float64(x, name: str, rows: str = "N") -> np.ndarray:
     """A (rows, D) finite numeric matrix as float64 (no float32 round trip)."""
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise InputError(f"{name} must be ({rows}, D), got shape {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"{name} is empty, shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise InputError(f"{name} must be a float array, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise InputError(f"{name} contains NaN or inf values")
-    return a
+    return check_matrix(x, name, rows=rows, dtype=np.float64)
 
 
 def _pair_indices(pairs, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -422,11 +404,24 @@ def _neighbours(queries: np.ndarray, db: np.ndarray, k: int, exclude_self: bool)
     return idx
 
 
-def _expand(q: np.ndarray, db: np.ndarray, idx: np.ndarray, alpha: float | None) -> np.ndarray:
-    """L2(q + sum_j w_j db[idx_j]) in float64, w_j = 1 or max(q . db_j, 0)^alpha."""
-    nb = db[idx]  # (Q, k, D)
+def expand_with(q, db, neighbours, alpha: float | None = None) -> np.ndarray:
+    """The query-expansion formula: L2(q + sum_j w_j db[neighbours_j]), in float64.
+
+    w_j = 1 (alpha None: average QE), else max(q . db_j, 0)^alpha (alpha-QE; alpha = 0
+    weighs every neighbour 1, as 0^0 = 1).
+
+    Args:
+      q: (Q, D) float64 queries.
+      db: (N, D) float64 database vectors.
+      neighbours: (Q, k) int ids of each query's neighbours in ``db`` (k may be 0).
+      alpha: weight exponent >= 0, or None.
+
+    Returns:
+      (Q, D) float32, L2-normalized (floor 1e-12).
+    """
+    nb = db[neighbours]  # (Q, k, D)
     if alpha is None:
-        w = np.ones(idx.shape)
+        w = np.ones(np.shape(neighbours))
     else:
         w = np.power(np.maximum(np.einsum("qd,qkd->qk", q, nb), 0.0), alpha)
     out = q + np.einsum("qk,qkd->qd", w, nb)
@@ -469,7 +464,7 @@ def query_expansion(q, db, k: int = 1) -> np.ndarray:
       Chum et al., ICCV 2007; Gordo et al., IJCV 2017, section 5.3.
     """
     qq, d, k = _qe_inputs(q, db, k)
-    return _expand(qq, d, _neighbours(qq, d, k, False), None)
+    return expand_with(qq, d, _neighbours(qq, d, k, False), None)
 
 
 def alpha_qe(q, db, k: int = 10, alpha: float = 3.0) -> np.ndarray:
@@ -496,7 +491,30 @@ def alpha_qe(q, db, k: int = 10, alpha: float = 3.0) -> np.ndarray:
     """
     alpha = _check_alpha(alpha)
     qq, d, k = _qe_inputs(q, db, k)
-    return _expand(qq, d, _neighbours(qq, d, k, False), alpha)
+    return expand_with(qq, d, _neighbours(qq, d, k, False), alpha)
+
+
+def expand_queries(queries, database, k: int, alpha: float = 0.0, *, exclude_self=False):
+    """Query expansion: q' = L2(q + sum_j max(q . x_j, 0)^alpha x_j) over the top-k database x_j.
+
+    alpha = 0 weighs every neighbour 1 (average QE). With ``exclude_self`` query i
+    is database row i and is left out of its neighbours; otherwise this is
+    :func:`alpha_qe` (= :func:`query_expansion` for alpha = 0).
+
+    Args:
+      queries: (Q, D); database: (N, D); k: neighbours, 1..N (N - 1 with exclude_self).
+
+    Returns:
+      (Q, D) float32, L2-normalized.
+    """
+    if not exclude_self:
+        return alpha_qe(queries, database, k, alpha)
+    db = np.asarray(database, np.float64)
+    q = np.asarray(queries, np.float64)
+    if not isinstance(k, int) or not 1 <= k <= db.shape[0] - 1:
+        raise InputError(f"QE k must be in 1..{db.shape[0] - 1} (the other images), got {k!r}")
+    _, idx = exact_search(q.astype(np.float32), db.astype(np.float32), k, exclude_self=True)
+    return expand_with(q, db, idx, _check_alpha(alpha))
 
 
 WEIGHTINGS = ("rank", "alpha")
@@ -547,7 +565,7 @@ def database_augmentation(
     else:
         idx = _neighbours(d, d, k - 1, True)
     if weighting == "alpha":
-        return _expand(d, d, idx, alpha)
+        return expand_with(d, d, idx, alpha)
     w = (k - np.arange(1, k, dtype=np.float64)) / k  # ranks 1..k-1; rank 0 weighs k / k = 1
     out = d + np.einsum("k,nkd->nd", w, d[idx])
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), NORM_FLOOR)

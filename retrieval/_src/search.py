@@ -507,7 +507,38 @@ def make_index(
     if method != "ivfpq":
         raise InputError(f"unknown search method {method!r}; expected exact or ivfpq")
     t = db if train is None else check_matrix(train, "training vectors", dim=d)
-    opts = _ivfpq_defaults(n, d, t.shape[0])
+    index = train_ivfpq(t, n, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
+    with _faiss_threads(1):
+        index.add(db)
+    return index
+
+
+def train_ivfpq(
+    train,
+    count: int,
+    *,
+    nlist: int | None = None,
+    m: int | None = None,
+    nbits: int | None = None,
+    nprobe: int = 16,
+) -> FaissIndex:
+    """An inner-product :class:`FaissIndex` (IVF-PQ) trained on ``train``, still empty.
+
+    Sizes for a collection of ``count`` vectors unless given (see :func:`make_index`);
+    trained with one OpenMP thread.
+
+    Args:
+      train: (T, D) training vectors.
+      count: number of vectors the index will hold (sets nlist).
+      nlist, m, nbits, nprobe: IVF-PQ options.
+
+    Raises:
+      InputError: bad vectors, sizes that do not fit the dimension or the training
+        vectors, faiss not installed.
+    """
+    t = check_matrix(train, "training vectors")
+    d = t.shape[1]
+    opts = _ivfpq_defaults(int(count), d, t.shape[0])
     opts.update({k: v for k, v in (("nlist", nlist), ("m", m), ("nbits", nbits)) if v is not None})
     if d % opts["m"]:
         raise InputError(f"m = {opts['m']} sub-quantizers must divide the dimension {d}")
@@ -523,7 +554,6 @@ def make_index(
         raise InputError("IVF-PQ search needs faiss (pip install faiss-cpu)") from None
     with _faiss_threads(1):
         index.train(t)
-        index.add(db)
     return index
 
 

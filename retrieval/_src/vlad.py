@@ -91,20 +91,8 @@ class VladNorm(NamedTuple):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_matrix(x, name: str, *, dim: int | None = None, dim_name: str = "") -> np.ndarray:
-    """(N, D) float32 (N = 0 allowed: the callers say what an empty set means)."""
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise InputError(f"{name} must be (N, D), got shape {a.shape}")
-    if dim is not None and a.shape[1] != dim:
-        raise InputError(f"{name} have dimension {a.shape[1]} but {dim_name} has dimension {dim}")
-    if a.shape[0] == 0:
-        return a.astype(np.float32)
-    return check_matrix(a, name)
-
-
 def _check_centers(centers) -> np.ndarray:
-    c = _check_matrix(centers, "centers")
+    c = check_matrix(centers, "centers", empty=True)
     if c.shape[0] == 0:
         raise InputError("the codebook is empty (k = 0 centres)")
     return c
@@ -213,7 +201,9 @@ def vlad_encode(descriptors, centers, norm: VladNorm | None = None) -> np.ndarra
       >>> v = vlad_encode(x, centers, VladNorm(power=0.5, intra=True))  # x (n, d), centers (k, d)
     """
     c = _check_centers(centers)
-    x = _check_matrix(descriptors, "descriptors", dim=c.shape[1], dim_name="the codebook")
+    x = check_matrix(
+        descriptors, "descriptors", dim=c.shape[1], dim_name="the codebook", empty=True
+    )
     if x.shape[0] == 0:
         raise InputError(
             "descriptors is empty (n = 0): an image without local descriptors has no VLAD"
@@ -259,7 +249,7 @@ def vlad_encode_batch(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     xs = []
     for i, x in enumerate(descriptors):
-        x = _check_matrix(x, f"descriptors of image {i}", dim=d, dim_name="the codebook")
+        x = check_matrix(x, f"descriptors of image {i}", dim=d, dim_name="the codebook", empty=True)
         if x.shape[0] == 0:
             raise InputError(
                 f"descriptors of image {i} is empty (n = 0): "
@@ -315,7 +305,7 @@ def fit_codebook(
     Raises:
       InputError: wrong shape, NaN values, fewer than k descriptors.
     """
-    x = _check_matrix(descriptors, "descriptors")
+    x = check_matrix(descriptors, "descriptors", empty=True)
     n = x.shape[0]
     if not 1 <= k <= n:
         raise InputError(

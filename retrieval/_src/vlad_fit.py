@@ -36,6 +36,7 @@ from ckn import InputError
 from retrieval._src import postprocess as PP
 from retrieval._src import vlad as V
 from retrieval._src.local import LocalFeatures
+from retrieval._src.settings import check_settings, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +46,13 @@ class VladConfig:
     Attributes:
       k: codebook size.
       local_dim: PCA (no whitening) of the local descriptors to this dimension
-        when they are larger (None: keep them).
+        when they are larger (None or 0: keep them).
       mass_norm, power, intra_norm, residual_norm: the VLAD normalizations
         (:attr:`norm`; the global L2 is always on); default signed square root
         + intra-normalization (Arandjelovic & Zisserman).
       pca_dim: PCA of the VLADs to this dimension, then L2 (None or 0: no PCA,
-        the default, as ``ckn eval-images --pca 0``: on the small collections
-        measured here PCA lowered mAP in 39 of 40 comparisons, see README).
+        the default: on the small collections measured here PCA lowered mAP in 39 of
+        40 comparisons, see README).
       pca_whiten: whiten the PCA (False: a plain projection).
       pca_windows: random windows per training image whose VLADs join the PCA
         training vectors (see the module docstring).
@@ -62,29 +63,31 @@ class VladConfig:
       seed: seeds the subsamples, the k-means initialization and the windows.
     """
 
-    k: int = 64
-    local_dim: int | None = 128
+    k: int = setting(64, minimum=1, help="codebook size")
+    local_dim: int | None = setting(
+        128, kind="int", minimum=1, optional=True, zero_is_none=True, none_means="keep",
+        help="PCA of larger local descriptors to this dimension before VLAD, 0 to keep",
+    )  # fmt: skip
     mass_norm: bool = False
     power: float = 0.5
     intra_norm: bool = True
     residual_norm: bool = False
-    pca_dim: int | None = None
-    pca_whiten: bool = True
+    pca_dim: int | None = setting(
+        None, kind="int", minimum=1, optional=True, zero_is_none=True, flag="pca",
+        help="PCA-whitening dimension of the VLADs, e.g. 256, 0 for none (on small "
+        "collections it lowered mAP in every measured setting)",
+    )  # fmt: skip
+    pca_whiten: bool = setting(
+        True, flag="no-whiten", inverted=True, help="plain PCA projection, no whitening"
+    )
     pca_windows: int = 50
     pca_eps: float = 1e-9
     kmeans_iters: int = 30
     max_train_descriptors: int = 100_000
-    seed: int = 0
+    seed: int = setting(0, help="seed of k-means, subsamples and PCA windows")
 
     def __post_init__(self):
-        if self.pca_dim == 0:  # 0 means "none" everywhere (as the command line's --pca 0)
-            object.__setattr__(self, "pca_dim", None)
-        if self.k < 1:
-            raise InputError(f"k must be >= 1, got {self.k}")
-        if self.local_dim is not None and self.local_dim < 1:
-            raise InputError(f"local_dim must be >= 1, got {self.local_dim}")
-        if self.pca_dim is not None and self.pca_dim < 1:
-            raise InputError(f"pca_dim must be >= 1, got {self.pca_dim}")
+        check_settings(self)  # 0 and None both mean "none" for local_dim and pca_dim
         if not 0.0 < self.power <= 1.0:
             raise InputError(f"power must be in (0, 1], got {self.power}")
         if self.pca_windows < 0:

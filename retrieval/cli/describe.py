@@ -6,12 +6,21 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
+import jax
 
 import ckn
 from ckn import InputError
 from retrieval.cli import patch_benchmarks
-from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
+from retrieval.cli.distributed import add_distributed_flags, start_distributed
+from retrieval.cli.flags import (
+    Output,
+    Paths,
+    add_command,
+    add_precision_flag,
+    declare_paths,
+    fields_as_flags,
+    plural,
+)
 from retrieval.patches import BASELINES
 
 _SPLITS = ("train", "test", "all")
@@ -28,6 +37,8 @@ def _paths(args: argparse.Namespace) -> Paths:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     if args.hpatches is not None:
+        if args.distributed:
+            raise InputError("--distributed describes --patches, not --hpatches")
         return patch_benchmarks.describe(args)
     if args.out is None or args.out_dir is not None:
         raise InputError("--patches writes one .npy file: give --out (--out-dir is for --hpatches)")
@@ -35,31 +46,33 @@ def cmd_describe(args: argparse.Namespace) -> int:
         raise InputError(f"--split of --patches is one of {', '.join(_SPLITS)}, got {args.split!r}")
     if args.model in BASELINES:
         raise InputError(f"--patches is described with a model directory, not {args.model!r}")
-    model = ckn.load(args.model, precision=args.precision)
+    # The patch file is read first (NumPy only): jax.distributed must start before JAX does.
     patches, _ = ckn.files.load_patch_file(args.patches, split=args.split)
-    n = patches.shape[0]
-    dim = model.config.descriptor_dim(patches.shape[1], patches.shape[2])
-    # Every check of describe() before the output file is created.
-    ckn.describe(model, patches[:0], batch_size=args.batch_size, any_size=args.any_size)
+    index, count = start_distributed(args)
+    model = ckn.load(args.model, precision=args.precision)
     t0 = time.perf_counter()
-    with ckn.files.atomic_path(args.out) as tmp:
-        # Written straight into a memory-mapped .npy: bounded memory for large files.
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        ckn.describe(
+    with fields_as_flags({"any_size": "--any-size"}):
+        lo, hi = ckn.sharding.write_descriptors(
             model,
             patches,
+            args.out,
             batch_size=args.batch_size,
-            progress=not args.quiet,
-            out=out,
             any_size=args.any_size,
+            progress=not args.quiet,
         )
-        out.flush()
-        del out
     seconds = time.perf_counter() - t0
-    print(
-        f"wrote {args.out}: {n} x {dim} float32 descriptors in {seconds:.1f} s "
-        f"({n / seconds:.0f} patches/s)"
-    )
+    n = patches.shape[0]
+    dim = model.config.descriptor_dim(patches.shape[1], patches.shape[2])  # checked by now
+    if count > 1:
+        print(
+            f"process {index}/{count}: rows {lo}:{hi} on "
+            f"{plural(len(jax.local_devices()), 'local device')}"
+        )
+    if index == 0:
+        print(
+            f"wrote {args.out}: {n} x {dim} float32 descriptors in {seconds:.1f} s "
+            f"({n / seconds:.0f} patches/s)"
+        )
     return 0
 
 
@@ -111,5 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_precision_flag(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed_flags(d)
     d.set_defaults(func=cmd_describe)
     declare_paths(d, _paths)

@@ -48,7 +48,8 @@ def add_command(
 
 def arguments(args: argparse.Namespace) -> dict:
     """The parsed flags, for a JSON record (without the functions the parser carries)."""
-    return {k: v for k, v in vars(args).items() if not callable(v) and k != "cli_prog"}
+    skip = ("cli_prog", "mode_options", "field_flags")  # the parser's own bookkeeping
+    return {k: v for k, v in vars(args).items() if not callable(v) and k not in skip}
 
 
 # --- Words -------------------------------------------------------------------------------------
@@ -83,18 +84,35 @@ def shown_path(path: str | os.PathLike) -> str:
         return str(p)
 
 
+def _as_flags(message: str, fields: Mapping[str, str]) -> str:
+    words = re.split(r"(\W+)", message)
+    for i, w in enumerate(words):
+        # The first word if it is a field, or the first of a bracketed "(field: ...)"; later
+        # words only when unambiguous (``whiten_images``).
+        opens = 0 < i < len(words) - 1 and words[i - 1].endswith("(") and words[i + 1][0] == ":"
+        if w in fields and (i == 0 or opens or "_" in w):
+            words[i] = fields[w]
+    return "".join(words)
+
+
+#: The bad-image policy's setting (``strict``, :func:`retrieval.image.usable_images`) as a flag.
+STRICT = {"strict": "--strict"}
+
+
 @contextlib.contextmanager
 def fields_as_flags(fields: Mapping[str, str]):
-    """Re-raises a library ``InputError`` that starts with a setting's field name (``dim 256:
-    ...``) with the command's flag instead (``--dim 256: ...``): the library names its
-    dataclass fields, the command line its flags."""
+    """Re-raises a library ``InputError`` naming settings' fields (``dim 256: ...``, ``... needs
+    whiten_images``) with the command's flags instead (``--dim 256: ...``): the library names its
+    dataclass fields, the command line its flags. A field is translated where it is the
+    message's first word or opens a bracket (``(strict: ...)``), or anywhere when its name has
+    an underscore."""
     try:
         yield
     except InputError as e:
-        first, _, rest = str(e).partition(" ")
-        if first not in fields:
+        text = _as_flags(str(e), fields)
+        if text == str(e):
             raise
-        raise InputError(f"{fields[first]} {rest}") from None
+        raise InputError(text) from None
 
 
 # --- Output checks -------------------------------------------------------------------------------

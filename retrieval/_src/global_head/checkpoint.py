@@ -10,7 +10,7 @@ from retrieval._src.global_head.model import _fingerprint_arrays
 #: The checkpoint that ``ckn.supervised.run_epochs`` writes after every epoch of head training.
 CHECKPOINT_FORMAT = ckn.supervised.CheckpointFormat(
     "ckn-global-head-checkpoint",
-    1,
+    2,  # 2: the optimizer state of the one supervised step (optax.apply_if_finite)
     label="global-head",
     config_key="config",
     subject="head",

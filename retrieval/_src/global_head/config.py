@@ -117,7 +117,9 @@ class GlobalHeadConfig:
         if self.dim is not None and not _is_int(self.dim, 1):
             raise InputError(f"dim must be None or an int >= 1, got {self.dim!r}")
         if self.head == "gem" and not self.whiten and self.dim is not None:
-            raise InputError("a gem head without whitening keeps the C channels: dim must be None")
+            raise InputError(
+                "dim needs head 'rmac' or whiten: a gem head without whitening keeps the C channels"
+            )
         for name, low in (
             ("levels", 1),
             ("epochs", 1),

@@ -42,7 +42,7 @@ def pool_forward(
     maps: jax.Array,
     mask: jax.Array | None = None,
     *,
-    kind: str,
+    head: str,
     levels: int = 3,
     max_regions: int | None = None,
 ) -> jax.Array:
@@ -55,7 +55,7 @@ def pool_forward(
       params: a :class:`HeadParams` (float32, or float64 under x64).
       maps: (N, h, w, C) float maps (any float dtype; cast to the parameters').
       mask: (N, h, w) bool validity (a top-left rectangle per image), or None.
-      kind: "gem" or "rmac" (static).
+      head: "gem" or "rmac" (static).
       levels: R-MAC levels (static).
       max_regions: rmac only (static): at most this many valid regions per image
         (:func:`region_cap`); the valid slots are gathered first, so the projection
@@ -66,7 +66,7 @@ def pool_forward(
       (N, D0) in the parameters' dtype; zeros for an image without valid positions.
     """
     x = maps.astype(_dtype(params))
-    if kind == "gem":
+    if head == "gem":
         return pooling.l2_normalize(_scaled_gem(x, params.p, mask))
     regions, valid = pooling.regional_mac(x, levels, mask=mask)  # (N, R, C), (N, R)
     if max_regions is not None and max_regions < valid.shape[1]:
@@ -121,7 +121,7 @@ def head_forward(
     maps: jax.Array,
     mask: jax.Array | None = None,
     *,
-    kind: str,
+    head: str,
     levels: int = 3,
     max_regions: int | None = None,
 ) -> jax.Array:
@@ -130,7 +130,7 @@ def head_forward(
     :func:`pool_forward` then :func:`whiten_forward`; pure and differentiable in
     every parameter (p included).
     """
-    v = pool_forward(params, maps, mask, kind=kind, levels=levels, max_regions=max_regions)
+    v = pool_forward(params, maps, mask, head=head, levels=levels, max_regions=max_regions)
     return whiten_forward(params, v)
 
 
@@ -143,7 +143,7 @@ def region_cap(mask: np.ndarray, levels: int = 3, overlap: float = 0.4) -> int:
     return max((len(pooling.rmac_regions(a, b, levels, overlap)) for a, b in sizes), default=1)
 
 
-_STATIC = ("kind", "levels", "max_regions")
+_STATIC = ("head", "levels", "max_regions")
 _forward = jax.jit(head_forward, static_argnames=_STATIC)
 _pool = jax.jit(pool_forward, static_argnames=_STATIC)
 _whiten = jax.jit(whiten_forward)

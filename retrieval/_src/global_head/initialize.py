@@ -12,7 +12,6 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src import pooling
-from retrieval._src.global_eval import group_pairs
 from retrieval._src.global_head.config import (
     DESCRIBE_CHUNK,
     MAX_PCA_REGIONS,
@@ -27,6 +26,7 @@ from retrieval._src.global_head.forward import (
 from retrieval._src.global_head.maps import (
     HeadMaps,
 )
+from retrieval._src.image_folder import group_pairs
 from retrieval._src.postprocess import Whitening, fit_learned_whitening, fit_pca_whitening
 
 
@@ -125,7 +125,7 @@ def init_head_params(maps: HeadMaps, labels, config: GlobalHeadConfig, *, seed: 
     if config.whiten:
         cap = region_cap(maps.mask, config.levels) if config.head == "rmac" else None
         fn = lambda x, m: _pool(
-            params, x, m, kind=config.head, levels=config.levels, max_regions=cap
+            params, x, m, head=config.head, levels=config.levels, max_regions=cap
         )
         v = _chunks(fn, maps.maps, maps.mask)
         pairs = group_pairs(labels)

@@ -44,7 +44,7 @@ def save_global_head(head: GlobalHead, folder: str | os.PathLike, *, training=No
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "kind": head.kind,
+        "kind": head.head,  # the file format keeps its key
         "channels": head.channels,
         "levels": head.levels,
         "dim": head.dim,
@@ -114,7 +114,7 @@ def load_global_head(folder: str | os.PathLike) -> GlobalHead:
     params = HeadParams(**{k: jnp.asarray(v) for k, v in arrays.items()})
     return GlobalHead(
         params,
-        kind=doc.get("kind"),
+        head=doc.get("kind"),
         channels=doc.get("channels"),
         levels=int(doc.get("levels", 3)),
         backbone=doc.get("backbone") or {},

@@ -26,6 +26,7 @@ from retrieval._src.global_head.forward import (
     _pool,
     _whiten,
 )
+from retrieval._src.heads import pooling_head
 
 
 def _fingerprint_arrays(*arrays) -> str:
@@ -58,7 +59,7 @@ class GlobalHead(nnx.Module):
     :func:`head_forward` (jitted).
 
     Attributes:
-      kind: "gem" or "rmac".
+      head: "gem" or "rmac" (the learned pooling; ``GlobalHeadConfig.head``).
       channels: C, the backbone channels the head takes.
       levels: R-MAC levels.
       p, shift, proj, w_shift, w_proj: ``nnx.Param`` or None (see :class:`HeadParams`).
@@ -76,28 +77,28 @@ class GlobalHead(nnx.Module):
         self,
         params: HeadParams,
         *,
-        kind: str,
+        head: str,
         channels: int,
         levels: int = 3,
         backbone: dict | None = None,
         config: GlobalHeadConfig | None = None,
         training: dict | None = None,
     ):
-        if kind not in HEAD_KINDS:
-            raise InputError(f"kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
-        need = ("p",) if kind == "gem" else ("shift", "proj")
+        if head not in HEAD_KINDS:
+            raise InputError(f"head must be one of {', '.join(HEAD_KINDS)}, got {head!r}")
+        need = ("p",) if head == "gem" else ("shift", "proj")
         if any(getattr(params, k) is None for k in need):
-            raise InputError(f"a {kind} head needs {', '.join(need)}")
+            raise InputError(f"a {head} head needs {', '.join(need)}")
         if (params.w_shift is None) != (params.w_proj is None):
             raise InputError("a whitening needs both w_shift and w_proj")
         if not _is_int(channels, 1):
             raise InputError(f"channels must be an int >= 1, got {channels!r}")
         for name, axis in (("proj", 0), ("w_shift", 0)):
             v = getattr(params, name)
-            d0 = channels if name == "proj" or kind == "gem" else params.proj.shape[1]
+            d0 = channels if name == "proj" or head == "gem" else params.proj.shape[1]
             if v is not None and jnp.shape(v)[axis] != d0:
                 raise InputError(f"{name} has shape {jnp.shape(v)}, expected {d0} on axis {axis}")
-        self.kind, self.levels, self.channels = kind, int(levels), int(channels)
+        self.head, self.levels, self.channels = head, int(levels), int(channels)
         for name in HeadParams._fields:
             v = getattr(params, name)
             setattr(self, name, None if v is None else nnx.Param(jnp.asarray(v)))
@@ -119,7 +120,7 @@ class GlobalHead(nnx.Module):
         """D, the output dimension."""
         if self.w_proj is not None:
             return int(self.w_proj.shape[1])
-        return int(self.proj.shape[1]) if self.kind == "rmac" else self.channels
+        return int(self.proj.shape[1]) if self.head == "rmac" else self.channels
 
     @property
     def whitened(self) -> bool:
@@ -127,11 +128,13 @@ class GlobalHead(nnx.Module):
 
     @property
     def combine_p(self) -> float:
-        """Power of the multi-scale mean: the learned p of a gem head, else 1 (cirtorch)."""
-        return float(self.p.get_value()) if self.kind == "gem" else 1.0
+        """Power of the multi-scale mean: the pooling head's ``multiscale_p`` of its learned p
+        (the learned p for gem, 1 for rmac, as cirtorch)."""
+        p = 1.0 if self.p is None else float(self.p.get_value())
+        return pooling_head(self.head).multiscale_p(p)
 
     def __call__(self, maps: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        return _forward(self.params(), maps, mask, kind=self.kind, levels=self.levels)
+        return _forward(self.params(), maps, mask, head=self.head, levels=self.levels)
 
     def _check_maps(self, maps, mask):
         maps = np.asarray(maps) if not isinstance(maps, (np.ndarray, jax.Array)) else maps
@@ -166,7 +169,7 @@ class GlobalHead(nnx.Module):
         """
         maps, mask = self._check_maps(maps, mask)
         prm = self.params()
-        fn = lambda x, m: _forward(prm, x, m, kind=self.kind, levels=self.levels)
+        fn = lambda x, m: _forward(prm, x, m, head=self.head, levels=self.levels)
         return _chunks(fn, maps, mask)
 
     def check_backbone(self, backbone) -> None:
@@ -191,7 +194,7 @@ class GlobalHead(nnx.Module):
         self,
         backbone,
         images: Sequence,
-        config: G.GlobalConfig = G.GlobalConfig(scales=(1.0,)),  # noqa: B008 (frozen)
+        config: G.ScaleConfig = G.ScaleConfig(scales=(1.0,)),  # noqa: B008 (frozen)
         *,
         progress: bool = False,
         info: dict | None = None,
@@ -199,15 +202,15 @@ class GlobalHead(nnx.Module):
         """Images -> descriptors, as :func:`retrieval.extract_global` with this head.
 
         The images are shrunk to ``config.max_side``, resized to each of ``config.scales``,
-        bucketed and padded exactly as :func:`retrieval.extract_global` does (its
-        ``head`` / ``p`` / ``levels`` are not used: the learned head's are); the
+        bucketed and padded exactly as :func:`retrieval.extract_global` does (the pooling is
+        the learned head's own; a ``GlobalConfig``'s head, p and levels are not used); the
         pre-whitening vectors of the scales are combined by the power mean (the learned
         p for gem, 1 for rmac), then whitened.
 
         Args:
           backbone: the backbone the head was trained on (checked: :meth:`check_backbone`).
           images: as :func:`retrieval.extract_global` (arrays or paths).
-          config: a :class:`retrieval.GlobalConfig` (default: one scale, max side 1024).
+          config: a :class:`retrieval.image.ScaleConfig` (default: one scale, max side 1024).
           progress, info: as :func:`retrieval.extract_global`.
 
         Returns:
@@ -217,7 +220,7 @@ class GlobalHead(nnx.Module):
         prm = self.params()
         vecs = have = None  # (S, N, D0) pre-whitening vectors; (S, N) scales each image has
         for mb in G.iter_feature_maps(backbone, images, config, progress=progress, info=info):
-            v = np.asarray(_pool(prm, mb.features, mb.mask, kind=self.kind, levels=self.levels))
+            v = np.asarray(_pool(prm, mb.features, mb.mask, head=self.head, levels=self.levels))
             if vecs is None:  # config and images are checked by now
                 have = np.zeros((len(config.scales), len(images)), bool)
                 vecs = np.zeros((*have.shape, v.shape[1]), np.float32)

@@ -87,16 +87,6 @@ class GlobalHeadReport:
 # --------------------------------------------------------------------------- batches and step
 
 
-def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
-    """Rows of every group with two or more members (labels >= 0), in label order."""
-    out = []
-    for g in np.unique(labels[labels >= 0]):
-        rows = np.flatnonzero(labels == g)
-        if rows.size >= 2:
-            out.append(rows)
-    return out
-
-
 class _Plan(NamedTuple):
     rows: np.ndarray  # (S, B) int64 image rows
     labels: np.ndarray  # (S, B) int32 group ids (-1: padding)
@@ -104,22 +94,15 @@ class _Plan(NamedTuple):
 
 
 def _epoch_plan(groups, labels, cfg: GlobalHeadConfig, seed: int, epoch: int, mine=None) -> _Plan:
-    """One epoch: every group once, in an order drawn from (seed, epoch); K members each.
+    """One epoch: every group once, in an order drawn from (seed, epoch); K members each
+    (:func:`ckn.supervised.epoch_batches`, ``ckn.finetune``'s plan too).
 
     ``mine(anchors (G,)) -> (G, M) rows, (G, M) valid`` adds hard negatives per group.
     """
-    rng = np.random.default_rng([seed, epoch])
     g, k = cfg.groups_per_batch, cfg.images_per_group
     m = cfg.negatives if mine is not None else 0
-    order = rng.permutation(len(groups))
-    steps = -(-len(groups) // g)
-    rows = np.zeros((steps, g, k + m), np.int64)
-    mask = np.zeros((steps, g, k + m), bool)
-    for j, gi in enumerate(order):
-        members = groups[gi]
-        take = rng.choice(members, size=min(k, members.size), replace=False)
-        rows[j // g, j % g, : take.size] = take
-        mask[j // g, j % g, : take.size] = True
+    rows, mask = ckn.supervised.epoch_batches(groups, g, k, seed, epoch, extra=m)
+    steps = rows.shape[0]
     if mine is not None:
         for s in range(steps):
             have = mask[s, :, 0]
@@ -158,15 +141,16 @@ def _pool_miner(desc: np.ndarray, labels: np.ndarray, cfg: GlobalHeadConfig, see
     return mine
 
 
-_ADAM = optax.scale_by_adam()
 _TRACES = [0]  # compilations of _train_step (reported; tested)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "levels", "cap", "loss"))
+@functools.partial(jax.jit, static_argnames=("head", "levels", "cap", "loss"))
 def _train_step(
-    kind, levels, cap, loss, params, params0, opt_state, maps, mask, labels, rowmask, hyper
+    head, levels, cap, loss, params, params0, opt_state, maps, mask, labels, rowmask, hyper
 ):
-    """One Adam step on a batch; ``hyper`` = (lr, margin, p_lr_scale, weight decay), traced.
+    """The one supervised step (:func:`ckn.supervised.supervised_step`) on a batch, p's
+    learning rate scaled by ``p_lr_scale`` and p clipped to ``P_BOUNDS``; ``hyper`` = (lr,
+    margin, p_lr_scale, weight decay), traced.
 
     Returns (params, opt_state, loss, finite); a non-finite gradient leaves the
     parameters and the optimizer state unchanged.
@@ -175,21 +159,16 @@ def _train_step(
     lr, margin, p_scale, decay = hyper
 
     def objective(prm):
-        v = head_forward(prm, maps, mask, kind=kind, levels=levels, max_regions=cap)
+        v = head_forward(prm, maps, mask, head=head, levels=levels, max_regions=cap)
         return _LOSSES[loss](v, labels, margin, rowmask)
 
-    value, grads = jax.value_and_grad(objective)(params)
-    leaves = jax.tree.leaves(grads)
-    finite = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in leaves]))
-    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    with jax.numpy_dtype_promotion("standard"):  # optax's b1 ** count (float ** int32)
-        updates, new_opt = _ADAM.update(grads, opt_state)
-    new = jax.tree.map(lambda p, u, p0: p - lr * (u + decay * (p - p0)), params, updates, params0)
+    scales = project = None
     if params.p is not None:
-        p = params.p - lr * p_scale * (updates.p + decay * (params.p - params0.p))
-        new = new._replace(p=jnp.clip(p, *P_BOUNDS))
-    keep = lambda a, b: jnp.where(finite, a, b)
-    return jax.tree.map(keep, new, params), jax.tree.map(keep, new_opt, opt_state), value, finite
+        scales = jax.tree.map(lambda _: jnp.float32(1.0), params)._replace(p=p_scale)
+        project = lambda prm: prm._replace(p=jnp.clip(prm.p, *P_BOUNDS))  # noqa: E731
+    return ckn.supervised.supervised_step(
+        objective, params, params0, opt_state, lr, decay, scales=scales, project=project
+    )
 
 
 def _schedule(cfg: GlobalHeadConfig, total: int):
@@ -222,7 +201,7 @@ def _check_data(maps, labels, what: str) -> np.ndarray:
 def validation_map(head_params: HeadParams, maps: HeadMaps, labels, config, cap=None) -> float:
     """Groups-protocol mAP (every image of a group queries the others) of a head on maps."""
     fn = lambda x, m: _forward(
-        head_params, x, m, kind=config.head, levels=config.levels, max_regions=cap
+        head_params, x, m, head=config.head, levels=config.levels, max_regions=cap
     )
     v = _chunks(fn, maps.maps, maps.mask)
     return float(evaluate_scores(v.astype(np.float64) @ v.T.astype(np.float64), labels).mean_ap)
@@ -275,7 +254,7 @@ def train_global_head(
     lab = lab.copy()
     alone = lab < 0
     lab[alone] = lab.max(initial=-1) + 1 + np.arange(int(alone.sum()))
-    groups = _group_rows(lab)
+    groups = ckn.supervised.group_rows(lab)
     if len(groups) < 2:
         raise InputError(
             f"{len(groups)} group(s) of two or more images among {lab.shape[0]} training "
@@ -284,7 +263,7 @@ def train_global_head(
     val_lab = None
     if validation is not None:
         val_lab = _check_data(validation[0], validation[1], "validation")
-        if not _group_rows(val_lab):
+        if not ckn.supervised.group_rows(val_lab):
             raise InputError("the validation images have no group of two or more images")
         if validation[0].maps.shape[3] != maps.maps.shape[3]:
             raise InputError("validation and training maps have different channels")
@@ -297,9 +276,9 @@ def train_global_head(
     fingerprint = _fingerprint(maps, lab, validation, config, seed)
     steps_per_epoch = -(-len(groups) // config.groups_per_batch)
     schedule = _schedule(config, config.epochs * steps_per_epoch)
-    kind, levels = config.head, config.levels
+    head, levels = config.head, config.levels
     cap = cap_val = None
-    if kind == "rmac":
+    if head == "rmac":
         cap = region_cap(maps.mask, levels)
         cap_val = None if validation is None else region_cap(validation[0].mask, levels)
 
@@ -319,7 +298,7 @@ def train_global_head(
         """Pool mining (with this epoch's starting head), then the batches of the epoch."""
         mine = None
         if config.mining == "pool":
-            fn = lambda x, m, p=params: _forward(p, x, m, kind=kind, levels=levels, max_regions=cap)
+            fn = lambda x, m, p=params: _forward(p, x, m, head=head, levels=levels, max_regions=cap)
             desc = _chunks(fn, maps.maps, maps.mask)
             mine = _pool_miner(desc, lab, config, seed, epoch)
         plan = _epoch_plan(groups, lab, config, seed, epoch, mine)
@@ -328,7 +307,7 @@ def train_global_head(
             rows = plan.rows[s]
             hyper = (np.float32(schedule(step + s)), *hyper_fixed)
             params, opt_state, value, finite = _train_step(
-                kind,
+                head,
                 levels,
                 cap,
                 config.loss,
@@ -350,7 +329,7 @@ def train_global_head(
     run = ckn.supervised.run_epochs(
         train_epoch,
         params0,
-        _ADAM.init(params0),
+        ckn.supervised.step_optimizer(params0).init(params0),
         report,
         config,
         evaluate=evaluate,
@@ -366,13 +345,13 @@ def train_global_head(
     report.seconds = time.perf_counter() - t_start
     report.steps_per_second = run.steps / run.seconds if run.seconds else 0.0
     report.traces = _TRACES[0] - traces0
-    head = GlobalHead(
+    model = GlobalHead(
         run.best,
-        kind=kind,
+        head=head,
         channels=maps.maps.shape[3],
         levels=levels,
         backbone=backbone,
         config=config,
         training={"report": report.to_dict()},
     )
-    return head, report
+    return model, report

@@ -1,18 +1,19 @@
 """A saved, searchable image index: descriptors, image paths, fitted models and settings on disk.
 
-:func:`build_index` describes a collection of images once (global CNN descriptors,
-:mod:`retrieval._src.global_desc`, or VLAD of local descriptors,
-:mod:`retrieval._src.vlad_fit`), fits what the description needs (PCA-whitening;
-the VLAD codebook and PCAs) and returns a :class:`SavedIndex`; :func:`save_index`
+:func:`build_index` describes a collection of images once (a pooling head, a learned
+head or CAM OfA over a backbone, or VLAD of local descriptors: any describer of
+:data:`retrieval.image.DESCRIBERS`), fits what the description needs (PCA-whitening; the
+VLAD codebook and PCAs) and returns a :class:`SavedIndex`; :func:`save_index`
 writes it, :func:`load_index` reads it back without describing anything again,
 :func:`add_to_index` appends images described and whitened exactly as the indexed ones
 (the fitted models are kept, never refitted), :func:`query_index` describes one image
 the same way and returns its nearest indexed images.
 
-Settings (:class:`IndexSettings`) are fixed at build and saved with the index;
-a query or an add that would describe images differently is refused with a
-message naming the difference (:func:`check_index_settings`), and so is a backbone
-weights file or CKN model whose content changed since the build (SHA-256).
+Settings (:class:`IndexSettings`: ONE describer config of :data:`retrieval.image.DESCRIBERS`,
+whitening, search) are fixed at build and saved with the index; a query or an add that
+would describe images differently is refused with a message naming the difference
+(:func:`check_index_settings`), and so is a backbone weights file, CKN model or learned
+head whose content changed since the build (SHA-256).
 
 Whitening. ``whiten="auto"`` (the default) PCA-whitens when the fitting images
 number at least ``WHITEN_MIN_RATIO`` times the whitened dimension (global: the
@@ -62,14 +63,15 @@ previous files, so the previous index loads unchanged; files that no
 ``index.json`` names are removed by the next save. A save whose folder changed
 since the index was loaded (another add) is refused.
 
-The package: :mod:`~retrieval._src.index.settings` (:class:`IndexSettings`, the limits,
-the settings check), :mod:`~retrieval._src.index.models` (backbones and describers by
-SHA-256), :mod:`~retrieval._src.index.core` (:class:`SavedIndex` and its searchers),
+The package: :mod:`~retrieval._src.index.settings` (:class:`IndexSettings`, the limits),
+:mod:`~retrieval._src.index.check` (claimed settings checked against the index's),
+:mod:`~retrieval._src.index.models` (the describer and its files by SHA-256),
+:mod:`~retrieval._src.index.core` (:class:`SavedIndex` and its searchers),
 :mod:`~retrieval._src.index.build` (build, add), :mod:`~retrieval._src.index.query`
 (query, summary); this module reads and writes the folder.
 
 Examples:
-  >>> s = IndexSettings(global_config=GlobalConfig(head="gem"))
+  >>> s = IndexSettings(PoolingDescription(global_config=GlobalConfig(head="gem")))
   >>> save_index(build_index("photos/", s), "photos.index")
   >>> idx = add_to_index(load_index("photos.index"), "more_photos/")
   >>> save_index(idx, "photos.index")
@@ -90,18 +92,28 @@ import numpy as np
 
 from ckn import InputError
 from ckn.files import atomic_path
+from retrieval._src.describer import DEFAULT_BACKBONE
 from retrieval._src.index.build import add_to_index, build_index, describe_for_index
+from retrieval._src.index.check import (
+    CLAIMS,
+    Mismatch,
+    check_index_settings,
+    mismatch_text,
+    settings_mismatch,
+)
 from retrieval._src.index.core import (
     IndexQueryResult,
     Part,
     SavedIndex,
     _make_searcher,
 )
-from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES
+from retrieval._src.index.models import LOCAL_BASELINES
+from retrieval._src.index.ondisk import open_ondisk
 from retrieval._src.index.query import index_info, query_images, query_index
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
     FORMAT,
+    NPROBE,
     RERANK,
     SEARCH_MODES,
     VERSION,
@@ -109,14 +121,15 @@ from retrieval._src.index.settings import (
     WHITEN_MIN_RATIO,
     WHITEN_MODES,
     IndexSettings,
-    check_index_settings,
 )
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.vlad_fit import VladConfig, VladModel
 
 __all__ = [
+    "CLAIMS",
     "DEFAULT_BACKBONE",
     "EXACT_LIMIT",
+    "NPROBE",
     "FORMAT",
     "LOCAL_BASELINES",
     "RERANK",
@@ -127,6 +140,7 @@ __all__ = [
     "WHITEN_MODES",
     "IndexQueryResult",
     "IndexSettings",
+    "Mismatch",
     "Part",
     "SavedIndex",
     "add_to_index",
@@ -136,8 +150,10 @@ __all__ = [
     "index_info",
     "load_index",
     "query_images",
+    "mismatch_text",
     "query_index",
     "save_index",
+    "settings_mismatch",
 ]
 
 _JSON = "index.json"
@@ -222,12 +238,14 @@ def _write_part(folder: Path, index: SavedIndex, i: int, start: int, home: Path)
     p = index.parts[i]
     n = len(p.paths)
     _write_npy(folder / f"part-{p.id}.npy", index.vectors[start : start + n])
-    rel = os.path.relpath(p.root_abs, home.resolve())
-    _write_json(
-        folder / f"part-{p.id}.json",
-        {"root": p.root, "root_abs": p.root_abs, "root_rel": Path(rel).as_posix(),
-         "paths": list(p.paths)},
-    )  # fmt: skip
+    _write_json(folder / f"part-{p.id}.json", _part_meta(p, home))
+
+
+def _part_meta(p: Part, home: Path) -> dict:
+    """``part-<id>.json``: the root as given, absolute and relative to the index folder
+    ``home`` (None for vectors without images), and the paths."""
+    rel = Path(os.path.relpath(p.root_abs, home.resolve())).as_posix() if p.root_abs else None
+    return {"root": p.root, "root_abs": p.root_abs, "root_rel": rel, "paths": list(p.paths)}
 
 
 def _root_now(folder: Path, meta: dict) -> str:
@@ -334,7 +352,7 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
         if old is None:
             raise InputError(f"{folder} exists and is not an index folder: choose another path")
         if not overwrite:
-            raise InputError(f"{folder} holds another index: use --overwrite to replace it")
+            raise InputError(f"{folder} holds another index: pass overwrite to replace it")
     with atomic_path(folder, is_dir=True) as tmp:
         _write_all(Path(tmp), index, folder)
     return folder
@@ -342,7 +360,8 @@ def save_index(index: SavedIndex, directory: str | os.PathLike, *, overwrite: bo
 
 def _remove_unnamed(folder: Path, head: dict) -> None:
     """Deletes part / IVF-PQ files that ``index.json`` does not name (interrupted adds)."""
-    named = {_JSON, _LOCK, _WHITENING_FILE, _VLAD_FILE, head["search"]["file"]}
+    named = {_JSON, _LOCK, _WHITENING_FILE, _VLAD_FILE, head["search"]["file"],
+             head["search"].get("ivfdata")}  # fmt: skip
     for p in head["parts"]:
         named.update((p["vectors"], p["paths"]))
     for f in folder.iterdir():
@@ -380,6 +399,7 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
     try:
         settings = IndexSettings.from_json(doc["settings"])
         dim = int(doc["dim"])
+        ondisk = doc["search"].get("storage") == "ondisk"  # merged parts: map, do not read
         parts, chunks = [], []
         for p in doc["parts"]:
             v = _load_npy(folder / p["vectors"])
@@ -422,8 +442,13 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
             fpath = folder / search["file"]
             if not fpath.is_file():
                 raise InputError(f"{fpath} is missing: the index folder is damaged")
-            fidx = faiss.read_index(str(fpath))
-        searcher, _ = _make_searcher(vectors, search["method"], fidx, search.get("ivfpq"))
+            if ondisk:
+                fidx = open_ondisk(fpath, folder / search["ivfdata"])
+            else:
+                fidx = faiss.read_index(str(fpath))
+        searcher, _ = _make_searcher(
+            vectors, search["method"], fidx, search.get("ivfpq"), nprobe=settings.nprobe
+        )
         search.pop("file", None)
         whitening_info = {k: v for k, v in w.items() if k != "file"}
         return SavedIndex(

@@ -19,19 +19,17 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
-from retrieval._src.global_desc import extract_global, read_image_any
+from retrieval._src.global_desc import read_image_any
 from retrieval._src.image_folder import list_images, usable_images
 from retrieval._src.index.core import Part, SavedIndex, _grow, _join, _make_searcher, _method
-from retrieval._src.index.models import _backbone, _describer
+from retrieval._src.index.models import index_describer
 from retrieval._src.index.settings import (
     EXACT_LIMIT,
     VLAD_WHITEN_DIM,
     WHITEN_MIN_RATIO,
     IndexSettings,
 )
-from retrieval._src.local import describe_images
 from retrieval._src.postprocess import apply_whitening, fit_pca_whitening
-from retrieval._src.vlad_fit import encode_images, fit_vlad
 
 # --------------------------------------------------------------------------- images
 
@@ -89,16 +87,10 @@ def _usable(given: str, files: list[Path], rels: list[str], strict: bool):
 # --------------------------------------------------------------------------- describing
 
 
-def _describe_global(index_like: dict, files: list[Path], progress: bool) -> np.ndarray:
-    settings = index_like["settings"]
-    net, _, _ = _backbone(settings.backbone, index_like["description"].get("weights_sha256"))
-    return extract_global(net, [str(f) for f in files], settings.global_config, progress=progress)
-
-
-def _local_feats(settings: IndexSettings, describer, files: list[Path], progress: bool):
-    return describe_images(
-        [str(f) for f in files], describer, config=settings.local_config, progress=progress
-    )
+def _vectors(describer, images: list, progress: bool) -> np.ndarray:
+    """(N, D) float32 vectors of images (paths or uint8 arrays) by the index's describer."""
+    items = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else x for x in images]
+    return np.asarray(describer.describe(items, progress=progress).vectors, np.float32)
 
 
 def _whiten_plan(settings: IndexSettings, n_fit: int, d: int, where: str) -> tuple[int | None, str]:
@@ -124,6 +116,18 @@ def _whiten_plan(settings: IndexSettings, n_fit: int, d: int, where: str) -> tup
     else:
         dim = settings.whiten_dim or min(d, max(1, n_fit // WHITEN_MIN_RATIO))
     return dim, f"whiten pca: PCA-whitened to {dim}-D, fitted on {n_fit} images ({where})"
+
+
+def _whitening_info(settings: IndexSettings, wdim, where: str, n_fit: int, reason: str) -> dict:
+    """What the whitening was fitted on, and why (``index.json``'s ``whitening``)."""
+    return {
+        "kind": "none" if wdim is None else "pca",
+        "requested": settings.whiten,
+        "dim": wdim,
+        "fitted_on": where if wdim is not None else None,
+        "fit_images": int(n_fit),
+        "reason": reason,
+    }
 
 
 def _utc() -> str:
@@ -186,17 +190,10 @@ def build_index(
         if not fit_files:
             raise InputError(f"no usable whitening image in {where}")
     whitening, vlad = None, None
+    describer, description = index_describer(settings.describer)
     if settings.kind == "global":
-        net, wpath, sha = _backbone(settings.backbone)
-        description = {
-            "kind": "global",
-            "backbone": net.name,
-            "weights": str(wpath.resolve()),
-            "weights_sha256": sha,
-        }
-        ctx = {"settings": settings, "description": description}
-        raw = _describe_global(ctx, files, progress)
-        fit = raw if fit_files is None else _describe_global(ctx, fit_files, progress)
+        raw = _vectors(describer, files, progress)
+        fit = raw if fit_files is None else _vectors(describer, fit_files, progress)
         wdim, reason = _whiten_plan(settings, fit.shape[0], raw.shape[1], where)
         if wdim is not None:
             whitening = fit_pca_whitening(fit, min(wdim, raw.shape[1]))
@@ -204,35 +201,22 @@ def build_index(
         else:
             vectors = np.asarray(raw, np.float32)
         description["raw_dim"] = int(raw.shape[1])
-    else:
-        describer, sha = _describer(settings.local)
-        description = {
-            "kind": "local",
-            "local": settings.local if sha is None else str(Path(settings.local).resolve()),
-            "model_sha256": sha,
-            "local_dim": describer.dim,
-        }
-        feats = _local_feats(settings, describer, files, progress)
-        train = (
-            feats if fit_files is None else _local_feats(settings, describer, fit_files, progress)
-        )
+    else:  # VLAD: the codebook (and PCA-whitening, its pca_dim) fitted on the fitting images
+        train = files if fit_files is None else fit_files
         wdim, reason = _whiten_plan(settings, len(train), 0, where)
-        config = dataclasses.replace(settings.vlad, pca_dim=wdim)
-        vlad = fit_vlad(train, config)
-        vectors = encode_images(vlad, feats, names=rels)
+        d = settings.describer
+        fitted = describer.with_config(
+            dataclasses.replace(d, vlad=dataclasses.replace(d.vlad, pca_dim=wdim))
+        ).train([str(f) for f in train], progress=progress)
+        vlad = fitted.model
+        vectors = _vectors(fitted, files, progress)
         description["vlad_dim"] = int(vlad.centers.size)
-    whitening_info = {
-        "kind": "none" if wdim is None else "pca",
-        "requested": settings.whiten,
-        "dim": wdim,
-        "fitted_on": where if wdim is not None else None,
-        "fit_images": int(len(fit_files) if fit_files is not None else len(files)),
-        "reason": reason,
-    }
+    n_fit = len(fit_files) if fit_files is not None else len(files)
+    whitening_info = _whitening_info(settings, wdim, where, n_fit, reason)
     vectors = np.ascontiguousarray(vectors, np.float32)
     description["dim"] = int(vectors.shape[1])
     method = _method(settings, vectors.shape[0])
-    searcher, search_info = _make_searcher(vectors, method)
+    searcher, search_info = _make_searcher(vectors, method, nprobe=settings.nprobe)
     search_info.update(requested=settings.search, exact_limit=EXACT_LIMIT)
     part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
     entry = {
@@ -271,24 +255,14 @@ def describe_for_index(index: SavedIndex, images, *, progress: bool = False) -> 
     items = list(images)
     if not items:
         raise InputError("images: empty list, nothing to describe")
-    s = index.settings
-    if s.kind == "global":
-        net, _, _ = _backbone(s.backbone, index.description["weights_sha256"])
-        imgs = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
-        raw = extract_global(net, imgs, s.global_config, progress=progress)
-        if index.whitening is not None:
-            return apply_whitening(index.whitening, raw)
-        return np.asarray(raw, np.float32)
-    describer, _ = _describer(s.local, index.description.get("model_sha256"))
-    arrays = [
-        read_image_any(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x) for x in items
-    ]
-    names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"image {i}"
-             for i, x in enumerate(items)]  # fmt: skip
-    feats = describe_images(
-        arrays, describer, config=s.local_config, names=names, progress=progress
-    )
-    return encode_images(index.vlad, feats, names=names)
+    describer, _ = index_describer(index.settings.describer, index.description)
+    if index.settings.kind == "local":  # VLAD: the index's fitted model; images read as RGB
+        describer = describer.with_model(index.vlad)
+        items = [read_image_any(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
+    raw = _vectors(describer, items, progress)
+    if index.whitening is not None:
+        return apply_whitening(index.whitening, raw)
+    return raw
 
 
 def add_to_index(
@@ -322,6 +296,11 @@ def add_to_index(
       InputError: no image, an image given twice, a bad image with ``strict``, a changed
         weights file / model.
     """
+    if index.search_info.get("storage") == "ondisk":
+        raise InputError(
+            "this index was merged from parts and is mapped from disk: build parts of the "
+            "new images with the same fitted file and merge again"
+        )
     t0 = time.perf_counter()
     given, root_abs, files, rels = _collect(images, root)
     _check_twice(files)
@@ -343,7 +322,7 @@ def add_to_index(
     elif index.search_info["method"] == "ivfpq":
         searcher, search = _grow(index, new, vectors, index.search_info["ivfpq"])
     else:
-        searcher, search = _make_searcher(vectors, "ivfpq")
+        searcher, search = _make_searcher(vectors, "ivfpq", nprobe=index.settings.nprobe)
     search_info.update(search)
     part = Part(uuid.uuid4().hex[:16], given, str(root_abs), tuple(rels))
     entry = {

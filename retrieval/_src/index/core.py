@@ -6,6 +6,7 @@ IVF-PQ candidates (``RERANK`` times k) are re-scored exactly with the stored vec
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,7 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings
+from retrieval._src.index.ondisk import row_reader
+from retrieval._src.index.settings import EXACT_LIMIT, NPROBE, RERANK, IndexSettings
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.search import ExactIndex, FaissIndex, make_index
 from retrieval._src.vlad_fit import VladModel
@@ -113,6 +115,17 @@ class SavedIndex:
             out.append(str(Path(self.parts[k].root_abs) / self.parts[k].paths[int(i) - start]))
         return out
 
+    def with_nprobe(self, nprobe: int) -> SavedIndex:
+        """The index searching ``nprobe`` IVF-PQ cells per query (checked as
+        ``IndexSettings.nprobe``; the same arrays, nothing re-read; exact search unchanged)."""
+        settings = dataclasses.replace(self.settings, nprobe=nprobe)
+        searcher, info = self.searcher, dict(self.search_info)
+        if info.get("method") == "ivfpq":
+            searcher = copy.copy(self.searcher)
+            searcher.nprobe = min(int(nprobe), int(info["ivfpq"]["nlist"]))
+            info["ivfpq"] = dict(info["ivfpq"], nprobe=searcher.nprobe)
+        return dataclasses.replace(self, settings=settings, searcher=searcher, search_info=info)
+
     def search(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search only: (Q, k') scores and ids of searchable (Q, dim) vectors, k' = min(k, N)."""
         return _search(self, vectors, k)
@@ -131,8 +144,10 @@ def _method(settings: IndexSettings, n: int) -> str:
     return settings.search
 
 
-def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=None):
-    """(searcher, search_info) over the vectors."""
+def _make_searcher(
+    vectors: np.ndarray, method: str, faiss_index=None, options=None, nprobe: int = NPROBE
+):
+    """(searcher, search_info) over the vectors; IVF-PQ visits ``nprobe`` cells (at most nlist)."""
     if method == "exact":
         s = ExactIndex(vectors.shape[1], metric="ip")
         s.add(vectors)
@@ -143,7 +158,7 @@ def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=N
             nlist=options["nlist"],
             m=options["m"],
             nbits=options["nbits"],
-            nprobe=options["nprobe"],
+            nprobe=min(nprobe, options["nlist"]),
         )
         s._index = faiss_index  # the trained, filled index read from disk
         if s.ntotal != vectors.shape[0]:
@@ -152,7 +167,7 @@ def _make_searcher(vectors: np.ndarray, method: str, faiss_index=None, options=N
                 "the index folder is damaged"
             )
     else:
-        s = make_index(vectors, "ivfpq")
+        s = make_index(vectors, "ivfpq", nprobe=nprobe)
     return s, {"method": "ivfpq", "ivfpq": dict(s.options), "rerank": RERANK}
 
 
@@ -173,12 +188,13 @@ def _search(index: SavedIndex, vectors, k: int) -> tuple[np.ndarray, np.ndarray]
     _, cand = s.search(q, kc)
     scores = np.full((q.shape[0], k), -np.inf, np.float32)
     ids = np.full((q.shape[0], k), -1, np.int64)
-    for r in range(q.shape[0]):
-        c = np.unique(cand[r][cand[r] >= 0])
-        exact = index.vectors[c] @ q[r]
-        order = np.argsort(-exact, kind="stable")[:k]
-        scores[r, : order.size] = exact[order]
-        ids[r, : order.size] = c[order]
+    with row_reader(index.vectors) as take:
+        for r in range(q.shape[0]):
+            c = np.unique(cand[r][cand[r] >= 0])
+            exact = take(c) @ q[r]
+            order = np.argsort(-exact, kind="stable")[:k]
+            scores[r, : order.size] = exact[order]
+            ids[r, : order.size] = c[order]
     return scores, ids
 
 
@@ -190,7 +206,7 @@ def _grow(index: SavedIndex, new: np.ndarray, vectors: np.ndarray, opts: dict):
 
     clone = faiss.clone_index(index.searcher._index)
     s = FaissIndex(vectors.shape[1], nlist=opts["nlist"], m=opts["m"], nbits=opts["nbits"],
-                   nprobe=opts["nprobe"])  # fmt: skip
+                   nprobe=index.searcher.nprobe)  # fmt: skip
     s._index = clone
     with _faiss_threads(1):
         s.add(new)

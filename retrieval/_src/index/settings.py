@@ -1,26 +1,25 @@
-"""The settings of an image index (fixed at build) and the check of claimed settings.
+"""The settings of an image index, fixed at build: its describer, whitening and search.
 
-:class:`IndexSettings` says how an index describes, whitens and searches images;
-:func:`check_index_settings` refuses a query or an add that would describe images
-otherwise, naming the difference. The limits below are documented in
-:mod:`retrieval._src.index`.
+:class:`IndexSettings` holds ONE describer config (:data:`retrieval.image.DESCRIBERS`: a
+pooling head, a learned head, CAM OfA or VLAD of local descriptors) and how the index whitens
+and searches. The limits below are documented in :mod:`retrieval._src.index`; the check of
+settings a query claims is :mod:`retrieval._src.index.check`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ckn import InputError
+from retrieval._src.cam_search import CamDescription
+from retrieval._src.describer import PoolingDescription
+from retrieval._src.describers import DESCRIBERS, describer_name
 from retrieval._src.global_desc import GlobalConfig
-from retrieval._src.index.models import DEFAULT_BACKBONE, LOCAL_BASELINES, _sha256_any
 from retrieval._src.local import LocalConfig
+from retrieval._src.settings import check_settings, setting
+from retrieval._src.vlad_describer import VladDescription
 from retrieval._src.vlad_fit import VladConfig
-
-if TYPE_CHECKING:
-    from retrieval._src.index.core import SavedIndex
 
 #: Format tag and version of ``index.json``; an index of another version is refused.
 FORMAT = "ckn-image-index"
@@ -30,6 +29,14 @@ EXACT_LIMIT = 50_000
 #: IVF-PQ candidates per requested neighbour, re-scored exactly (benchmarks/bench_index.py:
 #: recall@10 0.90 with 4, 1.00 with 10 at 100,000 vectors; latency about the same).
 RERANK = 10
+#: IVF-PQ cells (inverted lists) visited per query, at most nlist. benchmarks/bench_scale.py at
+#: 1e6 clustered 512-D vectors (nlist 1282, RERANK x 10 re-scored): recall@10 0.77 / 0.82 /
+#: 0.87 / 0.92 / 0.957 / 0.988 at nprobe 16 / 32 / 64 / 128 / 256 / 512 (the same in every
+#: run): 256 is the smallest that meets the goal recall@10 >= 0.95 (the cells visited, not the
+#: PQ codes, miss the neighbours). Single-query latency 2.2 / 4.6 / 6.3 / 9.4 / 11.8 / 51.7 ms
+#: in a quiet run (load 4-6, 8aa3347), 3.6 / 3.8 / 6.0 / 17.8 / 56.1 / 83.1 ms in the committed
+#: bench_scale_cpu.json (load ~20). Smaller indexes have fewer cells: nprobe is capped at nlist.
+NPROBE = 256
 #: ``whiten="auto"`` whitens when fitting images >= this times the whitened dimension.
 WHITEN_MIN_RATIO = 2
 #: Whitened dimension of VLADs when ``whiten_dim`` is None.
@@ -45,173 +52,113 @@ _GLOBAL_FIELDS = ("head", "p", "levels", "scales", "max_side", "bucket")
 class IndexSettings:
     """How an index describes, whitens and searches images (fixed at build).
 
-    Exactly one of ``global_config`` and ``local`` is set.
-
     Attributes:
-      global_config: global CNN descriptors with this :class:`retrieval.GlobalConfig`.
-      backbone: the CNN, "NAME" or "NAME:FILE" (``ckn eval-images --backbone``);
-        global descriptors only.
-      local: VLAD of local descriptors: "sift", "rootsift", "pixels" or a model
-        directory (``ckn train``).
-      local_config: interest regions of the local descriptors.
-      vlad: codebook and VLAD normalizations (its ``pca_dim`` is set by ``whiten``).
-      whiten: "auto", "pca" or "none" (see the module docstring).
-      whiten_dim: whitened dimension (None: see the module docstring).
+      describer: the describer config (``PoolingDescription``, ``LearnedHeadDescription``,
+        ``CamDescription`` with variant "ofa" and no re-ranking, or ``VladDescription`` whose
+        ``vlad.pca_dim`` is left None: ``whiten`` sets it).
+      whiten: "auto", "pca" or "none" (see :mod:`retrieval._src.index`).
+      whiten_dim: whitened dimension (None: see :mod:`retrieval._src.index`).
       search: "auto", "exact" or "ivfpq".
+      nprobe: IVF-PQ cells visited per query (``NPROBE``; capped at nlist; exact search
+        ignores it). The only setting a query may change (:meth:`SavedIndex.with_nprobe`).
     """
 
-    global_config: GlobalConfig | None = None
-    backbone: str = DEFAULT_BACKBONE
-    local: str | None = None
-    local_config: LocalConfig = LocalConfig()
-    vlad: VladConfig = VladConfig(pca_dim=None)
-    whiten: str = "auto"
-    whiten_dim: int | None = None
-    search: str = "auto"
+    describer: Any = PoolingDescription()
+    whiten: str = setting(
+        "auto", choices=WHITEN_MODES,
+        help="PCA-whitening: auto = only when the fitting images number at least twice the "
+        "whitened dimension (index.json says what was done and why)",
+    )  # fmt: skip
+    whiten_dim: int | None = setting(
+        None, kind="int", minimum=1, optional=True,
+        none_means="the descriptor's, or n/2 with whiten pca; VLAD: 256",
+        help="whitened dimension",
+    )  # fmt: skip
+    search: str = setting(
+        "auto",
+        choices=SEARCH_MODES,
+        help=f"auto = exact below {EXACT_LIMIT:,} images, faiss IVF-PQ from there on",
+    )
+    nprobe: int = setting(
+        NPROBE,
+        kind="int",
+        minimum=1,
+        help="IVF-PQ cells visited per query: more finds more true neighbours, slower "
+        "(capped at the index's cell count; exact search ignores it)",
+    )
 
     def __post_init__(self):
-        if (self.global_config is None) == (self.local is None):
-            raise InputError("index settings need exactly one of global_config and local")
-        if self.global_config is not None and not isinstance(self.global_config, GlobalConfig):
+        describer_name(self.describer)  # one of the registered describer configs
+        check_settings(self)
+        d = self.describer
+        if isinstance(d, CamDescription) and (d.cam.variant != "ofa" or d.cam.rerank):
             raise InputError(
-                f"global_config must be a GlobalConfig, got {type(self.global_config).__name__}"
+                "an index keeps CAM OfA vectors: describer.cam needs variant 'ofa' and rerank 0"
             )
-        if self.local is not None:
-            object.__setattr__(self, "local", os.fspath(self.local))
-        if self.whiten not in WHITEN_MODES:
-            raise InputError(
-                f"whiten must be one of {', '.join(WHITEN_MODES)}, got {self.whiten!r}"
-            )
-        if self.search not in SEARCH_MODES:
-            raise InputError(
-                f"search must be one of {', '.join(SEARCH_MODES)}, got {self.search!r}"
-            )
-        d = self.whiten_dim
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise InputError(f"whiten_dim must be None or an int >= 1, got {d!r}")
-        if self.whiten == "none" and d is not None:
+        if isinstance(d, VladDescription) and d.vlad.pca_dim is not None:
+            raise InputError("describer.vlad.pca_dim is set by whiten: leave it None")
+        if self.whiten == "none" and self.whiten_dim is not None:
             raise InputError("whiten_dim needs whiten 'pca' or 'auto'")
 
     @property
     def kind(self) -> str:
-        """The kind of descriptors: "global" or "local"."""
-        return "global" if self.global_config is not None else "local"
+        """The kind of descriptors: "global" (a backbone's) or "local" (VLAD)."""
+        return "local" if isinstance(self.describer, VladDescription) else "global"
 
     def to_json(self) -> dict:
+        """The settings as saved in ``index.json`` (the describer's name and config; the
+        fields of the first format version beside them for a pooling head or VLAD)."""
+        d = self.describer
         out = {
             "kind": self.kind,
             "whiten": self.whiten,
             "whiten_dim": self.whiten_dim,
             "search": self.search,
+            "nprobe": self.nprobe,
+            "describer": {"name": describer_name(d), "config": dataclasses.asdict(d)},
         }
-        if self.kind == "global":
-            gc = dataclasses.asdict(self.global_config)
+        if isinstance(d, PoolingDescription):
+            gc = dataclasses.asdict(d.global_config)
             out["global"] = {k: gc[k] for k in _GLOBAL_FIELDS}
-            out["backbone"] = self.backbone
-        else:
-            out["local"] = self.local
-            out["local_config"] = dataclasses.asdict(self.local_config)
-            out["vlad"] = dataclasses.asdict(self.vlad)
+            out["backbone"] = d.backbone
+        elif isinstance(d, VladDescription):
+            out["local"] = d.local
+            out["local_config"] = dataclasses.asdict(d.local_config)
+            out["vlad"] = dataclasses.asdict(d.vlad)
         return out
 
     @classmethod
     def from_json(cls, doc: dict) -> IndexSettings:
         try:
             common = {k: doc[k] for k in ("whiten", "whiten_dim", "search")}
-            if doc["kind"] == "global":
+            if "nprobe" in doc:  # absent in indexes saved before the setting existed
+                common["nprobe"] = doc["nprobe"]
+            if "describer" in doc:
+                entry = DESCRIBERS[doc["describer"]["name"]]
+                return cls(_from_dict(entry.config, doc["describer"]["config"]), **common)
+            if doc["kind"] == "global":  # the first format: a pooling head
                 g = dict(doc["global"])
                 g["scales"] = tuple(g["scales"])
-                return cls(global_config=GlobalConfig(**g), backbone=doc["backbone"], **common)
+                return cls(PoolingDescription(doc["backbone"], GlobalConfig(**g)), **common)
             if doc["kind"] == "local":
-                return cls(
-                    local=doc["local"],
-                    local_config=LocalConfig(**doc["local_config"]),
-                    vlad=VladConfig(**doc["vlad"]),
-                    **common,
-                )
+                config = VladDescription(doc["local"], LocalConfig(**doc["local_config"]),
+                                         VladConfig(**doc["vlad"]))  # fmt: skip
+                return cls(config, **common)
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"index settings do not parse ({type(e).__name__}: {e})") from None
         raise InputError(f"index settings of unknown kind {doc.get('kind')!r}")
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(_fmt(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _flat(settings: IndexSettings) -> dict[str, Any]:
-    """The command-line view of the settings: {flag: value}."""
-    if settings.kind == "global":
-        gc = settings.global_config
-        return {
-            "--global": gc.head,
-            "--backbone": settings.backbone.partition(":")[0],
-            "--scales": tuple(gc.scales),
-            "--max-side": gc.max_side,
-            "--p": gc.p,
-            "--levels": gc.levels,
-            "--bucket": gc.bucket,
-        }
-    return {
-        "--local": settings.local,
-        "--max-regions": settings.local_config.max_regions,
-        "--k": settings.vlad.k,
-        "--local-dim": settings.vlad.local_dim,
-    }
-
-
-def check_index_settings(index: SavedIndex, **claimed) -> None:
-    """Refuses settings that differ from the index's.
-
-    Args:
-      index: a :class:`SavedIndex`.
-      claimed: any of ``global_head``, ``backbone`` ("NAME" or "NAME:FILE"), ``local``,
-        ``scales``, ``max_side`` (None values are not checked).
-
-    Raises:
-      InputError: naming the first difference, e.g. "the index was built with --global
-        rmac, not --global gem".
-    """
-    have = _flat(index.settings)
-    built = "the index was built with"
-    names = {"global_head": "--global", "local": "--local", "scales": "--scales",
-             "max_side": "--max-side", "backbone": "--backbone"}  # fmt: skip
-    for key, value in claimed.items():
-        if key not in names:
-            raise TypeError(f"check_settings: unknown setting {key!r}")
-        if value is None:
+def _from_dict(cls, doc: dict):
+    """A (nested) config dataclass from its ``dataclasses.asdict`` (lists back to tuples)."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in doc:
             continue
-        flag = names[key]
-        if flag in ("--global", "--local") and flag not in have:
-            other = "--local" if flag == "--global" else "--global"
-            raise InputError(
-                f"{built} {other} {have[other]}, not {flag} {value}: its descriptors are "
-                f"{index.settings.kind} ones"
-            )
-        if flag == "--backbone":
-            name, _, path = str(value).partition(":")
-            if name != have["--backbone"]:
-                raise InputError(f"{built} --backbone {have['--backbone']}, not {name}")
-            if path:
-                want = index.description.get("weights_sha256")
-                if _sha256_any(path) != want:
-                    raise InputError(
-                        f"{path} holds other weights than the index was built with "
-                        f"(SHA-256 {want[:12]}...)"
-                    )
-            continue
-        if flag == "--local":
-            same = _local_key(value) == _local_key(index.settings.local)
-        elif flag == "--scales":
-            same = tuple(float(s) for s in value) == tuple(have[flag])
-        else:
-            same = value == have[flag]
-        if not same:
-            raise InputError(f"{built} {flag} {_fmt(have[flag])}, not {flag} {_fmt(value)}")
-
-
-def _local_key(spec: str) -> str:
-    return spec if spec in LOCAL_BASELINES else str(Path(spec).resolve())
+        v = doc[f.name]
+        if dataclasses.is_dataclass(f.default) and isinstance(v, dict):
+            v = _from_dict(type(f.default), v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)

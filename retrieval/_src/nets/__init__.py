@@ -15,9 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ckn import InputError
+from ckn import PRECISIONS, InputError
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def check_precision(precision) -> str:
+    """``precision`` if it is one of ``ckn.PRECISIONS`` (the one vocabulary), else InputError.
+
+    The one check of the backbones' ``precision`` (ImageNet CNNs and a CKN on whole images).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def conv2d(

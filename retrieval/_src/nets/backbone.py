@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 
 from ckn import InputError
-from retrieval._src.nets import check_image_batch, efficientnet, resnet, vgg
+from retrieval._src.nets import check_image_batch, check_precision, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
 from retrieval._src.nets.executables import call_compiled
 from retrieval._src.nets.weights import load_params, read_state_dict
@@ -57,7 +57,6 @@ BACKBONES = (
 )  # fmt: skip
 #: Every name ``load_backbone`` accepts: the ImageNet CNNs and a trained CKN.
 BACKBONE_NAMES = (*BACKBONES, CKN_BACKBONE)
-PRECISIONS = ("highest", "default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +192,7 @@ class Backbone(nnx.Module):
     def __init__(self, name: str, params, *, precision: str = "highest"):
         if name not in _ARCHS:
             raise InputError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         self.name = name
         self._arch = _ARCHS[name]
         # device_put, not jnp.asarray: asarray compiles a copy per parameter shape (48 small
@@ -280,6 +278,11 @@ class Backbone(nnx.Module):
         if min(features.shape[1:3]) < side:
             raise InputError(f"{self.name} features must be at least {side}x{side}")
         return _head(self.arrays(), features, arch=self._arch, precision=self.precision)
+
+    @property
+    def has_codes(self) -> bool:
+        """Whether :meth:`codes` exists (VGG16's fc6)."""
+        return self._arch.codes is not None
 
     def codes(self, images) -> jax.Array:
         """VGG16 only: 4096-D neural codes, fc6 after ReLU: (N, H, W[, 3]) uint8 -> (N, 4096)."""

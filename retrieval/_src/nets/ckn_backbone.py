@@ -57,7 +57,7 @@ from flax import nnx
 
 import ckn
 from ckn import InputError
-from retrieval._src.nets import check_image_batch
+from retrieval._src.nets import check_image_batch, check_precision
 
 #: Name of the CKN backbone in ``load_backbone``.
 CKN_BACKBONE = "ckn"
@@ -180,10 +180,7 @@ class CknBackbone(nnx.Module):
         if not isinstance(model, ckn.CKN):
             raise InputError(f"CknBackbone needs a ckn.CKN model, got {type(model).__name__}")
         precision = model.precision if precision is None else precision
-        if precision not in ckn.PRECISIONS:
-            raise InputError(
-                f"precision must be one of {', '.join(ckn.PRECISIONS)}, got {precision!r}"
-            )
+        check_precision(precision)
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise InputError(f"max_bytes must be a positive int, got {max_bytes!r}")
         self.name = name
@@ -321,7 +318,7 @@ class CknBackbone(nnx.Module):
 
     def _no_classifier(self) -> InputError:
         return InputError(
-            f"{self.name} has no classifier; --global cam needs efficientnet-lite0, resnet50 or "
+            f"{self.name} has no classifier; CAM pooling needs efficientnet-lite0, resnet50 or "
             "resnet101"
         )
 
@@ -370,8 +367,8 @@ def load_ckn_backbone(
         raise InputError(
             f"ckn needs weights=MODEL_DIR (a path) or a ckn.CKN, got {type(weights).__name__}"
         )
-    if precision is not None and precision not in ckn.PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(ckn.PRECISIONS)}, got {precision!r}")
+    if precision is not None:
+        check_precision(precision)
     model = ckn.load(weights, precision=precision or "highest")
     return CknBackbone(
         model, name=f"{CKN_BACKBONE}:{os.fspath(weights)}", precision=precision, max_bytes=max_bytes
