@@ -12,7 +12,7 @@
    ``INTER_AREA``): the same data as the fine-tuning, no test patch seen.
 3. ckn-grad fine-tuned (``ckn.finetune``) on the train sequences' groups (a group: one
    reference patch in its 16 images) with the recipe :data:`RECIPE` (``ckn finetune``'s
-   defaults: 20 % of the train rows held out by scene for early stopping and the best epoch).
+   early stopping and the best epoch on 20 % of the train rows, held out by scene).
 4. Pixels, SIFT, RootSIFT (on the 65 x 65 patch) and the four CKNs (the patch resized to 51 x
    51, ``INTER_AREA``) describe the test sequences (``patch_describer``); the descriptors are
    written as the official CSV files (``write_hpatches_descriptors``) and both the project
@@ -95,8 +95,21 @@ class Recipe:
     seed: int = 0
 
 
-#: ``ckn finetune``'s defaults.
-RECIPE = Recipe()
+#: The supervised lever chosen on the train sequences alone (benchmarks/hpatches_levers.py,
+#: benchmarks/results/hpatches_levers.json: train bikes + ubc, validation graf): a learned
+#: 128-D projection of the fixed ckn-grad descriptor, contrastive loss, 40 epochs, lr 3e-3,
+#: early stopping after 10 epochs without gain (``ckn finetune --trainable projection
+#: --projection 128 --loss contrastive --epochs 40 --lr 3e-3 --patience 10``).
+RECIPE = Recipe(
+    config=ckn.FinetuneConfig(
+        trainable="projection",
+        projection=128,
+        loss="contrastive",
+        epochs=40,
+        lr=3e-3,
+        patience=10,
+    )
+)
 
 
 def _shared(path: str) -> str:
