@@ -144,8 +144,6 @@ def test_machine_and_provenance_phrases():
 #: Results made before the provenance rule, each waiting for its re-run from a clean tree
 #: (result -> who re-runs it). Remove an entry when its re-run lands: the test fails until then.
 PENDING = {
-    "bench_index_cpu": "dirty tree; the query-speed work re-runs it",
-    "bench_kmeans_cpu": "dirty not recorded; the lead re-runs it",
     "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
 }
 
