@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (register their renderers)
     global_ckn,
     global_desc,
     heads,
+    hpatches,
     instance_search,
     patches,
     presets,
