@@ -133,3 +133,26 @@ def write_json(path: str | os.PathLike, meta: dict, results: list, **extra) -> P
     tmp.replace(path)
     print(f"wrote {path}", flush=True)
     return path
+
+
+def photo_folder(folder: Path) -> Path:
+    """16 real images in ``folder`` (created): 8 scikit-image photos, full and centre crop
+    (``NAME_full.jpg``, ``NAME_crop.jpg``; 300-600 px)."""
+    import cv2
+    import skimage.data
+
+    folder.mkdir(parents=True)
+    photos = {
+        "astronaut": skimage.data.astronaut(), "coffee": skimage.data.coffee(),
+        "chelsea": skimage.data.chelsea(), "rocket": skimage.data.rocket(),
+        "camera": np.dstack([skimage.data.camera()] * 3),
+        "coins": np.dstack([skimage.data.coins()] * 3),
+        "hubble": skimage.data.hubble_deep_field(), "retina": skimage.data.retina(),
+    }  # fmt: skip
+    for name, im in photos.items():
+        im = np.ascontiguousarray(im[..., :3])
+        h, w = im.shape[:2]
+        crop = im[h // 8 : h - h // 8, w // 8 : w - w // 8]
+        for tag, a in (("full", im), ("crop", crop)):
+            cv2.imwrite(str(folder / f"{name}_{tag}.jpg"), np.ascontiguousarray(a[..., ::-1]))
+    return folder

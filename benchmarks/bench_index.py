@@ -169,30 +169,8 @@ def bench_synthetic(n: int, d: int, repeats: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def _photos(folder: Path) -> Path:
-    """16 images: 8 scikit-image photos and a crop of each."""
-    import cv2
-    import skimage.data
-
-    folder.mkdir(parents=True)
-    photos = {
-        "astronaut": skimage.data.astronaut(), "coffee": skimage.data.coffee(),
-        "chelsea": skimage.data.chelsea(), "rocket": skimage.data.rocket(),
-        "camera": np.dstack([skimage.data.camera()] * 3),
-        "coins": np.dstack([skimage.data.coins()] * 3),
-        "hubble": skimage.data.hubble_deep_field(), "retina": skimage.data.retina(),
-    }  # fmt: skip
-    for name, im in photos.items():
-        im = np.ascontiguousarray(im[..., :3])
-        h, w = im.shape[:2]
-        crop = im[h // 8 : h - h // 8, w // 8 : w - w // 8]
-        for tag, a in (("full", im), ("crop", crop)):
-            cv2.imwrite(str(folder / f"{name}_{tag}.jpg"), np.ascontiguousarray(a[..., ::-1]))
-    return folder
-
-
 def bench_end_to_end(tmp: Path) -> dict:
-    images = _photos(tmp / "photos")
+    images = bc.photo_folder(tmp / "photos")
     out = tmp / "photos.index"
     ckn = [sys.executable, "-m", "retrieval.cli"]
     t = time.perf_counter()

@@ -41,7 +41,6 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
-from bench_index import _photos  # noqa: E402
 
 import ckn  # noqa: E402
 from retrieval.local import (  # noqa: E402
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         ckn.save(model, tmp / "model")
         describer = make_local_describer(str(tmp / "model"))
-        paths = sorted(_photos(tmp / "photos").iterdir())
+        paths = sorted(bc.photo_folder(tmp / "photos").iterdir())
         arrays = [read_image(q) for q in paths]
 
         s = cfg.patch_size

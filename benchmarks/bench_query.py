@@ -57,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
-from bench_index import _photos, synthetic  # noqa: E402
+from bench_index import synthetic  # noqa: E402
 
 import ckn  # noqa: E402
 import retrieval  # noqa: E402
@@ -72,7 +72,7 @@ BATCH_PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 
 def build(tmp: Path, size: int, train: int | None) -> tuple[Path, Path]:
     """(photos folder, saved index of ``size`` vectors: the photos + synthetic ones)."""
-    photos = _photos(tmp / "photos")
+    photos = bc.photo_folder(tmp / "photos")
     t = time.perf_counter()
     real = S.build_index(photos, SETTINGS)
     print(f"described {real.ntotal} photos in {time.perf_counter() - t:.1f} s", flush=True)

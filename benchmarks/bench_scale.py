@@ -41,7 +41,11 @@ must stay under 2 GB), with the 1-minute load average at its start and end:
   for the stored ``nprobe`` (the library's default) and a sweep of nprobe set at query
   time (``goal_at_nprobe``: the smallest meeting recall@10 >= 0.95); latency (search
   only, warm: 3 untimed calls) of a single query and of batches of 100 (per query),
-  medians over ``--repeats`` (batches: ``--repeats`` / 10, at least 3).
+  medians over ``--repeats`` (batches: ``--repeats`` / 10, at least 3);
+* ``real`` (unless ``--no-real``): 16 real photos (``bench_common.photo_folder``) indexed by
+  ``ckn index build`` in one process and by ``ckn index fit`` + 2 ``build --shard`` parts +
+  ``merge``; one crop queried against both: the same top-10 paths and scores to 1e-5
+  (``real_images`` in the results).
 
 Bytes per vector on disk: the merged index folder (vectors, inverted lists, faiss file,
 paths) and the parts, divided by n. Writes JSON ``{"metadata", "config", "results"}``.
@@ -288,8 +292,57 @@ def step_query(cfg: dict, work: Path) -> dict:
     return out
 
 
+#: The real-image run's settings (as tests/test_index_shards_cli.py): GeM of the shipped
+#: EfficientNet-Lite0 at one scale, not whitened, exact search (16 images).
+REAL_FLAGS = ["--global", "gem", "--scales", "1", "--whiten", "none"]
+
+
+def step_real(cfg: dict, work: Path) -> dict:
+    """2 ``--shard`` parts of a real folder merged, against one ``ckn index build`` of it:
+    the same top-10 paths, scores to 1e-5 (the command line, each call its own process)."""
+    real = work / "real"
+    images = bc.photo_folder(real / "photos")
+    ckn = [sys.executable, "-m", "retrieval.cli"]
+    seconds = {}
+
+    def run(name: str, *argv: str) -> None:
+        t = time.perf_counter()
+        subprocess.run([*ckn, *argv], check=True, capture_output=True, text=True)
+        seconds[name] = time.perf_counter() - t
+
+    run("build", "index", "build", "--images", str(images), "--out", str(real / "one.index"),
+        *REAL_FLAGS, "--quiet")  # fmt: skip
+    run("fit", "index", "fit", "--images", str(images), "--sample", "100", "--out",
+        str(real / "fitted.npz"), *REAL_FLAGS, "--quiet")  # fmt: skip
+    parts = [str(real / f"part-{i}-of-2") for i in range(2)]
+    for i, part in enumerate(parts):
+        run(f"part{i}", "index", "build", "--images", str(images), "--fitted",
+            str(real / "fitted.npz"), "--shard", f"{i}/2", "--out", part, "--quiet")  # fmt: skip
+    run("merge", "index", "merge", *parts, "--out", str(real / "merged.index"))
+    answers = {}
+    for name in ("one", "merged"):
+        out = real / f"{name}.json"
+        index = str(real / f"{name}.index")
+        run(f"query_{name}", "index", "query", "--index", index, "--image",
+            str(images / "coffee_crop.jpg"), "--top", "10", "--json", str(out))  # fmt: skip
+        answers[name] = json.loads(out.read_text())["results"]
+    one, merged = answers["one"], answers["merged"]
+    diff = max(abs(a["score"] - b["score"]) for a, b in zip(one, merged, strict=True))
+    return {
+        "images": len(list(images.iterdir())),
+        "parts": 2,
+        "settings": REAL_FLAGS,
+        "top10_paths_equal": [r["path"] for r in one] == [r["path"] for r in merged],
+        "max_abs_score_diff": diff,
+        "equal_to_one_build": bool(
+            [r["path"] for r in one] == [r["path"] for r in merged] and diff <= 1e-5
+        ),
+        "command_s": seconds,
+    }
+
+
 STEPS = {"baseline": step_baseline, "fit": step_fit, "merge": step_merge,
-         "truth": step_truth, "query": step_query}  # fmt: skip
+         "truth": step_truth, "query": step_query, "real": step_real}  # fmt: skip
 
 
 def _child(cfg: dict, work: Path, step: str) -> None:
@@ -347,6 +400,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="run the steps in this process (a test of the script: RSS then not per step)",
     )
+    ap.add_argument(
+        "--no-real",
+        action="store_true",
+        help="skip the real-image run (2 shards of 16 photos merged vs one build)",
+    )
     ap.add_argument("--out", type=Path, default=bc.RESULTS / "bench_scale_cpu.json")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -365,8 +423,9 @@ def main(argv=None) -> None:
     bc.check_load("bench_scale")
     try:
         res = {}
+        real = () if args.no_real else ("real",)
         for step in ("baseline", "fit", *(f"part{i}" for i in range(cfg["parts"])), "merge",
-                     "truth", "query"):  # fmt: skip
+                     "truth", "query", *real):  # fmt: skip
             res[step] = _run_step(cfg, work, step, args.inline)
         res["parts"] = [res.pop(f"part{i}") for i in range(cfg["parts"])]
         index_files = _sizes(work / "index")
@@ -416,6 +475,10 @@ def main(argv=None) -> None:
             "single_query_ms": r["single_query_s"]["median_s"] * 1e3,
             "batched_per_query_ms": r["batched_per_query_s"] * 1e3,
         }
+    if "real" in res:
+        r = res["real"]
+        keys = ("images", "parts", "top10_paths_equal", "max_abs_score_diff", "equal_to_one_build")
+        summary["real_images"] = {k: r[k] for k in keys}
     summary["steps_in_own_process"] = not args.inline
     print(json.dumps(summary, indent=1), flush=True)
     bc.write_json(args.out, meta, [summary], config=cfg, steps=res)

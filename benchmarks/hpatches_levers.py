@@ -26,7 +26,9 @@ Levers with a fixed network (the learned projection: ``trainable = "projection"`
 network's descriptors (``ckn.finetune(features=...)``; bit for bit what ``ckn finetune``
 computes itself), and are scored on the network's descriptors of v projected by the learned
 matrix (the fine-tuned model's descriptors: the network is kept bit for bit).
-``--network-levers`` adds runs that train the network (filters, +linear,
+Data levers fine-tune the reference on fewer rows (half the groups; one training sequence of
+two), what more training data would buy read backwards. ``--network-levers`` adds runs that
+train the network (filters, +linear,
 filters+projection; ``--network-epochs`` each, slow on a CPU). Not measured here:
 augmentation and a learnable input map / pooling (ckn-grad's gradient map and pooling have
 no trainable array; see the JSON's ``not_measured``).
@@ -76,6 +78,18 @@ PROJECTION_LEVERS = {
     "mining: 8 patches per group (32 groups)": {"patches_per_group": 8, "groups_per_batch": 32},
     "mining: 2 patches per group (128 groups)": {"patches_per_group": 2, "groups_per_batch": 128},
     "lr 1e-3": {"lr": 1e-3},
+}
+
+#: Less training data, the reference settings otherwise (what more data would buy, read
+#: backwards: the train sequences are all there is): a name -> which fine-tuning rows to keep
+#: (``tr`` the fine-tuning rows, ``labels`` / ``scenes`` / ``scene_names`` of the patch set).
+DATA_LEVERS = {
+    "data: half the groups (every other reference patch)": lambda tr, labels, scenes, names: tr[
+        labels[tr] % 2 == 0
+    ],
+    "data: one sequence (v_bikes) instead of two": lambda tr, labels, scenes, names: tr[
+        names[scenes[tr]] == "v_bikes"
+    ],
 }
 
 #: Runs that train the network itself (--network-levers; epochs from --network-epochs).
@@ -153,23 +167,28 @@ def _fold(hp: Path, val_seq: str, work: Path, args) -> dict:
     pca = {k: np.stack([np.asarray(project(v, w)) for v in d]) for k, d in trunk.items()}
     out["pca_128"] = _matching(pca, val_dir)
     _log(f"  ckn-grad + PCA 128 (the projection's start): {out['pca_128']['map']:.2f}")
-    levers = [(k, v, True) for k, v in PROJECTION_LEVERS.items()]
+    levers = [(k, v, True, None) for k, v in PROJECTION_LEVERS.items()]
+    levers += [(k, {}, True, keep) for k, keep in DATA_LEVERS.items()]
     if args.network_levers:
         extra = {"epochs": args.network_epochs, "lr": 1e-3, "patience": 5}
-        levers += [(k, {**extra, **v}, False) for k, v in NETWORK_LEVERS.items()]
+        levers += [(k, {**extra, **v}, False, None) for k, v in NETWORK_LEVERS.items()]
     out["levers"] = {}
-    for name, change, fixed in levers:
+    for name, change, fixed, keep in levers:
         cfg = dataclasses.replace(REFERENCE, **change)
-        validate = not (fixed and change)
+        validate = not (fixed and (change or keep))
+        # ``sub``: positions in ``tr`` of the rows this lever fine-tunes on (all but data levers).
+        sub = np.arange(tr.size)
+        if keep is not None:
+            sub = np.searchsorted(tr, keep(tr, ps.labels, ps.scene, ps.scene_names))
         t = time.perf_counter()
         tuned, report = ckn.finetune(
             model,
-            ps.patches[tr],
-            ps.labels[tr],
+            ps.patches[tr[sub]],
+            ps.labels[tr[sub]],
             config=cfg,
             seed=SEED,
             validation=(ps.patches[va], ps.labels[va]) if validate else None,
-            features=(features if validate else (features[0], None)) if fixed else None,
+            features=(features if validate else (features[0][sub], None)) if fixed else None,
         )
         seconds = time.perf_counter() - t
         if fixed:
@@ -179,7 +198,7 @@ def _fold(hp: Path, val_seq: str, work: Path, args) -> dict:
         else:
             scores = _matching(rp.patch_describer(tuned, rp.HPATCHES_SIZE), val_dir)
         out["levers"][name] = {
-            "change": change,
+            "change": change if keep is None else {"training_rows": int(sub.size)},
             "config": dataclasses.asdict(cfg),
             "matching": scores,
             "gain_over_rootsift": scores["map"] - out["rootsift"]["map"],

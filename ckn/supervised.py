@@ -29,21 +29,15 @@ from ckn._src.epochs import (
     run_epochs,
     save_checkpoint,
 )
-from ckn._src.finetune import (
-    DEFAULT_MARGINS,
-    LOSSES,
-    PCA_ROWS,
-    SCHEDULES,
-    validation_map,
-    validation_split,
-)
-from ckn._src.projection import pca_projection, with_projection
+from ckn._src.finetune import DEFAULT_MARGINS, LOSSES, SCHEDULES
+from ckn._src.projection import PCA_ROWS, pca_projection, with_projection
 from ckn._src.supervised_step import (
     pull_towards,
     scale_by_rate,
     step_optimizer,
     supervised_step,
 )
+from ckn._src.validation import validation_map, validation_split
 
 __all__ = [
     "CHECKPOINT_FILE",

@@ -22,6 +22,8 @@ from retrieval.image import (
     CamDescription,
     PostConfig,
     ScaleConfig,
+    SpatialVerification,
+    VerifyConfig,
     aggregate_class_vectors,
     build_describer,
     cam_pool,
@@ -334,3 +336,24 @@ def test_cli_cam_with_a_ckn_backbone_is_refused(folders, tmp_path, capsys, tiny_
                       f"ckn:{model}", "--json", out)  # fmt: skip
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "has no classifier" in err and "CAM pooling needs" in err and not out.exists()
+
+
+def test_cli_verify_after_cam_equals_the_library(folders, tmp_path, capsys, net):
+    """``--verify`` after ``--global cam`` (OnA + re-ranking): the CAM scorers, then spatial
+    verification of the top 4, as the pipeline with the same scorers in that order."""
+    out = tmp_path / "camv.json"
+    rc, _, err = _run(
+        capsys, "--images", folders[0], "--global", "cam", "--cam-variant", "ona",
+        "--top-classes", "8", "--rerank", "4", "--max-side", "128", "--verify", "sift",
+        "--verify-top", "4", "--min-inliers", "6", "--json", out,
+    )  # fmt: skip
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    cam = CamConfig(top_classes=8, rerank=4, variant="ona")
+    verify = VerifyConfig("sift", top=4, min_inliers=6)
+    describer = build_describer(CamDescription(scales=CFG, cam=cam), backbone=net)
+    scorers = (*cam_scorers(cam), SpatialVerification(verify))
+    ev = evaluate(describer, folders[0], PostConfig(), scorers=scorers)
+    assert doc["map"] == pytest.approx(ev.result.mean_ap, abs=1e-12)
+    assert doc["verification"]["pairs"] == 10 * 4  # every image's top 4 (the distractor's too)
+    assert doc["global"]["head"] == "cam" and doc["global"]["cam"]["rerank"] == 4

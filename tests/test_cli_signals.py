@@ -208,3 +208,28 @@ def test_the_sigterm_line_of_a_training_command_names_its_checkpoint_and_resume(
     last = _last_line(err)
     assert last.startswith(f"ckn {command}: terminated (SIGTERM)"), err
     assert str(ckpt) in last and "--resume" in last, last
+
+
+def test_a_signal_raised_inside_a_stderr_write_leaves_the_line_marked_open(capsys):
+    """Deterministic form of the window the run-at-any-moment test once hit: the handler
+    raised inside ``print``'s write of "training ... seed 0" (before its newline), and the
+    stream still said "at a line start", so the terminated line was glued to it."""
+    from retrieval.cli import main as cli_main
+
+    class Interrupted(Exception):
+        pass
+
+    class Stream:
+        def __init__(self):
+            self.text = ""
+
+        def write(self, text):
+            self.text += text
+            raise Interrupted  # the signal handler, raising as the write returns
+
+    lines = cli_main._LineEnds(Stream())
+    assert lines.at_line_start
+    with pytest.raises(Interrupted):
+        print("training ckn-tiny on 400 patches", file=lines)
+    assert lines._stream.text == "training ckn-tiny on 400 patches"
+    assert not lines.at_line_start  # the terminated line will start with a newline

@@ -29,6 +29,8 @@ from retrieval.image import (
     PoolingDescription,
     PostConfig,
     ScaleConfig,
+    SpatialVerification,
+    VerifyConfig,
     apply_whitening,
     build_describer,
     fit_global_whitening,
@@ -59,16 +61,16 @@ def _state(divisor, seed):
     return out
 
 
-def _folder(root, groups, per, seed, distractors=0):
+def _folder(root, groups, per, seed, distractors=0, side=72):
     img = skimage.data.astronaut()
     rng = np.random.default_rng(seed)
     for g in range(groups + (1 if distractors else 0)):
         sub = root / f"g{g}" if g < groups else root
         sub.mkdir(parents=True, exist_ok=True)
-        y0, x0 = rng.integers(0, 512 - 120, 2)
+        y0, x0 = rng.integers(0, 512 - side - 48, 2)
         for j in range(per if g < groups else distractors):
             dy, dx = rng.integers(0, 40, 2)
-            crop = img[y0 + dy : y0 + dy + 72, x0 + dx : x0 + dx + 72]
+            crop = img[y0 + dy : y0 + dy + side, x0 + dx : x0 + dx + side]
             name = f"{j}.png" if g < groups else f"d{j}.png"
             cv2.imwrite(str(sub / name), np.ascontiguousarray(crop[..., ::-1]))
     return root
@@ -278,3 +280,21 @@ def test_refusals_are_one_line_and_write_nothing(setup, capsys):
         main(["eval-images", *map(str, h), "--global-head", str(lost)]) == 2
         and capsys.readouterr().err
     )
+
+
+def test_cli_verify_after_a_learned_head_equals_the_library(setup, capsys):
+    """``--verify`` after ``--global-head``: the head's ranking, then spatial verification of
+    the top 5, as the pipeline with the verification scorer."""
+    s = setup
+    out_json = s["root"] / "gemv.json"
+    # 160 px views: a 72 px one holds no region SIFT can verify with.
+    images = _folder(s["root"] / "ev160", 3, 3, 20, distractors=2, side=160)
+    _eval(capsys, "--images", images, "--global-head", s["gem"], "--scales", "1",
+          "--verify", "rootsift", "--verify-top", "5", "--min-inliers", "4",
+          "--json", out_json)  # fmt: skip
+    doc = json.loads(out_json.read_text())
+    verify = VerifyConfig("rootsift", top=5, min_inliers=4)
+    ev = evaluate_head(s["net"], images, s["gem"], ONE, scorers=(SpatialVerification(verify),))
+    assert doc["map"] == ev.result.mean_ap
+    assert doc["verification"]["pairs"] == 11 * 5 and doc["verification"]["config"]["top"] == 5
+    assert doc["global"]["learned_head"]["kind"] == "gem"

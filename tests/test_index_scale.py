@@ -378,7 +378,7 @@ def test_bench_scale_tiny_run(tmp_path):
     work = tmp_path / "work"
     bench.main(["--n", "4000", "--parts", "2", "--dim", "32", "--centres", "40", "--sample",
                 "3000", "--queries", "20", "--repeats", "3", "--search", "ivfpq", "--inline",
-                "--work", str(work), "--keep", "--out", str(out)])  # fmt: skip
+                "--no-real", "--work", str(work), "--keep", "--out", str(out)])  # fmt: skip
     doc = json.loads(out.read_text())
     r = doc["results"][0]
     # Inline, the peak RSS is the test process's (GBs in a full suite), not a step's.

@@ -101,7 +101,17 @@ def scale_costs(results) -> str:
             "measured",
         ],
     ]
-    return table(["step", "per 1e6 images", "peak RSS", "how known"], rows)
+    out = table(["step", "per 1e6 images", "peak RSS", "how known"], rows)
+    real = r.get("real_images")
+    if real is not None:  # runs before the real-image step have none
+        verdict = "the same" if real["equal_to_one_build"] else "NOT the same"
+        out += "\n\n" + para(
+            f"Real images, same run: {real['images']} photos indexed by one `ckn index build` and"
+            f" by `ckn index fit` + {real['parts']} `--shard` parts + `ckn index merge` answer a"
+            f" query with {verdict} top-10 (paths equal: {real['top10_paths_equal']}; largest"
+            f" score difference {real['max_abs_score_diff']:.1e})."
+        )
+    return out
 
 
 @renderer("scale_nprobe")

@@ -21,6 +21,7 @@ from flax import nnx
 
 from ckn._src.errors import InputError
 from ckn._src.layers import CKN
+from ckn._src.model import describe
 
 
 def pca_projection(descriptors: np.ndarray, dim: int) -> np.ndarray:
@@ -79,3 +80,21 @@ def with_projection(model: CKN, matrix: np.ndarray | None) -> CKN:
         new.projection.set_value(jnp.asarray(matrix))
     new.patch_shape = getattr(model, "patch_shape", None)
     return new
+
+
+#: Training descriptors the principal directions of a new projection are computed from.
+PCA_ROWS = 20_000
+
+
+def add_projection(model: CKN, patches, dim: int, trunk: np.ndarray | None) -> CKN:
+    """``model`` with a (D, dim) projection from the PCA of (up to PCA_ROWS, evenly spaced)
+    training descriptors (``trunk``: the network's descriptors of every row, if computed)."""
+    if model.projection is not None:
+        raise InputError(
+            "the model already has a projection: train it with 'projection' in trainable "
+            "and no new projection dim"
+        )
+    n = patches.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(PCA_ROWS, n)).astype(int))
+    x = trunk[rows] if trunk is not None else describe(model, np.asarray(patches[rows]))
+    return with_projection(model, pca_projection(x, dim))

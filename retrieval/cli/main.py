@@ -213,10 +213,12 @@ class _LineEnds:
         self.at_line_start = True
 
     def write(self, text: str) -> int:
-        n = self._stream.write(text)
+        # The flag first: a signal whose handler raises inside the write below (or right after
+        # it) must find the flag describing this text, not the one before (the window that
+        # glued "terminated (SIGTERM)" to an unfinished line).
         if text:
             self.at_line_start = text.endswith(("\n", "\r"))
-        return n
+        return self._stream.write(text)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
