@@ -6,7 +6,10 @@ Command (from the project root):
         [--views 4] [--rerank 20] [--out benchmarks/results/global_cam.json]
 
 ``--check SUBSET.json`` re-runs only the rows given (``--rows "none:CAM OfA,pca:CAM OnA"``,
-``--sets tiles``) and compares them with the committed results instead of writing them.
+``--sets tiles``) and compares them with the committed results instead of writing them; it
+prints the largest |mAP diff|, and ``--tolerance T`` passes rows within T (default 0: equal).
+The backbone's maps moved by float32 rounding at b578fd7 (EfficientNet-Lite rewritten: at most
+3e-5 on maps up to 6), after the committed runs: whitened rows may move by ~1e-4 mAP.
 
 The two image sets of ``benchmarks/global_retrieval.py`` (``oxford``: 48 Oxford affine images in
 8 groups + 17 distractors; ``tiles``: 48 groups of synthetic views of photo quadrants + 12
@@ -44,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from global_retrieval import oxford_set, tiles_set  # noqa: E402
+from global_retrieval import check_rows, oxford_set, tiles_set  # noqa: E402
 
 from retrieval import GlobalConfig, evaluate, load_backbone  # noqa: E402
 from retrieval.cli import provenance  # noqa: E402
@@ -209,21 +212,15 @@ def claims(rows: list[dict]) -> dict:
     return out
 
 
-def check(rows: list[dict], committed: Path, seconds: float) -> int:
+def check(rows: list[dict], committed: Path, seconds: float, tolerance: float = 0.0) -> int:
     """Compares re-run rows with the committed ones (mAP, trapezoid mAP, dim, queries)."""
-    have = {
-        (r["set"], r["whiten"], r["row"]): r for r in json.loads(committed.read_text())["results"]
-    }
-    keys = ("map", "map_trapezoid", "dim", "queries")
-    bad = 0
-    for r in rows:
-        c = have[(r["set"], r["whiten"], r["row"])]
-        same = all(r[k] == c[k] for k in keys)
-        bad += not same
+
+    def show(r: dict, c: dict, same: bool) -> None:
         _log(f"{'EQUAL' if same else 'DIFFERENT'} [{r['set']}] {r['whiten']:5s} {r['row']:34s} "
              f"mAP {100 * r['map']:.4f} (committed {100 * c['map']:.4f})")  # fmt: skip
-    _log(f"{len(rows) - bad} of {len(rows)} rows equal the committed values ({seconds:.0f} s)")
-    return 1 if bad else 0
+
+    key = ("set", "whiten", "row")
+    return check_rows(rows, committed, key, ("dim", "queries"), seconds, tolerance, show)
 
 
 def main(argv=None) -> int:
@@ -240,6 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", default="oxford,tiles", help="with --check: the sets to run")
     ap.add_argument("--rows", default=None,
                     help='with --check: "WHITEN:ROW,..." (default: every row)')  # fmt: skip
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="with --check: largest |mAP diff| (a fraction) still passing "
+                    "(default 0: equal)")  # fmt: skip
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         if "tiles" in sets:
             rows += run_set(net, tiles, oxford, "tiles", args.rerank, only)
     if args.check:
-        return check(rows, out, time.perf_counter() - t_start)
+        return check(rows, out, time.perf_counter() - t_start, args.tolerance)
     cl = claims(rows)
     _log(json.dumps({k: v for k, v in cl.items() if k.endswith("count")}, indent=1))
     doc = {

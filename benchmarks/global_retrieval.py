@@ -41,6 +41,12 @@ set, never on the evaluated images:
   image of ``oxford``, but it sees transformed pieces of most of its distractors
   (the project has no other natural photos offline).
 
+``--check`` re-runs every row and compares it with ``--out`` (nothing written), printing
+the largest |mAP diff|; ``--tolerance T`` passes rows within T (default 0: equal). Since
+b578fd7 (EfficientNet-Lite rewritten) the maps differ from the committed run's by float32
+rounding (at most 3e-5 on maps up to 6): on tiles, rows whitened on the 48 Oxford images
+(Lw, some PCA) moved by up to 2.9e-4 mAP.
+
 Query expansion: average QE with k = 1..5 and alpha-QE (k = 5, alpha = 3), the query
 left out of its own neighbours.
 
@@ -438,6 +444,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="compare every row's figures with --out instead of writing it (no "
                     "steady-state timing)")  # fmt: skip
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="with --check: largest |mAP diff| (a fraction) still passing "
+                    "(default 0: equal)")  # fmt: skip
     args = ap.parse_args(argv)
     cache = None if args.cache is None else Path(args.cache)
     t_start = time.perf_counter()
@@ -472,7 +481,7 @@ def main(argv=None) -> int:
     else:
         rows += evaluate(sets["tiles"], None, "tiles", "")
     if args.check:
-        return check(rows, Path(args.out), time.perf_counter() - t_start)
+        return check(rows, Path(args.out), time.perf_counter() - t_start, args.tolerance)
     for s in sets:
         _log(table(rows, s))
     cl = claims(rows)
@@ -539,20 +548,56 @@ def main(argv=None) -> int:
     return 0
 
 
-def check(rows: list[dict], committed: Path, seconds: float) -> int:
+def check(rows: list[dict], committed: Path, seconds: float, tolerance: float = 0.0) -> int:
     """Compares re-computed rows with the committed ones (mAP, trapezoid mAP, dim, queries)."""
     key = ("set", "head", "scales", "whiten", "whiten_dim_setting", "qe", "alpha")
+    rows = json.loads(json.dumps(rows, default=_json_default))
+    return check_rows(rows, committed, key, ("dim", "num_queries"), seconds, tolerance)
+
+
+def check_rows(
+    rows: list[dict],
+    committed: Path,
+    key: tuple[str, ...],
+    exact: tuple[str, ...],
+    seconds: float,
+    tolerance: float,
+    show=None,
+) -> int:
+    """Rows against the committed results of the same ``key``: ``exact`` fields equal, and
+    mAP / trapezoid mAP within ``tolerance`` (0: equal). Logs each row that is not equal
+    (each row with ``show(row, committed, same)``), then the count and the largest |mAP diff|.
+
+    Returns:
+      1 when a row is outside the tolerance, else 0.
+    """
     have = {tuple(json.dumps(r[k]) for k in key): r
             for r in json.loads(committed.read_text())["results"]}  # fmt: skip
-    bad = 0
-    for r in json.loads(json.dumps(rows, default=_json_default)):
+    bad, equal, worst = 0, 0, (0.0, None)
+    for r in rows:
         c = have[tuple(json.dumps(r[k]) for k in key)]
-        same = all(r[k] == c[k] for k in ("map", "map_trapezoid", "dim", "num_queries"))
-        bad += not same
-        if not same:
+        diff = max(_gap(r[k], c[k]) for k in ("map", "map_trapezoid"))
+        same = diff == 0 and all(r[k] == c[k] for k in exact)
+        within = diff <= tolerance and all(r[k] == c[k] for k in exact)
+        equal += same
+        bad += not within
+        if diff > worst[0]:
+            worst = (diff, [r[k] for k in key])
+        if show is not None:
+            show(r, c, same)
+        elif not same:
             _log(f"DIFFERENT {[r[k] for k in key]}: mAP {r['map']} (committed {c['map']})")
-    _log(f"{len(rows) - bad} of {len(rows)} rows equal the committed values ({seconds:.0f} s)")
+    _log(f"{equal} of {len(rows)} rows equal the committed values ({seconds:.0f} s)")
+    _log(f"largest |mAP diff| {worst[0]:.3g}" + (f" at {worst[1]}" if worst[1] else "")
+         + f"; {len(rows) - bad} of {len(rows)} within {tolerance:g}")  # fmt: skip
     return 1 if bad else 0
+
+
+def _gap(a, b) -> float:
+    """|a - b| of two figures (None: a NaN in the JSON; inf when only one is None)."""
+    if a == b:
+        return 0.0
+    return math.inf if a is None or b is None else abs(a - b)
 
 
 def _json_default(o):

@@ -23,6 +23,7 @@ no pickled structure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -124,25 +125,42 @@ class EpochsConfig(Protocol):
     def patience(self) -> int | None: ...  # epochs without a better score before stopping
 
 
-class EpochsReport(Protocol):
-    """The report fields :func:`run_epochs` fills (``ckn.FinetuneReport`` has them).
+@dataclasses.dataclass
+class EpochsReport:
+    """What a training run measured: the fields :func:`run_epochs` fills, and the timing
+    every trainer adds (``ckn.FinetuneReport`` and retrieval's global-head report extend it).
 
-    history: one dict per epoch (epoch, loss, val_map, the caller's extra fields,
-    seconds, steps), epoch 0 the start; best_epoch, best_val_map: the kept epoch and
-    its score; epochs_done, steps: totals, resumed part included; finished: the
-    planned epochs ran or early stopping fired; stopped_early; resumed_from: the epoch
-    of the checkpoint resumed from; nonfinite_steps: skipped steps in total.
+    Attributes:
+      history: one dict per epoch (epoch, loss, val_map, the caller's extra fields,
+        seconds, steps); epoch 0 is the start (val_map only).
+      best_epoch: the kept epoch (the best validation mAP; the last without validation).
+      best_val_map: its validation mAP in [0, 1] (None without validation).
+      epochs_done, steps: totals, resumed part included.
+      finished: the planned epochs ran or early stopping fired; stopped_early: it fired.
+      resumed_from: epoch of the checkpoint resumed from, or None.
+      seconds: wall time of the call; steps_per_second: of its training steps.
+      nonfinite_steps: steps skipped for a non-finite gradient (expected 0).
+      traces: compilations of the training step during the call (0 or 1).
+      config: the trainer's config as a dict.
     """
 
-    history: list
-    best_epoch: int
-    best_val_map: float | None
-    epochs_done: int
-    steps: int
-    finished: bool
-    stopped_early: bool
-    resumed_from: int | None
-    nonfinite_steps: int
+    history: list = dataclasses.field(default_factory=list)
+    best_epoch: int = 0
+    best_val_map: float | None = None
+    epochs_done: int = 0
+    steps: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+    nonfinite_steps: int = 0
+    traces: int = 0
+    config: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
 
 
 # --- Checkpoint files ---------------------------------------------------------------------------

@@ -59,7 +59,13 @@ from ckn._src.differentiable import (
     trainable_parts,
     unit_rows,
 )
-from ckn._src.epochs import Checkpoint, CheckpointFormat, EpochResult, run_epochs
+from ckn._src.epochs import (
+    Checkpoint,
+    CheckpointFormat,
+    EpochResult,
+    EpochsReport,
+    run_epochs,
+)
 from ckn._src.errors import InputError
 from ckn._src.fileio import check_patches
 from ckn._src.layers import CKN
@@ -155,46 +161,17 @@ class FinetuneConfig:
 
 
 @dataclass
-class FinetuneReport:
-    """What :func:`finetune` measured.
+class FinetuneReport(EpochsReport):
+    """What :func:`finetune` measured: the fields of :class:`ckn.supervised.EpochsReport`
+    (``steps_per_second`` after the first step; ``config`` the FinetuneConfig), and:
 
     Attributes:
-      history: one dict per epoch done (epoch, loss, val_map, seconds, steps);
-        epoch 0 is the starting model (val_map only).
-      best_epoch: epoch of the returned model (the best validation mAP; the
-        last epoch without validation data).
-      best_val_map: its validation mAP in [0, 1] (None without validation).
-      epochs_done, steps: totals, resumed part included.
-      finished: the planned epochs ran or early stopping fired.
-      stopped_early: early stopping fired.
-      resumed_from: epoch of the checkpoint resumed from, or None.
-      seconds: wall time of this call; steps_per_second of its training steps after
-        the first; first_step_seconds: the first (with compilation, if not cached).
-      nonfinite_steps: steps skipped for a non-finite gradient (expected 0).
-      traces: compilations of the training step during this call (0 or 1).
+      first_step_seconds: the first step (with compilation, if not cached).
       trained: names of the trained arrays.
-      config: the FinetuneConfig as a dict.
     """
 
-    history: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_map: float | None = None
-    epochs_done: int = 0
-    steps: int = 0
-    finished: bool = False
-    stopped_early: bool = False
-    resumed_from: int | None = None
-    seconds: float = 0.0
-    steps_per_second: float = 0.0
     first_step_seconds: float | None = None
-    nonfinite_steps: int = 0
-    traces: int = 0
     trained: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict."""
-        return dataclasses.asdict(self)
 
 
 # --- Batches and the training step -------------------------------------------------------------

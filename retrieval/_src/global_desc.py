@@ -66,7 +66,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import cv2
@@ -76,7 +75,7 @@ from tqdm.auto import tqdm
 
 from ckn import InputError
 from retrieval._src import pooling
-from retrieval._src.data.io import TRUNCATED_JPEG, jpeg_truncated
+from retrieval._src.data.io import read_image_any
 from retrieval._src.heads import HEADS, pool_maps, pooling_head
 from retrieval._src.nets.backbone import Backbone
 from retrieval._src.postprocess import multiscale_combine
@@ -147,23 +146,6 @@ class GlobalConfig(ScaleConfig):
 
 
 # --------------------------------------------------------------------------- images
-
-
-def read_image_any(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3) or gray (H, W) (kept gray, so callers can say so).
-
-    OpenCV's ``IMREAD_ANYCOLOR``: 16-bit images scaled to 8 bits, alpha dropped,
-    EXIF orientation applied.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image not found: {p}")
-    if jpeg_truncated(p):
-        raise InputError(f"cannot read image ({TRUNCATED_JPEG}): {p}")
-    img = cv2.imread(str(p), cv2.IMREAD_ANYCOLOR)
-    if img is None or img.size == 0:
-        raise InputError(f"cannot read image (unknown format or corrupt): {p}")
-    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _check_array(a, name: str) -> np.ndarray:

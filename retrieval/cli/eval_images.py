@@ -49,6 +49,7 @@ from retrieval.cli.fields import add_settings, given
 from retrieval.cli.flags import (
     Output,
     Paths,
+    add_strict_flag,
     arguments,
     declare_paths,
     fields_as_flags,
@@ -330,13 +331,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--figure", default=None, help="write a PNG of a few queries and their top results"
     )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail on the first unreadable, truncated or too small image (default: skip it "
-        "with a warning, count it in the JSON, and fail only if a group is left empty)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars (warnings are shown)")
+    add_strict_flag(p, ", count it in the JSON, and fail only if a group is left empty", quiet=True)
     p.set_defaults(func=cmd_eval_images)
     register_options(p)
     declare_paths(p, _paths)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 from collections.abc import Iterable
 
 #: The metadata key of a setting (``retrieval._src.settings.KEY``).
@@ -26,9 +28,9 @@ def settings_of(cls) -> dict[str, object]:
     return {f.name: f.metadata[_KEY] for f in dataclasses.fields(cls) if _KEY in f.metadata}
 
 
-def option(name: str, spec) -> str:
-    """The flag of a setting: its declared one, or ``--`` and the field name with hyphens."""
-    return "--" + (spec.flag or name.replace("_", "-"))
+def option(name: str, spec=None) -> str:
+    """The flag of a field: its setting's declared one, or ``--`` and the name with hyphens."""
+    return "--" + ((spec.flag if spec is not None else None) or name.replace("_", "-"))
 
 
 def _default_text(default, spec) -> str:
@@ -48,6 +50,72 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
+_MARKUP = re.compile(r":\w+:`~?([^`]+)`|``([^`]+)``")
+
+
+def _attribute_texts(cls) -> dict[str, str]:
+    """{field: first sentence of its entry} from the ``Attributes:`` section of a docstring.
+
+    An entry ``a, b: text`` gives both fields the text; Sphinx roles and literals are shown as
+    plain text.
+    """
+    doc = inspect.getdoc(cls) or ""
+    lines = doc.split("Attributes:", 1)[1].splitlines()[1:] if "Attributes:" in doc else []
+    entries: list[tuple[list[str], str]] = []
+    for line in lines:
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        stripped = line.strip()
+        head = re.match(r"^(\w+(?:, \w+)*): (.*)$", stripped)
+        if head and len(line) - len(line.lstrip()) <= 2:
+            entries.append((head.group(1).split(", "), head.group(2)))
+        elif entries and stripped:
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + stripped)
+    out = {}
+    for names, text in entries:
+        text = _MARKUP.sub(lambda m: m.group(1) or m.group(2), text)
+        first = re.split(r"(?<!i\.e\.)(?<!e\.g\.)(?<=\.)\s", text, maxsplit=1)[0].rstrip(".")
+        out.update(dict.fromkeys(names, first))
+    return out
+
+
+def _parser_of(annotation: str, flag: str):
+    """(argparse type, how a default is shown) for a field annotation (a string)."""
+    scalar = {"int": int, "float": float, "str": str}
+    if annotation in scalar:
+        return scalar[annotation], str
+    item = re.fullmatch(r"tuple\[(int|float|str), \.\.\.\]", annotation)
+    if item is None:
+        raise TypeError(f"{flag}: no flag for a field of type {annotation}")
+    convert = scalar[item.group(1)]
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(convert(v) for v in text.split(",") if v != "")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.group(1)} values, got {text!r}"
+            ) from None
+
+    return parse, lambda v: ",".join(map(str, v))
+
+
+def _add_plain(group, field: dataclasses.Field, text: str) -> None:
+    """The option of a field that is not a setting (no metadata): the type from its
+    annotation, the help ``text`` (its docstring entry), the dataclass's default shown."""
+    flag = option(field.name)
+    parse, show = _parser_of(str(field.type), flag)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    group.add_argument(
+        flag,
+        dest=field.name,
+        type=parse,
+        default=None,
+        metavar=field.name.split("_")[-1].upper() if parse in (int, float) else None,
+        help=f"{text} (default {show(default)})",
+    )
+
+
 def add_settings(
     group,
     cls,
@@ -60,6 +128,12 @@ def add_settings(
     show_default: bool = True,
 ) -> None:
     """Adds an option per named setting of ``cls`` (see the module docstring).
+
+    A field that is not a setting (a config without setting metadata, e.g. ``HPatchesConfig``)
+    gets its option from its annotation (int, float, str, or a tuple of one of them as
+    comma-separated values) and its help from the class docstring's ``Attributes:`` entry,
+    with the dataclass's default shown (``choices``, ``metavar`` and ``show_default`` apply to
+    settings only).
 
     Args:
       group: a parser or argument group.
@@ -75,7 +149,12 @@ def add_settings(
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     specs = settings_of(cls)
+    texts = None
     for name in names:
+        if name not in specs:  # a plain field: its docstring entry for help
+            texts = _attribute_texts(cls) if texts is None else texts
+            _add_plain(group, fields[name], (help or {}).get(name, texts.get(name, name)))
+            continue
         spec = specs[name]
         default = getattr(defaults, name) if defaults is not None else fields[name].default
         text = (help or {}).get(name, spec.help)

@@ -34,6 +34,7 @@ from retrieval.cli.flags import (
     Output,
     Paths,
     add_training_flags,
+    add_with_default,
     checkpoint_dir,
     declare_paths,
     validation_summary,
@@ -195,26 +196,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rows to train and validate on (default train; a file without a 'split' array: "
         "all rows, as 'all')",
     )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help=f"patches per batch, a multiple of --group-size (default {d.batch_size})",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        default=d.patches_per_group,
-        help=f"patches drawn per group (default {d.patches_per_group})",
-    )
-    p.add_argument(
-        "--trainable",
-        default=d.trainable,
-        help=f"what trains: filters plus any of +input (the first layer's pre-processing; "
-        "nothing for the grad input map), +lam, +linear (a learned p x p map after each "
-        "Nystrom map), +projection (the descriptor's projection, see --projection), or "
-        f"projection alone (default {d.trainable})",
-    )
+    add_with_default(p, "--batch-size", d.batch_size,
+                     "patches per batch, a multiple of --group-size", type=int)  # fmt: skip
+    add_with_default(p, "--group-size", d.patches_per_group, "patches drawn per group", type=int)
+    add_with_default(p, "--trainable", d.trainable,
+                     "what trains: filters plus any of +input (the first layer's pre-processing; "
+                     "nothing for the grad input map), +lam, +linear (a learned p x p map after "
+                     "each Nystrom map), +projection (the descriptor's projection, see "
+                     "--projection), or projection alone")  # fmt: skip
     p.add_argument(
         "--projection",
         type=int,

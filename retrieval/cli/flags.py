@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import math
 import os
 import re
@@ -20,6 +19,7 @@ import ckn
 from ckn import PRECISIONS, PRESETS, CKNConfig, InputError
 from ckn.ops import INPUTS, NORMALIZATIONS, POOLINGS
 from ckn.unsupervised import METHODS
+from retrieval.cli.fields import option
 
 # --- Help layout ---------------------------------------------------------------------------------
 
@@ -387,6 +387,38 @@ def _preset_defaults(field: str) -> str:
     return f"{common}" + (f"; {others}" if others else "")
 
 
+def add_with_default(p, flag: str, default, text: str, **kw) -> None:
+    """An option whose help ends with its default: ``text (default DEFAULT)``.
+
+    Args:
+      p: a parser or argument group.
+      flag: the option (``--batch-size``).
+      default: its default (a config's field), shown in the help.
+      text: the help before the default.
+      **kw: passed to ``add_argument`` (``type``, ``choices``, ...).
+    """
+    p.add_argument(flag, default=default, help=f"{text} (default {default})", **kw)
+
+
+def add_strict_flag(p, skipped: str, *, quiet: bool = False) -> None:
+    """--strict (fail on the first bad image; by default it is skipped with a warning, and then
+    ``skipped``), and with ``quiet`` --quiet (no progress bars).
+
+    Args:
+      p: a parser or argument group.
+      skipped: what follows "skip it with a warning" in the help (where the skip is counted).
+      quiet: also add --quiet.
+    """
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable, truncated or too small image (default: skip it "
+        f"with a warning{skipped})",
+    )
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars (warnings are shown)")
+
+
 class TrainingDefaults(Protocol):
     """The settings whose defaults :func:`add_training_flags` shows (a training config)."""
 
@@ -424,12 +456,7 @@ def add_training_flags(
         "quiet": "no progress bar",
         **(help or {}),
     }
-    p.add_argument(
-        "--loss",
-        choices=tuple(margins),
-        default=defaults.loss,
-        help=f"loss (default {defaults.loss})",
-    )
+    add_with_default(p, "--loss", defaults.loss, "loss", choices=tuple(margins))
     p.add_argument(
         "--margin",
         type=float,
@@ -437,12 +464,8 @@ def add_training_flags(
         help=f"loss margin (default: triplet {margins['triplet']} in squared distance, "
         f"contrastive {margins['contrastive']} in distance)",
     )
-    p.add_argument(
-        "--epochs", type=int, default=defaults.epochs, help=f"epochs (default {defaults.epochs})"
-    )
-    p.add_argument(
-        "--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})"
-    )
+    add_with_default(p, "--epochs", defaults.epochs, "epochs", type=int)
+    add_with_default(p, "--lr", defaults.lr, "peak learning rate", type=float)
     p.add_argument("--patience", type=int, default=defaults.patience, help=texts["patience"])
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help=texts["resume"])
@@ -573,100 +596,15 @@ def parse_scales(text: str | None) -> tuple[float, ...] | None:
 
 # --- Flags generated from a config dataclass -----------------------------------------------------
 
-_MARKUP = re.compile(r":\w+:`~?([^`]+)`|``([^`]+)``")
-
-
-def _attribute_texts(cls) -> dict[str, str]:
-    """{field: first sentence of its entry} from the ``Attributes:`` section of a docstring.
-
-    An entry ``a, b: text`` gives both fields the text; Sphinx roles and literals are shown as
-    plain text.
-    """
-    doc = inspect.getdoc(cls) or ""
-    lines = doc.split("Attributes:", 1)[1].splitlines()[1:] if "Attributes:" in doc else []
-    entries: list[tuple[list[str], str]] = []
-    for line in lines:
-        if line.strip() and not line.startswith(" "):
-            break  # the next section
-        stripped = line.strip()
-        head = re.match(r"^(\w+(?:, \w+)*): (.*)$", stripped)
-        if head and len(line) - len(line.lstrip()) <= 2:
-            entries.append((head.group(1).split(", "), head.group(2)))
-        elif entries and stripped:
-            entries[-1] = (entries[-1][0], entries[-1][1] + " " + stripped)
-    out = {}
-    for names, text in entries:
-        text = _MARKUP.sub(lambda m: m.group(1) or m.group(2), text)
-        first = re.split(r"(?<!i\.e\.)(?<!e\.g\.)(?<=\.)\s", text, maxsplit=1)[0].rstrip(".")
-        out.update(dict.fromkeys(names, first))
-    return out
-
-
-def _parser_of(annotation: str, flag: str):
-    """(argparse type, how a default is shown) for a field annotation (a string)."""
-    scalar = {"int": int, "float": float, "str": str}
-    if annotation in scalar:
-        return scalar[annotation], str
-    item = re.fullmatch(r"tuple\[(int|float|str), \.\.\.\]", annotation)
-    if item is None:
-        raise TypeError(f"{flag}: no flag for a field of type {annotation}")
-    convert = scalar[item.group(1)]
-
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(convert(v) for v in text.split(",") if v != "")
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {item.group(1)} values, got {text!r}"
-            ) from None
-
-    return parse, lambda v: ",".join(map(str, v))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_flags(
-    group, cls, names: tuple[str, ...], *, help: Mapping[str, str] | None = None
-) -> None:
-    """One flag per field of a frozen config dataclass: ``--max-patches N`` for ``max_patches``.
-
-    The flag's type comes from the field's annotation (int, float, str, or a tuple of one of
-    them as comma-separated values), its help from the class docstring's ``Attributes:``
-    entry (or ``help``), and the default shown is the dataclass's: the flag's own default is
-    None, so that :func:`config_from_flags` leaves a field that was not given to the config.
-
-    Args:
-      group: a parser or argument group.
-      cls: the config dataclass.
-      names: the fields that get a flag (dest = the field name).
-      help: {field: text} replacing the docstring's text.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    texts = {**_attribute_texts(cls), **(help or {})}
-    for name in names:
-        f = fields[name]
-        parse, show = _parser_of(str(f.type), _flag(name))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        group.add_argument(
-            _flag(name),
-            dest=name,
-            type=parse,
-            default=None,
-            metavar=name.split("_")[-1].upper() if parse in (int, float) else None,
-            help=f"{texts.get(name, name)} (default {show(default)})",
-        )
-
 
 def config_from_flags(args: argparse.Namespace, cls, names: tuple[str, ...], **given):
-    """``cls`` with the fields whose flag was given (see :func:`add_config_flags`) and
+    """``cls`` with the fields whose flag was given (see ``fields.add_settings``) and
     ``given``; the dataclass checks the values (InputError, a field's name shown as its flag)."""
     values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    with fields_as_flags({n: _flag(n) for n in names}):
+    with fields_as_flags({n: option(n) for n in names}):
         return cls(**values, **given)
 
 
 def given_flags(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
     """The flags of ``names`` given on the command line (not None), as ``--flag`` strings."""
-    return [_flag(n) for n in names if getattr(args, n, None) not in (None, False)]
+    return [option(n) for n in names if getattr(args, n, None) not in (None, False)]

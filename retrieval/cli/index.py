@@ -59,6 +59,7 @@ from retrieval.cli.flags import (
     Output,
     Paths,
     add_command,
+    add_strict_flag,
     declare_paths,
     fields_as_flags,
     plural,
@@ -468,6 +469,24 @@ def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
     add_settings(g, LocalConfig, ["max_regions"])
 
 
+#: Where ``index build`` / ``add`` count a skipped bad image (--strict's help).
+_COUNTED = " line, counted in index.json"
+
+
+def _index_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index folder (ckn index build)")
+
+
+def _runs(p: argparse.ArgumentParser, func, paths, *, options: bool = False) -> None:
+    """``p`` runs ``func`` after the check of ``paths`` (``flags.declare_paths``); with
+    ``options``, ``p``'s options are remembered for ``image_modes.check_options`` and
+    ``args.field_flags`` (``image_modes.register_options``, once every option is added)."""
+    p.set_defaults(func=func)
+    if options:
+        register_options(p)
+    declare_paths(p, paths)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
@@ -520,10 +539,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--shard", default=None, metavar="I/N",
                    help="the I-th (0..N-1) of N slices of the sorted image list, e.g. "
                    "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")  # fmt: skip
-    _strict_quiet(b)
-    b.set_defaults(func=cmd_build)
-    register_options(b)
-    declare_paths(b, _build_paths)
+    add_strict_flag(b, _COUNTED, quiet=True)
+    _runs(b, cmd_build, _build_paths, options=True)
 
     f = add_command(
         isub,
@@ -551,9 +568,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _description_flags(f, query=False)
     add_settings(f, IndexSettings, ["whiten", "whiten_dim", "search", "nprobe"])
     f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.set_defaults(func=cmd_fit)
-    register_options(f)
-    declare_paths(f, _fit_paths)
+    _runs(f, cmd_fit, _fit_paths, options=True)
 
     m = add_command(
         isub,
@@ -570,8 +585,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("parts", nargs="+", metavar="PART", help="part folders, in any order")
     m.add_argument("--out", required=True, help="index folder to write")
     m.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
-    m.set_defaults(func=cmd_merge)
-    declare_paths(m, _merge_paths)
+    _runs(m, cmd_merge, _merge_paths)
 
     a = add_command(
         isub,
@@ -585,11 +599,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         example="ckn index add --index photos.index --images more_photos/",
     )
-    a.add_argument("--index", required=True, help="index folder (ckn index build)")
+    _index_flag(a)
     a.add_argument("--images", required=True, help="folder of images to add (recursively)")
-    _strict_quiet(a)
-    a.set_defaults(func=cmd_add)
-    declare_paths(a, _add_paths)
+    add_strict_flag(a, _COUNTED, quiet=True)
+    _runs(a, cmd_add, _add_paths)
 
     q = add_command(
         isub,
@@ -605,7 +618,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         example="ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
         "ckn index query --index photos.index --images queries/ --json results.json",
     )
-    q.add_argument("--index", required=True, help="index folder (ckn index build)")
+    _index_flag(q)
     q.add_argument(
         "--image", action="append", default=None, help="a query image (give it several times "
         "for several queries)"
@@ -623,9 +636,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail on a bad image under --images (default: skip it with a warning)",
     )
     _description_flags(q, query=True)
-    q.set_defaults(func=cmd_query)
-    register_options(q)
-    declare_paths(q, _query_paths)
+    _runs(q, cmd_query, _query_paths, options=True)
 
     i = add_command(
         isub,
@@ -634,17 +645,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prints the size, settings, whitening, search method and history of an index.",
         example="ckn index info --index photos.index",
     )
-    i.add_argument("--index", required=True, help="index folder (ckn index build)")
+    _index_flag(i)
     i.add_argument("--json", action="store_true", help="print index.json's summary as JSON")
-    i.set_defaults(func=cmd_info)
-    declare_paths(i, lambda args: Paths([], {"--index": args.index}))
-
-
-def _strict_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail on the first unreadable, truncated or too small image (default: skip it "
-        "with a warning line, counted in index.json)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars (warnings are shown)")
+    _runs(i, cmd_info, lambda args: Paths([], {"--index": args.index}))

@@ -27,7 +27,8 @@ import ckn
 from ckn import InputError
 from ckn.files import progress_bar, write_json
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, Paths, add_config_flags, config_from_flags, given_flags
+from retrieval.cli.fields import add_settings
+from retrieval.cli.flags import Output, Paths, config_from_flags, given_flags
 from retrieval.patches import (
     BASELINES,
     HPATCHES_PUBLISHED,
@@ -128,7 +129,7 @@ def describe(args: argparse.Namespace) -> int:
 def add_style_flags(p: argparse.ArgumentParser) -> None:
     """The HPatches-style settings of ``ckn patches`` (with ``--sequences --hpatches-style``)."""
     g = p.add_argument_group("HPatches-style data (with --sequences and --hpatches-style)")
-    add_config_flags(g, HPatchesStyleConfig, STYLE_FIELDS)
+    add_settings(g, HPatchesStyleConfig, STYLE_FIELDS)
 
 
 def hpatches_style(args: argparse.Namespace) -> int:
@@ -180,7 +181,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
         help="task files of the split in the official layout (the benchmark's tasks/ folder); "
         "default: generated, seeded by --seed (default 42), as the official generator samples",
     )
-    add_config_flags(g, HPatchesConfig, HPATCHES_FIELDS)
+    add_settings(g, HPatchesConfig, HPATCHES_FIELDS)
     t = p.add_argument_group("PhotoTour (with --phototour)")
     t.add_argument(
         "--pairs",

@@ -38,7 +38,9 @@ from retrieval.cli.flags import (
     Output,
     Paths,
     add_command,
+    add_strict_flag,
     add_training_flags,
+    add_with_default,
     checkpoint_dir,
     declare_paths,
     fields_as_flags,
@@ -316,18 +318,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="without --val-images: share of the groups of --images held out for validation "
         "(default 0.2; 0 = no validation, the last epoch is kept)",
     )
-    p.add_argument(
-        "--groups",
-        type=int,
-        default=_D.groups_per_batch,
-        help=f"groups per batch (default {_D.groups_per_batch})",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        default=_D.images_per_group,
-        help=f"images drawn per group (default {_D.images_per_group})",
-    )
+    add_with_default(p, "--groups", _D.groups_per_batch, "groups per batch", type=int)
+    add_with_default(p, "--group-size", _D.images_per_group, "images drawn per group", type=int)
     p.add_argument(
         "--mining",
         choices=MINING,
@@ -335,18 +327,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"hard negatives: batch (hardest in batch) or pool (re-mined every "
         f"epoch from a pool; default {_D.mining})",
     )
-    p.add_argument(
-        "--negatives",
-        type=int,
-        default=_D.negatives,
-        help=f"mined negatives per group with --mining pool (default {_D.negatives})",
-    )
-    p.add_argument(
-        "--pool-size",
-        type=int,
-        default=_D.pool_size,
-        help=f"images in the mining pool of an epoch (default {_D.pool_size})",
-    )
+    add_with_default(p, "--negatives", _D.negatives,
+                     "mined negatives per group with --mining pool", type=int)  # fmt: skip
+    add_with_default(p, "--pool-size", _D.pool_size, "images in the mining pool of an epoch",
+                     type=int)  # fmt: skip
     p.add_argument(
         "--side",
         type=int,
@@ -354,12 +338,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"training images shrunk to at most this long side, padded square (default "
         f"{_D.side}; a multiple of the backbone's stride)",
     )
-    p.add_argument(
-        "--max-cache-mib",
-        type=int,
-        default=_D.max_cache_mib,
-        help=f"limit of the float16 maps kept in memory (default {_D.max_cache_mib})",
-    )
+    add_with_default(p, "--max-cache-mib", _D.max_cache_mib,
+                     "limit of the float16 maps kept in memory", type=int)  # fmt: skip
     add_training_flags(
         p,
         _D,
@@ -367,11 +347,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         out="HEAD_DIR",
         help={"overwrite": "replace HEAD_DIR and its checkpoint", "quiet": "no progress bars"},
     )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail on the first unreadable, truncated or too small image (default: skip it "
-        "with a warning line, counted in the head's training record)",
-    )
+    add_strict_flag(p, " line, counted in the head's training record")
     p.set_defaults(func=cmd_train_global)
     declare_paths(p, _paths)

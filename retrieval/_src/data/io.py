@@ -75,18 +75,33 @@ def image_problem(path: Path, min_side: int = MIN_SIDE) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image as RGB uint8 (H, W, 3); InputError if missing, unreadable or a
-    truncated JPEG."""
+def _imread(path: str | os.PathLike, flags: int) -> np.ndarray:
+    """An image file read by ``cv2.imread(path, flags)``: RGB uint8 (H, W, 3), or (H, W) where
+    ``flags`` keeps gray; InputError if missing, unreadable or a truncated JPEG."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     if jpeg_truncated(path):
         raise InputError(f"cannot read image ({TRUNCATED_JPEG}): {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = cv2.imread(str(path), flags)
     if img is None or img.size == 0:
         raise InputError(f"cannot read image (unknown format or corrupt): {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image as RGB uint8 (H, W, 3); InputError if missing, unreadable or a
+    truncated JPEG."""
+    return _imread(path, cv2.IMREAD_COLOR)
+
+
+def read_image_any(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3) or gray (H, W) (kept gray, so callers can say so).
+
+    OpenCV's ``IMREAD_ANYCOLOR``: 16-bit images scaled to 8 bits, alpha dropped,
+    EXIF orientation applied.
+    """
+    return _imread(path, cv2.IMREAD_ANYCOLOR)
 
 
 def resize_max(image: np.ndarray, max_side: int | None) -> np.ndarray:

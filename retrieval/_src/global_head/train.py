@@ -4,7 +4,6 @@ mining), the jitted Adam step, the schedule, validation and the loop
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -44,44 +43,18 @@ from retrieval._src.metrics.image import evaluate_scores
 
 
 @dataclass
-class GlobalHeadReport:
-    """What :func:`train_global_head` measured.
+class GlobalHeadReport(ckn.supervised.EpochsReport):
+    """What :func:`train_global_head` measured: the fields of
+    :class:`ckn.supervised.EpochsReport` (history entries also hold p; epoch 0 is the initial
+    head; ``config`` the GlobalHeadConfig), and:
 
     Attributes:
-      history: one dict per epoch (epoch, loss, val_map, p, seconds, steps); epoch 0 is
-        the initial head (val_map only).
-      best_epoch: epoch of the returned head (best validation mAP; the last without
-        validation).
-      best_val_map: its validation mAP in [0, 1] (None without validation).
-      epochs_done, steps: totals, resumed part included.
-      finished, stopped_early: the planned epochs ran / early stopping fired.
-      resumed_from: epoch of the checkpoint resumed from, or None.
-      seconds: wall time of this call; init_seconds: of the initialization;
-        steps_per_second: of its training steps.
-      nonfinite_steps: steps skipped for a non-finite gradient (expected 0).
-      traces: compilations of the training step during this call (0 or 1).
+      init_seconds: of the initialization.
       init: :func:`init_head_params`'s info.
-      config: the GlobalHeadConfig as a dict.
     """
 
-    history: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_map: float | None = None
-    epochs_done: int = 0
-    steps: int = 0
-    finished: bool = False
-    stopped_early: bool = False
-    resumed_from: int | None = None
-    seconds: float = 0.0
     init_seconds: float = 0.0
-    steps_per_second: float = 0.0
-    nonfinite_steps: int = 0
-    traces: int = 0
     init: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- batches and step

@@ -130,6 +130,20 @@ def _whitening_info(settings: IndexSettings, wdim, where: str, n_fit: int, reaso
     }
 
 
+def _train_vlad(describer, settings: IndexSettings, train: list, where: str, progress: bool):
+    """VLAD's codebook and PCAs trained on ``train`` (the PCA-whitening as its ``pca_dim``).
+
+    Returns:
+      (the trained describer, whitened dimension or None, the whitening reason).
+    """
+    wdim, reason = _whiten_plan(settings, len(train), 0, where)
+    d = settings.describer
+    trained = describer.with_config(
+        dataclasses.replace(d, vlad=dataclasses.replace(d.vlad, pca_dim=wdim))
+    ).train([str(f) for f in train], progress=progress)
+    return trained, wdim, reason
+
+
 def _utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -203,11 +217,7 @@ def build_index(
         description["raw_dim"] = int(raw.shape[1])
     else:  # VLAD: the codebook (and PCA-whitening, its pca_dim) fitted on the fitting images
         train = files if fit_files is None else fit_files
-        wdim, reason = _whiten_plan(settings, len(train), 0, where)
-        d = settings.describer
-        fitted = describer.with_config(
-            dataclasses.replace(d, vlad=dataclasses.replace(d.vlad, pca_dim=wdim))
-        ).train([str(f) for f in train], progress=progress)
+        fitted, wdim, reason = _train_vlad(describer, settings, train, where, progress)
         vlad = fitted.model
         vectors = _vectors(fitted, files, progress)
         description["vlad_dim"] = int(vlad.centers.size)

@@ -40,7 +40,13 @@ import numpy as np
 from ckn import InputError
 from ckn.files import atomic_path
 from retrieval._src.index import _npz_vlad, _npz_whitening, _vlad_from, _whitening_from
-from retrieval._src.index.build import _collect, _vectors, _whiten_plan, _whitening_info
+from retrieval._src.index.build import (
+    _collect,
+    _train_vlad,
+    _vectors,
+    _whiten_plan,
+    _whitening_info,
+)
 from retrieval._src.index.core import _method
 from retrieval._src.index.models import index_describer
 from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings
@@ -225,11 +231,7 @@ def fit_images(
         return fit_vectors(raw, settings, count=len(files), description=desc, record=info)
     # VLAD: the codebook and PCAs (the PCA-whitening, its pca_dim) fitted on the sample.
     where = f"a sample of {len(chosen)}"
-    wdim, reason = _whiten_plan(settings, len(chosen), 0, where)
-    d = settings.describer
-    trained = describer.with_config(
-        dataclasses.replace(d, vlad=dataclasses.replace(d.vlad, pca_dim=wdim))
-    ).train([str(f) for f in chosen], progress=progress)
+    trained, wdim, reason = _train_vlad(describer, settings, chosen, where, progress)
     vlad = trained.model
     searchable = _vectors(trained, chosen, progress)
     desc["vlad_dim"] = int(vlad.centers.size)
