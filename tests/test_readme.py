@@ -143,9 +143,7 @@ def test_machine_and_provenance_phrases():
 
 #: Results made before the provenance rule, each waiting for its re-run from a clean tree
 #: (result -> who re-runs it). Remove an entry when its re-run lands: the test fails until then.
-PENDING = {
-    "oneoffs:ci_run": "recorded by hand, machine not recorded; re-run pending",
-}
+PENDING = {}
 
 
 #: Files computed from other results, not measurements (no provenance of their own).

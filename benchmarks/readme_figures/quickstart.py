@@ -55,6 +55,30 @@ def _pytest_summary(fig: dict) -> dict:
     raise ReportError("oneoffs.json: no pytest summary line in the recorded output")
 
 
+def _skip_reasons(fig: dict) -> str:
+    """Why tests were skipped or expected to fail, from the recorded summary lines:
+    ``" (skipped: the optional torch not installed; ...)"``, or "" when none is recorded."""
+    tail = fig.get("output_tail", [])
+    missing = sorted({m for line in tail for m in re.findall(r"could not import '([\w.]+)'", line)})
+    other = sorted(
+        {
+            line.split(": ", 1)[-1].strip()
+            for line in tail
+            if line.startswith("SKIPPED") and "could not import" not in line
+        }
+    )
+    xfail = sorted(
+        {line.split(" - ", 1)[0].split("::")[-1] for line in tail if line.startswith("XFAIL")}
+    )
+    parts = []
+    if missing:
+        parts.append(f"skipped: the optional {', '.join(missing)} not installed")
+    parts += [f"skipped: {reason}" for reason in other]
+    if xfail:
+        parts.append(f"expected to fail: {', '.join(xfail)}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 @renderer("suite_run")
 def suite_run(results) -> str:
     """The last recorded run of the test suite (oneoffs.json: test_suite, else ci_run)."""
@@ -74,6 +98,7 @@ def suite_run(results) -> str:
     )
     return para(
         f"The last recorded run (`{m['command']}`, {commit(fig)}, {date},"
-        f" `benchmarks/results/oneoffs.json`) {outcome}: {counts} without `../shared/data`, in"
-        f" {duration(r['seconds'])} ({where})."
+        f" `benchmarks/results/oneoffs.json`) {outcome}: {counts}{_skip_reasons(fig)}, the tests"
+        f" in {duration(r['seconds'])}, the whole run in {duration(m['wall_seconds'])}"
+        f" ({where})."
     )
