@@ -141,7 +141,7 @@ def in_process(photos: Path, index: Path, repeats: int) -> dict:
         w, n = timed(lambda q=q: S.query_index(idx, q))
         new.append(w)
         new_n += n
-    net = retrieval.load_backbone(idx.settings.backbone)
+    net = retrieval.load_backbone(idx.settings.describer.backbone)
     h, w = (s // net.stride * net.stride for s in img.shape[:2])
     one = img[None, :h, :w]
     forward = bc.stats(
