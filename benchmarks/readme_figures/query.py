@@ -18,6 +18,7 @@ def query_speed(results) -> str:
     r = doc["results"][0]
     proc, ip, b = r["process"], r["in_process"], r["batch"]
     goals = doc["goals"]
+    scales = r["settings"]["describer"]["config"]["global_config"]["scales"]
     return para(
         f"At {r['indexed']:,} indexed vectors ({r['dim']}-D, IVF-PQ trained on"
         f" {r.get('ivfpq_train_vectors', r['indexed']):,}; `nice python"
@@ -33,8 +34,9 @@ def query_speed(results) -> str:
         f" ({ip['warm_new_size_compilations']} compilations),"
         f" {ip['warm_new_size_over_forward']:.2f} times one forward pass of the image alone"
         f" ({_s(ip['forward_pass']['median_s'])};"
-        f" goal 2: {'met' if goals['warm_new_size_met'] else 'not met'}; three scales cost about"
-        " 1.8 passes); a query needing new buckets"
+        f" goal 2: {'met' if goals['warm_new_size_met'] else 'not met'}; its"
+        f" {len(scales)} scales hold {sum(x * x for x in scales):.2f} times the first one's"
+        " pixels); a query needing new buckets"
         f" {_s(ip['new_bucket_s'])} ({ip['new_bucket_compilations']} compilations)."
         f" {b['queries']} queries of {b['distinct_sizes']} sizes in one `query_images` call:"
         f" {_s(b['cold_s'])} with {b['cold_compilations']} compilations, then"
