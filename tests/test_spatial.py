@@ -216,6 +216,35 @@ def test_unreadable_shortlisted_image_keeps_its_rank_with_one_warning(folder, tm
     assert ctx.record["verification"]["unreadable"] == [str(bad)]
 
 
+def test_cached_database_features_do_not_read_the_image_again(folder, tmp_path):
+    """A database image whose features are cached is not read again (reading 100 images per
+    query cost more than matching them): deleted after the first query, it is still verified,
+    with the same inliers and no warning."""
+    paths = []
+    for k, src in enumerate([folder / "astronaut" / "1.png", folder / "coffee" / "0.png"]):
+        paths.append(tmp_path / f"{k}.png")
+        paths[-1].write_bytes(src.read_bytes())
+    images = np.empty(2, object)
+    images[:] = paths
+    sv = SpatialVerification(VerifyConfig("sift", top=2, regions=300, min_inliers=8))
+    db = Described(np.zeros((2, 2), np.float32), {"images": images}, {})
+    ctx = ScoringContext(None, db, PostConfig(), {})
+    scores = np.array([[0.1, 0.9]])
+    outs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for qid, view in enumerate(["0.png", "2.png"]):
+            query = np.empty(1, object)
+            query[0] = folder / "astronaut" / view
+            block = Block(np.array([qid]), None, {"images": query})
+            ranked = Ranked({"query": np.zeros((1, 2))}, db.vectors, scores)
+            outs.append(sv.rescore(block, ranked, ctx).scores[0])
+            paths[0].unlink(missing_ok=True)
+    assert not caught
+    assert sv.cache.misses == 2 and sv.cache.hits == 2
+    assert outs[1][0] > 1.9 and list(np.argsort(-outs[1])) == [0, 1]  # astronaut verified
+
+
 def test_refusals(folder, tmp_path):
     with pytest.raises(InputError, match="top 15 is larger than the database"):
         evaluate(_Random(), folder, scorers=(SpatialVerification(VerifyConfig(top=15)),))

@@ -68,12 +68,34 @@ def test_batch_matches_equal_the_numpy_definition():
         b[:k] = q[rng.choice(70, k, replace=False)] + rng.normal(scale=0.3, size=(k, 16))
         images.append(b)
     got = batch_matches(q, images, 0.8)
+    # Grouped by padded count (128: 40, 1, 5 rows; 256: 130), two images per call: the same.
+    assert [len(m) for m in batch_matches(q, images, 0.8, rows_per_call=256)] == [
+        len(m) for m in got
+    ]
+    for b, m in zip(images, batch_matches(q, images, 0.8, rows_per_call=256)):
+        ref = mutual_matches(q, b, 0.8)
+        np.testing.assert_array_equal(m.query, ref.query)
+        np.testing.assert_array_equal(m.database, ref.database)
     for b, m in zip(images, got):
         ref = mutual_matches(q, b, 0.8)
         np.testing.assert_array_equal(m.query, ref.query)
         np.testing.assert_array_equal(m.database, ref.database)
         np.testing.assert_allclose(m.distance, ref.distance, rtol=1e-4, atol=1e-4)
     assert sum(len(m) for m in got) >= 40
+
+
+def test_batch_matches_break_ties_as_the_numpy_definition():
+    """Exact ties (duplicated rows, integer descriptors: exact float32 distances) resolve as
+    NumPy's argmin does: the first row; with ratio 1 a tied nearest neighbour fails the test."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 4, size=(24, 8)).astype(np.float32)
+    q[5] = q[2]  # a duplicated query row: only its first copy can be a mutual match
+    b = np.concatenate([q[:12], q[:6], rng.integers(0, 4, size=(10, 8))]).astype(np.float32)
+    for ratio in (1.0, 0.9):
+        (got,) = batch_matches(q, [b], ratio)
+        ref = mutual_matches(q, b, ratio)
+        np.testing.assert_array_equal(got.query, ref.query)
+        np.testing.assert_array_equal(got.database, ref.database)
 
 
 def test_mutual_matches_edge_cases():

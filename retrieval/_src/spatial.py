@@ -9,9 +9,10 @@
    shortlisted image; a database image's features are computed once per run and kept in a
    :class:`retrieval.local.FeatureCache` of at most ``cache_mb`` MiB;
 3. per pair, mutual nearest neighbours with Lowe's ratio test (:func:`retrieval.local.
-   batch_matches`: :data:`BATCH` shortlisted images per jitted call) and RANSAC of an affine map
-   or a homography (:func:`retrieval.local.fit_geometry`, OpenCV seeded with ``seed``): the
-   number of inliers (as :func:`retrieval.local.verify_pair` counts them);
+   batch_matches`: images of like region counts together, :data:`ROWS_PER_CALL` padded rows
+   per jitted call) and RANSAC of an affine map or a homography (:func:`retrieval.local.
+   fit_geometry`, OpenCV seeded with ``seed``): the number of inliers (as
+   :func:`retrieval.local.verify_pair` counts them);
 4. the images with at least ``min_inliers`` inliers come first, by decreasing inlier count;
    ties keep the global order, and so do the other images (below the verified ones). Their new
    score is ``1 + max(global scores) + inliers + 0.5 (1 - r / R)`` (r their global rank in the
@@ -55,9 +56,14 @@ from retrieval._src.verification import (
 
 #: The extra of a description that holds its images (paths, or arrays such as query crops).
 IMAGES = "images"
-#: Shortlisted images matched per jitted call (:func:`retrieval.local.batch_matches`): bounds
-#: the (BATCH, n, m) distance array (16 x 1024 x 1024 float32: 64 MiB).
-BATCH = 16
+#: Padded database rows matched per jitted call (:func:`retrieval.local.batch_matches`: 16
+#: images of 1024 regions, 128 of 128): bounds the (images, m, n) distance array (16384 x n
+#: float32: 64 MiB for a query of 1024 regions).
+ROWS_PER_CALL = 16384
+
+
+class _Unreadable(Exception):
+    """A database image that cannot be read (it keeps its global rank)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,24 +212,30 @@ class SpatialVerification:
         return local_features(np.asarray(img), self.patches, config=self.local, name=name)
 
     def _database(self, j: int, path):
-        """Features of database row j, or None (unreadable: warned once; no region)."""
-        if j in self.no_regions:
-            return None
-        try:
-            img = read_image_any(path) if isinstance(path, (str, os.PathLike)) else path
-        except InputError as e:
-            if str(path) not in self.unreadable:
-                self.unreadable.append(str(path))
-                warnings.warn(f"{e}: it keeps its global rank (not verified)", stacklevel=2)
+        """Features of database row j, or None (unreadable: warned once; no region).
+
+        The image is read only when its features are not in the cache."""
+        if j in self.no_regions or str(path) in self.unreadable:
             return None
         t0 = time.perf_counter()
         try:
-            return self.cache.get(j, lambda: self._features(img, str(path)))
+            return self.cache.get(j, lambda: self._database_features(path))
+        except _Unreadable as e:
+            self.unreadable.append(str(path))
+            warnings.warn(f"{e}: it keeps its global rank (not verified)", stacklevel=2)
+            return None
         except InputError:
             self.no_regions.add(j)
             return None
         finally:
             self.seconds_database += time.perf_counter() - t0
+
+    def _database_features(self, path):
+        try:
+            img = read_image_any(path) if isinstance(path, (str, os.PathLike)) else path
+        except InputError as e:
+            raise _Unreadable(str(e)) from None
+        return self._features(img, str(path))
 
     def _query_features(self, block: Block, ctx: ScoringContext):
         qid = int(block.ids[0])
@@ -252,7 +264,7 @@ class SpatialVerification:
         feats = {j: self._database(j, paths[j]) for j in new}
         todo = [j for j in new if feats[j] is not None]
         matches = batch_matches(qf.descriptors, [feats[j].descriptors for j in todo], c.ratio,
-                                batch=BATCH)  # fmt: skip
+                                rows_per_call=ROWS_PER_CALL)  # fmt: skip
         for j in new:
             seen[j] = 0
         for j, m in zip(todo, matches):

@@ -100,9 +100,21 @@ def mutual_matches(a, b, ratio: float = 0.9) -> Matches:
     return Matches(q, nn[keep].astype(np.int64), d1[keep])
 
 
+def _first_min(d, axis: int):
+    """(index of the first minimum, minimum) of ``d`` along ``axis``: ``argmin``'s answer, from
+    two plain reductions (XLA's CPU argmin is a scalar loop; min and a masked min vectorize)."""
+    low = jnp.min(d, axis=axis, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, d.shape, axis)
+    first = jnp.min(jnp.where(d == low, iota, d.shape[axis]), axis=axis)
+    return first, jnp.squeeze(low, axis)
+
+
 @jax.jit
 def match_batch(query, query_mask, database, database_mask, ratio):
     """:func:`mutual_matches` of one query against a batch of images, jitted (static shapes).
+
+    Squared distances are compared (padded rows: infinite norms, so they are never a nearest
+    neighbour); the ratio test compares distances, as :func:`mutual_matches` does.
 
     Args:
       query: (n, D) float32 descriptors of the query, padded; query_mask: (n,) bool, real rows.
@@ -116,29 +128,27 @@ def match_batch(query, query_mask, database, database_mask, ratio):
     """
     q = query.astype(jnp.float32)
     db = database.astype(jnp.float32)
-    d2 = (
-        jnp.sum(q * q, -1)[None, :, None]
-        + jnp.sum(db * db, -1)[:, None, :]
-        - 2.0 * jnp.einsum("nd,bmd->bnm", q, db, precision=jax.lax.Precision.HIGHEST)
-    )
-    d = jnp.sqrt(jnp.maximum(d2, 0.0))
-    valid = query_mask[None, :, None] & database_mask[:, None, :]
-    d = jnp.where(valid, d, jnp.inf)
-    nn = jnp.argmin(d, axis=2)  # (B, n)
-    d1 = jnp.take_along_axis(d, nn[..., None], 2)[..., 0]
-    second = jnp.min(
-        jnp.where(jnp.arange(d.shape[2])[None, None, :] == nn[..., None], jnp.inf, d), axis=2
-    )
-    back = jnp.argmin(d, axis=1)  # (B, m): nearest query row of each database row
-    mutual = jnp.take_along_axis(back, nn, 1) == jnp.arange(d.shape[1])[None, :]
-    passes = jnp.where(jnp.isfinite(second), d1 < ratio * second, True)
+    qn = jnp.where(query_mask, jnp.sum(q * q, -1), jnp.inf)  # (n,)
+    dn = jnp.where(database_mask, jnp.sum(db * db, -1), jnp.inf)  # (B, m)
+    dot = jnp.einsum("bmd,nd->bmn", db, q, precision=jax.lax.Precision.HIGHEST)
+    d2 = dn[:, :, None] - 2.0 * dot + qn[None, None, :]  # (B, m, n)
+    nn, d1 = _first_min(d2, 1)  # (B, n): nearest database row of each query row
+    back, _ = _first_min(d2, 2)  # (B, m): nearest query row of each database row
+    rows = jax.lax.broadcasted_iota(jnp.int32, d2.shape, 1)
+    second = jnp.min(jnp.where(rows == nn[:, None, :], jnp.inf, d2), axis=1)
+    mutual = jnp.take_along_axis(back, nn, 1) == jnp.arange(d2.shape[2])[None, :]
+    dist = jnp.sqrt(jnp.maximum(d1, 0.0))
+    passes = jnp.where(jnp.isfinite(second), dist < ratio * jnp.sqrt(jnp.maximum(second, 0.0)),
+                       True)  # fmt: skip
     keep = mutual & passes & jnp.isfinite(d1)
-    return nn.astype(jnp.int32), keep, d1
+    return nn, keep, dist
 
 
 #: Descriptor counts are padded to a power of two, at least this, for :func:`match_batch`
-#: (few shapes, few compilations).
+#: (few shapes, few compilations): database images' counts at least PAD, the query's at least
+#: QUERY_PAD (a query crop often has a few dozen regions; its padding is paid per image).
 PAD = 128
+QUERY_PAD = 16
 
 
 def padded(rows: int, smallest: int = PAD) -> int:
@@ -158,38 +168,47 @@ def pad_descriptors(descriptors, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batch_matches(
-    query, images, ratio: float, *, batch: int | None = None, rows: int | None = None
+    query, images, ratio: float, *, rows_per_call: int | None = None
 ) -> list[Matches]:
     """:func:`mutual_matches` of a query against several images, by :func:`match_batch`.
 
+    The images are grouped by descriptor count: each group's count padded to a power of two
+    (:func:`padded`), ``rows_per_call // count`` images per jitted call (the group's last call
+    padded with empty images), so that a shortlist of images of a few hundred regions is not
+    padded to its largest one's thousand, and every call of a group has the same shape.
+
     Args:
       query: (n, D) descriptors; images: a list of (m_b, D) descriptors; ratio: Lowe's.
-      batch: images per jitted call (None: all at once); the last call is padded with empty
-        images, so every call has the same shape.
-      rows: database rows every image is padded to (None: the largest, rounded up to
-        :func:`padded`); at least the largest.
+      rows_per_call: padded database rows per jitted call, at least one image's (None: every
+        image in one call, padded to the largest count).
 
     Returns:
-      One :class:`Matches` per image (float32 distances, as :func:`match_batch`).
+      One :class:`Matches` per image, in order (float32 distances, as :func:`match_batch`).
     """
     if not images:
         return []
-    q, qm = pad_descriptors(query, padded(len(query)))
-    rows = padded(max([len(x) for x in images] + [rows or 0]))
-    batch = len(images) if batch is None else int(batch)
-    empty = np.zeros((0, q.shape[1]), np.float32)
-    out = []
-    for start in range(0, len(images), batch):
-        chunk = list(images[start : start + batch])
-        n_real = len(chunk)
-        chunk += [empty] * (batch - n_real)
-        db, dm = zip(*(pad_descriptors(x, rows) for x in chunk))
-        nn, keep, dist = jax.device_get(
-            match_batch(q, qm, np.stack(db), np.stack(dm), np.float32(ratio))
-        )
-        for b in range(n_real):
-            i = np.flatnonzero(keep[b]).astype(np.int64)
-            out.append(Matches(i, nn[b, i].astype(np.int64), dist[b, i].astype(np.float64)))
+    q, qm = pad_descriptors(query, padded(len(query), QUERY_PAD))
+    pads = [padded(len(x)) for x in images]
+    if rows_per_call is None:
+        groups = {max(pads): list(range(len(images)))}
+    else:
+        groups = collections.defaultdict(list)
+        for i, p in enumerate(pads):
+            groups[p].append(i)
+    out: list = [None] * len(images)
+    for rows, members in sorted(groups.items()):
+        batch = len(members) if rows_per_call is None else max(int(rows_per_call) // rows, 1)
+        for start in range(0, len(members), batch):
+            chunk = members[start : start + batch]
+            db = np.zeros((batch, rows, q.shape[1]), np.float32)  # the last: empty images
+            dm = np.zeros((batch, rows), bool)
+            for b, i in enumerate(chunk):
+                db[b, : len(images[i])] = images[i]
+                dm[b, : len(images[i])] = True
+            nn, keep, dist = jax.device_get(match_batch(q, qm, db, dm, np.float32(ratio)))
+            for b, i in enumerate(chunk):
+                k = np.flatnonzero(keep[b]).astype(np.int64)
+                out[i] = Matches(k, nn[b, k].astype(np.int64), dist[b, k].astype(np.float64))
     return out
 
 
