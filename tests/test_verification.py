@@ -58,24 +58,16 @@ def test_mutual_matches_equal_plain_loops(ratio):
 
 
 def test_batch_matches_equal_the_numpy_definition():
-    """One jitted call for several images (padded, masked) = mutual_matches image by image."""
+    """float32 BLAS matches of several images (one empty) = the float64 definition."""
     rng = np.random.default_rng(2)
     q = rng.normal(size=(70, 16)).astype(np.float32)
     images = []
-    for m in (40, 1, 130, 0 + 5):
+    for m in (40, 1, 130, 0, 5):
         b = rng.normal(size=(m, 16)).astype(np.float32)
         k = min(m, 30)
         b[:k] = q[rng.choice(70, k, replace=False)] + rng.normal(scale=0.3, size=(k, 16))
         images.append(b)
     got = batch_matches(q, images, 0.8)
-    # Grouped by padded count (128: 40, 1, 5 rows; 256: 130), two images per call: the same.
-    assert [len(m) for m in batch_matches(q, images, 0.8, rows_per_call=256)] == [
-        len(m) for m in got
-    ]
-    for b, m in zip(images, batch_matches(q, images, 0.8, rows_per_call=256)):
-        ref = mutual_matches(q, b, 0.8)
-        np.testing.assert_array_equal(m.query, ref.query)
-        np.testing.assert_array_equal(m.database, ref.database)
     for b, m in zip(images, got):
         ref = mutual_matches(q, b, 0.8)
         np.testing.assert_array_equal(m.query, ref.query)

@@ -9,10 +9,9 @@
    shortlisted image; a database image's features are computed once per run and kept in a
    :class:`retrieval.local.FeatureCache` of at most ``cache_mb`` MiB;
 3. per pair, mutual nearest neighbours with Lowe's ratio test (:func:`retrieval.local.
-   batch_matches`: images of like region counts together, :data:`ROWS_PER_CALL` padded rows
-   per jitted call) and RANSAC of an affine map or a homography (:func:`retrieval.local.
-   fit_geometry`, OpenCV seeded with ``seed``): the number of inliers (as
-   :func:`retrieval.local.verify_pair` counts them);
+   batch_matches`: one BLAS product per image) and RANSAC of an affine map or a homography
+   (:func:`retrieval.local.fit_geometry`, OpenCV seeded with ``seed``): the number of inliers
+   (as :func:`retrieval.local.verify_pair` counts them);
 4. the images with at least ``min_inliers`` inliers come first, by decreasing inlier count;
    ties keep the global order, and so do the other images (below the verified ones). Their new
    score is ``1 + max(global scores) + inliers + 0.5 (1 - r / R)`` (r their global rank in the
@@ -56,10 +55,6 @@ from retrieval._src.verification import (
 
 #: The extra of a description that holds its images (paths, or arrays such as query crops).
 IMAGES = "images"
-#: Padded database rows matched per jitted call (:func:`retrieval.local.batch_matches`: 16
-#: images of 1024 regions, 128 of 128): bounds the (images, m, n) distance array (16384 x n
-#: float32: 64 MiB for a query of 1024 regions).
-ROWS_PER_CALL = 16384
 
 
 class _Unreadable(Exception):
@@ -263,8 +258,7 @@ class SpatialVerification:
         new = [j for j in short.tolist() if j not in seen]
         feats = {j: self._database(j, paths[j]) for j in new}
         todo = [j for j in new if feats[j] is not None]
-        matches = batch_matches(qf.descriptors, [feats[j].descriptors for j in todo], c.ratio,
-                                rows_per_call=ROWS_PER_CALL)  # fmt: skip
+        matches = batch_matches(qf.descriptors, [feats[j].descriptors for j in todo], c.ratio)
         for j in new:
             seen[j] = 0
         for j, m in zip(todo, matches):
