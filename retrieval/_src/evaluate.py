@@ -76,7 +76,7 @@ from retrieval._src.postprocess import (
 from retrieval._src.revisited import revisited_map
 from retrieval._src.scoring import Block, QueryExpansion, Ranked, ScoringContext, scores_of
 from retrieval._src.search import make_index
-from retrieval._src.settings import check_settings, setting
+from retrieval._src.settings import check_settings, setting, whiten_dim_setting
 
 WHITENINGS = ("none", "pca", "learned")
 SEARCHES = ("exact", "ivfpq")
@@ -102,10 +102,7 @@ class PostConfig:
         help="whitening fitted on other images (never the evaluated ones); learned needs group "
         "subfolders there",
     )  # fmt: skip
-    whiten_dim: int | None = setting(
-        None, kind="int", minimum=1, optional=True, none_means="min(D, images - 1)",
-        help="whitening output dimension",
-    )  # fmt: skip
+    whiten_dim: int | None = whiten_dim_setting("min(D, images - 1)")
     qe: int = setting(0, minimum=0, help="query expansion with the top K (0: none)")
     alpha: float = setting(
         0.0, minimum=0,

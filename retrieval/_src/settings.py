@@ -166,6 +166,15 @@ def check_settings(config) -> None:
 MAX_SIDE = 1024
 
 
+def whiten_dim_setting(none_means: str):
+    """The ``whiten_dim`` field of the evaluation's and the index's configs: one bound, one help;
+    ``none_means`` says which dimension each picks when it is None."""
+    return setting(
+        None, kind="int", minimum=1, optional=True, none_means=none_means,
+        help="whitening output dimension",
+    )  # fmt: skip
+
+
 def max_side_setting():
     """The ``max_side`` field of every image config: one default, one bound, one help."""
     return setting(

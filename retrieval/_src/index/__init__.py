@@ -121,6 +121,7 @@ from retrieval._src.index.settings import (
     WHITEN_MIN_RATIO,
     WHITEN_MODES,
     IndexSettings,
+    check_format,
 )
 from retrieval._src.postprocess import PCAWhitening, Whitening
 from retrieval._src.vlad_fit import VladConfig, VladModel
@@ -389,13 +390,7 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
         raise InputError(f"{folder} is not an image index (no {_JSON})") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{path} does not parse ({type(e).__name__}: {e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InputError(f"{path} is not a {FORMAT} file (format {doc.get('format')!r})")
-    if doc.get("version") != VERSION:
-        raise InputError(
-            f"{folder} is a {FORMAT} of version {doc.get('version')!r}; this ckn reads version "
-            f"{VERSION}: rebuild the index"
-        )
+    check_format(doc, path, FORMAT, VERSION, "rebuild the index")
     try:
         settings = IndexSettings.from_json(doc["settings"])
         dim = int(doc["dim"])

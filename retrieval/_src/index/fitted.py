@@ -49,7 +49,7 @@ from retrieval._src.index.build import (
 )
 from retrieval._src.index.core import _method
 from retrieval._src.index.models import index_describer
-from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings
+from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings, check_format
 from retrieval._src.postprocess import PCAWhitening, Whitening, apply_whitening, fit_pca_whitening
 from retrieval._src.search import train_ivfpq
 from retrieval._src.vlad_fit import VladModel
@@ -288,23 +288,6 @@ def _npz_bytes(arrays: dict) -> bytes:
             with z.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
     return buf.getvalue()
-
-
-def check_format(doc, where, fmt: str, version: int, remedy: str) -> dict:
-    """``doc`` if it is a dict of format ``fmt`` and version ``version``.
-
-    Raises:
-      InputError: "WHERE is not a FMT file", or "WHERE is a FMT of version V; this ckn
-        reads version W: REMEDY".
-    """
-    if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise InputError(f"{where} is not a {fmt} file")
-    if doc.get("version") != version:
-        raise InputError(
-            f"{where} is a {fmt} of version {doc.get('version')!r}; this ckn reads "
-            f"version {version}: {remedy}"
-        )
-    return doc
 
 
 def load_fitted(path: str | os.PathLike) -> FittedState:

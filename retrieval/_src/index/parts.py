@@ -47,8 +47,9 @@ from ckn import InputError
 from ckn import __version__ as ckn_version
 from ckn.files import atomic_path
 from retrieval._src.index.build import _check_twice, _collect, describe_for_index
-from retrieval._src.index.fitted import FittedState, check_format, load_fitted
+from retrieval._src.index.fitted import FittedState, load_fitted
 from retrieval._src.index.ondisk import sha256_file, write_part_codes
+from retrieval._src.index.settings import check_format
 
 #: Format tag and version of ``part.json``; another version is refused.
 PART_FORMAT = "ckn-index-part"

@@ -17,7 +17,7 @@ from retrieval._src.describer import PoolingDescription
 from retrieval._src.describers import DESCRIBERS, describer_name
 from retrieval._src.global_desc import GlobalConfig
 from retrieval._src.local import LocalConfig
-from retrieval._src.settings import check_settings, setting
+from retrieval._src.settings import check_settings, setting, whiten_dim_setting
 from retrieval._src.vlad_describer import VladDescription
 from retrieval._src.vlad_fit import VladConfig
 
@@ -69,11 +69,9 @@ class IndexSettings:
         help="PCA-whitening: auto = only when the fitting images number at least twice the "
         "whitened dimension (index.json says what was done and why)",
     )  # fmt: skip
-    whiten_dim: int | None = setting(
-        None, kind="int", minimum=1, optional=True,
-        none_means="the descriptor's, or n/2 with whiten pca; VLAD: 256",
-        help="whitened dimension",
-    )  # fmt: skip
+    whiten_dim: int | None = whiten_dim_setting(
+        "the descriptor's, or n/2 with whiten pca; VLAD: 256"
+    )
     search: str = setting(
         "auto",
         choices=SEARCH_MODES,
@@ -162,3 +160,21 @@ def _from_dict(cls, doc: dict):
             v = tuple(v)
         kw[f.name] = v
     return cls(**kw)
+
+
+def check_format(doc, where, fmt: str, version: int, remedy: str) -> dict:
+    """``doc`` if it is a dict of format ``fmt`` and version ``version``.
+
+    Raises:
+      InputError: "WHERE is not a FMT file (format F)", or "WHERE is a FMT of version V; this
+        ckn reads version W: REMEDY".
+    """
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        got = f" (format {doc.get('format')!r})" if isinstance(doc, dict) else ""
+        raise InputError(f"{where} is not a {fmt} file{got}")
+    if doc.get("version") != version:
+        raise InputError(
+            f"{where} is a {fmt} of version {doc.get('version')!r}; this ckn reads "
+            f"version {version}: {remedy}"
+        )
+    return doc
