@@ -36,11 +36,24 @@ def query_speed(results) -> str:
         f" ({_s(ip['forward_pass']['median_s'])};"
         f" goal 2: {'met' if goals['warm_new_size_met'] else 'not met'}; its"
         f" {len(scales)} scales hold {sum(x * x for x in scales):.2f} times the first one's"
-        " pixels); a query needing new buckets"
+        " pixels)"
+        f"{_every_scale(ip)}; a query needing new buckets"
         f" {_s(ip['new_bucket_s'])} ({ip['new_bucket_compilations']} compilations)."
         f" {b['queries']} queries of {b['distinct_sizes']} sizes in one `query_images` call:"
         f" {_s(b['cold_s'])} with {b['cold_compilations']} compilations, then"
         f" {_s(b['warm_s'])} warm ({_s(b['warm_per_query_s'])} per query)."
+    )
+
+
+def _every_scale(ip: dict) -> str:
+    """The new-size query beside the backbone at every scale without buckets, and beside a
+    query of a size seen before (absent from JSONs before these were measured)."""
+    if "forward_every_scale" not in ip:
+        return ""
+    return (
+        f", {ip['warm_new_size_over_every_scale']:.2f} times the backbone at every scale without"
+        f" buckets ({_s(ip['forward_every_scale']['median_s'])}) and"
+        f" {ip['warm_new_size_over_same_size']:.2f} times a query of a size seen before"
     )
 
 
