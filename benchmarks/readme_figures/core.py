@@ -88,10 +88,13 @@ def load(doc: dict) -> str:
 
 
 def busy(doc: dict, threshold: float = 1.5) -> bool:
-    """Whether other jobs shared the CPU (1-minute load above ``threshold`` at start or end)."""
+    """Whether other jobs shared the CPU: a 1-minute load above ``threshold`` at the start, or
+    at the end above ``threshold`` plus the CPU count (the end load counts the benchmark's own
+    threads, up to one per core: a benchmark alone on 2 cores ends near 2)."""
     m = meta(doc)
-    loads = [v[0] for v in (m.get("load_average_start"), m.get("load_average_end")) if v]
-    return any(v > threshold for v in loads)
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    own = m.get("cpu_count") or 0
+    return bool(start and start[0] > threshold) or bool(end and end[0] > threshold + own)
 
 
 def commit(doc: dict) -> str:
