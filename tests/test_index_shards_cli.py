@@ -117,3 +117,19 @@ def test_bad_shards_and_parts_are_one_line_and_write_nothing(work, capsys):
     code, _, err = _run(capsys, "index", "query", "--index", "m.index", "--image", "q.png",
                         "--nprobe", "0")  # fmt: skip
     _assert_one_line_error(code, err, "--nprobe", "0")
+
+
+def test_fit_leaves_a_bad_image_out_with_a_warning_as_build_does(work, capsys):
+    """One bad-image policy: ``fit`` skips a bad image of its sample with one warning line
+    naming it (``--strict``: one line, exit 2, nothing written); the rest is fitted."""
+    (work / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    code, out, err = _run(capsys, "index", "fit", "--images", "photos", "--sample", "100",
+                          "--out", "f.npz", *FLAGS, "--quiet")  # fmt: skip
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "warning: skipped" in lines[0] and "broken.jpg" in lines[0]
+    assert "fitted on 5 sampled images (1 skipped)" in out
+    code, _, err = _run(capsys, "index", "fit", "--images", "photos", "--out", "g.npz",
+                        *FLAGS, "--quiet", "--strict")  # fmt: skip
+    _assert_one_line_error(code, err, "broken.jpg")
+    assert not Path("g.npz").exists()

@@ -37,7 +37,7 @@ describes the I-th of N slices of the sorted image list with it into a part fold
 disjoint; none interrupted or altered) and writes one index whose IVF-PQ lists and vectors
 stay on disk and are memory-mapped by ``query``. Bad images are skipped by the one policy
 (:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
-fails instead.
+fails instead. A ``--shard`` part stops on a bad image (its rows must be its slice's).
 """
 
 from __future__ import annotations
@@ -234,7 +234,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     meta = provenance.start()
     settings = _settings(args)
     fitted = fit_images(args.images, settings, sample=args.sample, seed=args.sample_seed,
-                        progress=not args.quiet)  # fmt: skip
+                        progress=not args.quiet, strict=args.strict)  # fmt: skip
+    warn_skipped(args, fitted.info["skipped"])
     fitted = save_fitted(
         dataclasses.replace(fitted, info=dict(fitted.info, provenance=provenance.finish(meta))),
         args.out,
@@ -247,7 +248,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if fitted.method == "ivfpq"
         else f"exact search ({search['count']:,} images)"
     )
-    print(f"fitted on {plural(fitted.info['sample'], 'sampled image')}: {fitted.dim}-D, {how}")
+    skipped = f" ({len(fitted.info['skipped'])} skipped)" if fitted.info["skipped"] else ""
+    print(f"fitted on {plural(fitted.info['sample'], 'sampled image')}{skipped}: "
+          f"{fitted.dim}-D, {how}")  # fmt: skip
     print(f"wrote {args.out} (SHA-256 {fitted.sha256[:16]}...)")
     return 0
 
@@ -567,7 +570,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (default 0)")
     _description_flags(f, query=False)
     add_settings(f, IndexSettings, ["whiten", "whiten_dim", "search", "nprobe"])
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_strict_flag(f, " line, named in the fitted file", quiet=True)
     _runs(f, cmd_fit, _fit_paths, options=True)
 
     m = add_command(

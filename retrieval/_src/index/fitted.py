@@ -43,6 +43,7 @@ from retrieval._src.index import _npz_vlad, _npz_whitening, _vlad_from, _whiteni
 from retrieval._src.index.build import (
     _collect,
     _train_vlad,
+    _usable,
     _vectors,
     _whiten_plan,
     _whitening_info,
@@ -204,8 +205,13 @@ def fit_images(
     root: str | os.PathLike | None = None,
     progress: bool = False,
     record: dict | None = None,
+    strict: bool = False,
 ) -> FittedState:
     """Describes a seeded sample of a collection and fits what every shard will share.
+
+    Bad images of the sample (unreadable, truncated, too small) are left out, as
+    :func:`build_index` leaves them out (:func:`retrieval.image.usable_images`, the one
+    policy); ``info["skipped"]`` names them and ``info["sample"]`` counts the images used.
 
     Args:
       images: a folder or a list of image paths (relative to ``root`` when given).
@@ -214,17 +220,24 @@ def fit_images(
       seed: seed of the sample.
       root, progress: as :func:`build_index`.
       record: extra JSON-ready facts (e.g. the command's provenance).
+      strict: raise on the first bad image of the sample instead of leaving it out.
 
     Raises:
-      InputError: no image, an unreadable image, bad settings, too few images.
+      InputError: no image, no usable image in the sample, a bad image with ``strict``,
+        bad settings, too few images.
     """
     if not isinstance(settings, IndexSettings):
         raise InputError(f"settings must be IndexSettings, got {type(settings).__name__}")
-    _, _, files, rels = _collect(images, root)
+    given, _, files, rels = _collect(images, root)
     order = sorted(range(len(rels)), key=rels.__getitem__)
     rows = _sample_rows(len(order), sample, seed)
-    chosen = [files[order[i]] for i in rows]
-    info = {"sample": len(chosen), "seed": int(seed), **(record or {})}
+    chosen, _, skipped = _usable(
+        given, [files[order[i]] for i in rows], [rels[order[i]] for i in rows], strict
+    )
+    if not chosen:
+        raise InputError(f"no usable image in the sample of {given or 'the list'}: "
+                         f"{'; '.join(skipped)}")  # fmt: skip
+    info = {"sample": len(chosen), "seed": int(seed), "skipped": skipped, **(record or {})}
     describer, desc = index_describer(settings.describer)
     if settings.kind == "global":
         raw = _vectors(describer, chosen, progress)
