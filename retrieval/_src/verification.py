@@ -18,10 +18,10 @@ Noh et al. 2017, DELG's re-ranking), each usable alone:
 :class:`FeatureCache` keeps the local features of database images for a run within a bound
 on memory (least recently used first out).
 
-Matching: :func:`mutual_matches` is the plain NumPy definition (float64); :func:`batch_matches`
-computes the same matches of one query against many images in float32, each image's
-distances one BLAS product (used by :func:`verify_pair` and the scorer). RANSAC is OpenCV's,
-one pair at a time.
+Matching: one NumPy computation per pair of images (each image's distances one BLAS product),
+in float64 for :func:`mutual_matches` and in float32 for :func:`batch_matches`, which matches
+one query against many images (used by :func:`verify_pair` and the scorer); the tests hold it
+to plain Python loops. RANSAC is OpenCV's, one pair at a time.
 """
 
 from __future__ import annotations
@@ -53,16 +53,42 @@ class Matches(NamedTuple):
         return int(self.query.shape[0])
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) float64 Euclidean distances between the rows of a (n, D) and b (m, D)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.sqrt(np.maximum(d2, 0.0))
+class _Query(NamedTuple):
+    """A query's terms of the squared distances, computed once for many images: ``qt`` =
+    -2 q^T (D, n) and ``qn`` = |q_i|^2 (n,), in the dtype of the computation."""
+
+    qt: np.ndarray
+    qn: np.ndarray
+
+    @classmethod
+    def of(cls, q: np.ndarray) -> _Query:
+        return cls(np.ascontiguousarray(-2.0 * q.T), np.einsum("nd,nd->n", q, q))
+
+
+def _image_matches(query: _Query, b: np.ndarray, ratio: float) -> Matches:
+    """The mutual ratio-test matches (:func:`mutual_matches`) of a query against one image's
+    m >= 1 rows ``b`` (m, D), in ``b``'s dtype: its (m, n) squared distances are one matrix
+    product, then plain reductions; ties go to the first row, as NumPy's argmin."""
+    cols = np.arange(query.qn.shape[0])
+    d2 = b @ query.qt  # (m, n)
+    d2 += np.einsum("md,md->m", b, b)[:, None]
+    d2 += query.qn[None, :]
+    nn = d2.argmin(0)  # nearest database row of each query row
+    keep = d2.argmin(1)[nn] == cols  # mutual
+    dist = np.sqrt(np.maximum(d2[nn, cols], 0.0))
+    if len(b) > 1:  # Lowe's ratio against the second nearest
+        d2[nn, cols] = np.inf
+        keep &= dist < ratio * np.sqrt(np.maximum(d2.min(0), 0.0))
+    i = np.flatnonzero(keep)
+    return Matches(i.astype(np.int64), nn[i].astype(np.int64), dist[i].astype(np.float64))
+
+
+def _no_match() -> Matches:
+    return Matches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 
 
 def mutual_matches(a, b, ratio: float = 0.9) -> Matches:
-    """Mutual nearest neighbours of two descriptor sets that pass the ratio test.
+    """Mutual nearest neighbours of two descriptor sets that pass the ratio test (float64).
 
     Args:
       a: (n, D) descriptors of the query image.
@@ -82,19 +108,9 @@ def mutual_matches(a, b, ratio: float = 0.9) -> Matches:
         raise InputError(f"descriptors must be (n, D) and (m, D), got {a.shape} and {b.shape}")
     if not 0.0 < float(ratio) <= 1.0:
         raise InputError(f"ratio must be in (0, 1], got {ratio}")
-    empty = np.zeros(0, np.int64)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return Matches(empty, empty, np.zeros(0))
-    d = _distances(a, b)
-    nn = np.argmin(d, axis=1)
-    rows = np.arange(a.shape[0])
-    d1 = d[rows, nn]
-    keep = np.argmin(d, axis=0)[nn] == rows  # mutual
-    if b.shape[0] > 1:
-        d2 = np.partition(d, 1, axis=1)[:, 1]
-        keep &= d1 < ratio * d2
-    q = rows[keep].astype(np.int64)
-    return Matches(q, nn[keep].astype(np.int64), d1[keep])
+        return _no_match()
+    return _image_matches(_Query.of(a.astype(np.float64)), b.astype(np.float64), ratio)
 
 
 def batch_matches(query, images, ratio: float) -> list[Matches]:
@@ -116,27 +132,12 @@ def batch_matches(query, images, ratio: float) -> list[Matches]:
       argmin: the first row).
     """
     q = np.asarray(query, np.float32)
-    qn = np.einsum("nd,nd->n", q, q)
-    qt = np.ascontiguousarray(-2.0 * q.T)
-    cols = np.arange(len(q))
-    empty = Matches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    terms = _Query.of(q)
     out = []
     for b in images:
         b = np.asarray(b, np.float32)
-        if len(b) == 0 or len(q) == 0:
-            out.append(empty)
-            continue
-        d2 = b @ qt  # (m, n)
-        d2 += np.einsum("md,md->m", b, b)[:, None]
-        d2 += qn[None, :]
-        nn = d2.argmin(0)  # nearest database row of each query row
-        keep = d2.argmin(1)[nn] == cols  # mutual
-        dist = np.sqrt(np.maximum(d2[nn, cols], 0.0))
-        if len(b) > 1:  # Lowe's ratio against the second nearest
-            d2[nn, cols] = np.inf
-            keep &= dist < ratio * np.sqrt(np.maximum(d2.min(0), 0.0))
-        i = np.flatnonzero(keep)
-        out.append(Matches(i.astype(np.int64), nn[i].astype(np.int64), dist[i].astype(np.float64)))
+        empty = len(b) == 0 or len(q) == 0
+        out.append(_no_match() if empty else _image_matches(terms, b, ratio))
     return out
 
 
