@@ -77,10 +77,15 @@ def _check_twice(files: list[Path]) -> None:
         seen.add(f)
 
 
-def _usable(given: str, files: list[Path], rels: list[str], strict: bool):
+def _usable(given: str, files: list[Path], rels: list[str], strict: bool, *, needed=None):
     """(files, rels) of the usable images and a ``"PATH: reason"`` line per skipped one
-    (:func:`retrieval.image.usable_images`: the bad-image policy of every command)."""
+    (:func:`retrieval.image.usable_images`: the bad-image policy of every command).
+
+    ``needed``: where at least one usable image is required ("no usable image in NEEDED:
+    reasons" otherwise); None: none is."""
     keep, skipped = usable_images(files, names=[_join(given, r) for r in rels], strict=strict)
+    if needed is not None and not keep:
+        raise InputError(f"no usable image in {needed}: {'; '.join(skipped)}")
     return [files[i] for i in keep], [rels[i] for i in keep], skipped
 
 
@@ -190,9 +195,7 @@ def build_index(
     t0 = time.perf_counter()
     given, root_abs, files, rels = _collect(images, root)
     _check_twice(files)
-    files, rels, skipped = _usable(given, files, rels, strict)
-    if not files:
-        raise InputError(f"no usable image in {given or 'the list'}: {'; '.join(skipped)}")
+    files, rels, skipped = _usable(given, files, rels, strict, needed=given or "the list")
     fit_files = None
     where = "the indexed images"
     if whiten_images is not None:

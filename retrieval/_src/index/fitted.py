@@ -232,11 +232,9 @@ def fit_images(
     order = sorted(range(len(rels)), key=rels.__getitem__)
     rows = _sample_rows(len(order), sample, seed)
     chosen, _, skipped = _usable(
-        given, [files[order[i]] for i in rows], [rels[order[i]] for i in rows], strict
-    )
-    if not chosen:
-        raise InputError(f"no usable image in the sample of {given or 'the list'}: "
-                         f"{'; '.join(skipped)}")  # fmt: skip
+        given, [files[order[i]] for i in rows], [rels[order[i]] for i in rows], strict,
+        needed=f"the sample of {given or 'the list'}",
+    )  # fmt: skip
     info = {"sample": len(chosen), "seed": int(seed), "skipped": skipped, **(record or {})}
     describer, desc = index_describer(settings.describer)
     if settings.kind == "global":
