@@ -328,15 +328,14 @@ def step_real(cfg: dict, work: Path) -> dict:
         answers[name] = json.loads(out.read_text())["results"]
     one, merged = answers["one"], answers["merged"]
     diff = max(abs(a["score"] - b["score"]) for a, b in zip(one, merged, strict=True))
+    same_paths = [r["path"] for r in one] == [r["path"] for r in merged]
     return {
         "images": len(list(images.iterdir())),
         "parts": 2,
         "settings": REAL_FLAGS,
-        "top10_paths_equal": [r["path"] for r in one] == [r["path"] for r in merged],
+        "top10_paths_equal": same_paths,
         "max_abs_score_diff": diff,
-        "equal_to_one_build": bool(
-            [r["path"] for r in one] == [r["path"] for r in merged] and diff <= 1e-5
-        ),
+        "equal_to_one_build": bool(same_paths and diff <= 1e-5),
         "command_s": seconds,
     }
 
