@@ -16,6 +16,8 @@ References: see :mod:`retrieval._src.pooling` (MAC, SPoC, GeM, R-MAC, CroW) and
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src import pooling
+from retrieval._src.nets.executables import call_compiled
 
 #: Side of the square input of the ``codes`` head (Babenko et al.).
 CODES_SIZE = 224
@@ -96,7 +99,36 @@ def pooling_head(name: str) -> PoolingHead:
         raise InputError(f"unknown head {name!r}; known: {', '.join(HEADS)}") from None
 
 
+#: The code a pooled program is made from (the key of its file kept on disk).
+_SOURCES = tuple(sorted((__file__, pooling.__file__)))
+
+
+@functools.partial(jax.jit, static_argnames=("name", "fixed"))
+def _pool_normalized(feats, mask, floats: dict, *, name: str, fixed: tuple) -> jax.Array:
+    """The head ``name`` pooled and L2-normalized, in one program.
+
+    ``floats`` (traced) and ``fixed`` ((field, value) pairs, static) are the settings it reads.
+    """
+    config = types.SimpleNamespace(**floats, **dict(fixed))
+    return pooling.l2_normalize(POOLING_HEADS[name].pool(feats, mask, config))
+
+
 def pool_maps(name: str, feats: jax.Array, mask, config) -> np.ndarray:
-    """(B, h, w, C) maps + (B, h, w) mask -> (B, C) float32 L2-normalized (zeros: no valid cell)."""
-    v = pooling_head(name).pool(feats, mask, config)
-    return np.asarray(pooling.l2_normalize(v), np.float32)
+    """(B, h, w, C) maps + (B, h, w) mask -> (B, C) float32 L2-normalized (zeros: no valid cell).
+
+    One program per head, shape and structural setting (R-MAC's levels); float settings (GeM's
+    p) are traced. Kept on disk as the backbone's are (``call_compiled``), so that a new query
+    process neither traces nor compiles its pooling.
+    """
+    head = pooling_head(name)
+    values = {f: getattr(config, f) for f in head.uses}
+    floats = {f: np.float32(v) for f, v in values.items() if isinstance(v, float)}
+    fixed = tuple(sorted((f, v) for f, v in values.items() if f not in floats))
+    v = call_compiled(
+        _pool_normalized,
+        ("pool", name, fixed),
+        (feats, mask, floats),
+        {"name": name, "fixed": fixed},
+        sources=_SOURCES,
+    )
+    return np.asarray(v, np.float32)

@@ -76,20 +76,21 @@ def _leaves(parser: argparse.ArgumentParser):
             yield from _leaves(child)
 
 
-def _import_without_ipython(name: str):
-    """Imports ``name`` with IPython hidden when no one has imported it.
+@contextlib.contextmanager
+def _ipython_hidden():
+    """IPython hidden from imports while a command runs, when no one has imported it.
 
     At import, ``flax.nnx`` asks IPython whether it runs in a notebook (to colour its reprs),
     which imports all of IPython where it is installed: 0.4-1.2 s of a command's start (a
     third of a cached ``ckn index query``) for a terminal program that never runs in one.
+    ``ckn`` loads its modules on first use, so Flax may come in anywhere in the command.
     """
-    import importlib
-
     if "IPython" in sys.modules:
-        return importlib.import_module(name)
+        yield
+        return
     sys.modules["IPython"] = None  # `from IPython import ...` raises ImportError
     try:
-        return importlib.import_module(name)
+        yield
     finally:
         if sys.modules.get("IPython", 0) is None:
             del sys.modules["IPython"]
@@ -245,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str] | None, state: dict) -> int:
-    _import_without_ipython("ckn")
+    with _ipython_hidden():
+        return _run(argv, state)
+
+
+def _run(argv: list[str] | None, state: dict) -> int:
     from retrieval.cli.flags import check_outputs
 
     parser = build_parser()

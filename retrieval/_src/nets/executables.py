@@ -1,4 +1,4 @@
-"""Compiled backbone programs kept on disk, so that a new process neither traces nor compiles.
+"""Compiled programs kept on disk, so that a new process neither traces nor compiles.
 
 JAX's persistent compilation cache (``ckn.enable_compile_cache``) saves the XLA compilation,
 but a new process still traces the Python network and lowers it before it can look the
@@ -8,16 +8,17 @@ multi-scale query, most of what a second ``ckn index query`` spends. When the pe
 cache is on, :func:`call_compiled` keeps the compiled program of each (network, input
 shapes) as a serialized executable (``jax.experimental.serialize_executable``) in
 ``<compilation cache folder>/programs/``, and reads it back in the next process (tens of
-milliseconds).
+milliseconds). The pooling heads of a query (:func:`retrieval._src.heads.pool_maps`) are
+kept the same way: traced and looked up, each of a query's three shapes cost 0.1-0.2 s.
 
 A program is found again only under the same key: the network's name and options, the
-shapes and dtypes of the parameters and the input, the source of ``retrieval/_src/nets/``
-(a changed network is compiled again), the jax / jaxlib versions, the device kind, the
-``XLA_FLAGS`` and the jax options that change a program (x64, matmul precision). Files
-are written atomically (``ckn.files.atomic_path``), so concurrent processes never read a
-half-written one; one that does not load is compiled again and replaced. At most
-``MAX_PROGRAMS`` files are kept (the least recently used go). Like JAX's cache, the
-folder is trusted: a program read from it runs as code.
+shapes and dtypes of the parameters and the input, the source it is made from (by default
+``retrieval/_src/nets/``; a changed network is compiled again), the jax / jaxlib versions,
+the device kind, the ``XLA_FLAGS`` and the jax options that change a program (x64, matmul
+precision). Files are written atomically (``ckn.files.atomic_path``), so concurrent
+processes never read a half-written one; one that does not load is compiled again and
+replaced. At most ``MAX_PROGRAMS`` files are kept (the least recently used go). Like JAX's
+cache, the folder is trusted: a program read from it runs as code.
 
 Without the persistent cache (the default in Python until ``ckn.enable_compile_cache``),
 :func:`call_compiled` is the plain jitted call.
@@ -39,17 +40,19 @@ from ckn.files import atomic_path
 MAX_PROGRAMS = 256
 _SUFFIX = ".xprog"
 _MEMO: dict[str, object] = {}
-_SOURCE: list[str] = []
+_SOURCE: dict[tuple[str, ...], str] = {}
+#: The network code: the files of this package.
+NETS_SOURCES = tuple(sorted(str(p) for p in Path(__file__).parent.glob("*.py")))
 
 
-def _source_hash() -> str:
-    """SHA-256 of the network code (the files of this package), once per process."""
-    if not _SOURCE:
+def _source_hash(sources: tuple[str, ...]) -> str:
+    """SHA-256 of the files ``sources`` (names and contents), once per process."""
+    if sources not in _SOURCE:
         h = hashlib.sha256()
-        for p in sorted(Path(__file__).parent.glob("*.py")):
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
-        _SOURCE.append(h.hexdigest())
-    return _SOURCE[0]
+        for p in sources:
+            h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes())
+        _SOURCE[sources] = h.hexdigest()
+    return _SOURCE[sources]
 
 
 def _folder() -> Path | None:
@@ -57,14 +60,14 @@ def _folder() -> Path | None:
     return None if not where or not jax.config.jax_enable_compilation_cache else Path(where)
 
 
-def _key(name: tuple, args) -> str:
+def _key(name: tuple, args, sources: tuple[str, ...]) -> str:
     leaves, tree = jax.tree.flatten(args)
     dev = jax.devices()[0]
     parts = (
         repr(name),
         str(tree),
         repr([(tuple(x.shape), str(x.dtype)) for x in leaves]),
-        _source_hash(),
+        _source_hash(sources),
         jax.__version__,
         __import__("jaxlib").__version__,
         dev.platform,
@@ -83,7 +86,8 @@ def _load(path: Path):
         with open(path, "rb") as f:
             payload, in_tree, out_tree = pickle.load(f)
         compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
-    except Exception:  # noqa: BLE001 (any unreadable program is compiled again)
+    except Exception:  # noqa: BLE001 (an unreadable program is compiled again)
+        path.unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
         os.utime(path)  # least recently used goes first
@@ -105,7 +109,34 @@ def _save(path: Path, compiled) -> None:
         return
 
 
-def call_compiled(jitted, name: tuple, args: tuple, static: dict):
+_HITS: list[int] = []  # JAX's persistent-cache hits in this process (once listened to)
+
+
+def _count_hits(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _HITS[0] += 1
+
+
+def _compile(jitted, args: tuple, static: dict):
+    """(``jitted`` compiled for ``args``, whether it may be saved).
+
+    Not one that JAX read back from its persistent cache: such an executable serializes
+    without some of its functions (jax 0.10 on CPU), and the next process that loads the
+    program fails running it ("Function ... not found"). That happens where the cache holds
+    a compilation whose program file here is gone (least recently used, or removed by hand);
+    each process then traces it again, and no broken file is written.
+    """
+    if not _HITS:
+        _HITS.append(0)
+        jax.monitoring.register_event_listener(_count_hits)
+    before = _HITS[0]
+    compiled = jitted.lower(*args, **static).compile()
+    return compiled, _HITS[0] == before
+
+
+def call_compiled(
+    jitted, name: tuple, args: tuple, static: dict, *, sources: tuple[str, ...] = NETS_SOURCES
+):
     """``jitted(*args, **static)``, from a program kept on disk when the persistent cache is on.
 
     Args:
@@ -114,6 +145,7 @@ def call_compiled(jitted, name: tuple, args: tuple, static: dict):
         options; not function objects, whose repr holds an address).
       args: the traced arguments (pytrees of arrays).
       static: the static keyword arguments.
+      sources: the files of the code ``jitted`` runs (a change of one compiles again).
 
     Returns:
       What ``jitted`` returns.
@@ -121,13 +153,14 @@ def call_compiled(jitted, name: tuple, args: tuple, static: dict):
     folder = _folder()
     if folder is None:
         return jitted(*args, **static)
-    key = _key(name, args)
+    key = _key(name, args, sources)
     compiled = _MEMO.get(key)
     if compiled is None:
         path = folder / "programs" / f"{key}{_SUFFIX}"
         compiled = _load(path) if path.is_file() else None
         if compiled is None:
-            compiled = jitted.lower(*args, **static).compile()
-            _save(path, compiled)
+            compiled, fresh = _compile(jitted, args, static)
+            if fresh:
+                _save(path, compiled)
         _MEMO[key] = compiled
     return compiled(*args)
