@@ -233,3 +233,42 @@ def test_a_signal_raised_inside_a_stderr_write_leaves_the_line_marked_open(capsy
         print("training ckn-tiny on 400 patches", file=lines)
     assert lines._stream.text == "training ckn-tiny on 400 patches"
     assert not lines.at_line_start  # the terminated line will start with a newline
+
+
+# main() as the process's entry, an exit handler and, when asked, a non-daemon thread that
+# writes a file once the command is done (when main() is about to end the process).
+_FINISH = (
+    "import atexit, sys, threading, time; from pathlib import Path; "
+    "import retrieval.cli.main as m; out = Path(sys.argv.pop(1)); "
+    "atexit.register(lambda: out.joinpath('handler').write_text('ran')); "
+    "done = threading.Event(); finish = m._finish; "
+    "m._finish = lambda code: (done.set(), finish(code)); "
+    "late = lambda: (done.wait(), time.sleep(0.5), out.joinpath('thread').write_text('done')); "
+    "threading.Thread(target=late).start() if sys.argv.pop(1) == 'thread' else None; "
+    "sys.exit(m.main())"
+)
+
+
+@pytest.mark.parametrize("thread", ["none", "thread"])
+def test_a_finished_command_runs_exit_handlers_and_waits_for_threads(data, tmp_path, thread):
+    # main() ends the process without the interpreter's teardown (0.2-0.5 s of JAX and Flax):
+    # the exit status, the output and the exit handlers as a normal exit, and a non-daemon
+    # thread still running is let finish.
+    out = tmp_path / "descriptors.npy"
+    r = subprocess.run(
+        [sys.executable, "-c", _FINISH, str(tmp_path), thread, "describe",
+         "--model", str(data / "model"), "--patches", str(data / "p.npz"), "--out", str(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert np.load(out).shape[0] == len(np.load(data / "p.npz")["patches"])
+    assert (tmp_path / "handler").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == (thread == "thread")
+    if thread == "thread":
+        assert (tmp_path / "thread").read_text() == "done"
+    bad = subprocess.run(
+        [sys.executable, "-c", _FINISH, str(tmp_path), "none", "describe", "--model",
+         str(tmp_path / "missing"), "--patches", str(data / "p.npz"), "--out", str(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr

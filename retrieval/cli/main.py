@@ -30,6 +30,7 @@ turned into a ``JaxRuntimeError``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import logging
@@ -232,17 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr = _LineEnds(stderr)
     try:
         with _signals(received):
-            return _dispatch(argv, state)
+            code = _dispatch(argv, state)
     except BaseException as e:  # noqa: BLE001  (sorted below; anything else is re-raised)
         code = _outcome(e, received, state)
         if code is None:
             raise
         if argv is None and code in (130, 143):  # the process's entry point (console script, -m)
             _exit_now(code)
-        return code
     finally:
         if isinstance(sys.stderr, _LineEnds):
             sys.stderr = stderr
+    if argv is None:
+        _finish(code)
+    return code
 
 
 def _dispatch(argv: list[str] | None, state: dict) -> int:
@@ -323,6 +326,23 @@ def _close_progress_bars() -> None:
             bar.close()
     with contextlib.suppress(Exception):
         sys.stderr.flush()
+
+
+def _finish(code: int) -> None:
+    """Ends the process now that its command is done, without the interpreter's teardown.
+
+    Tearing down the modules of JAX and Flax took 0.2-0.5 s of every command (a sixth of a
+    cached ``ckn index query``) and does nothing a finished command needs. The exit handlers
+    run first (logging, temporary folders' finalizers); while a thread other than daemons
+    runs, or where Python has no way to run them, the process exits the usual way.
+    """
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    main_thread = threading.main_thread()
+    others = [t for t in threading.enumerate() if t is not main_thread and not t.daemon]
+    if run_handlers is None or any(t.is_alive() for t in others):
+        return
+    run_handlers()
+    _exit_now(code)
 
 
 def _exit_now(code: int) -> None:
