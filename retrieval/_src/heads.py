@@ -113,8 +113,11 @@ def _pool_normalized(feats, mask, floats: dict, *, name: str, fixed: tuple) -> j
     return pooling.l2_normalize(POOLING_HEADS[name].pool(feats, mask, config))
 
 
-def pool_maps(name: str, feats: jax.Array, mask, config) -> np.ndarray:
+def pool_maps(name: str, feats: jax.Array, mask, config) -> jax.Array:
     """(B, h, w, C) maps + (B, h, w) mask -> (B, C) float32 L2-normalized (zeros: no valid cell).
+
+    Returns the device array at once (JAX dispatches asynchronously): a caller reads it
+    (``np.asarray``) once it has dispatched the next batch.
 
     One program per head, shape and structural setting (R-MAC's levels); float settings (GeM's
     p) are traced. Kept on disk as the backbone's are (``call_compiled``), so that a new query
@@ -124,11 +127,10 @@ def pool_maps(name: str, feats: jax.Array, mask, config) -> np.ndarray:
     values = {f: getattr(config, f) for f in head.uses}
     floats = {f: np.float32(v) for f, v in values.items() if isinstance(v, float)}
     fixed = tuple(sorted((f, v) for f, v in values.items() if f not in floats))
-    v = call_compiled(
+    return call_compiled(
         _pool_normalized,
         ("pool", name, fixed),
         (feats, mask, floats),
         {"name": name, "fixed": fixed},
         sources=_SOURCES,
     )
-    return np.asarray(v, np.float32)
