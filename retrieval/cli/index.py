@@ -29,14 +29,9 @@ score (inner product of L2-normalized vectors) and path (relative to the working
 folder when inside it, else absolute; absolute in ``--json``) of its nearest
 indexed images; description flags given to ``query`` (``--global``,
 ``--backbone``, ``--local``, ...) must match the index's, or it is refused.
-``info`` prints what an index holds.
-``fit`` fits, once, on a seeded sample of K images, what every shard shares (whitening / VLAD
-codebook, the IVF-PQ quantizer for the whole collection); ``build --fitted --shard I/N``
-describes the I-th of N slices of the sorted image list with it into a part folder;
-``merge`` checks the parts (same fitted file, settings and versions; slices complete and
-disjoint; none interrupted or altered) and writes one index whose IVF-PQ lists and vectors
-stay on disk and are memory-mapped by ``query``. Bad images are skipped by the one policy
-(:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
+``info`` prints what an index holds. ``fit``, ``build --fitted --shard`` and ``merge`` (an
+index in shards) live in :mod:`retrieval.cli.index_shards`. Bad images are skipped by the
+one policy (:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
 fails instead. A ``--shard`` part stops on a bad image (its rows must be its slice's).
 """
 
@@ -53,94 +48,52 @@ from pathlib import Path
 from ckn import InputError
 from ckn.files import atomic_path, write_json
 from retrieval.cli import provenance
-from retrieval.cli.fields import add_settings, given
+from retrieval.cli.fields import add_settings
 from retrieval.cli.flags import (
     STRICT,
     Output,
     Paths,
     add_command,
     add_strict_flag,
-    declare_paths,
     fields_as_flags,
     plural,
     shown_path,
     warn_skipped,
     weights_path,
 )
-from retrieval.cli.image_modes import check_options, describer_config, mode_of, register_options
+from retrieval.cli.index_common import (
+    COUNTED,
+    description_flags,
+    index_flag,
+    index_label,
+    index_settings,
+    local_input,
+    runs,
+)
+from retrieval.cli.index_shards import cmd_build_part, register_shards
 from retrieval.image import (
-    HEADS,
-    CamConfig,
-    CamDescription,
-    GlobalConfig,
-    LearnedHeadDescription,
-    PoolingDescription,
-    ScaleConfig,
-    VladDescription,
     list_images,
     read_image_any,
     usable_images,
 )
 from retrieval.index import (
     CLAIMS,
-    FIT_SAMPLE,
     IndexSettings,
     add_to_index,
     build_index,
-    build_part,
-    fit_images,
     index_info,
-    load_fitted,
     load_index,
-    merge_parts,
     mismatch_text,
-    parse_shard,
     query_figure,
     query_images,
-    save_fitted,
     save_index,
-    save_part,
     settings_mismatch,
 )
-from retrieval.local import LocalConfig, VladConfig
-
-
-def _settings(args: argparse.Namespace) -> IndexSettings:
-    """The index's settings: the mode's describer config (one table of modes and options,
-    :mod:`retrieval.cli.image_modes`) and the whitening / search settings."""
-    mode = mode_of(args)
-    check_options(args, mode)
-    with fields_as_flags(args.field_flags):
-        config = describer_config(args, mode)
-        return IndexSettings(config, **given(args, IndexSettings))
-
-
-def _label(idx) -> str:
-    d, desc = idx.settings.describer, idx.description
-    if idx.settings.kind == "local":
-        what = f"VLAD k={d.vlad.k} of {d.local} local descriptors"
-    else:
-        sizes = d.global_config if isinstance(d, PoolingDescription) else d.scales
-        name = (d.global_config.head if isinstance(d, PoolingDescription) else
-                d.cam.label if isinstance(d, CamDescription) else
-                f"learned head {d.global_head}")  # fmt: skip
-        what = (
-            f"global {name} of {desc['backbone']}, scales "
-            f"{','.join(f'{v:g}' for v in sizes.scales)}, max side {sizes.max_side}"
-        )
-    w = idx.whitening_info
-    white = "not whitened" if w["kind"] == "none" else f"PCA-whitened to {w['dim']}-D"
-    return f"{what}, {idx.dim}-D, {white}, {idx.search_info['method']} search"
 
 
 def _notes(caught) -> None:
     for msg in dict.fromkeys(str(w.message) for w in caught):  # each said once
         print(f"note: {msg}", file=sys.stderr)
-
-
-def _local_input(spec: str | None) -> str | None:
-    """--local MODEL_DIR (an input folder), not a baseline name."""
-    return spec if spec is not None and Path(spec).exists() else None
 
 
 def _build_paths(args: argparse.Namespace) -> Paths:
@@ -150,7 +103,7 @@ def _build_paths(args: argparse.Namespace) -> Paths:
             "--images": args.images,
             "--fitted": args.fitted,
             "--whiten-images": args.whiten_images,
-            "--local": _local_input(args.local),
+            "--local": local_input(args.local),
             "--global-head": args.global_head,
             "--backbone": weights_path(args.backbone),
         },
@@ -159,9 +112,9 @@ def _build_paths(args: argparse.Namespace) -> Paths:
 
 def cmd_build(args: argparse.Namespace) -> int:
     if args.fitted is not None or args.shard is not None:
-        return _build_part(args)
+        return cmd_build_part(args)
     meta = provenance.start()
-    settings = _settings(args)
+    settings = index_settings(args)
     if settings.whiten == "none" and args.whiten_images is not None:
         raise InputError("--whiten-images needs --whiten auto or --whiten pca")
     info: dict = {}
@@ -181,95 +134,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     save_index(idx, args.out, overwrite=args.overwrite)
     print(f"whitening: {idx.whitening_info['reason']}")
     skipped = f" ({len(info['skipped'])} skipped)" if info["skipped"] else ""
-    print(f"indexed {plural(idx.ntotal, 'image')} of {args.images}{skipped}: {_label(idx)}")
-    print(f"wrote {args.out}")
-    return 0
-
-
-# Settings the fitted file fixes: refused beside --fitted (the description flags are checked).
-_FIXED_BY_FIT = ("whiten", "whiten_dim", "whiten_images", "search", "nprobe")
-
-
-def _build_part(args: argparse.Namespace) -> int:
-    """``build --fitted FITTED --shard I/N``: shard I of N described into a part folder."""
-    if args.fitted is None or args.shard is None:
-        raise InputError(
-            "--shard I/N and --fitted FITTED go together (fit once with ckn index fit)"
-        )
-    shard = parse_shard(args.shard)  # out of range: refused before any work
-    for field in _FIXED_BY_FIT:
-        if getattr(args, field, None) is not None:
-            raise InputError(f"{args.field_flags[field]} is fixed by --fitted (ckn index fit)")
-    meta = provenance.start()
-    fitted = load_fitted(args.fitted)
-    mismatch = settings_mismatch(fitted, **{k: getattr(args, k) for k in CLAIMS})
-    if mismatch is not None:
-        raise InputError(mismatch_text(mismatch, args.field_flags))
-    with fields_as_flags(STRICT):
-        part = build_part(args.images, fitted, shard, progress=not args.quiet,
-                          record={"provenance": provenance.finish(meta)})  # fmt: skip
-    save_part(part, args.out, overwrite=args.overwrite)
-    i, n = shard
-    print(
-        f"part {i}/{n}: {plural(len(part.paths), 'image')} of {args.images} "
-        f"({fitted.method} search, {fitted.dim}-D)"
-    )
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _fit_paths(args: argparse.Namespace) -> Paths:
-    return Paths(
-        [Output("--out", args.out, suffix=".npz")],
-        {
-            "--images": args.images,
-            "--local": _local_input(args.local),
-            "--global-head": args.global_head,
-            "--backbone": weights_path(args.backbone),
-        },
-    )
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    meta = provenance.start()
-    settings = _settings(args)
-    fitted = fit_images(args.images, settings, sample=args.sample, seed=args.sample_seed,
-                        progress=not args.quiet, strict=args.strict)  # fmt: skip
-    warn_skipped(args, fitted.info["skipped"])
-    fitted = save_fitted(
-        dataclasses.replace(fitted, info=dict(fitted.info, provenance=provenance.finish(meta))),
-        args.out,
-    )
-    print(f"whitening: {fitted.whitening_info['reason']}")
-    search = fitted.search_info
-    how = (
-        f"IVF-PQ trained for {search['count']:,} images (nlist {search['ivfpq']['nlist']}, "
-        f"nprobe {search['ivfpq']['nprobe']})"
-        if fitted.method == "ivfpq"
-        else f"exact search ({search['count']:,} images)"
-    )
-    skipped = f" ({len(fitted.info['skipped'])} skipped)" if fitted.info["skipped"] else ""
-    print(f"fitted on {plural(fitted.info['sample'], 'sampled image')}{skipped}: "
-          f"{fitted.dim}-D, {how}")  # fmt: skip
-    print(f"wrote {args.out} (SHA-256 {fitted.sha256[:16]}...)")
-    return 0
-
-
-def _merge_paths(args: argparse.Namespace) -> Paths:
-    return Paths(
-        [Output("--out", args.out, kind="dir", replaced=True, overwrite=args.overwrite)],
-        {f"part {i + 1}": p for i, p in enumerate(args.parts)},
-    )
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    out = merge_parts(args.parts, args.out, overwrite=args.overwrite)
-    idx = load_index(out)
-    print(
-        f"merged {plural(len(args.parts), 'part')}: {plural(idx.ntotal, 'image')} "
-        f"({_label(idx)}) in {time.perf_counter() - t0:.1f} s"
-    )
+    print(f"indexed {plural(idx.ntotal, 'image')} of {args.images}{skipped}: {index_label(idx)}")
     print(f"wrote {args.out}")
     return 0
 
@@ -307,7 +172,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     save_index(grown, args.index)
     print(
         f"added {plural(grown.ntotal - before, 'image')} of {args.images} ({', '.join(counts)}): "
-        f"{grown.ntotal} in the index ({_label(grown)}); whitening kept: "
+        f"{grown.ntotal} in the index ({index_label(grown)}); whitening kept: "
         f"{grown.whitening_info['reason']}"
     )
     print(f"wrote {args.index}")
@@ -395,7 +260,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             "queries": entries,
             "skipped_queries": skipped,
             "seconds_describe_and_search": seconds,
-            "index_info": {"count": idx.ntotal, "label": _label(idx)},
+            "index_info": {"count": idx.ntotal, "label": index_label(idx)},
             "metadata": provenance.finish(meta),
         }
         write_json(args.json, doc)
@@ -415,7 +280,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                 shown,
                 [float(s) for s in res.scores],
                 [shown_path(p) for p in res.paths],
-                title=f"{Path(queries[0]).name}: {_label(idx)}",
+                title=f"{Path(queries[0]).name}: {index_label(idx)}",
             )
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
@@ -427,7 +292,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
-    print(f"{args.index}: {plural(idx.ntotal, 'image')}, {_label(idx)}")
+    print(f"{args.index}: {plural(idx.ntotal, 'image')}, {index_label(idx)}")
     print(f"whitening: {idx.whitening_info['reason']}")
     d = idx.description
     if d["kind"] == "global":
@@ -446,48 +311,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parsers
-
-
-def _description_flags(p: argparse.ArgumentParser, *, query: bool) -> None:
-    """The mode and description options (each from its config dataclass; which mode each
-    applies to: :data:`retrieval.cli.image_modes.APPLIES`)."""
-    g = p.add_argument_group(
-        "description" + (" (optional: checked against the index's)" if query else "")
-    )
-    add_settings(g, VladDescription, ["local"], show_default=False)
-    add_settings(g, GlobalConfig, ["head"], choices={"head": (*HEADS, "cam")},
-                 metavar={"head": "NAME"}, show_default=False, help={
-        "head": "global CNN descriptor: the pooling head, or cam (CAM OfA: class-weighted "
-        "pooling with each image's own classes)"})  # fmt: skip
-    add_settings(g, LearnedHeadDescription, ["global_head"], show_default=False,
-                 metavar={"global_head": "HEAD_DIR"},
-                 help={"global_head": "a learned head (ckn train-global) over the backbone its "
-                       "folder records"})  # fmt: skip
-    add_settings(g, PoolingDescription, ["backbone"], show_default=not query)
-    add_settings(g, ScaleConfig, ["scales", "max_side"], show_default=not query)
-    if query:
-        return
-    add_settings(g, CamConfig, ["top_classes"])
-    add_settings(g, VladConfig, ["k", "local_dim"])
-    add_settings(g, LocalConfig, ["max_regions"])
-
-
-#: Where ``index build`` / ``add`` count a skipped bad image (--strict's help).
-_COUNTED = " line, counted in index.json"
-
-
-def _index_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", required=True, help="index folder (ckn index build)")
-
-
-def _runs(p: argparse.ArgumentParser, func, paths, *, options: bool = False) -> None:
-    """``p`` runs ``func`` after the check of ``paths`` (``flags.declare_paths``); with
-    ``options``, ``p``'s options are remembered for ``image_modes.check_options`` and
-    ``args.field_flags`` (``image_modes.register_options``, once every option is added)."""
-    p.set_defaults(func=func)
-    if options:
-        register_options(p)
-    declare_paths(p, paths)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -526,7 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index folder to write")
-    _description_flags(b, query=False)
+    description_flags(b, query=False)
     add_settings(b, IndexSettings, ["whiten", "whiten_dim"])
     b.add_argument(
         "--whiten-images",
@@ -542,53 +365,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--shard", default=None, metavar="I/N",
                    help="the I-th (0..N-1) of N slices of the sorted image list, e.g. "
                    "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")  # fmt: skip
-    add_strict_flag(b, _COUNTED, quiet=True)
-    _runs(b, cmd_build, _build_paths, options=True)
+    add_strict_flag(b, COUNTED, quiet=True)
+    runs(b, cmd_build, _build_paths, options=True)
 
-    f = add_command(
-        isub,
-        "fit",
-        help="fit once what every shard shares (whitening / codebook, IVF-PQ quantizer)",
-        description=(
-            "Describes a seeded sample of --sample images of --images and fits on it what "
-            "every shard of the collection must share: the whitening (--local: the VLAD "
-            "codebook and PCAs) and, when the whole collection is searched with IVF-PQ, its "
-            "quantizer, sized for the whole collection. Writes one .npz file, named by its "
-            "SHA-256 in every part (ckn index build --fitted)."
-        ),
-        example="ckn index fit --images photos/ --sample 50000 --out photos.fitted.npz "
-        "--global gem",
-    )
-    f.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    f.add_argument("--out", required=True, help="fitted file to write (.npz)")
-    f.add_argument(
-        "--sample",
-        type=int,
-        default=FIT_SAMPLE,
-        help=f"images sampled to fit on (default {FIT_SAMPLE:,}; all if fewer)",
-    )
-    f.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (default 0)")
-    _description_flags(f, query=False)
-    add_settings(f, IndexSettings, ["whiten", "whiten_dim", "search", "nprobe"])
-    add_strict_flag(f, " line, named in the fitted file", quiet=True)
-    _runs(f, cmd_fit, _fit_paths, options=True)
-
-    m = add_command(
-        isub,
-        "merge",
-        help="merge the parts of ckn index build --shard into one index",
-        description=(
-            "Checks that the parts share one fitted file, settings and versions, that their "
-            "slices are complete and disjoint and that none was interrupted or altered, then "
-            "writes one index --out atomically: exact search, or IVF-PQ whose inverted lists "
-            "and full vectors stay on disk (memory-mapped by ckn index query)."
-        ),
-        example="ckn index merge parts/part-* --out photos.index",
-    )
-    m.add_argument("parts", nargs="+", metavar="PART", help="part folders, in any order")
-    m.add_argument("--out", required=True, help="index folder to write")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing index --out")
-    _runs(m, cmd_merge, _merge_paths)
+    register_shards(isub)
 
     a = add_command(
         isub,
@@ -602,10 +382,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         example="ckn index add --index photos.index --images more_photos/",
     )
-    _index_flag(a)
+    index_flag(a)
     a.add_argument("--images", required=True, help="folder of images to add (recursively)")
-    add_strict_flag(a, _COUNTED, quiet=True)
-    _runs(a, cmd_add, _add_paths)
+    add_strict_flag(a, COUNTED, quiet=True)
+    runs(a, cmd_add, _add_paths)
 
     q = add_command(
         isub,
@@ -621,7 +401,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         example="ckn index query --index photos.index --image q.jpg --top 10 --png q.png\n"
         "ckn index query --index photos.index --images queries/ --json results.json",
     )
-    _index_flag(q)
+    index_flag(q)
     q.add_argument(
         "--image", action="append", default=None, help="a query image (give it several times "
         "for several queries)"
@@ -638,8 +418,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fail on a bad image under --images (default: skip it with a warning)",
     )
-    _description_flags(q, query=True)
-    _runs(q, cmd_query, _query_paths, options=True)
+    description_flags(q, query=True)
+    runs(q, cmd_query, _query_paths, options=True)
 
     i = add_command(
         isub,
@@ -648,6 +428,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prints the size, settings, whitening, search method and history of an index.",
         example="ckn index info --index photos.index",
     )
-    _index_flag(i)
+    index_flag(i)
     i.add_argument("--json", action="store_true", help="print index.json's summary as JSON")
-    _runs(i, cmd_info, lambda args: Paths([], {"--index": args.index}))
+    runs(i, cmd_info, lambda args: Paths([], {"--index": args.index}))
