@@ -32,8 +32,9 @@ Measured:
   ``forward_pass``: one warm ``Backbone.features`` call on the
   image alone at its scale-1 size (1, h, w, 3), no padding, no other scale;
   ``forward_every_scale``: the backbone on the image at each of the index's scales, at
-  their exact sizes (what the query's description costs without buckets); and
-  ``new_bucket``: a first query whose buckets are new (compiles).
+  their exact sizes (what the query's description costs without buckets), all four timed
+  in ``--repeats`` * 3 rounds (one of each per round, so that a drifting machine weighs on
+  them alike); and ``new_bucket``: a first query whose buckets are new (compiles).
 * ``batch``: ``query_images`` of 100 queries, 25 of each of 4 photos (coffee, astronaut,
   chelsea, rocket: 400 x 600 to 512 x 512) cut at random by 0-4 px per side (many sizes, few
   buckets), once cold in the process (after the in-process part: coffee's buckets compiled)
@@ -137,24 +138,19 @@ def in_process(photos: Path, index: Path, repeats: int) -> dict:
     idx = S.load_index(index)
     img = read_image_any(photos / QUERY)
     first, first_n = timed(lambda: S.query_index(idx, img))
-    same = bc.stats(bc.time_repeats(lambda: S.query_index(idx, img), repeats=repeats * 3))
     rng = np.random.default_rng(1)
-    new, new_n, shapes = [], 0, []
+    shapes = []
+    cuts = []
     for _ in range(repeats * 3):  # sizes not seen before, in the compiled buckets
         while True:
             q = cut(img, rng, 4)
             if q.shape not in shapes and q.shape != img.shape:
                 break
         shapes.append(q.shape)
-        w, n = timed(lambda q=q: S.query_index(idx, q))
-        new.append(w)
-        new_n += n
+        cuts.append(q)
     net = retrieval.load_backbone(idx.settings.describer.backbone)
     h, w = (s // net.stride * net.stride for s in img.shape[:2])
     one = img[None, :h, :w]
-    forward = bc.stats(
-        bc.time_repeats(lambda: net.features(one).block_until_ready(), repeats=repeats * 3)
-    )
     # The index's own description of the image without buckets: the backbone at each of its
     # scales' exact (stride-multiple) sizes, compiled first.
     sizes = scaled_sizes(*img.shape[:2], idx.settings.describer.global_config, net.stride)
@@ -164,14 +160,30 @@ def in_process(photos: Path, index: Path, repeats: int) -> dict:
         for v in views:
             net.features(v).block_until_ready()
 
+    def forward():
+        net.features(one).block_until_ready()
+
+    forward()
     every_scale()
-    scales = bc.stats(bc.time_repeats(every_scale, repeats=repeats * 3))
+    S.query_index(idx, img)
+    # Rounds: each times one forward pass, the backbone at every scale, a same-size query and
+    # a query of a new size, so that a drifting machine weighs on all four alike (run one
+    # after the other, the forward passes of the last run spread 0.044-0.069 s).
+    fw, scales, same, new, new_n = [], [], [], [], 0
+    for q in cuts:
+        fw.append(timed(forward)[0])
+        scales.append(timed(every_scale)[0])
+        same.append(timed(lambda: S.query_index(idx, img))[0])
+        t, n = timed(lambda q=q: S.query_index(idx, q))
+        new.append(t)
+        new_n += n
     big = np.ascontiguousarray(np.concatenate([img, img[: img.shape[0] // 2]], axis=0))
     bucket_s, bucket_n = timed(lambda: S.query_index(idx, big))
-    warm_new = bc.stats(new)
+    forward, scales, same, warm_new = bc.stats(fw), bc.stats(scales), bc.stats(same), bc.stats(new)
     return {
         "query_image": f"{QUERY} {img.shape[0]}x{img.shape[1]}",
         "first_query_s": first, "first_query_compilations": first_n,
+        "rounds": len(cuts),
         "warm_same_size": same,
         "warm_new_size": warm_new, "warm_new_size_compilations": new_n,
         "new_sizes": [list(s[:2]) for s in shapes],
@@ -180,6 +192,7 @@ def in_process(photos: Path, index: Path, repeats: int) -> dict:
         "forward_every_scale": scales, "forward_every_scale_shapes": [list(v.shape) for v in views],
         "warm_new_size_over_every_scale": warm_new["median_s"] / scales["median_s"],
         "warm_new_size_over_same_size": warm_new["median_s"] / same["median_s"],
+        "every_scale_over_forward": scales["median_s"] / forward["median_s"],
         "new_bucket_s": bucket_s, "new_bucket_compilations": bucket_n,
         "new_bucket_image": f"{big.shape[0]}x{big.shape[1]}",
     }  # fmt: skip

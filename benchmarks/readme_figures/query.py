@@ -50,10 +50,16 @@ def _every_scale(ip: dict) -> str:
     query of a size seen before (absent from JSONs before these were measured)."""
     if "forward_every_scale" not in ip:
         return ""
+    alone = (
+        f", which alone take {ip['every_scale_over_forward']:.2f} times one forward pass"
+        if "every_scale_over_forward" in ip
+        else ""
+    )
+    rounds = f" (timed in {ip['rounds']} interleaved rounds)" if "rounds" in ip else ""
     return (
         f", {ip['warm_new_size_over_every_scale']:.2f} times the backbone at every scale without"
-        f" buckets ({_s(ip['forward_every_scale']['median_s'])}) and"
-        f" {ip['warm_new_size_over_same_size']:.2f} times a query of a size seen before"
+        f" buckets ({_s(ip['forward_every_scale']['median_s'])}{alone}) and"
+        f" {ip['warm_new_size_over_same_size']:.2f} times a query of a size seen before{rounds}"
     )
 
 
