@@ -211,6 +211,46 @@ def test_part_round_trip(ivf):
     assert save_fitted(again, ivf["tmp"] / "again.npz").sha256 == ivf["fitted"].sha256
 
 
+def test_parts_leaving_bad_images_out_merge_as_the_rest(ivf, tmp_path):
+    # Parts that left images of their slices out (bad images, named in the part): the merged
+    # IVF-PQ index holds the other images, ids contiguous in list order, and answers as the
+    # same trained index holding their vectors in memory (the parts' ids start at 0 each
+    # and the merge shifts them); the history names the images left out.
+    x, fitted = ivf["x"], ivf["fitted"]
+    paths = _paths(len(x))
+    xs, ordered = x[np.argsort(paths)], sorted(paths)
+    out_rows = {0: [5, 17], 2: [2000]}  # rows of the sorted list left out, by shard
+    parts, keep = [], []
+    for i in range(3):
+        a, b = shard_bounds(len(x), i, 3)
+        gone = [ordered[r] for r in out_rows.get(i, [])]
+        rows = [r for r in range(a, b) if r not in out_rows.get(i, [])]
+        keep += rows
+        part = part_from_vectors(
+            fitted.postprocess(xs[rows]), paths, fitted, (i, 3), left_out=gone,
+            record={"skipped": [f"{g}: truncated" for g in gone]},
+        )  # fmt: skip
+        assert part.count == len(rows) and part.left_out == tuple(gone)
+        parts.append(save_part(part, tmp_path / f"bad-{i}"))
+    assert load_part(parts[0]).left_out == (ordered[5], ordered[17])
+    idx = S.load_index(merge_parts(parts[::-1], tmp_path / "m.index"))
+    db = fitted.postprocess(xs[keep])
+    assert idx.ntotal == len(x) - 3 and idx.parts[0].paths == tuple(ordered[r] for r in keep)
+    np.testing.assert_array_equal(np.asarray(idx.vectors), db)
+    assert idx.history[0]["skipped"] == [f"{ordered[r]}: truncated" for r in (5, 17, 2000)]
+    mem = fitted.faiss_index()
+    mem.add(db)
+    faiss.extract_index_ivf(mem).nprobe = idx.search_info["ivfpq"]["nprobe"]
+    q = fitted.postprocess(_clustered(40, 32, seed=3))
+    d_mem, i_mem = mem.search(q, 10 * S.RERANK)
+    s_disk, i_disk = idx.searcher.search(q, 10 * S.RERANK)
+    np.testing.assert_array_equal(i_disk, i_mem)
+    np.testing.assert_array_equal(s_disk, d_mem)
+    with pytest.raises(InputError, match="not in its slice"):
+        part_from_vectors(fitted.postprocess(xs[:999]), paths, fitted, (0, 3),
+                          left_out=[ordered[2500]])  # fmt: skip
+
+
 # --------------------------------------------------------------------------- refusals
 
 

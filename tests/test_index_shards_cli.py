@@ -133,3 +133,42 @@ def test_fit_leaves_a_bad_image_out_with_a_warning_as_build_does(work, capsys):
                         *FLAGS, "--quiet", "--strict")  # fmt: skip
     _assert_one_line_error(code, err, "broken.jpg")
     assert not Path("g.npz").exists()
+
+
+def test_a_shard_leaves_a_bad_image_out_as_build_does(work, capsys):
+    """One bad-image policy: ``build --shard`` leaves a bad image of its slice out with one
+    warning line naming it (``--strict``: one line, exit 2, nothing written); the merged
+    parts answer as one ``build``, which leaves it out too, and the history names it."""
+    (work / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    code, _, err = _run(capsys, "index", "build", "--images", "photos", "--out", "one.index",
+                        *FLAGS, "--quiet")  # fmt: skip
+    assert code == 0 and "broken.jpg" in err, err
+    code, _, err = _run(capsys, "index", "fit", "--images", "photos", "--sample", "100",
+                        "--out", "f.npz", *FLAGS, "--quiet")  # fmt: skip
+    assert code == 0, err
+    # Sorted: a/astronaut, a/chelsea, a/rocket | b/broken.jpg, b/camera, b/coffee.
+    warned = []
+    for i in range(2):
+        code, out, err = _run(capsys, "index", "build", "--images", "photos", "--fitted",
+                              "f.npz", "--shard", f"{i}/2", "--out", f"parts/{i}",
+                              "--quiet")  # fmt: skip
+        assert code == 0, err
+        warned.append([ln for ln in err.splitlines() if ln.strip()])
+        assert f"part {i}/2: 3 images" in out if i == 0 else "2 images" in out
+    assert warned[0] == [] and len(warned[1]) == 1
+    assert "warning: skipped" in warned[1][0] and "broken.jpg" in warned[1][0]
+    code, out, err = _run(capsys, "index", "merge", "parts/0", "parts/1", "--out", "m.index")
+    assert code == 0, err
+    assert "merged 2 parts: 5 images" in out
+    one, merged = _query(capsys, "one.index"), _query(capsys, "m.index")
+    assert [r["path"] for r in merged["results"]] == [r["path"] for r in one["results"]]
+    np.testing.assert_allclose(
+        [r["score"] for r in merged["results"]], [r["score"] for r in one["results"]], atol=1e-5
+    )
+    (entry,) = json.loads(Path("m.index/index.json").read_text())["history"]
+    assert len(entry["skipped"]) == 1 and "broken.jpg" in entry["skipped"][0]
+    code, _, err = _run(capsys, "index", "build", "--images", "photos", "--fitted", "f.npz",
+                        "--shard", "1/2", "--out", "parts/strict", "--quiet",
+                        "--strict")  # fmt: skip
+    _assert_one_line_error(code, err, "broken.jpg")
+    assert not Path("parts/strict").exists()

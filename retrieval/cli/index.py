@@ -32,7 +32,7 @@ indexed images; description flags given to ``query`` (``--global``,
 ``info`` prints what an index holds. ``fit``, ``build --fitted --shard`` and ``merge`` (an
 index in shards) live in :mod:`retrieval.cli.index_shards`. Bad images are skipped by the
 one policy (:func:`retrieval.image.usable_images`), one warning line each; ``--strict``
-fails instead. A ``--shard`` part stops on a bad image (its rows must be its slice's).
+fails instead.
 """
 
 from __future__ import annotations

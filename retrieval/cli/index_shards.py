@@ -10,9 +10,9 @@ codebook, the IVF-PQ quantizer for the whole collection); ``build --fitted --sha
 describes the I-th of N slices of the sorted image list with it into a part folder;
 ``merge`` checks the parts (same fitted file, settings and versions; slices complete and
 disjoint; none interrupted or altered) and writes one index whose IVF-PQ lists and vectors
-stay on disk and are memory-mapped by ``query``. ``fit`` skips bad images by the one policy
-(one warning line each; ``--strict`` fails instead); a ``--shard`` part stops on a bad image
-(its rows must be its slice's).
+stay on disk and are memory-mapped by ``query``. ``fit`` and ``build --shard`` skip bad
+images by the one policy (one warning line each, named in the fitted file or the part and
+in the merged index's history; ``--strict`` fails instead), as ``build`` does.
 """
 
 from __future__ import annotations
@@ -78,13 +78,15 @@ def cmd_build_part(args: argparse.Namespace) -> int:
     if mismatch is not None:
         raise InputError(mismatch_text(mismatch, args.field_flags))
     with fields_as_flags(STRICT):
-        part = build_part(args.images, fitted, shard, progress=not args.quiet,
+        part = build_part(args.images, fitted, shard, progress=not args.quiet, strict=args.strict,
                           record={"provenance": provenance.finish(meta)})  # fmt: skip
+    warn_skipped(args, part.record["skipped"])
     save_part(part, args.out, overwrite=args.overwrite)
     i, n = shard
+    skipped = f", {len(part.left_out)} skipped" if part.left_out else ""
     print(
         f"part {i}/{n}: {plural(len(part.paths), 'image')} of {args.images} "
-        f"({fitted.method} search, {fitted.dim}-D)"
+        f"({fitted.method} search, {fitted.dim}-D{skipped})"
     )
     print(f"wrote {args.out}")
     return 0

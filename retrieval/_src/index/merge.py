@@ -116,8 +116,9 @@ def _shard_order(folders: list[Path], heads: list[dict]) -> list[int]:
         if i in seen:
             raise InputError(f"{f} is shard {i}/{n}, as {seen[i]} is: overlapping parts")
         start, stop = shard_bounds(h["total"], i, n)
-        if (h["start"], h["count"]) != (start, stop - start):
-            raise InputError(f"{f}: rows {h['start']}+{h['count']} are not those of shard {i}/{n}")
+        rows = h["count"] + len(h["left_out"])  # described + bad images left out
+        if (h["start"], rows) != (start, stop - start):
+            raise InputError(f"{f}: rows {h['start']}+{rows} are not those of shard {i}/{n}")
         seen[i] = f
     missing = [i for i in range(n) if i not in seen]
     if missing:
@@ -186,7 +187,9 @@ def merge_parts(
         raise InputError(f"{folders[0] / FITTED} differs from the part's record: damaged part")
     meta = [_read_paths(f, h["count"]) for f, h in zip(folders, heads)]
     paths = tuple(p for m in meta for p in m["paths"])
-    if list_sha256(paths) != heads[0]["list_sha256"]:
+    # Each part's slice is its paths and the bad images it left out, sorted.
+    every = [p for m, h in zip(meta, heads) for p in sorted([*m["paths"], *h["left_out"]])]
+    if list_sha256(every) != heads[0]["list_sha256"]:
         raise InputError(
             f"the paths of the parts ({', '.join(f.name for f in folders)}) are not the sorted "
             "image list they record: a damaged part"
@@ -207,6 +210,7 @@ def merge_parts(
         "fitted_sha256": fitted.sha256,
         "fit": fitted.info,
         "count": len(paths),
+        "skipped": [line for h in heads for line in h["record"].get("skipped", [])],
         "utc": _utc(),
         **(record or {}),
     }
@@ -256,10 +260,21 @@ def merge_parts(
             tmp / _IVFDATA,
             tmp / head["search"]["file"],
             len(paths),
+            _renumbering(every, [p for h in heads for p in h["left_out"]]),
         )
         head["history"][0]["seconds"] = round(time.perf_counter() - t0, 3)
         _write_json(tmp / _JSON, head)
     return out
+
+
+def _renumbering(every: list[str], left_out: list[str]) -> np.ndarray | None:
+    """The parts' ids (rows of the whole sorted list ``every``) -> rows of the merged index,
+    which holds ``every`` but ``left_out`` in the same order; None when none was left out."""
+    if not left_out:
+        return None
+    gone = set(left_out)
+    kept = np.fromiter((p not in gone for p in every), bool, len(every))
+    return np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int64)
 
 
 def _read_paths(folder: Path, count: int) -> dict:

@@ -162,20 +162,20 @@ def row_reader(vectors: np.ndarray):
         yield take
 
 
-def write_part_codes(trained, vectors: np.ndarray, start: int, path: str | os.PathLike) -> None:
-    """Adds (n, D) vectors, ids ``start .. start + n - 1``, to a trained IVF index; writes it.
+def write_part_codes(trained, vectors: np.ndarray, ids, path: str | os.PathLike) -> None:
+    """Adds (n, D) vectors with their ids to a trained IVF index; writes it.
 
     Args:
       trained: a trained, empty faiss IVF index (consumed).
       vectors: (n, D) float32 searchable vectors.
-      start: the global row number of the first vector.
+      ids: (n,) int64 ids (a part's: the images' rows in the whole sorted list).
       path: the faiss file to write.
     """
     import faiss
 
     if trained.ntotal:
         raise ValueError("write_part_codes needs an empty trained index")
-    ids = np.arange(start, start + vectors.shape[0], dtype=np.int64)
+    ids = np.ascontiguousarray(ids, np.int64)
     with _faiss_threads(1):  # faster than 2 on the 2-core CPU (see search._faiss_threads)
         trained.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
     faiss.write_index(trained, os.fspath(path))
@@ -200,6 +200,7 @@ def merge_invlists(
     ivfdata: str | os.PathLike,
     dest: str | os.PathLike,
     expected: int,
+    renumber: np.ndarray | None = None,
 ) -> None:
     """Merges the inverted lists of part indexes into one on-disk index.
 
@@ -209,6 +210,8 @@ def merge_invlists(
       ivfdata: the inverted-lists file to write (codes and ids of every vector).
       dest: the faiss file to write (quantizer, codebooks, list offsets; names ``ivfdata``).
       expected: the number of vectors the parts must hold together.
+      renumber: None (the ids are the merged rows already), or (T,) int64 mapping each id
+        to its merged row: the rows of the whole list once images were left out.
 
     Raises:
       InputError: the parts hold another number of vectors.
@@ -228,11 +231,27 @@ def merge_invlists(
         ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
     if ntotal != expected:
         raise InputError(f"the parts' IVF-PQ files hold {ntotal} vectors, their records {expected}")
+    if renumber is not None:
+        _renumber(ondisk, ivf.nlist, ivf.code_size, renumber)
     trained.ntotal = ivf.ntotal = ntotal
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()  # owned by the index now
     faiss.write_index(trained, os.fspath(dest))
     del keep
+
+
+def _renumber(lists, nlist: int, code_size: int, renumber: np.ndarray) -> None:
+    """Replaces every id of the on-disk ``lists`` by ``renumber[id]``, list by list."""
+    import faiss
+
+    for j in range(nlist):
+        n = lists.list_size(j)
+        if not n:
+            continue
+        ids = renumber[faiss.rev_swig_ptr(lists.get_ids(j), n)]
+        codes = faiss.rev_swig_ptr(lists.get_codes(j), n * code_size).copy()
+        lists.update_entries(j, 0, n, faiss.swig_ptr(np.ascontiguousarray(ids, np.int64)),
+                             faiss.swig_ptr(codes))  # fmt: skip
 
 
 def open_ondisk(path: str | os.PathLike, ivfdata: str | os.PathLike):

@@ -8,15 +8,20 @@ jobs, a shell loop) can run shard I knowing only I and N. Shards are numbered fr
 
 Every shard describes its slice with the same :class:`FittedState` (fitted once on a
 sample, :mod:`~retrieval._src.index.fitted`) and writes a part folder
-(:func:`save_part`)::
+(:func:`save_part`). A bad image of the slice (unreadable, truncated, too small: the one
+policy, :func:`retrieval.image.usable_images`) is left out and named in the part, as
+``build_index`` leaves it out, so the merged parts hold the rows of one build::
 
     PART/
-      vectors.npy    (n, dim) float32 searchable vectors of the slice, in list order
-      paths.json     {"root", "root_abs", "paths"}: the slice's paths, relative to root
+      vectors.npy    (n, dim) float32 searchable vectors of the slice's usable images
+      paths.json     {"root", "root_abs", "paths"}: their paths, relative to root
       fitted.npz     an exact copy of the fitted file (its SHA-256 names it)
-      ivfpq.faiss    IVF-PQ only: the trained index holding this slice (ids = global rows)
-      part.json      written last: format, version, shard, rows, SHA-256 of the image list,
-                     settings, description, fitted SHA-256, file sizes, vectors SHA-256
+      ivfpq.faiss    IVF-PQ only: the trained index holding these vectors (ids = their rows
+                     in the whole sorted list; the merge renumbers them when images were
+                     left out)
+      part.json      written last: format, version, shard, rows, the slice's images left
+                     out, SHA-256 of the image list, settings, description, fitted
+                     SHA-256, file sizes, vectors SHA-256
 
 The folder is written under a temporary name and renamed, ``part.json`` last inside
 it: a folder without ``part.json`` (a run killed mid-write, a partial copy) is not a
@@ -46,12 +51,13 @@ import numpy as np
 from ckn import InputError
 from ckn import __version__ as ckn_version
 from ckn.files import atomic_path
-from retrieval._src.index.build import _check_twice, _collect, describe_for_index
+from retrieval._src.index.build import _check_twice, _collect, _usable, describe_for_index
 from retrieval._src.index.fitted import FittedState, load_fitted
 from retrieval._src.index.ondisk import sha256_file, write_part_codes
 from retrieval._src.index.settings import check_format
 
-#: Format tag and version of ``part.json``; another version is refused.
+#: Format tag and version of ``part.json``; another version is refused. ``left_out`` (bad
+#: images of the slice) is absent from parts written before it: none.
 PART_FORMAT = "ckn-index-part"
 PART_VERSION = 1
 PART_JSON = "part.json"
@@ -123,9 +129,11 @@ class IndexPart:
       total: the number of images of the whole collection.
       list_sha256: SHA-256 of the collection's sorted path list (:func:`list_sha256`).
       root: the collection's root as given; root_abs: its absolute path.
-      paths: the slice's paths, relative to root, sorted.
+      paths: the slice's described paths, relative to root, sorted.
       vectors: (n, dim) float32 searchable vectors of the slice, in path order.
-      record: JSON-ready facts (describe seconds, provenance).
+      record: JSON-ready facts (describe seconds, provenance, ``skipped``: one
+        ``"PATH: reason"`` line per bad image left out).
+      left_out: the slice's paths not described (bad images), relative to root, sorted.
     """
 
     fitted: FittedState
@@ -138,6 +146,7 @@ class IndexPart:
     paths: tuple[str, ...]
     vectors: np.ndarray
     record: dict
+    left_out: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -153,20 +162,23 @@ def part_from_vectors(
     root: str = "",
     root_abs: str = "",
     record: dict | None = None,
+    left_out: Sequence[str] = (),
 ) -> IndexPart:
     """The part of shard ``(I, N)`` from searchable vectors of its slice.
 
     Args:
-      vectors: (n, dim) searchable vectors of the slice's images (``fitted.postprocess`` of
-        their raw descriptors), in the slice's sorted order.
+      vectors: (n, dim) searchable vectors of the slice's images but ``left_out``
+        (``fitted.postprocess`` of their raw descriptors), in the slice's sorted order.
       paths: every image of the collection (relative paths, any order).
       fitted: the saved :class:`FittedState`.
       shard: ``(I, N)``.
       root, root_abs: the collection's root as given and its absolute path.
       record: JSON-ready facts kept in the part.
+      left_out: images of the slice not described (bad images), relative paths.
 
     Raises:
-      InputError: a bad shard, a fitted state not saved, vectors of another shape.
+      InputError: a bad shard, a fitted state not saved, vectors of another shape, a path
+        left out that is not in the slice.
     """
     i, n = check_shard(shard)
     if not isinstance(fitted, FittedState) or fitted.sha256 is None:
@@ -175,10 +187,16 @@ def part_from_vectors(
     if len(set(ordered)) != len(ordered):
         raise InputError("paths: an image is listed twice")
     start, stop = shard_bounds(len(ordered), i, n)
+    mine = ordered[start:stop]
+    out = sorted({os.fspath(p) for p in left_out})
+    if not set(out) <= set(mine):
+        (stray,) = sorted(set(out) - set(mine))[:1]
+        raise InputError(f"shard {i}/{n}: {stray} is left out but is not in its slice")
+    kept = [p for p in mine if p not in set(out)]
     v = np.asarray(vectors, np.float32)
-    if v.ndim != 2 or v.shape != (stop - start, fitted.dim) or not np.all(np.isfinite(v)):
+    if v.ndim != 2 or v.shape != (len(kept), fitted.dim) or not np.all(np.isfinite(v)):
         raise InputError(
-            f"shard {i}/{n} needs finite ({stop - start}, {fitted.dim}) vectors, got {v.shape}"
+            f"shard {i}/{n} needs finite ({len(kept)}, {fitted.dim}) vectors, got {v.shape}"
         )
     return IndexPart(
         fitted,
@@ -188,9 +206,10 @@ def part_from_vectors(
         list_sha256(ordered),
         root,
         root_abs,
-        tuple(ordered[start:stop]),
+        tuple(kept),
         v,
         dict(record or {}),
+        tuple(out),
     )
 
 
@@ -202,8 +221,13 @@ def build_part(
     root: str | os.PathLike | None = None,
     progress: bool = False,
     record: dict | None = None,
+    strict: bool = False,
 ) -> IndexPart:
     """Describes shard ``(I, N)`` of a collection with the fitted state.
+
+    Bad images of the slice (:func:`retrieval.image.usable_images`) are left out and named
+    in ``record["skipped"]`` (one ``"PATH: reason"`` line each), as :func:`build_index`
+    leaves them out; ``strict`` raises on the first instead.
 
     Args:
       images: a folder (every image under it) or a list of image paths (relative to
@@ -212,9 +236,11 @@ def build_part(
       shard: ``(I, N)``.
       root, progress: as :func:`build_index`.
       record: extra JSON-ready facts (e.g. the command's provenance).
+      strict: raise on a bad image instead of leaving it out.
 
     Raises:
-      InputError: a bad shard, no image, an unreadable image, a changed backbone or model.
+      InputError: a bad shard, no image, a bad image with ``strict``, a changed backbone or
+        model.
     """
     i, n = check_shard(shard)
     t0 = time.perf_counter()
@@ -222,15 +248,24 @@ def build_part(
     _check_twice(files)
     order = sorted(range(len(rels)), key=rels.__getitem__)
     start, stop = shard_bounds(len(order), i, n)
-    mine = [files[order[j]] for j in range(start, stop)]
+    slice_rows = [order[j] for j in range(start, stop)]
+    mine, kept, skipped = _usable(
+        given, [files[j] for j in slice_rows], [rels[j] for j in slice_rows], strict
+    )
     if mine:
         vectors = describe_for_index(fitted, mine, progress=progress)
     else:
         vectors = np.zeros((0, fitted.dim), np.float32)
-    rec = {"describe_seconds": round(time.perf_counter() - t0, 3), **(record or {})}
+    left_out = sorted(set(rels[j] for j in slice_rows) - set(kept))
+    rec = {
+        "describe_seconds": round(time.perf_counter() - t0, 3),
+        "skipped": list(skipped),
+        **(record or {}),
+    }
     return part_from_vectors(
-        vectors, rels, fitted, (i, n), root=given or "", root_abs=str(root_abs), record=rec
-    )
+        vectors, rels, fitted, (i, n), root=given or "", root_abs=str(root_abs), record=rec,
+        left_out=left_out,
+    )  # fmt: skip
 
 
 def _utc() -> str:
@@ -241,7 +276,7 @@ def save_part(part: IndexPart, out: str | os.PathLike, *, overwrite: bool = Fals
     """Writes a part folder atomically (``part.json`` last); adds IVF-PQ codes if needed.
 
     An IVF-PQ part (``fitted.method == "ivfpq"``) adds its vectors to a copy of the
-    fitted IVF-PQ index here, with their global row numbers as ids.
+    fitted IVF-PQ index here, with their rows in the whole sorted list as ids.
 
     Raises:
       InputError: ``out`` exists and is not a part (or is one, without ``overwrite``).
@@ -263,7 +298,7 @@ def save_part(part: IndexPart, out: str | os.PathLike, *, overwrite: bool = Fals
         (tmp / FITTED).write_bytes(part.fitted.source)
         t_add = time.perf_counter()
         if part.fitted.method == "ivfpq":
-            write_part_codes(part.fitted.faiss_index(), part.vectors, part.start, tmp / CODES)
+            write_part_codes(part.fitted.faiss_index(), part.vectors, _rows(part), tmp / CODES)
         add_seconds = time.perf_counter() - t_add
         files = sorted(f.name for f in tmp.iterdir())
         doc = _part_json(
@@ -275,6 +310,12 @@ def save_part(part: IndexPart, out: str | os.PathLike, *, overwrite: bool = Fals
         )
         (tmp / PART_JSON).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     return out
+
+
+def _rows(part: IndexPart) -> np.ndarray:
+    """(n,) int64: the rows of the part's images in the whole sorted list."""
+    where = {p: k for k, p in enumerate(sorted([*part.paths, *part.left_out]))}
+    return part.start + np.array([where[p] for p in part.paths], np.int64)
 
 
 def _versions() -> dict:
@@ -292,6 +333,7 @@ def _part_json(part: IndexPart, sizes: dict, vectors_sha: str, add_s: float, tot
         "shard": list(part.shard),
         "start": part.start,
         "count": part.count,
+        "left_out": list(part.left_out),
         "total": part.total,
         "list_sha256": part.list_sha256,
         "dim": f.dim,
@@ -345,6 +387,7 @@ def read_part_header(folder: str | os.PathLike) -> dict:
                 )
         check_shard(doc["shard"])
         int(doc["start"]), int(doc["count"]), int(doc["total"])
+        doc["left_out"] = [str(p) for p in doc.get("left_out", [])]
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -378,4 +421,5 @@ def load_part(folder: str | os.PathLike) -> IndexPart:
         tuple(meta["paths"]),
         vectors,
         doc["record"],
+        tuple(doc["left_out"]),
     )
