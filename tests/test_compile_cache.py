@@ -1,7 +1,7 @@
 """Compiling once: the persistent compilation cache across processes, size buckets in a process.
 
 ``ckn.enable_compile_cache`` (JAX's persistent cache in the ckn cache folder) and the
-backbone and pooling programs kept beside it (``retrieval/_src/nets/executables.py``): a
+backbone and pooling programs kept beside it (``retrieval/_src/programs.py``): a
 second process running the same computations compiles nothing (no new cache entry: every
 compilation is written, however short) and reads what the first wrote; two processes
 filling one folder at once leave entries that a third reads without a warning. In one

@@ -26,7 +26,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src import pooling
-from retrieval._src.nets.executables import call_compiled
+from retrieval._src.programs import call_compiled
 
 #: Side of the square input of the ``codes`` head (Babenko et al.).
 CODES_SIZE = 224

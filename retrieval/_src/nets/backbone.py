@@ -48,8 +48,8 @@ from flax import nnx
 from ckn import InputError
 from retrieval._src.nets import check_image_batch, check_precision, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
-from retrieval._src.nets.executables import call_compiled
 from retrieval._src.nets.weights import load_params, read_state_dict
+from retrieval._src.programs import call_compiled
 
 BACKBONES = (
     "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "resnet50",

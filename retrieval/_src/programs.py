@@ -41,8 +41,10 @@ MAX_PROGRAMS = 256
 _SUFFIX = ".xprog"
 _MEMO: dict[str, object] = {}
 _SOURCE: dict[tuple[str, ...], str] = {}
-#: The network code: the files of this package.
-NETS_SOURCES = tuple(sorted(str(p) for p in Path(__file__).parent.glob("*.py")))
+#: The network code: the files of ``retrieval/_src/nets/``, and this file's.
+NETS_SOURCES = tuple(
+    sorted([__file__, *(str(p) for p in (Path(__file__).parent / "nets").glob("*.py"))])
+)
 
 
 def _source_hash(sources: tuple[str, ...]) -> str:
