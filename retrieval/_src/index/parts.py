@@ -188,11 +188,11 @@ def part_from_vectors(
         raise InputError("paths: an image is listed twice")
     start, stop = shard_bounds(len(ordered), i, n)
     mine = ordered[start:stop]
-    out = sorted({os.fspath(p) for p in left_out})
-    if not set(out) <= set(mine):
-        (stray,) = sorted(set(out) - set(mine))[:1]
-        raise InputError(f"shard {i}/{n}: {stray} is left out but is not in its slice")
-    kept = [p for p in mine if p not in set(out)]
+    gone = {os.fspath(p) for p in left_out}
+    stray = sorted(gone - set(mine))
+    if stray:
+        raise InputError(f"shard {i}/{n}: {stray[0]} is left out but is not in its slice")
+    kept = [p for p in mine if p not in gone]
     v = np.asarray(vectors, np.float32)
     if v.ndim != 2 or v.shape != (len(kept), fitted.dim) or not np.all(np.isfinite(v)):
         raise InputError(
@@ -209,7 +209,7 @@ def part_from_vectors(
         tuple(kept),
         v,
         dict(record or {}),
-        tuple(out),
+        tuple(sorted(gone)),
     )
 
 
