@@ -478,11 +478,13 @@ def _map_batches(backbone, src, items, config, progress, rec):
         for start in range(0, len(group), batch):
             chunk = group[start : start + batch]
             x = np.empty((batch, key[0], key[1], 3), np.uint8)
-            x[:] = colour
+            x[len(chunk) :] = colour
             for r, (i, _, hs, ws) in enumerate(chunk):
                 if last[0] != i:
                     last = (i, src.load(i))
                 x[r, :hs, :ws] = _resize(last[1], hs, ws)
+                x[r, hs:] = colour  # only the padding (filling all: 1 ms of a 384 x 576 query)
+                x[r, :hs, ws:] = colour
             feats = backbone.features(x)
             mask = np.zeros(feats.shape[:3], bool)
             for r, (_, _, hs, ws) in enumerate(chunk):
