@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ckn import InputError
 from retrieval._src.nets import backbone as B
-from retrieval._src.nets import bn_shapes, conv_bn
+from retrieval._src.nets import bn_shapes, conv_bn, same_pads
 from retrieval._src.nets import efficientnet as E
 from retrieval._src.nets import resnet as R
 from retrieval._src.nets import vgg as V
@@ -203,9 +203,45 @@ def test_mbconv_matches_numpy_reference(spec):
     shapes.update(bn_shapes("b._bn2", spec.cout))
     state = random_state(shapes, seed=spec.kernel)
     x = np.random.default_rng(1).normal(size=(2, 9, 11, spec.cin)).astype(np.float32)
-    got = E.mbconv(E.mbconv_params(state, "b", spec), x, spec, precision="highest")
+    params = E.mbconv_params(state, "b", spec)
+    got = E.mbconv(params, x, spec, precision="highest")
     assert got.shape == (2, -(-9 // spec.stride), -(-11 // spec.stride), spec.cout)
     np.testing.assert_allclose(nhwc(got), ref_mbconv(nhwc(x), state, "b", spec), atol=TOL["block"])
+    if spec.expand == 1:
+        return
+    # Band by band (large maps run so): bands of 1 to 4 output rows, the last one cut short.
+    for band in (1, 2, 4):
+        banded = E.mbconv_bands(params, x, spec, band, precision="highest")
+        np.testing.assert_allclose(
+            nhwc(banded), ref_mbconv(nhwc(x), state, "b", spec), atol=TOL["block"], err_msg=band
+        )
+
+
+@pytest.mark.parametrize("h, w", [(37, 30), (16, 21)])
+def test_lite_stem_whole_and_in_bands_matches_numpy_reference(h, w):
+    rng = np.random.default_rng(h)
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    p = {"w": rng.normal(size=(3, 3, 3, 8)).astype(np.float32) / 3, "b": rng.normal(size=8)}
+    p["b"] = p["b"].astype(np.float32)
+    pad = tuple(same_pads(n, 3, 2) for n in (h, w))
+    ref = ref_conv(nhwc(x), p["w"].transpose(3, 2, 0, 1).astype(np.float64), 2, pad)
+    ref = np.clip(ref + p["b"][None, :, None, None], 0, 6)
+    assert ref.shape == (2, 8, -(-h // 2), -(-w // 2))
+    for band in (None, 1, 3, 5, 19):  # whole; bands cut short at the end; one band past it
+        got = E.stem(p, x, band, precision="highest")
+        np.testing.assert_allclose(nhwc(got), ref, atol=TOL["block"], err_msg=str(band))
+    assert E.stem_band_rows(1, 224, 224, 32) is None  # 1.6 MB: whole
+    rows = E.stem_band_rows(1, 1024, 1024, 32)  # 32 MB: bands of about STEM_BAND_BYTES
+    assert rows * 512 * 32 * 4 <= E.STEM_BAND_BYTES < (rows + 1) * 512 * 32 * 4
+
+
+def test_only_large_expanded_maps_run_in_bands():
+    spec = E.BLOCKS[1]  # 16 -> 96 channels, stride 2
+    assert E.band_rows(spec, 112, 112) is None  # 4.8 MB: whole
+    big = E.band_rows(spec, 512, 512)  # 96 MB: bands of about BAND_BYTES
+    row_bytes = 4 * spec.stride * (512 + spec.kernel) * spec.hidden
+    assert 2 <= big < 256 and big * row_bytes <= E.BAND_BYTES < (big + 1) * row_bytes
+    assert E.band_rows(E.BLOCKS[0], 512, 512) is None  # no expansion: never in bands
 
 
 # ---- ResNet -------------------------------------------------------------------------------------

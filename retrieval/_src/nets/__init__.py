@@ -149,22 +149,42 @@ def conv2d_same_s2d(x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int, pr
     Returns:
       (N, ceil(H / s), ceil(W / s), C_out) map.
     """
-    s, k, cin, cout = stride, w.shape[0], w.shape[2], w.shape[3]
-    kk = -(-k // s)  # kernel taps per phase
-    n, h, wd, _ = x.shape
+    y = conv2d_valid(s2d_same_input(x, w.shape[0], stride), s2d_kernel(w, stride), precision)
+    return y + _bias(b, 4)
+
+
+def s2d_same_input(x: jax.Array, k: int, s: int, rows: int | None = None) -> jax.Array:
+    """The "SAME"-padded input of a k x k, stride-s convolution as its s x s phases stacked as
+    channels: (N, H, W, C) -> (N, rows + kk - 1, ceil(W / s) + kk - 1, s * s * C), kk = ceil(k / s).
+
+    A "VALID" convolution of it with :func:`s2d_kernel` gives the strided convolution's first
+    ``rows`` output rows (default ceil(H / s); rows past the image see zeros).
+    """
+    kk = -(-k // s)
+    n, h, wd, c = x.shape
     oh, ow = -(-h // s), -(-wd // s)
+    rows = oh if rows is None else rows
     (top, _), (left, _) = (same_pads(size, k, s) for size in (h, wd))
-    hp, wp = s * (oh - 1 + kk), s * (ow - 1 + kk)
+    hp, wp = s * (rows - 1 + kk), s * (ow - 1 + kk)
     x = jnp.pad(x, ((0, 0), (top, hp - h - top), (left, wp - wd - left), (0, 0)))
-    x = x.reshape(n, hp // s, s, wp // s, s, cin).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, hp // s, wp // s, s * s * cin)
+    x = x.reshape(n, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, hp // s, wp // s, s * s * c)
+
+
+def s2d_kernel(w: jax.Array, s: int) -> jax.Array:
+    """A (k, k, C_in, C_out) kernel as :func:`s2d_same_input` needs: (kk, kk, s s C_in, C_out)."""
+    k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
+    kk = -(-k // s)
     w = jnp.pad(w, ((0, s * kk - k), (0, s * kk - k), (0, 0), (0, 0)))
     w = w.reshape(kk, s, kk, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-    w = w.reshape(kk, kk, s * s * cin, cout)
-    y = lax.conv_general_dilated(
+    return w.reshape(kk, kk, s * s * cin, cout)
+
+
+def conv2d_valid(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
+    """Unpadded stride-1 convolution, no bias: (N, H, W, C_in), (kh, kw, C_in, C_out) kernel."""
+    return lax.conv_general_dilated(
         x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
     )
-    return y + _bias(b, 4)
 
 
 def _bias(b: jax.Array, ndim: int) -> jax.Array:

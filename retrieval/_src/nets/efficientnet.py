@@ -22,9 +22,10 @@ stages of 16, 24, 48, 88, 120, 208, 352 channels.
 BatchNorm is folded into the preceding convolution at load time (``efficientnet_lite0_params``),
 so the network is convolutions plus biases and ReLU6; 1x1 convolutions run as matrix products and
 depthwise ones as sums of shifted slices (``depthwise_conv2d``: 5x faster on CPU than XLA's
-grouped convolution), the stride-2 stem on space-to-depth input (``conv2d_same_s2d``). Blocks
-whose expanded map is large run band by band (``band_rows``, ``mbconv_bands``): expansion,
-depthwise and projection of a few rows at a time, so the 6x wider intermediate stays in cache.
+grouped convolution), the stride-2 stem on space-to-depth input (``conv2d_same_s2d``), in row
+bands when its output is large (``stem``). Blocks whose expanded map is large run band by band
+(``band_rows``, ``mbconv_bands``): expansion, depthwise and projection of a few rows at a time,
+so the 6x wider intermediate stays in cache.
 Parameter pytree:
   {"stem": {"w": (3, 3, 3, 32), "b": (32,)},
    "blocks": [{"expand": {"w": (C_in, C), "b": (C,)} (absent in block 0),
@@ -51,11 +52,14 @@ from jax import lax
 from retrieval._src.nets import (
     bn_shapes,
     conv2d_same_s2d,
+    conv2d_valid,
     conv_bn,
     dense,
     depthwise_conv2d,
     depthwise_valid,
     global_avg_pool,
+    s2d_kernel,
+    s2d_same_input,
     same_pads,
 )
 
@@ -215,9 +219,13 @@ def mbconv(p: Mapping, x: jax.Array, spec: BlockSpec, *, precision=None) -> jax.
 
 # Banding (measured on a 2-core AVX-512 CPU, 512 px: block 1's expanded map of 25 MB cost 5-8x
 # more whole than in bands). A block runs in bands when its expanded map of one image exceeds
-# BAND_THRESHOLD bytes, each band's expanded rows taking about BAND_BYTES.
-BAND_THRESHOLD = 4 << 20
-BAND_BYTES = 1 << 20
+# BAND_THRESHOLD bytes, each band's expanded rows taking about BAND_BYTES. Per block at 1024 px,
+# maps of 4.5-15 MB ran 1-3.5x slower in bands than whole, and the 36-96 MB maps fastest with
+# bands of 3-10 MB; the whole network (interleaved rounds, identical outputs at 512 px) went
+# from 4 / 1 MiB to 16 / 4 MiB: 1024 px 331 -> 246 ms (batch 4: 1344 -> 988), 384 x 576 47 ->
+# 40 ms, 512 px 78 -> 75 ms (batch 4: 291 -> 280).
+BAND_THRESHOLD = 16 << 20
+BAND_BYTES = 4 << 20
 
 
 def band_rows(spec: BlockSpec, height: int, width: int) -> int | None:
@@ -278,6 +286,48 @@ def mbconv_bands(p: Mapping, x: jax.Array, spec: BlockSpec, band: int, *, precis
     return y.reshape(n, bands * band, ow, spec.cout)[:, :oh]
 
 
+# The stem's convolution (3 -> 32 channels, stride 2) ran 2.5-3x slower per pixel on maps whose
+# output exceeds a few MB (1024 px: 46 ms whole, 27 ms in bands of 16 rows; 4 x 512 px: 49 ->
+# 30 ms; measured on the 2-core CPU): it runs in bands of about STEM_BAND_BYTES of output when
+# the whole output of the batch exceeds STEM_BAND_THRESHOLD.
+STEM_BAND_THRESHOLD = 16 << 20
+STEM_BAND_BYTES = 1 << 20
+
+
+def stem_band_rows(batch: int, height: int, width: int, cout: int) -> int | None:
+    """Output rows per band of the stride-2 stem on (batch, height, width) images, or None."""
+    oh, ow = -(-height // 2), -(-width // 2)
+    if 4 * batch * oh * ow * cout <= STEM_BAND_THRESHOLD:
+        return None
+    return max(1, min(STEM_BAND_BYTES // (4 * ow * cout), -(-oh // 2)))
+
+
+def stem(p: Mapping, x: jax.Array, band: int | None = None, *, precision=None) -> jax.Array:
+    """The stem, relu6(3x3 stride-2 "SAME" convolution): (N, H, W, 3) -> (N, H / 2, W / 2, C).
+
+    With ``band``, ``band`` output rows of every image at a time (``lax.map`` over the bands
+    of the space-to-depth input, each with its one-row halo). Equal to the whole map within
+    float32 rounding.
+    """
+    if band is None:
+        return relu6(conv2d_same_s2d(x, p["w"], p["b"], stride=2, precision=precision))
+    n, h, w, _ = x.shape
+    oh, ow = -(-h // 2), -(-w // 2)
+    kernel = s2d_kernel(p["w"], 2)
+    kk = kernel.shape[0]
+    bands = -(-oh // band)
+    xs = s2d_same_input(x, p["w"].shape[0], 2, rows=bands * band)
+    take = np.arange(bands)[:, None] * band + np.arange(band + kk - 1)[None, :]
+    xs = xs[:, take].reshape(n * bands, band + kk - 1, *xs.shape[2:])
+
+    def one_band(xb):
+        y = conv2d_valid(xb[None], kernel, precision)[0]
+        return relu6(y + p["b"].reshape(1, 1, -1))
+
+    y = lax.map(one_band, xs)  # (N * bands, band, ow, C)
+    return y.reshape(n, bands * band, ow, -1)[:, :oh]
+
+
 @functools.partial(jax.jit, static_argnames=("blocks", "precision"))
 def efficientnet_lite_features(
     params: Mapping, x: jax.Array, *, blocks: tuple[BlockSpec, ...] = BLOCKS, precision=None
@@ -293,8 +343,8 @@ def efficientnet_lite_features(
     Returns:
       (N, ceil(H / 32), ceil(W / 32), 1280) map, values in [0, 6].
     """
-    stem = params["stem"]
-    x = relu6(conv2d_same_s2d(x, stem["w"], stem["b"], stride=2, precision=precision))
+    band = stem_band_rows(*x.shape[:3], params["stem"]["w"].shape[-1])
+    x = stem(params["stem"], x, band, precision=precision)
     for p, spec in zip(params["blocks"], blocks, strict=True):
         band = band_rows(spec, x.shape[1], x.shape[2])
         if band is None:
