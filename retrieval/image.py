@@ -35,6 +35,7 @@ from retrieval._src.cam_search import (
     OnlineAggregation,
     cam_scorers,
 )
+from retrieval._src.data.io import read_image_any
 from retrieval._src.describer import (
     BaseDescriber,
     Described,
@@ -55,24 +56,25 @@ from retrieval._src.evaluate import (
     fit_global_whitening,
     postprocess,
 )
+from retrieval._src.feature_maps import (
+    DEFAULT_BATCH,
+    DEFAULT_BATCH_ACCELERATOR,
+    MULTI_SCALE,
+    ScaleConfig,
+    iter_feature_maps,
+    scaled_sizes,
+)
 from retrieval._src.figures import (
     save_figure,
     thumbnail,
 )
 from retrieval._src.global_desc import (
-    DEFAULT_BATCH,
-    DEFAULT_BATCH_ACCELERATOR,
-    MULTI_SCALE,
     GlobalConfig,
     PerScale,
-    ScaleConfig,
     combine_scales,
     extract_global,
     extract_global_heads,
     extract_per_scale,
-    iter_feature_maps,
-    read_image_any,
-    scaled_sizes,
 )
 from retrieval._src.global_head import (
     HEAD_KINDS,

@@ -58,7 +58,7 @@ from retrieval._src.describer import (
     backbone_setting,
     load_backbone_spec,
 )
-from retrieval._src.global_desc import ScaleConfig, iter_feature_maps
+from retrieval._src.feature_maps import ScaleConfig, iter_feature_maps
 from retrieval._src.scoring import Ranked, ScoringContext, scores_of
 from retrieval._src.settings import check_settings, setting
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.global_desc import read_image_any
+from retrieval._src.data.io import read_image_any
 from retrieval._src.image_folder import (
     check_images,
     group_pairs,

@@ -34,7 +34,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.global_desc import GlobalConfig, ScaleConfig, extract_global
+from retrieval._src.feature_maps import ScaleConfig
+from retrieval._src.global_desc import GlobalConfig, extract_global
 from retrieval._src.global_head import GlobalHead, load_global_head
 from retrieval._src.nets.backbone import BACKBONES, load_backbone
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE

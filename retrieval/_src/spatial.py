@@ -42,7 +42,7 @@ import warnings
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.global_desc import read_image_any
+from retrieval._src.data.io import read_image_any
 from retrieval._src.local import LocalConfig, local_features, make_local_describer
 from retrieval._src.scoring import Block, Ranked, ScoringContext
 from retrieval._src.settings import check_settings, max_side_setting, setting

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ckn import InputError
-from retrieval._src import global_desc as G
+from retrieval._src import feature_maps as F
 from retrieval._src.global_head.config import (
     _is_int,
 )
@@ -77,8 +77,8 @@ def prepare_maps(
             f"side must be a multiple of {backbone.name}'s stride ({backbone.stride} px), "
             f"got {side}"
         )
-    cfg = G.GlobalConfig(scales=(1.0,), max_side=side, bucket=side)
-    src, sizes, rec = G._prepare(backbone, images, cfg)
+    cfg = F.ScaleConfig(scales=(1.0,), max_side=side, bucket=side)
+    src, sizes, rec = F.prepare_images(backbone, images, cfg)
     n = len(src)
     need = maps_bytes(n, backbone, side)
     if max_bytes is not None and need > max_bytes:
@@ -88,7 +88,7 @@ def prepare_maps(
             "higher limit"
         )
     stride = backbone.stride
-    snapped = [G.scaled_sizes(h, w, cfg, stride)[0] for h, w in sizes]
+    snapped = [F.scaled_sizes(h, w, cfg, stride)[0] for h, w in sizes]
     for i, (hs, ws) in enumerate(snapped):
         if min(hs, ws) < backbone.min_size:
             raise InputError(
@@ -96,8 +96,8 @@ def prepare_maps(
                 f"is smaller than the {backbone.min_size} px that {backbone.name} needs"
             )
     t0 = time.perf_counter()
-    batch = G._batch_size(cfg)
-    colour = G.pad_colour(backbone)
+    batch = F.batch_rows(cfg)
+    colour = F.pad_colour(backbone)
     maps = mask = None
     bar = tqdm(total=n, desc="backbone maps", unit="image", disable=not progress)
     for start in range(0, n, batch):
@@ -106,7 +106,7 @@ def prepare_maps(
         x[:] = colour
         for r, i in enumerate(rows):
             hs, ws = snapped[i]
-            x[r, :hs, :ws] = G._resize(src.load(i), hs, ws)
+            x[r, :hs, :ws] = F.resize_rgb(src.load(i), hs, ws)
         f = np.asarray(backbone.features(x))
         if maps is None:
             maps = np.zeros((n, *f.shape[1:]), np.float16)
@@ -114,7 +114,7 @@ def prepare_maps(
         for r, i in enumerate(rows):
             maps[i] = f[r]
             hs, ws = snapped[i]
-            mask[i, : G._ceil_div(hs, stride), : G._ceil_div(ws, stride)] = True
+            mask[i, : F.ceil_div(hs, stride), : F.ceil_div(ws, stride)] = True
         bar.update(len(rows))
     bar.close()
     if not np.isfinite(maps).all():

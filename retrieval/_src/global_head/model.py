@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from ckn import InputError
+from retrieval._src import feature_maps as F
 from retrieval._src import global_desc as G
 from retrieval._src.global_head.config import (
     HEAD_KINDS,
@@ -194,7 +195,7 @@ class GlobalHead(nnx.Module):
         self,
         backbone,
         images: Sequence,
-        config: G.ScaleConfig = G.ScaleConfig(scales=(1.0,)),  # noqa: B008 (frozen)
+        config: F.ScaleConfig = F.ScaleConfig(scales=(1.0,)),  # noqa: B008 (frozen)
         *,
         progress: bool = False,
         info: dict | None = None,
@@ -219,7 +220,7 @@ class GlobalHead(nnx.Module):
         self.check_backbone(backbone)
         prm = self.params()
         vecs = have = None  # (S, N, D0) pre-whitening vectors; (S, N) scales each image has
-        for mb in G.iter_feature_maps(backbone, images, config, progress=progress, info=info):
+        for mb in F.iter_feature_maps(backbone, images, config, progress=progress, info=info):
             v = np.asarray(_pool(prm, mb.features, mb.mask, head=self.head, levels=self.levels))
             if vecs is None:  # config and images are checked by now
                 have = np.zeros((len(config.scales), len(images)), bool)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ckn import InputError
 from retrieval._src.data import IMAGE_EXTENSIONS
-from retrieval._src.global_desc import read_image_any
+from retrieval._src.data.io import read_image_any
 from retrieval._src.image_folder import list_images, usable_images
 from retrieval._src.index.core import Part, SavedIndex, _grow, _join, _make_searcher, _method
 from retrieval._src.index.models import index_describer
