@@ -4,7 +4,7 @@ Faults 1-3 of the reliability issue, round 3. ``ckn index query --json I/index.j
 index unreadable; ``ckn eval-images --figure g4/chelsea/alpha.png`` replaced the photo being
 evaluated; ``ckn finetune --out`` on a read-only location trained an epoch, then died with a
 traceback. Now each command declares what it writes and reads once
-(``flags.declare_paths``) and ``ckn``'s main checks it before the command runs: an output
+(``outputs.declare_paths``) and ``ckn``'s main checks it before the command runs: an output
 equal to an input file, or inside an input folder (through symlinks and hard links), is refused
 in one line (exit 2) before any work, and so is a destination (checkpoints included) that
 cannot be written.

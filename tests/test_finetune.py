@@ -12,7 +12,7 @@ from flax import nnx
 
 import ckn
 from retrieval.cli.finetune import checkpoint_dir, register
-from retrieval.cli.flags import check_outputs
+from retrieval.cli.outputs import check_outputs
 from retrieval.metrics import patch_retrieval_map
 
 # All fine-tuning runs below share one compiled training step (same model

@@ -12,15 +12,8 @@ import ckn
 from ckn import InputError
 from retrieval.cli import patch_benchmarks
 from retrieval.cli.distributed import add_distributed_flags, start_distributed
-from retrieval.cli.flags import (
-    Output,
-    Paths,
-    add_command,
-    add_precision_flag,
-    declare_paths,
-    fields_as_flags,
-    plural,
-)
+from retrieval.cli.flags import add_command, add_precision_flag, fields_as_flags, plural
+from retrieval.cli.outputs import Output, Paths, declare_paths
 from retrieval.patches import BASELINES
 
 _SPLITS = ("train", "test", "all")

@@ -47,16 +47,12 @@ from ckn.files import write_json
 from retrieval.cli import provenance
 from retrieval.cli.fields import add_settings, given
 from retrieval.cli.flags import (
-    Output,
-    Paths,
     add_strict_flag,
     arguments,
-    declare_paths,
     fields_as_flags,
     plural,
     warn,
     warn_skipped,
-    weights_path,
 )
 from retrieval.cli.image_modes import (
     VERIFY_FIELDS,
@@ -74,6 +70,7 @@ from retrieval.cli.image_report import (
     protocol_doc,
     write_figure,
 )
+from retrieval.cli.outputs import Output, Paths, declare_paths, weights_path
 from retrieval.image import (
     HEADS,
     SEARCHES,

@@ -34,7 +34,8 @@ from ckn import InputError
 from ckn.files import SPLITS, load_patch_file, write_json
 from ckn.files import load_array as load_npy
 from retrieval.cli import patch_benchmarks, provenance
-from retrieval.cli.flags import Output, Paths, add_command, declare_paths, given_flags
+from retrieval.cli.flags import add_command, given_flags
+from retrieval.cli.outputs import Output, Paths, declare_paths
 from retrieval.patches import (
     AP_DEFINITION,
     BASELINES,

@@ -30,15 +30,8 @@ import ckn
 from ckn import InputError
 from retrieval import load_patchset
 from retrieval.cli import provenance
-from retrieval.cli.flags import (
-    Output,
-    Paths,
-    add_training_flags,
-    add_with_default,
-    checkpoint_dir,
-    declare_paths,
-    validation_summary,
-)
+from retrieval.cli.flags import add_training_flags, add_with_default, validation_summary
+from retrieval.cli.outputs import Output, Paths, checkpoint_dir, declare_paths
 
 _DEFAULTS = ckn.FinetuneConfig()
 _EXAMPLE = """example:

@@ -51,15 +51,12 @@ from retrieval.cli import provenance
 from retrieval.cli.fields import add_settings
 from retrieval.cli.flags import (
     STRICT,
-    Output,
-    Paths,
     add_command,
     add_strict_flag,
     fields_as_flags,
     plural,
     shown_path,
     warn_skipped,
-    weights_path,
 )
 from retrieval.cli.index_common import (
     COUNTED,
@@ -71,6 +68,7 @@ from retrieval.cli.index_common import (
     runs,
 )
 from retrieval.cli.index_shards import cmd_build_part, register_shards
+from retrieval.cli.outputs import Output, Paths, weights_path
 from retrieval.image import (
     list_images,
     read_image_any,

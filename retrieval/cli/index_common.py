@@ -8,8 +8,9 @@ import argparse
 from pathlib import Path
 
 from retrieval.cli.fields import add_settings, given
-from retrieval.cli.flags import declare_paths, fields_as_flags
+from retrieval.cli.flags import fields_as_flags
 from retrieval.cli.image_modes import check_options, describer_config, mode_of, register_options
+from retrieval.cli.outputs import declare_paths
 from retrieval.image import (
     HEADS,
     CamConfig,
@@ -90,7 +91,7 @@ def index_flag(p: argparse.ArgumentParser) -> None:
 
 
 def runs(p: argparse.ArgumentParser, func, paths, *, options: bool = False) -> None:
-    """``p`` runs ``func`` after the check of ``paths`` (``flags.declare_paths``); with
+    """``p`` runs ``func`` after the check of ``paths`` (``outputs.declare_paths``); with
     ``options``, ``p``'s options are remembered for ``image_modes.check_options`` and
     ``args.field_flags`` (``image_modes.register_options``, once every option is added)."""
     p.set_defaults(func=func)

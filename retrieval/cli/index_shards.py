@@ -26,14 +26,11 @@ from retrieval.cli import provenance
 from retrieval.cli.fields import add_settings
 from retrieval.cli.flags import (
     STRICT,
-    Output,
-    Paths,
     add_command,
     add_strict_flag,
     fields_as_flags,
     plural,
     warn_skipped,
-    weights_path,
 )
 from retrieval.cli.index_common import (
     description_flags,
@@ -42,6 +39,7 @@ from retrieval.cli.index_common import (
     local_input,
     runs,
 )
+from retrieval.cli.outputs import Output, Paths, weights_path
 from retrieval.index import (
     CLAIMS,
     FIT_SAMPLE,

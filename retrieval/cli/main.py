@@ -5,9 +5,9 @@ This package is the only place that may import both ``ckn`` (public API) and
 
 Each sub-command lives in its own module with a ``register(subparsers)``
 function that adds its parser and sets ``func(args) -> int`` and ``paths(args)``
-(:func:`retrieval.cli.flags.declare_paths`: what it writes and reads). Before a
+(:func:`retrieval.cli.outputs.declare_paths`: what it writes and reads). Before a
 command runs, its outputs are checked against its inputs
-(:func:`retrieval.cli.flags.check_outputs`), so no command can forget it.
+(:func:`retrieval.cli.outputs.check_outputs`), so no command can forget it.
 Errors from bad input (``InputError``, missing files) and from bad arguments
 (argparse's usage errors) print one line, ``ckn CMD: error: ...`` (``ckn index
 build: error: ...`` for the sub-commands of ``ckn index``), and exit with status 2.
@@ -254,7 +254,7 @@ def _dispatch(argv: list[str] | None, state: dict) -> int:
 
 
 def _run(argv: list[str] | None, state: dict) -> int:
-    from retrieval.cli.flags import check_outputs
+    from retrieval.cli.outputs import check_outputs
 
     parser = build_parser()
     try:

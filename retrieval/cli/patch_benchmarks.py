@@ -28,7 +28,8 @@ from ckn import InputError
 from ckn.files import progress_bar, write_json
 from retrieval.cli import provenance
 from retrieval.cli.fields import add_settings
-from retrieval.cli.flags import Output, Paths, config_from_flags, given_flags
+from retrieval.cli.flags import config_from_flags, given_flags
+from retrieval.cli.outputs import Output, Paths
 from retrieval.patches import (
     BASELINES,
     HPATCHES_PUBLISHED,

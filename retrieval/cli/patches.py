@@ -15,7 +15,7 @@ The HPatches and PhotoTour branches are in ``patch_benchmarks``.
 Every output (``.npz``, contact sheet, stats JSON, TFDS folder) is written to a
 temporary sibling and renamed, so a failure leaves none of them half-written;
 every destination is checked before the (long) build starts
-(``flags.check_outputs``: not a folder where a file goes, not an input,
+(``outputs.check_outputs``: not a folder where a file goes, not an input,
 writable; missing parent folders are created).
 """
 
@@ -35,7 +35,8 @@ from ckn import InputError
 from ckn.files import atomic_path
 from retrieval import patches as P
 from retrieval.cli import patch_benchmarks, provenance
-from retrieval.cli.flags import Output, Paths, add_command, declare_paths, given_flags
+from retrieval.cli.flags import add_command, given_flags
+from retrieval.cli.outputs import Output, Paths, declare_paths
 from retrieval.patches import PATCH_SIZE
 
 _EXAMPLE = """\

@@ -9,7 +9,8 @@ from pathlib import Path
 import ckn
 from ckn import InputError
 from retrieval.cli import provenance
-from retrieval.cli.flags import Output, Paths, add_command, add_precision_flag, declare_paths
+from retrieval.cli.flags import add_command, add_precision_flag
+from retrieval.cli.outputs import Output, Paths, declare_paths
 from retrieval.patches import (
     BASELINES,
     DEFAULT_DESCRIPTORS,

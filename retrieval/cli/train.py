@@ -18,16 +18,8 @@ from pathlib import Path
 
 import ckn
 from ckn import PRESETS, InputError, LayerConfig
-from retrieval.cli.flags import (
-    Output,
-    Paths,
-    add_architecture_flags,
-    add_command,
-    checkpoint_dir,
-    config_from_args,
-    declare_paths,
-    resume_note,
-)
+from retrieval.cli.flags import add_architecture_flags, add_command, config_from_args
+from retrieval.cli.outputs import Output, Paths, checkpoint_dir, declare_paths, resume_note
 
 
 def _describe_layers(layers: tuple[LayerConfig, ...]) -> str:

@@ -35,21 +35,17 @@ from ckn import InputError
 from retrieval.cli import provenance
 from retrieval.cli.flags import (
     STRICT,
-    Output,
-    Paths,
     add_command,
     add_strict_flag,
     add_training_flags,
     add_with_default,
-    checkpoint_dir,
-    declare_paths,
     fields_as_flags,
     plural,
     validation_summary,
     warn,
     warn_skipped,
-    weights_path,
 )
+from retrieval.cli.outputs import Output, Paths, checkpoint_dir, declare_paths, weights_path
 from retrieval.image import (
     HEAD_KINDS,
     HEAD_MARGINS,
