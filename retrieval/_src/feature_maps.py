@@ -174,6 +174,15 @@ def scaled_sizes(h: int, w: int, config: ScaleConfig, stride: int = 1) -> list[t
     ]
 
 
+def put_row(x: np.ndarray, r: int, img: np.ndarray, h: int, w: int, colour: np.ndarray) -> None:
+    """Row ``r`` of a padded uint8 batch ``x`` (B, H, W, 3): ``img`` resized to h x w at the
+    top left, the rest ``colour`` (only the padding is written: filling the whole row first
+    cost 1 ms of a 384 x 576 query)."""
+    x[r, :h, :w] = resize_rgb(img, h, w)
+    x[r, h:] = colour
+    x[r, :h, w:] = colour
+
+
 def pad_colour(backbone: Backbone) -> np.ndarray:
     """(3,) uint8: the backbone's mean RGB, rounded; padded pixels normalize to ~0."""
     arch = getattr(backbone, "_arch", None)  # the one place that knows the preprocessing
@@ -295,9 +304,7 @@ def map_batches(backbone, src, items, config, progress, rec):
             for r, (i, _, hs, ws) in enumerate(chunk):
                 if last[0] != i:
                     last = (i, src.load(i))
-                x[r, :hs, :ws] = resize_rgb(last[1], hs, ws)
-                x[r, hs:] = colour  # only the padding (filling all: 1 ms of a 384 x 576 query)
-                x[r, :hs, ws:] = colour
+                put_row(x, r, last[1], hs, ws, colour)
             feats = backbone.features(x)
             mask = np.zeros(feats.shape[:3], bool)
             for r, (_, _, hs, ws) in enumerate(chunk):

@@ -103,10 +103,9 @@ def prepare_maps(
     for start in range(0, n, batch):
         rows = range(start, min(n, start + batch))
         x = np.empty((batch, side, side, 3), np.uint8)
-        x[:] = colour
+        x[len(rows) :] = colour
         for r, i in enumerate(rows):
-            hs, ws = snapped[i]
-            x[r, :hs, :ws] = F.resize_rgb(src.load(i), hs, ws)
+            F.put_row(x, r, src.load(i), *snapped[i], colour)
         f = np.asarray(backbone.features(x))
         if maps is None:
             maps = np.zeros((n, *f.shape[1:]), np.float16)

@@ -62,6 +62,7 @@ from retrieval._src.index.parts import (
     list_sha256,
     read_part_header,
     shard_bounds,
+    slice_paths,
 )
 
 _IVFDATA = "ivfpq-1.ivfdata"
@@ -188,7 +189,7 @@ def merge_parts(
     meta = [_read_paths(f, h["count"]) for f, h in zip(folders, heads)]
     paths = tuple(p for m in meta for p in m["paths"])
     # Each part's slice is its paths and the bad images it left out, sorted.
-    every = [p for m, h in zip(meta, heads) for p in sorted([*m["paths"], *h["left_out"]])]
+    every = [p for m, h in zip(meta, heads) for p in slice_paths(m["paths"], h["left_out"])]
     if list_sha256(every) != heads[0]["list_sha256"]:
         raise InputError(
             f"the paths of the parts ({', '.join(f.name for f in folders)}) are not the sorted "

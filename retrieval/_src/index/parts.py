@@ -312,9 +312,14 @@ def save_part(part: IndexPart, out: str | os.PathLike, *, overwrite: bool = Fals
     return out
 
 
+def slice_paths(paths: Sequence[str], left_out: Sequence[str]) -> list[str]:
+    """A part's slice of the whole sorted list: its described paths and those it left out."""
+    return sorted([*paths, *left_out])
+
+
 def _rows(part: IndexPart) -> np.ndarray:
     """(n,) int64: the rows of the part's images in the whole sorted list."""
-    where = {p: k for k, p in enumerate(sorted([*part.paths, *part.left_out]))}
+    where = {p: k for k, p in enumerate(slice_paths(part.paths, part.left_out))}
     return part.start + np.array([where[p] for p in part.paths], np.int64)
 
 

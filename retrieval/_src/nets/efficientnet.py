@@ -237,6 +237,13 @@ def band_rows(spec: BlockSpec, height: int, width: int) -> int | None:
     return max(2, min(BAND_BYTES // row_bytes, -(-out_rows // 2)))
 
 
+def band_windows(x: jax.Array, bands: int, step: int, rows: int) -> jax.Array:
+    """(N, H, ...) -> (N * bands, rows, ...): rows ``[b * step, b * step + rows)`` of every image
+    for b < bands (overlapping when rows > step: each band with its halo)."""
+    take = np.arange(bands)[:, None] * step + np.arange(rows)[None, :]  # (bands, rows)
+    return x[:, take].reshape(x.shape[0] * bands, rows, *x.shape[2:])
+
+
 def mbconv_bands(p: Mapping, x: jax.Array, spec: BlockSpec, band: int, *, precision=None):
     """``mbconv`` of a block with expansion, ``band`` output rows at a time (``lax.map``).
 
@@ -269,8 +276,7 @@ def mbconv_bands(p: Mapping, x: jax.Array, spec: BlockSpec, band: int, *, precis
     xp = jnp.pad(
         jnp.concatenate([x, ones], axis=-1), ((0, 0), (top, hp - h - top), (left, right), (0, 0))
     )
-    take = np.arange(bands)[:, None] * band * s + np.arange(rows)[None, :]  # (bands, rows)
-    xs = [xp[:, take].reshape(n * bands, rows, w + left + right, cin + 1)]
+    xs = [band_windows(xp, bands, band * s, rows)]
     if spec.skip:
         xs.append(jnp.pad(x, ((0, 0), (0, bands * band - h), (0, 0), (0, 0))))
         xs[-1] = xs[-1].reshape(n * bands, band, w, cin)
@@ -317,8 +323,7 @@ def stem(p: Mapping, x: jax.Array, band: int | None = None, *, precision=None) -
     kk = kernel.shape[0]
     bands = -(-oh // band)
     xs = s2d_same_input(x, p["w"].shape[0], 2, rows=bands * band)
-    take = np.arange(bands)[:, None] * band + np.arange(band + kk - 1)[None, :]
-    xs = xs[:, take].reshape(n * bands, band + kk - 1, *xs.shape[2:])
+    xs = band_windows(xs, bands, band, band + kk - 1)
 
     def one_band(xb):
         y = conv2d_valid(xb[None], kernel, precision)[0]
