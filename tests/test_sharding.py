@@ -1,6 +1,8 @@
 """Data parallelism: describe and k-means split over 4 simulated CPU devices (conftest.py)
 give the same bits as on one device."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +127,92 @@ def test_kmeans_reseeds_empty_clusters_the_same_way_on_4_devices(devices):
     )
     assert int(ref.num_empty) == 3 == int(got.num_empty)
     np.testing.assert_array_equal(got.centers, ref.centers)
+
+
+@pytest.fixture
+def small_groups(tiny_model, monkeypatch):
+    """describe's CPU groups cut to 16 rows (the model's own would be 256), and a spy on
+    its jitted calls: (thread, rows) of each, in call order."""
+    import ckn._src.model as model_mod
+
+    model, _ = tiny_model
+    per_patch = model_mod._largest_map_bytes(model.config, 16, 16)
+    monkeypatch.setattr(model_mod, "CPU_CALL_BYTES", 16 * per_patch)
+    assert ckn.sharding.group_size(model.config, 16, 16) == 16
+    calls, real = [], model_mod.apply_describe
+
+    def spy(*args, **kw):
+        calls.append((threading.get_ident(), args[2].shape[0]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model_mod, "apply_describe", spy)
+    return calls, real
+
+
+def test_describe_cpu_calls_from_worker_threads_equal_the_calls_one_by_one(
+    photo_patches, tiny_model, devices, small_groups
+):
+    """150 rows in batches of 64 (the last one padded): 12 calls of 16 rows, the first on the
+    calling thread, the others from CPU_STREAMS workers; each row has the bits of its group
+    run alone, in order."""
+    from ckn._src.model import CPU_STREAMS
+
+    model, _ = tiny_model
+    calls, real = small_groups
+    got = ckn.describe(model, photo_patches[:150], batch_size=64, devices=devices[:1])
+    graphdef, state = nnx.split(model)
+    x = np.concatenate([photo_patches[:150], np.zeros((42, 16, 16), np.uint8)])
+    want = np.concatenate(
+        [
+            np.asarray(real(graphdef, state, jnp.asarray(x[i : i + 16]), precision=model.precision))
+            for i in range(0, 192, 16)
+        ]
+    )[:150]
+    np.testing.assert_array_equal(got, want)
+    main = threading.main_thread().ident
+    assert [rows for _, rows in calls] == [16] * 12
+    assert calls[0][0] == main
+    workers = {t for t, _ in calls[1:]}
+    assert main not in workers and 1 < len(workers) <= CPU_STREAMS
+
+
+def test_describe_cpu_calls_run_at_the_same_time(photo_patches, tiny_model, devices, monkeypatch):
+    """Two calls wait for each other at a barrier: run one after the other, they would
+    time out."""
+    import ckn._src.model as model_mod
+
+    model, _ = tiny_model
+    per_patch = model_mod._largest_map_bytes(model.config, 16, 16)
+    monkeypatch.setattr(model_mod, "CPU_CALL_BYTES", 16 * per_patch)
+    barrier, real, n = threading.Barrier(2, timeout=20), model_mod.apply_describe, [0]
+
+    def meet(*args, **kw):
+        n[0] += 1
+        if n[0] in (2, 3):
+            barrier.wait()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model_mod, "apply_describe", meet)
+    ckn.describe(model, photo_patches[:64], devices=devices[:1])
+    assert n[0] == 4 and not barrier.broken
+
+
+def test_describe_worker_error_reaches_the_caller_and_no_thread_is_left(
+    photo_patches, tiny_model, devices, small_groups, monkeypatch
+):
+    import ckn._src.model as model_mod
+
+    model, _ = tiny_model
+    spy, count = model_mod.apply_describe, [0]
+
+    def fail_fourth(*args, **kw):
+        count[0] += 1
+        if count[0] == 4:
+            raise RuntimeError("planted failure")
+        return spy(*args, **kw)
+
+    monkeypatch.setattr(model_mod, "apply_describe", fail_fourth)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="planted failure"):
+        ckn.describe(model, photo_patches[:150], batch_size=64, devices=devices[:1])
+    assert set(threading.enumerate()) <= before
