@@ -1,8 +1,9 @@
 """Data parallelism over devices and processes (stage: running a model on many images).
 
 The 1-D batch mesh and its shardings, padding a batch to the device count, the
-sharded describe step :func:`apply_describe` and the host group size of
-:func:`ckn.describe`; several processes (hosts) joined by ``jax.distributed``
+sharded describe step :func:`apply_describe`, the host group size of
+:func:`ckn.describe` and the calls it keeps in flight from host threads
+(:func:`host_streams`); several processes (hosts) joined by ``jax.distributed``
 (:class:`Distributed`), each describing its :func:`process_rows` into one file
 (:func:`write_descriptors`).
 """
@@ -21,6 +22,7 @@ from ckn._src.multihost import (
 from ckn._src.sharding import (
     batch_mesh,
     batch_sharding,
+    host_streams,
     padded_size,
     replicated,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "batch_mesh",
     "batch_sharding",
     "group_size",
+    "host_streams",
     "padded_size",
     "process_rows",
     "replicated",

@@ -8,12 +8,14 @@ shipped ImageNet weights.
 import dataclasses
 import json
 import pickle
+import threading
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
 
+import ckn
 from ckn import InputError
 from retrieval import image as pooling
 from retrieval import nets as B
@@ -24,6 +26,7 @@ from retrieval.image import (
     GlobalConfig,
     PoolingDescription,
     PostConfig,
+    ScaleConfig,
     alpha_qe,
     apply_whitening,
     build_describer,
@@ -37,6 +40,7 @@ from retrieval.image import (
     fit_learned_whitening,
     fit_pca_whitening,
     group_pairs,
+    iter_feature_maps,
     load_backbone_spec,
     multiscale_combine,
     postprocess,
@@ -487,3 +491,46 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(vgg_file, folders, tmp_pa
         "--scales", "1", "--json", tmp_path / "no" / "r.json",
     )  # fmt: skip
     assert rc == 0 and (tmp_path / "no" / "r.json").is_file(), err
+
+
+class _MeetingBackbone:
+    """The test's backbone whose first two ``features`` calls wait for each other."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, []
+        self.barrier = threading.Barrier(2, timeout=20)
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def features(self, x):
+        self.calls.append(threading.get_ident())
+        if len(self.calls) <= 2:
+            self.barrier.wait()
+        return self.net.features(x)
+
+
+def test_feature_maps_of_two_batches_run_at_once_and_come_back_in_order(vgg, monkeypatch):
+    """On the CPU two bucket batches run at once, from host threads: the first two calls meet
+    at a barrier (run one after the other, they would time out). The batches come back in
+    bucket order with the maps and masks of the one-at-a-time path, and a consumer that stops
+    early leaves no thread behind."""
+    photo = skimage.data.coffee()
+    images = [photo[:100, :130], photo[:200, :160], photo[:70, :90], photo[:130, :250]]
+    cfg = ScaleConfig(scales=(1.0, 0.5))
+    spy = _MeetingBackbone(vgg)
+    got = list(iter_feature_maps(spy, images, cfg))
+    assert not spy.barrier.broken and len(spy.calls) == len(got) == 8
+    assert threading.main_thread().ident not in spy.calls
+    monkeypatch.setattr(ckn.sharding, "host_streams", lambda platform: 1)
+    want = list(iter_feature_maps(vgg, images, cfg))
+    assert [mb.items for mb in got] == [mb.items for mb in want]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a.features), np.asarray(b.features))
+        np.testing.assert_array_equal(a.mask, b.mask)
+    monkeypatch.undo()
+    before = set(threading.enumerate())
+    it = iter_feature_maps(vgg, images, cfg)
+    next(it)
+    it.close()
+    assert set(threading.enumerate()) <= before

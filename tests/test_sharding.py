@@ -153,10 +153,8 @@ def test_describe_cpu_calls_from_worker_threads_equal_the_calls_one_by_one(
     photo_patches, tiny_model, devices, small_groups
 ):
     """150 rows in batches of 64 (the last one padded): 12 calls of 16 rows, the first on the
-    calling thread, the others from CPU_STREAMS workers; each row has the bits of its group
+    calling thread, the others from host_streams('cpu') workers; each row has the bits of its group
     run alone, in order."""
-    from ckn._src.model import CPU_STREAMS
-
     model, _ = tiny_model
     calls, real = small_groups
     got = ckn.describe(model, photo_patches[:150], batch_size=64, devices=devices[:1])
@@ -173,7 +171,7 @@ def test_describe_cpu_calls_from_worker_threads_equal_the_calls_one_by_one(
     assert [rows for _, rows in calls] == [16] * 12
     assert calls[0][0] == main
     workers = {t for t, _ in calls[1:]}
-    assert main not in workers and 1 < len(workers) <= CPU_STREAMS
+    assert main not in workers and 1 < len(workers) <= ckn.sharding.host_streams("cpu")
 
 
 def test_describe_cpu_calls_run_at_the_same_time(photo_patches, tiny_model, devices, monkeypatch):

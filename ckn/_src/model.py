@@ -110,17 +110,6 @@ def _batch_shape(n: int, batch_size: int) -> int:
 MAX_GROUP = 256
 CPU_CALL_BYTES = 12 << 20
 
-# Calls in flight at once on CPU, each from its own host thread: one per CPU
-# this process may use, at least 2. One jitted call keeps the cores busy only in
-# its convolutions and products: XLA's elementwise loops (kappa, pooling, norms,
-# the input maps) run on one thread, and the calls that one thread dispatches
-# run one after the other. Measured on the 2-core CPU (describe, medians of
-# interleaved rounds, the same bits): ckn-grad 2,842 -> 4,377 patches/s (1.24
-# -> 1.8 cores busy; 3 or 4 threads as fast as 2), ckn-raw 1,338 -> 2,002,
-# ckn-white 1,406 -> 2,090; ckn-ref64, whose time is mostly its layer-2
-# convolution on both cores already, unchanged. More cores: not measured.
-CPU_STREAMS = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-
 
 def _largest_map_bytes(config: CKNConfig, height: int, width: int) -> int:
     """Bytes per patch of the largest float32 map the network computes."""
@@ -159,8 +148,8 @@ def describe(
     ``devices`` (a 1-D ``"batch"`` mesh; the rows padded to a multiple of the
     device count) and every device runs the same program on its rows, so the
     descriptors do not depend on the number of devices. On CPU a call gives
-    each device a fixed group of rows (``group_size``), and ``CPU_STREAMS``
-    calls run at once, each from its own host thread.
+    each device a fixed group of rows (``group_size``), and
+    ``sharding.host_streams`` calls run at once, each from its own host thread.
 
     Args:
       model: a (trained) CKN.
@@ -229,9 +218,10 @@ def describe(
     def run_to_host(rows: np.ndarray) -> np.ndarray:
         return np.asarray(run(rows))
 
-    # On CPU the calls run from CPU_STREAMS threads, each waiting for its own
+    # On CPU the calls run from host_streams threads, each waiting for its own
     # result; the first call is made here, so that it compiles once.
-    pool = ThreadPoolExecutor(CPU_STREAMS) if group is not None and n > call else None
+    streams = sharding.host_streams(mesh.devices.flat[0].platform)
+    pool = ThreadPoolExecutor(streams) if streams > 1 and n > call else None
     try:
         starts = range(0, n, bs)
         pending = None  # (start, rows, results) of the batch in flight

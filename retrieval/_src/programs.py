@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import jax
@@ -40,6 +41,7 @@ from ckn.files import atomic_path
 MAX_PROGRAMS = 256
 _SUFFIX = ".xprog"
 _MEMO: dict[str, object] = {}
+_LOCK = threading.Lock()  # one thread loads or compiles a program; the others wait for it
 _SOURCE: dict[tuple[str, ...], str] = {}
 #: The network code: the files of ``retrieval/_src/nets/``, and this file's.
 NETS_SOURCES = tuple(
@@ -158,11 +160,14 @@ def call_compiled(
     key = _key(name, args, sources)
     compiled = _MEMO.get(key)
     if compiled is None:
-        path = folder / "programs" / f"{key}{_SUFFIX}"
-        compiled = _load(path) if path.is_file() else None
-        if compiled is None:
-            compiled, fresh = _compile(jitted, args, static)
-            if fresh:
-                _save(path, compiled)
-        _MEMO[key] = compiled
+        with _LOCK:
+            compiled = _MEMO.get(key)
+            if compiled is None:
+                path = folder / "programs" / f"{key}{_SUFFIX}"
+                compiled = _load(path) if path.is_file() else None
+                if compiled is None:
+                    compiled, fresh = _compile(jitted, args, static)
+                    if fresh:
+                        _save(path, compiled)
+                _MEMO[key] = compiled
     return compiled(*args)
