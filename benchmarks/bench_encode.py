@@ -14,11 +14,13 @@ measured first, then for each preset (random unit filters: the cost does not
 depend on their values), on seeded random uint8 patches of the preset's size:
 
 * ``describe``: ``ckn.describe(model, patches)`` on a few thousand patches
-  (host reads, padding, device transfers and the copy back included), one
+  (host reads, padding, device transfers, the copy back and, on the CPU, the
+  ``ckn.sharding.host_streams`` calls in flight from host threads included), one
   warm-up call then ``--repeats`` timed calls; patches/s from the median.
   This is the steady-state figure the targets are judged on.
 * ``kernel``: the jitted ``apply_describe`` alone on one device-resident
-  group (``block_until_ready`` inside the timed region), for each group size
+  group (``block_until_ready`` inside the timed region; one call at a time,
+  so on the CPU it can be below describe), for each group size
   in ``--groups`` (rows per device per jitted call): the measurement behind
   ``ckn.sharding.group_size``.
 * ``layers``: the time split by part at the default group: the jitted input
