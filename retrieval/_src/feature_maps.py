@@ -50,7 +50,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import cv2
@@ -292,15 +292,14 @@ def plan_buckets(backbone, src, sizes, config, rec):
 def map_batches(backbone, src, items, config, progress, rec):
     """Yields a :class:`MapBatch` per padded batch, bucket by bucket, in order.
 
-    On the CPU ``ckn.sharding.host_streams`` batches run at once, each from its own host
-    thread, and one more is read and resized meanwhile (Lite0 on the 2 cores, one image per
+    On the CPU ``ckn.sharding.host_streams`` batches run at once (:func:`run_in_order`),
+    and one more is read and resized meanwhile (Lite0 on the 2 cores, one image per
     batch: the three scales of a 384 x 576 query 1.85-1.91 -> 1.63-1.72 x one forward pass;
     four 1024 px images 958 -> 710 ms); elsewhere one batch at a time.
     """
     batch = batch_rows(config)
     colour = pad_colour(backbone)
     stride = backbone.stride
-    streams = ckn.sharding.host_streams(jax.default_backend())
     total = sum(len(v) for v in items.values())
     bar = tqdm(total=total, desc="describing", unit="image-scale", disable=not progress)
 
@@ -319,39 +318,51 @@ def map_batches(backbone, src, items, config, progress, rec):
                     put_row(x, r, last[1], hs, ws, colour)
                 yield chunk, x
 
-    def done(chunk, feats) -> MapBatch:
-        if isinstance(feats, Future):
-            feats = feats.result()
-        mask = np.zeros(feats.shape[:3], bool)
-        for r, (_, _, hs, ws) in enumerate(chunk):
-            mask[r, : ceil_div(hs, stride), : ceil_div(ws, stride)] = True
-        rec["batches"] += 1
-        bar.update(len(chunk))
-        return MapBatch([(i, s) for i, s, _, _ in chunk], feats, mask)
-
-    if streams == 1:
-        try:
-            for chunk, x in padded_batches():
-                yield done(chunk, backbone.features(x))
-        finally:
-            bar.close()
-        return
-    pool = ThreadPoolExecutor(streams)
-    window: collections.deque = collections.deque()  # (chunk, future of its maps)
+    maps = run_in_order(backbone.features, padded_batches())
     try:
-        for chunk, x in padded_batches():
-            window.append((chunk, pool.submit(_features_ready, backbone, x)))
-            if len(window) > streams:
-                yield done(*window.popleft())
-        while window:
-            yield done(*window.popleft())
+        for chunk, feats in maps:
+            mask = np.zeros(feats.shape[:3], bool)
+            for r, (_, _, hs, ws) in enumerate(chunk):
+                mask[r, : ceil_div(hs, stride), : ceil_div(ws, stride)] = True
+            rec["batches"] += 1
+            bar.update(len(chunk))
+            yield MapBatch([(i, s) for i, s, _, _ in chunk], feats, mask)
     finally:
-        pool.shutdown(cancel_futures=True)
+        maps.close()
         bar.close()
 
 
-def _features_ready(backbone, x: np.ndarray) -> jax.Array:
-    return backbone.features(x).block_until_ready()
+def run_in_order(fn, batches):
+    """Yields ``(tag, fn(x))`` for each ``(tag, x)`` of ``batches``, in order.
+
+    On the CPU ``ckn.sharding.host_streams`` calls run at once, each from its own host
+    thread (each result is ready when yielded), and one more batch is read meanwhile: at
+    most that many + 2 batches are in memory. Elsewhere each call is dispatched as its
+    batch comes (an accelerator queues them itself). A consumer that stops early waits for
+    the calls running, cancels the others and leaves no thread.
+    """
+    streams = ckn.sharding.host_streams(jax.default_backend())
+    if streams == 1:
+        for tag, x in batches:
+            yield tag, fn(x)
+        return
+    pool = ThreadPoolExecutor(streams)
+    window: collections.deque = collections.deque()  # (tag, future of fn(x))
+    try:
+        for tag, x in batches:
+            window.append((tag, pool.submit(_ready, fn, x)))
+            if len(window) > streams:
+                tag, done = window.popleft()
+                yield tag, done.result()
+        while window:
+            tag, done = window.popleft()
+            yield tag, done.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _ready(fn, x):
+    return jax.block_until_ready(fn(x))
 
 
 def iter_feature_maps(

@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -40,12 +41,14 @@ from retrieval._src import pooling
 from retrieval._src.feature_maps import (
     ScaleConfig,
     batch_rows,
+    ceil_div,
     map_batches,
     pad_colour,
     plan_buckets,
     prepare_images,
     report_info,
     resize_rgb,
+    run_in_order,
 )
 from retrieval._src.heads import HEADS, pool_maps, pooling_head
 from retrieval._src.nets.backbone import Backbone
@@ -280,19 +283,27 @@ def _extract_square(backbone, src, head: str, config, progress, rec):
     size = pooling_head(head).image_size
     codes = getattr(backbone, "has_codes", False)
     out = None
-    for start in tqdm(range(0, n, batch), desc=head, unit="batch", disable=not progress):
-        rows = range(start, min(n, start + batch))
-        x = np.empty((batch, size, size, 3), np.uint8)
-        x[:] = pad_colour(backbone)
-        for r, i in enumerate(rows):
-            x[r] = resize_rgb(src.load(i), size, size)
-        if codes:
-            v = np.asarray(pooling.l2_normalize(backbone.codes(x)), np.float32)
-        else:
-            v = np.asarray(pool_maps(head, backbone.features(x), None, config), np.float32)
-        if out is None:
-            out = np.empty((n, v.shape[1]), np.float32)
-        out[start : start + len(rows)] = v[: len(rows)]
-        rec["batches"] += 1
+
+    def square_batches():
+        for start in range(0, n, batch):
+            rows = range(start, min(n, start + batch))
+            x = np.empty((batch, size, size, 3), np.uint8)
+            x[:] = pad_colour(backbone)
+            for r, i in enumerate(rows):
+                x[r] = resize_rgb(src.load(i), size, size)
+            yield rows, x
+
+    runs = run_in_order(backbone.codes if codes else backbone.features, square_batches())
+    total = ceil_div(n, batch)
+    with contextlib.closing(runs):
+        for rows, y in tqdm(runs, total=total, desc=head, unit="batch", disable=not progress):
+            if codes:
+                v = np.asarray(pooling.l2_normalize(y), np.float32)
+            else:
+                v = np.asarray(pool_maps(head, y, None, config), np.float32)
+            if out is None:
+                out = np.empty((n, v.shape[1]), np.float32)
+            out[rows.start : rows.stop] = v[: len(rows)]
+            rec["batches"] += 1
     rec["buckets"][f"{size}x{size}"] = rec["buckets"].get(f"{size}x{size}", 0) + n
     return out

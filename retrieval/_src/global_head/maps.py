@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -100,21 +101,28 @@ def prepare_maps(
     colour = F.pad_colour(backbone)
     maps = mask = None
     bar = tqdm(total=n, desc="backbone maps", unit="image", disable=not progress)
-    for start in range(0, n, batch):
-        rows = range(start, min(n, start + batch))
-        x = np.empty((batch, side, side, 3), np.uint8)
-        x[len(rows) :] = colour
-        for r, i in enumerate(rows):
-            F.put_row(x, r, src.load(i), *snapped[i], colour)
-        f = np.asarray(backbone.features(x))
-        if maps is None:
-            maps = np.zeros((n, *f.shape[1:]), np.float16)
-            mask = np.zeros((n, *f.shape[1:3]), bool)
-        for r, i in enumerate(rows):
-            maps[i] = f[r]
-            hs, ws = snapped[i]
-            mask[i, : F.ceil_div(hs, stride), : F.ceil_div(ws, stride)] = True
-        bar.update(len(rows))
+
+    def padded_batches():
+        for start in range(0, n, batch):
+            rows = range(start, min(n, start + batch))
+            x = np.empty((batch, side, side, 3), np.uint8)
+            x[len(rows) :] = colour
+            for r, i in enumerate(rows):
+                F.put_row(x, r, src.load(i), *snapped[i], colour)
+            yield rows, x
+
+    runs = F.run_in_order(backbone.features, padded_batches())
+    with contextlib.closing(runs):
+        for rows, f in runs:
+            f = np.asarray(f)
+            if maps is None:
+                maps = np.zeros((n, *f.shape[1:]), np.float16)
+                mask = np.zeros((n, *f.shape[1:3]), bool)
+            for r, i in enumerate(rows):
+                maps[i] = f[r]
+                hs, ws = snapped[i]
+                mask[i, : F.ceil_div(hs, stride), : F.ceil_div(ws, stride)] = True
+            bar.update(len(rows))
     bar.close()
     if not np.isfinite(maps).all():
         raise InputError(f"{backbone.name} feature values overflow float16")
