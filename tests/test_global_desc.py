@@ -513,7 +513,7 @@ class _MeetingBackbone:
 def test_feature_maps_of_two_batches_run_at_once_and_come_back_in_order(vgg, monkeypatch):
     """On the CPU two bucket batches run at once, from host threads: the first two calls meet
     at a barrier (run one after the other, they would time out). The batches come back in
-    bucket order with the maps and masks of the one-at-a-time path, and a consumer that stops
+    bucket order (the largest first) with the maps and masks of the one-at-a-time path, and a consumer that stops
     early leaves no thread behind."""
     photo = skimage.data.coffee()
     images = [photo[:100, :130], photo[:200, :160], photo[:70, :90], photo[:130, :250]]
@@ -525,6 +525,8 @@ def test_feature_maps_of_two_batches_run_at_once_and_come_back_in_order(vgg, mon
     monkeypatch.setattr(ckn.sharding, "host_streams", lambda platform: 1)
     want = list(iter_feature_maps(vgg, images, cfg))
     assert [mb.items for mb in got] == [mb.items for mb in want]
+    areas = [mb.features.shape[1] * mb.features.shape[2] for mb in got]
+    assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1]  # largest first
     for a, b in zip(got, want):
         np.testing.assert_array_equal(np.asarray(a.features), np.asarray(b.features))
         np.testing.assert_array_equal(a.mask, b.mask)

@@ -290,7 +290,7 @@ def plan_buckets(backbone, src, sizes, config, rec):
 
 
 def map_batches(backbone, src, items, config, progress, rec):
-    """Yields a :class:`MapBatch` per padded batch, bucket by bucket, in order.
+    """Yields a :class:`MapBatch` per padded batch, bucket by bucket (the largest first).
 
     On the CPU ``ckn.sharding.host_streams`` batches run at once (:func:`run_in_order`),
     and one more is read and resized meanwhile (Lite0 on the 2 cores, one image per
@@ -305,7 +305,9 @@ def map_batches(backbone, src, items, config, progress, rec):
 
     def padded_batches():
         last = (-1, None)  # the last image read: its scales are usually in nearby batches
-        for key in sorted(items):
+        # Largest buckets first: on the CPU the small ones then run beside the last large
+        # one (a query's three scales: 1.74-1.78 -> 1.71-1.72 x one forward pass).
+        for key in sorted(items, key=lambda k: (-k[0] * k[1], k)):
             rec["buckets"][f"{key[0]}x{key[1]}"] = len(items[key])
             group = items[key]
             for start in range(0, len(group), batch):
