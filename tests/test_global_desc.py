@@ -513,8 +513,8 @@ class _MeetingBackbone:
 def test_feature_maps_of_two_batches_run_at_once_and_come_back_in_order(vgg, monkeypatch):
     """On the CPU two bucket batches run at once, from host threads: the first two calls meet
     at a barrier (run one after the other, they would time out). The batches come back in
-    bucket order (the largest first) with the maps and masks of the one-at-a-time path, and a consumer that stops
-    early leaves no thread behind."""
+    bucket order (the largest first) with the maps and masks of the one-at-a-time path, and
+    a consumer that stops early leaves no thread behind."""
     photo = skimage.data.coffee()
     images = [photo[:100, :130], photo[:200, :160], photo[:70, :90], photo[:130, :250]]
     cfg = ScaleConfig(scales=(1.0, 0.5))
