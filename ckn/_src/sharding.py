@@ -23,16 +23,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 BATCH = "batch"
 
 # Calls in flight at once on CPU, each from its own host thread: one per CPU
-# this process may use, at least 2. One jitted call keeps the cores busy only in
-# its convolutions and products: XLA's elementwise loops (CKN's kappa, pooling,
-# norms and input maps; the backbones' depthwise sums of shifted slices) run on
-# one thread, and the calls that one thread dispatches run one after the other.
-# Measured on the 2-core CPU (medians of interleaved rounds, the same bits):
-# ckn.describe of ckn-grad 2,842 -> 4,377 patches/s (1.24 -> 1.8 cores busy; 3 or
-# 4 threads as fast as 2), ckn-raw 1,338 -> 2,002, ckn-white 1,406 -> 2,090;
-# ckn-ref64, mostly its layer-2 convolution on both cores already, unchanged.
-# More cores: not measured.
-CPU_STREAMS = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+# this process may use, at least 2 and at most MAX_CPU_STREAMS: each call holds
+# its own temporaries (XLA's memory analysis: describe's groups 19-23 MB for
+# ckn-ref64 and ckn-grad, EfficientNet-Lite0 on one 1024 px image 112 MB).
+# One jitted call keeps the cores busy only in its convolutions and products:
+# XLA's elementwise loops (CKN's kappa, pooling, norms and input maps; the
+# backbones' depthwise sums of shifted slices) run on one thread, and the calls
+# that one thread dispatches run one after the other. Measured on the 2-core
+# CPU (medians of interleaved rounds, the same bits): ckn.describe of ckn-grad
+# 2,842 -> 4,377 patches/s (1.24 -> 1.8 cores busy; 3 or 4 threads as fast as
+# 2), ckn-raw 1,338 -> 2,002, ckn-white 1,406 -> 2,090; ckn-ref64, mostly its
+# layer-2 convolution on both cores already, unchanged. More cores: not measured.
+MAX_CPU_STREAMS = 8
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+CPU_STREAMS = min(MAX_CPU_STREAMS, max(2, _CPUS or 1))
 
 
 def host_streams(platform: str) -> int:
