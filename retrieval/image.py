@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from retrieval._src.cam import (
     CamVectors,
-    Reranked,
     aggregate_class_vectors,
     cam_class_vectors,
     cam_pool,
-    cam_rerank,
     class_activation_maps,
-    heatmap_boxes,
     online_aggregation,
 )
+from retrieval._src.cam_rerank import Reranked, cam_rerank, heatmap_boxes
 from retrieval._src.cam_search import (
     CamConfig,
     CamDescriber,

@@ -7,7 +7,7 @@ import pytest
 
 from ckn import InputError
 from retrieval import image as cam
-from retrieval._src.cam import THRESHOLDS, _query_cams, _region_vectors
+from retrieval._src.cam_rerank import THRESHOLDS, _query_cams, _region_vectors
 from retrieval.image import apply_whitening, fit_pca_whitening
 
 # --------------------------------------------------------------------------- NumPy references

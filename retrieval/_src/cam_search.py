@@ -44,13 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.cam import (
-    THRESHOLDS,
-    aggregate_class_vectors,
-    cam_pool,
-    cam_rerank,
-    online_aggregation,
-)
+from retrieval._src.cam import aggregate_class_vectors, cam_pool, online_aggregation
+from retrieval._src.cam_rerank import THRESHOLDS, cam_rerank
 from retrieval._src.describer import (
     DEFAULT_BACKBONE,
     BaseDescriber,
