@@ -54,6 +54,13 @@ from retrieval._src.evaluate import (
     fit_global_whitening,
     postprocess,
 )
+from retrieval._src.expansion import (
+    alpha_qe,
+    database_augmentation,
+    expand_queries,
+    expand_with,
+    query_expansion,
+)
 from retrieval._src.feature_maps import (
     DEFAULT_BATCH,
     DEFAULT_BATCH_ACCELERATOR,
@@ -115,16 +122,11 @@ from retrieval._src.pooling import (
 from retrieval._src.postprocess import (
     PCAWhitening,
     Whitening,
-    alpha_qe,
     apply_pca_whitening,
     apply_whitening,
-    database_augmentation,
-    expand_queries,
-    expand_with,
     fit_learned_whitening,
     fit_pca_whitening,
     multiscale_combine,
-    query_expansion,
 )
 from retrieval._src.scoring import (
     Block,

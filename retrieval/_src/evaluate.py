@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from ckn import InputError
 from retrieval._src.collection import Plan, plan_collection, whitening_images
 from retrieval._src.describer import Described, Describer, checked_vectors
+from retrieval._src.expansion import database_augmentation, expand_queries
 from retrieval._src.image_folder import group_pairs, list_images, usable_images
 from retrieval._src.metrics.image import (
     ImageRetrievalResult,
@@ -68,8 +69,6 @@ from retrieval._src.postprocess import (
     PCAWhitening,
     Whitening,
     apply_whitening,
-    database_augmentation,
-    expand_queries,
     fit_learned_whitening,
     fit_pca_whitening,
 )

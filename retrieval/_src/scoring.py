@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from retrieval._src.postprocess import expand_with
+from retrieval._src.expansion import expand_with
 
 
 class Block(NamedTuple):
