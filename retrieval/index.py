@@ -64,14 +64,8 @@ from retrieval._src.index.parts import (
 from retrieval._src.index_figure import (
     query_figure,
 )
-from retrieval._src.search import (
-    ExactIndex,
-    FaissIndex,
-    Index,
-    exact_search,
-    make_index,
-    recall_at,
-)
+from retrieval._src.ivfpq import FaissIndex, make_index, recall_at
+from retrieval._src.search import ExactIndex, Index, exact_search
 
 __all__ = [
     "CLAIMS",

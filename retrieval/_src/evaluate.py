@@ -60,6 +60,7 @@ from retrieval._src.collection import Plan, plan_collection, whitening_images
 from retrieval._src.describer import Described, Describer, checked_vectors
 from retrieval._src.expansion import database_augmentation, expand_queries
 from retrieval._src.image_folder import group_pairs, list_images, usable_images
+from retrieval._src.ivfpq import make_index
 from retrieval._src.metrics.image import (
     ImageRetrievalResult,
     evaluate_rankings,
@@ -74,7 +75,6 @@ from retrieval._src.postprocess import (
 )
 from retrieval._src.revisited import revisited_map
 from retrieval._src.scoring import Block, QueryExpansion, Ranked, ScoringContext, scores_of
-from retrieval._src.search import make_index
 from retrieval._src.settings import check_settings, setting, whiten_dim_setting
 
 WHITENINGS = ("none", "pca", "learned")

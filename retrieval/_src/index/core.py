@@ -16,8 +16,9 @@ import numpy as np
 from ckn import InputError
 from retrieval._src.index.ondisk import row_reader
 from retrieval._src.index.settings import EXACT_LIMIT, NPROBE, RERANK, IndexSettings
+from retrieval._src.ivfpq import FaissIndex, make_index
 from retrieval._src.postprocess import PCAWhitening, Whitening
-from retrieval._src.search import ExactIndex, FaissIndex, make_index
+from retrieval._src.search import ExactIndex
 from retrieval._src.vlad_fit import VladModel
 
 
@@ -202,7 +203,7 @@ def _grow(index: SavedIndex, new: np.ndarray, vectors: np.ndarray, opts: dict):
     """A copy of the index's trained IVF-PQ searcher with ``new`` added."""
     import faiss
 
-    from retrieval._src.search import _faiss_threads
+    from retrieval._src.ivfpq import _faiss_threads
 
     clone = faiss.clone_index(index.searcher._index)
     s = FaissIndex(vectors.shape[1], nlist=opts["nlist"], m=opts["m"], nbits=opts["nbits"],

@@ -51,8 +51,8 @@ from retrieval._src.index.build import (
 from retrieval._src.index.core import _method
 from retrieval._src.index.models import index_describer
 from retrieval._src.index.settings import EXACT_LIMIT, RERANK, IndexSettings, check_format
+from retrieval._src.ivfpq import train_ivfpq
 from retrieval._src.postprocess import PCAWhitening, Whitening, apply_whitening, fit_pca_whitening
-from retrieval._src.search import train_ivfpq
 from retrieval._src.vlad_fit import VladModel
 
 #: Format tag and version of a fitted file; another version is refused.

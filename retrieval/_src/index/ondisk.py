@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ckn import InputError
-from retrieval._src.search import _faiss_threads
+from retrieval._src.ivfpq import _faiss_threads
 
 #: Bytes read and written at a time when streaming vectors (64 MiB).
 BLOCK_BYTES = 64 << 20
