@@ -15,14 +15,16 @@ from ckn._src.kmeans import (
     kmeans_objective,
     kmeans_step,
 )
-from ckn._src.training import (
-    MIN_SUBPATCHES_PER_FILTER,
-    LayerReport,
-    check_training_set,
+from ckn._src.refine import (
     fit_nips14,
     nips14_loss,
     nystrom_residual,
     refine_nystrom,
+)
+from ckn._src.training import (
+    MIN_SUBPATCHES_PER_FILTER,
+    LayerReport,
+    check_training_set,
     sample_subpatches,
     sigma_from_quantile,
 )
