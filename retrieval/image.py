@@ -45,15 +45,7 @@ from retrieval._src.describer import (
     load_backbone_spec,
 )
 from retrieval._src.describers import DESCRIBERS, build_describer, describer_name
-from retrieval._src.evaluate import (
-    SEARCHES,
-    WHITENINGS,
-    Evaluation,
-    PostConfig,
-    evaluate,
-    fit_global_whitening,
-    postprocess,
-)
+from retrieval._src.evaluate import SEARCHES, Evaluation, evaluate
 from retrieval._src.expansion import (
     alpha_qe,
     database_augmentation,
@@ -119,6 +111,7 @@ from retrieval._src.pooling import (
     rmac_regions,
     spoc,
 )
+from retrieval._src.post import WHITENINGS, PostConfig, fit_global_whitening, postprocess
 from retrieval._src.postprocess import (
     PCAWhitening,
     Whitening,
