@@ -17,8 +17,10 @@ accelerators, the same float32 on the CPU).
 Then for each backbone whose weights package is installed, each square input size and batch
 size, on seeded random uint8 images (the cost does not depend on the pixel values):
 
-* JAX (``Backbone.features``, precision "highest"; on accelerators also "default"): compile
-  time of ``lower().compile()`` apart; one warm-up call then ``--repeats`` timed calls
+* JAX (``Backbone.features``, precision "highest"; on accelerators also "default"; on the
+  CPU a batch runs as calls of ``rows_per_call`` rows, ``ckn.sharding.host_streams`` in flight
+  from host threads): compile time of ``lower().compile()`` (the program of one call) apart;
+  one warm-up call then ``--repeats`` timed calls
   (``block_until_ready``); images/s from the median; FLOPs per image analytic
   (``Backbone.flops``: 2 per multiply-add, as papers count; XLA's own count is recorded too,
   but it counts each banded loop once), hence GFLOP/s and the fraction of both matmul rates;
@@ -126,13 +128,15 @@ def measure_jax(net, images, repeats: int, device) -> tuple[dict, np.ndarray]:
     s = bc.stats(times)
     flops = net.flops(size, size)
     xla = _xla_flops(compiled.cost_analysis())
+    rows = net.rows_per_call(images)  # the compiled program's rows (a CPU batch runs in calls)
     stats = device.memory_stats() or {}
     row = {
         "impl": "jax",
         "precision": net.precision,
         "compile_s": compile_s,
         "flops_per_image": flops,
-        "xla_flops_per_image": None if xla is None else xla / batch,
+        "xla_flops_per_image": None if xla is None else xla / rows,
+        "rows_per_call": rows,
         "images_per_s": batch / s["median_s"],
         "images_per_s_best": batch / s["min_s"],
         "gflops": flops * batch / s["median_s"] / 1e9,

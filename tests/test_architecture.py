@@ -36,6 +36,7 @@ INTERNAL_TESTS = {
     "tests/test_ops.py": "ckn's to_float (the input dtype conversion)",
     "tests/test_sharding.py": "kmeans's NUM_BLOCKS (row blocks of the sharded k-means)",
     "tests/test_nets.py": "the network blocks and state-dict layouts of each backbone",
+    "tests/test_row_calls.py": "run_rows and CALL_PIXELS, a CPU batch as calls of a few rows",
     "tests/test_weights.py": "load_params, the state-dict key and shape check",
     "tests/test_ckn_backbone.py": "the CKN backbone's jitted map, geometry and memory estimate",
     "tests/test_global_desc.py": "one compilation of the backbone's jitted apply",

@@ -5,7 +5,8 @@
 the convolutions and returns a ``Backbone``: an NNX module whose ``nnx.Param`` leaves are the
 network's parameters. Its methods take uint8 RGB images and preprocess them themselves; each runs
 one ``jax.jit`` function, compiled once per (network, input shape), with the parameters as traced
-arguments.
+arguments; on the CPU a batch runs as calls of a few rows, several in flight from host threads
+(``Backbone.rows_per_call``, nets/row_calls.py).
 
   name                 features (224 px)   stride  classifier on          weights
   "efficientnet-lite0"  (7, 7, 1280)       32      GAP(features)          shipped by the package
@@ -48,6 +49,7 @@ from flax import nnx
 from ckn import InputError
 from retrieval._src.nets import check_image_batch, check_precision, efficientnet, resnet, vgg
 from retrieval._src.nets.ckn_backbone import CKN_BACKBONE, CknBackbone, load_ckn_backbone
+from retrieval._src.nets.row_calls import rows_per_call, run_rows
 from retrieval._src.nets.weights import load_params, read_state_dict
 from retrieval._src.programs import call_compiled
 
@@ -230,23 +232,42 @@ class Backbone(nnx.Module):
             warnings.warn("gray images (N, H, W): repeated to RGB", UserWarning, stacklevel=3)
         return images
 
+    def rows_per_call(self, images) -> int:
+        """Rows of each jitted call that runs ``images`` (N, H, W[, 3]): N on accelerators; on
+        the CPU a few, with ``ckn.sharding.host_streams`` calls in flight (nets/row_calls.py)."""
+        n, h, w = np.shape(images)[:3]
+        return rows_per_call(n, h, w, jax.default_backend())
+
     def _run(self, images, output: str) -> jax.Array:
         images = self._images(images)
-        return call_compiled(
-            _apply,
-            (self.name, output, self.precision),
-            (self.arrays(), images),
-            {"arch": self._arch, "output": output, "precision": self.precision},
-        )
+        rows = self.rows_per_call(images)
+        if rows < images.shape[0]:
+            images = np.asarray(images)
+        arrays = self.arrays()
+
+        def call(x):
+            return call_compiled(
+                _apply,
+                (self.name, output, self.precision),
+                (arrays, x),
+                {"arch": self._arch, "output": output, "precision": self.precision},
+            )
+
+        return run_rows(call, images, rows, jax.default_backend())
 
     def lower_features(self, images) -> jax.stages.Lowered:
-        """The jitted :meth:`features` computation lowered for ``images`` (nothing runs).
+        """The jitted program that :meth:`features` runs on ``images``, lowered (nothing runs):
+        for ``rows_per_call(images)`` of its rows (all of them on accelerators).
 
         ``.compile().cost_analysis()`` and ``.memory_analysis()`` give XLA's FLOPs and memory.
         """
         images = self._images(images)
         return _apply.lower(
-            self.arrays(), images, arch=self._arch, output="features", precision=self.precision
+            self.arrays(),
+            images[: self.rows_per_call(images)],
+            arch=self._arch,
+            output="features",
+            precision=self.precision,
         )
 
     def flops(self, height: int, width: int) -> float:
