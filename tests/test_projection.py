@@ -77,11 +77,12 @@ def test_model_with_projection_describe_save_load(model, data, tmp_path):
     np.testing.assert_array_equal(back.projection.get_value(), pm.projection.get_value())
     np.testing.assert_array_equal(ckn.describe(back, x), ckn.describe(pm, x))
     assert ckn.CKNConfig.from_dict(pm.config.to_dict()) == pm.config
-    # the differentiable descriptor applies it too
+    # the differentiable descriptor applies it too (another compiled program: its float32
+    # rounding differs by up to 2.1e-6 on unit-norm rows, measured on an AMD EPYC host)
     fn = ckn.supervised.descriptor_function(pm)
     for trainable in ("filters", "projection", "filters+projection"):
         params = ckn.supervised.initial_params(pm, trainable)
-        np.testing.assert_allclose(fn(params, x), ckn.describe(pm, x), atol=2e-6)
+        np.testing.assert_allclose(fn(params, x), ckn.describe(pm, x), atol=5e-6)
     with pytest.raises(ckn.InputError, match="projection takes"):
         ckn.describe(pm, np.zeros((2, 20, 20), np.uint8), any_size=True)
     with pytest.raises(ckn.InputError, match="projection must be"):

@@ -5,7 +5,7 @@ between figures of one run."""
 
 from __future__ import annotations
 
-from .core import para, renderer, speed_note, table
+from .core import commit, cpu, para, renderer, speed_note, table
 
 
 @renderer("backbone_run")
@@ -257,3 +257,62 @@ def speed_table(results) -> str:
         ],
     ]
     return table(["what", "figure", "machine limit / peer", "command (results JSON)"], rows)
+
+
+def host_runs(results, stem: str) -> list[tuple[str, dict]]:
+    """``(file name, result)`` of STEM.json and of the other hosts' runs kept beside it
+    (STEM_HOST.json, e.g. ``bench_encode_cpu_xeon.json``), STEM.json first."""
+    names = sorted(p.stem for p in results.folder.glob(f"{stem}_*.json"))
+    return [(f"{n}.json", results[n]) for n in (stem, *names)]
+
+
+@renderer("encode_hosts")
+def encode_hosts(results) -> str:
+    """ckn-ref64 and ckn-grad describe against each host's fp32 matmul rate, one row per host."""
+    rows = []
+    for name, doc in host_runs(results, "bench_encode_cpu"):
+        cells = []
+        for preset in ("ckn-ref64", "ckn-grad"):
+            d, t = _describe(doc, preset)["describe"], _target(doc, preset)
+            cells.append(
+                f"{d['patches_per_s']:,.0f} patches/s = {100 * d['fraction_of_matmul']:.0f}%"
+                f" ({'met' if t['met'] else 'not met'})"
+            )
+        rows.append([f"`{name}`", speed_note(doc), commit(doc), _matmul(doc), *cells])
+    header = [
+        "run", "machine", "code", "fp32 matmul", "ckn-ref64 (target 70%)",
+        "ckn-grad (target 50%)",
+    ]  # fmt: skip
+    return table(header, rows)
+
+
+@renderer("backbone_hosts")
+def backbone_hosts(results) -> str:
+    """Lite0 features per host: images/s and fraction of that run's matmul, per size and batch."""
+    rows = []
+    for name, doc in host_runs(results, "bench_backbone_cpu"):
+        lite0 = sorted(
+            (r for r in doc["summary"] if r["backbone"] == "efficientnet-lite0"),
+            key=lambda r: (r["size"], r["batch"]),
+        )
+        cells = "; ".join(
+            f"{r['size']} px b{r['batch']} {r['jax_images_per_s']:.1f}"
+            f" ({100 * r['fraction_of_matmul']:.0f}%)"
+            for r in lite0
+        )
+        met = sum(r["goal_fraction_met"] for r in doc["summary"])
+        rows.append(
+            [
+                f"`{name}`",
+                cpu(doc),
+                commit(doc),
+                f"{doc['matmul']['gflops']:.1f} GFLOP/s",
+                cells,
+                f"{met} of {len(doc['summary'])}",
+            ]
+        )
+    header = [
+        "run", "machine", "code", "fp32 matmul", "Lite0 images/s (fraction of matmul)",
+        "rows at >= 50%",
+    ]  # fmt: skip
+    return table(header, rows)
