@@ -45,7 +45,7 @@ def backbone_table(results) -> str:
             _ips(r, "torch_plain_images_per_s"),
             _ips(r, "torch_tuned_images_per_s"),
             _ips(r, "torch_passive_images_per_s"),
-            f"{100 * r['fraction_of_matmul']:.0f}%",
+            f"{100 * r['fraction_of_matmul']:.1f}%",
         ]
         for r in sorted(
             results["bench_backbone_cpu"]["summary"],
