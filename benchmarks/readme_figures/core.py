@@ -57,6 +57,13 @@ class Results:
         return self.docs[stem]
 
 
+def host_runs(results: Results, stem: str) -> list[tuple[str, dict]]:
+    """``(file name, result)`` of STEM.json and of the other hosts' runs kept beside it
+    (STEM_HOST.json, e.g. ``bench_encode_cpu_xeon.json``), STEM.json first."""
+    names = sorted(p.stem for p in results.folder.glob(f"{stem}_*.json"))
+    return [(f"{n}.json", results[n]) for n in (stem, *names)]
+
+
 # -- provenance ---------------------------------------------------------------------------
 
 

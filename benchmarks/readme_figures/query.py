@@ -4,7 +4,7 @@ run."""
 
 from __future__ import annotations
 
-from .core import para, renderer, speed_note
+from .core import commit, host_runs, para, renderer, speed_note, table
 
 
 def _s(x: float) -> str:
@@ -84,3 +84,43 @@ def local_speed(results) -> str:
         f" for the describer. Region detection and patch sampling took"
         f" {100 * b['seconds_regions'] / b['wall_s']:.0f}% of the time."
     )
+
+
+@renderer("query_hosts")
+def query_hosts(results) -> str:
+    """The query goals and local descriptors on each host they were measured on."""
+    rows = []
+    for name, doc in host_runs(results, "bench_query_cpu"):
+        r, goals = doc["results"][0], doc["goals"]
+        proc, ip, b = r["process"], r["in_process"], r["batch"]
+        rows.append(
+            [
+                f"`{name}`",
+                speed_note(doc),
+                commit(doc),
+                f"{_s(proc['second']['median_s'])}"
+                f" ({'met' if goals['second_process_met'] else 'not met'})",
+                f"{ip['warm_new_size_over_forward']:.2f}"
+                f" ({'met' if goals['warm_new_size_met'] else 'not met'})",
+                f"{b['queries']} queries: {_s(b['warm_s'])}",
+            ]
+        )
+    for name, doc in host_runs(results, "bench_local_cpu"):
+        r = doc["results"][0]
+        frac = r["describe_fraction_of_encode"]
+        rows.append(
+            [
+                f"`{name}`",
+                speed_note(doc),
+                commit(doc),
+                "",
+                "",
+                f"local descriptors: describer at {100 * frac:.0f}% of encode"
+                f" ({'met' if frac >= 0.8 else 'not met'}; target 80%)",
+            ]
+        )
+    header = [
+        "run", "machine", "code", "second query process (goal 3 s)",
+        "warm new-size query / one forward pass (goal 2)", "batch / local",
+    ]  # fmt: skip
+    return table(header, rows)

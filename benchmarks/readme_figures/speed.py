@@ -5,7 +5,7 @@ between figures of one run."""
 
 from __future__ import annotations
 
-from .core import commit, cpu, para, renderer, speed_note, table
+from .core import commit, cpu, host_runs, para, renderer, speed_note, table
 
 
 @renderer("backbone_run")
@@ -257,13 +257,6 @@ def speed_table(results) -> str:
         ],
     ]
     return table(["what", "figure", "machine limit / peer", "command (results JSON)"], rows)
-
-
-def host_runs(results, stem: str) -> list[tuple[str, dict]]:
-    """``(file name, result)`` of STEM.json and of the other hosts' runs kept beside it
-    (STEM_HOST.json, e.g. ``bench_encode_cpu_xeon.json``), STEM.json first."""
-    names = sorted(p.stem for p in results.folder.glob(f"{stem}_*.json"))
-    return [(f"{n}.json", results[n]) for n in (stem, *names)]
 
 
 @renderer("encode_hosts")
