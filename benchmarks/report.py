@@ -29,6 +29,11 @@ How to add a figure to the README:
 3. put ``<!-- report:name -->`` and ``<!-- /report:name -->`` in README.md where the figure
    goes and run ``python benchmarks/report.py --write``.
 
+A speed figure is only comparable with the machine's own limit in the same run, so a run on
+another host does not silently replace one: the new run becomes ``STEM.json`` and the earlier
+host's is kept as ``STEM_HOST.json`` (e.g. ``bench_encode_cpu_xeon.json``), and the README's
+per-host tables (``core.host_runs``) show both.
+
 A figure measured once without a benchmark script goes into ``benchmarks/results/oneoffs.json``
 with its date, machine and command. Never type a measured number into README.md by hand.
 """
