@@ -44,13 +44,11 @@ vectors, (S, N, D) float32).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import cv2
@@ -58,10 +56,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-import ckn
 from ckn import InputError
 from retrieval._src.data.io import read_image_any
 from retrieval._src.nets.backbone import Backbone
+from retrieval._src.nets.row_calls import run_in_order
 from retrieval._src.settings import check_settings, max_side_setting, setting
 
 #: cirtorch's multi-scale set: 1, 1/sqrt(2), 1/2.
@@ -293,10 +291,10 @@ def plan_buckets(backbone, src, sizes, config, rec):
 def map_batches(backbone, src, items, config, progress, rec):
     """Yields a :class:`MapBatch` per padded batch, bucket by bucket (the largest first).
 
-    On the CPU ``ckn.sharding.host_streams`` batches run at once (:func:`run_in_order`),
-    and one more is read and resized meanwhile (Lite0 on the 2 cores, one image per
-    batch: the three scales of a 384 x 576 query 1.85-1.91 -> 1.63-1.72 x one forward pass;
-    four 1024 px images 958 -> 710 ms); elsewhere one batch at a time.
+    On the CPU ``ckn.sharding.host_streams`` batches run at once (``run_in_order`` of
+    nets/row_calls.py), and one more is read and resized meanwhile (Lite0 on the 2 cores,
+    one image per batch: the three scales of a 384 x 576 query 1.85-1.91 -> 1.63-1.72 x
+    one forward pass; four 1024 px images 958 -> 710 ms); elsewhere one batch at a time.
     """
     batch = batch_rows(config)
     colour = pad_colour(backbone)
@@ -333,39 +331,6 @@ def map_batches(backbone, src, items, config, progress, rec):
     finally:
         maps.close()
         bar.close()
-
-
-def run_in_order(fn, batches):
-    """Yields ``(tag, fn(x))`` for each ``(tag, x)`` of ``batches``, in order.
-
-    On the CPU ``ckn.sharding.host_streams`` calls run at once, each from its own host
-    thread (each result is ready when yielded), and one more batch is read meanwhile: at
-    most that many + 2 batches are in memory. Elsewhere each call is dispatched as its
-    batch comes (an accelerator queues them itself). A consumer that stops early waits for
-    the calls running, cancels the others and leaves no thread.
-    """
-    streams = ckn.sharding.host_streams(jax.default_backend())
-    if streams == 1:
-        for tag, x in batches:
-            yield tag, fn(x)
-        return
-    pool = ThreadPoolExecutor(streams)
-    window: collections.deque = collections.deque()  # (tag, future of fn(x))
-    try:
-        for tag, x in batches:
-            window.append((tag, pool.submit(_ready, fn, x)))
-            if len(window) > streams:
-                tag, done = window.popleft()
-                yield tag, done.result()
-        while window:
-            tag, done = window.popleft()
-            yield tag, done.result()
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _ready(fn, x):
-    return jax.block_until_ready(fn(x))
 
 
 def iter_feature_maps(

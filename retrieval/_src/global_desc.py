@@ -48,10 +48,10 @@ from retrieval._src.feature_maps import (
     prepare_images,
     report_info,
     resize_rgb,
-    run_in_order,
 )
 from retrieval._src.heads import HEADS, pool_maps, pooling_head
 from retrieval._src.nets.backbone import Backbone
+from retrieval._src.nets.row_calls import run_in_order
 from retrieval._src.postprocess import multiscale_combine
 from retrieval._src.settings import setting
 

@@ -15,6 +15,7 @@ from retrieval._src import feature_maps as F
 from retrieval._src.global_head.config import (
     _is_int,
 )
+from retrieval._src.nets.row_calls import run_in_order
 
 
 class HeadMaps(NamedTuple):
@@ -111,7 +112,7 @@ def prepare_maps(
                 F.put_row(x, r, src.load(i), *snapped[i], colour)
             yield rows, x
 
-    runs = F.run_in_order(backbone.features, padded_batches())
+    runs = run_in_order(backbone.features, padded_batches())
     with contextlib.closing(runs):
         for rows, f in runs:
             f = np.asarray(f)

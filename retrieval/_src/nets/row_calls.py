@@ -1,4 +1,5 @@
-"""A backbone's batch on the CPU: jitted calls of a few rows, in flight from host threads.
+"""Jitted calls in flight from host threads on the CPU (:func:`run_in_order`), and a backbone's
+batch as calls of a few rows (:func:`run_rows`).
 
 One jitted call of a CNN keeps the CPU's cores busy only in its convolutions and products:
 XLA runs the elementwise loops (depthwise sums of shifted slices, activations) of a call on
@@ -15,6 +16,7 @@ images/s of one batch, whole -> in calls of r rows on 2 threads): 224 px batch 1
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,8 +42,46 @@ def rows_per_call(n: int, height: int, width: int, platform: str) -> int:
     return min(n, max(1, CALL_PIXELS // max(1, height * width)))
 
 
+def run_in_order(fn, batches, platform: str | None = None):
+    """Yields ``(tag, fn(x))`` for each ``(tag, x)`` of ``batches``, in order.
+
+    On the CPU ``ckn.sharding.host_streams`` calls run at once, each from its own host
+    thread (each result is ready when yielded), and one more batch is read meanwhile: at
+    most that many + 2 batches are in memory. Elsewhere each call is dispatched as its
+    batch comes (an accelerator queues them itself). A consumer that stops early, or a call
+    that raises, waits for the calls running, cancels the others and leaves no thread.
+
+    Args:
+      fn: x -> jax.Array (or a pytree of them).
+      batches: iterable of ``(tag, x)``.
+      platform: the backend the calls run on (default: JAX's default backend).
+    """
+    streams = ckn.sharding.host_streams(platform or jax.default_backend())
+    if streams == 1:
+        for tag, x in batches:
+            yield tag, fn(x)
+        return
+    pool = ThreadPoolExecutor(streams)
+    window: collections.deque = collections.deque()  # (tag, future of fn(x))
+    try:
+        for tag, x in batches:
+            window.append((tag, pool.submit(_ready, fn, x)))
+            if len(window) > streams:
+                tag, done = window.popleft()
+                yield tag, done.result()
+        while window:
+            tag, done = window.popleft()
+            yield tag, done.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _ready(fn, x):
+    return jax.block_until_ready(fn(x))
+
+
 def run_rows(fn: Callable[[np.ndarray], jax.Array], x, rows: int, platform: str) -> jax.Array:
-    """``fn(x)`` as calls on ``rows`` rows of x at a time, in flight from host threads.
+    """``fn(x)`` as calls on ``rows`` rows of x at a time (:func:`run_in_order`).
 
     The last call's rows are completed by repeating x's last row (every call has one
     shape: one compilation) and the extra outputs dropped. ``fn`` must treat rows
@@ -59,23 +99,14 @@ def run_rows(fn: Callable[[np.ndarray], jax.Array], x, rows: int, platform: str)
     n = x.shape[0]
     if rows >= n:
         return fn(x)
-    chunks = []
-    for start in range(0, n, rows):
-        chunk = x[start : start + rows]
-        if chunk.shape[0] < rows:
-            fill = np.repeat(np.asarray(chunk[-1:]), rows - chunk.shape[0], axis=0)
-            chunk = np.concatenate([np.asarray(chunk), fill])
-        chunks.append(chunk)
-    streams = min(ckn.sharding.host_streams(platform), len(chunks))
-    with ThreadPoolExecutor(streams) as pool:
-        futures = [pool.submit(_ready, fn, c) for c in chunks]
-        try:
-            outs = [np.asarray(f.result()) for f in futures]
-        finally:
-            for f in futures:
-                f.cancel()
+
+    def chunks():
+        for start in range(0, n, rows):
+            chunk = x[start : start + rows]
+            if chunk.shape[0] < rows:
+                fill = np.repeat(np.asarray(chunk[-1:]), rows - chunk.shape[0], axis=0)
+                chunk = np.concatenate([np.asarray(chunk), fill])
+            yield start, chunk
+
+    outs = [np.asarray(y) for _, y in run_in_order(fn, chunks(), platform)]
     return jnp.asarray(np.concatenate(outs)[:n])
-
-
-def _ready(fn, x):
-    return jax.block_until_ready(fn(x))
