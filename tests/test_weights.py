@@ -182,6 +182,25 @@ def test_truncated_file_is_one_input_error(tmp_path, fmt):
     assert str(e.value).startswith(f"weights file {path}:") and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x80\x04\x95" + struct.pack("<Q", 2**64 - 1),  # FRAME beyond ssize_t: OverflowError
+        b"\x80\x04\x95" + struct.pack("<Q", 2**40),  # FRAME of 1 TiB: MemoryError unbounded
+        b"\x80\x04\x8e" + struct.pack("<Q", 2**40),  # BINBYTES8 of 1 TiB
+        b"\x80\x02\x8a\x08" + b"\xff" * 8,  # a LONG1 then nothing
+    ],
+)
+def test_corrupt_length_fields_are_one_line_errors(tmp_path, body):
+    """A legacy-format file whose length fields ask for more than it holds: one InputError
+    naming the file (no MemoryError, OverflowError or traceback)."""
+    path = tmp_path / "bad.pth"
+    path.write_bytes(body + b"\x00" * 20)
+    with pytest.raises(InputError, match="truncated or corrupt|not a PyTorch") as e:
+        read_state_dict(path)
+    assert str(e.value).startswith(f"weights file {path}:") and "\n" not in str(e.value)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_state_dict(tmp_path / "none.pth")

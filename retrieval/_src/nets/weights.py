@@ -58,8 +58,36 @@ FORMATS = ("zip", "legacy", "safetensors", "npz")
 # What a truncated or corrupt file raises somewhere in the parsers (reported as one InputError).
 _CORRUPT = (
     EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError,
-    struct.error, pickle.UnpicklingError, zipfile.BadZipFile, json.JSONDecodeError,
+    OverflowError, MemoryError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile,
+    json.JSONDecodeError,
 )  # fmt: skip
+
+
+class _Bounded:
+    """A binary file whose reads never ask for more than the bytes left in it.
+
+    A corrupt pickle's length fields (a FRAME or BINBYTES8 of 2^40 bytes in a 64-byte file)
+    would otherwise make the read allocate that much (MemoryError) before finding the file
+    short; capped, the unpickler sees a truncated file.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self._size = os.fstat(f.fileno()).st_size
+
+    def _left(self, n: int | None) -> int:
+        left = max(0, self._size - self._f.tell())
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._f.read(self._left(n))
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        return self._f.readinto(view[: self._left(len(view))])
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self._f.readline(self._left(n))
 
 
 # The stand-ins that find_class hands out, and what they build, are immutable tuples: a pickle's
@@ -274,7 +302,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 out = _read_safetensors(path)
             else:
                 f.seek(0)
-                out = _read_legacy(f, source)
+                out = _read_legacy(_Bounded(f), source)
     except InputError as e:
         raise e if str(e).startswith(source) else InputError(f"{source}: {e}") from None
     except _CORRUPT as e:
