@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path
+from ckn._src.fileio import CORRUPT_FILE_ERRORS, atomic_path
 
 CHECKPOINT_FILE = "state.npz"
 
@@ -222,7 +222,7 @@ def load_checkpoint(
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             stored = {k: z[k] for k in z.files if k != "meta"}
-    except (ValueError, OSError, KeyError, EOFError) as e:
+    except CORRUPT_FILE_ERRORS as e:
         raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
     if meta.get("format") != fmt.tag or meta.get("version") != fmt.version:
         raise InputError(f"{path}: not a {fmt.label} checkpoint of version {fmt.version}")

@@ -23,17 +23,30 @@ import os
 import re
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import threading
 import time
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ckn._src.errors import InputError
+
+#: What reading a damaged .npy / .npz (or other binary file) can raise besides InputError: the
+#: readers turn these into one-line InputErrors naming the file. A flipped flag bit of a zip
+#: member raises NotImplementedError, a damaged deflate stream zlib.error, a header claiming an
+#: absurd shape MemoryError (numpy allocates it before reading), a damaged pickle length field
+#: OverflowError, a damaged .npy header tokenize.TokenError or SyntaxError.
+CORRUPT_FILE_ERRORS = (
+    ValueError, OSError, EOFError, KeyError, IndexError, NotImplementedError, OverflowError,
+    MemoryError, SyntaxError, struct.error, zlib.error, tokenize.TokenError, zipfile.BadZipFile,
+)  # fmt: skip
 
 
 def check_patches(
@@ -125,7 +138,7 @@ def load_patch_file(
             raise InputError(f"{path}: patch file must be .npy or .npz")
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except CORRUPT_FILE_ERRORS as e:
         raise InputError(
             f"{path}: cannot read patch file ({type(e).__name__}: {_first_line(e)})"
         ) from None
@@ -188,7 +201,7 @@ def load_array(path: str | os.PathLike, *, what: str = "array", mmap: bool = Tru
     check_file_format(path)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except CORRUPT_FILE_ERRORS as e:
         raise InputError(
             f"{path}: cannot read {what} ({type(e).__name__}: {_first_line(e)})"
         ) from None

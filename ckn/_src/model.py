@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import zipfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ from flax import nnx
 from ckn._src import sharding
 from ckn._src.config import CKNConfig
 from ckn._src.errors import InputError
-from ckn._src.fileio import atomic_path, check_patches, progress_bar
+from ckn._src.fileio import CORRUPT_FILE_ERRORS, atomic_path, check_patches, progress_bar
 from ckn._src.layers import CKN, apply_describe, check_precision
 
 FORMAT = "ckn-model"
@@ -373,7 +372,7 @@ def load(path: str | os.PathLike, *, precision: str = "highest") -> CKN:
     try:
         with np.load(arr_file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except CORRUPT_FILE_ERRORS as e:
         raise InputError(f"{arr_file}: corrupt model arrays ({type(e).__name__})") from None
     for i, layer in enumerate(model.layers):
         for name in _ARRAYS:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+import ckn
 from ckn import InputError
 from ckn.files import SPLITS, load_patch_file, write_json
 from ckn.files import load_array as load_npy
@@ -60,7 +60,7 @@ def _splits_present(path: Path) -> list[str]:
             if "split" not in z.files:
                 return ["all"]
             split = z["split"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError):
+    except ckn.files.CORRUPT_FILE_ERRORS:
         load_patch_file(path)  # raises the loader's message for a bad file
         raise InputError(f"{path}: cannot read the 'split' array") from None
     if split.dtype.kind in "US":

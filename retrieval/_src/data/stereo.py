@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import ckn
 from ckn import InputError
 from retrieval._src.data.config import PatchSetConfig
 from retrieval._src.data.geometry import Disparity
@@ -30,7 +31,7 @@ def read_disparity(path: str | os.PathLike) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         try:
             d = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
+        except ckn.files.CORRUPT_FILE_ERRORS as e:
             raise InputError(f"{path}: cannot read disparity ({type(e).__name__}: {e})") from None
     else:
         d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

@@ -96,7 +96,7 @@ def load_global_head(folder: str | os.PathLike) -> GlobalHead:
     try:
         with np.load(arr_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
+    except ckn.files.CORRUPT_FILE_ERRORS as e:
         raise InputError(f"{arr_path}: corrupt ({type(e).__name__})") from None
     if set(arrays) - set(HeadParams._fields) or {
         k: list(v.shape) for k, v in arrays.items()

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+import ckn
 from ckn import InputError
 from ckn.files import atomic_path
 
@@ -57,9 +58,8 @@ _LEGACY_PROTOCOL = 1001
 FORMATS = ("zip", "legacy", "safetensors", "npz")
 # What a truncated or corrupt file raises somewhere in the parsers (reported as one InputError).
 _CORRUPT = (
-    EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError,
-    OverflowError, MemoryError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile,
-    json.JSONDecodeError,
+    *ckn.files.CORRUPT_FILE_ERRORS, TypeError, AttributeError, RecursionError,
+    pickle.UnpicklingError, json.JSONDecodeError,
 )  # fmt: skip
 
 
