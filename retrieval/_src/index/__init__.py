@@ -90,6 +90,7 @@ from pathlib import Path
 
 import numpy as np
 
+import ckn
 from ckn import InputError
 from ckn.files import atomic_path
 from retrieval._src.describer import DEFAULT_BACKBONE
@@ -460,9 +461,9 @@ def load_index(directory: str | os.PathLike) -> SavedIndex:
             history=tuple(doc["history"]),
             searcher=searcher,
         )
-    except (KeyError, TypeError, ValueError, OSError) as e:
+    except (TypeError, *ckn.files.CORRUPT_FILE_ERRORS) as e:
         raise InputError(
-            f"{folder}: damaged index ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"{folder}: damaged index ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
         ) from None
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+import ckn
 from ckn import InputError
 from ckn.files import atomic_path
 from retrieval._src.index import _npz_vlad, _npz_whitening, _vlad_from, _whitening_from
@@ -337,9 +338,9 @@ def load_fitted(path: str | os.PathLike) -> FittedState:
         )
     except InputError:
         raise
-    except (KeyError, TypeError, ValueError, OSError) as e:
+    except (TypeError, *ckn.files.CORRUPT_FILE_ERRORS) as e:
         raise InputError(
-            f"{path}: damaged fitted file ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"{path}: damaged fitted file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
         ) from None
 
 
