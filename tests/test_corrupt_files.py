@@ -4,18 +4,22 @@ Each file below is damaged the way a flipped bit or a cut copy damages one, and 
 something other than InputError before the readers caught ``CORRUPT_FILE_ERRORS``: a zip
 member's flag bit 5 (NotImplementedError), a damaged deflate stream (zlib.error), a .npy header
 that does not close (tokenize.TokenError). Found by flipping bytes of real files at random.
+A patch set's metadata arrays (x, y, scene, ...) are read after its patches and labels: a
+damaged one raised zlib.error there.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import zipfile
 
 import numpy as np
 import pytest
 from flax import nnx
 
 import ckn
+import retrieval
 from ckn import InputError
 
 
@@ -32,10 +36,13 @@ def _flag_bit_5(data: bytearray) -> bytes:
     return bytes(data)
 
 
-def _damaged_deflate(data: bytearray) -> bytes:
-    """The first member's compressed stream with its first byte inverted."""
-    name_len, extra_len = struct.unpack("<HH", data[26:30])
-    data[30 + name_len + extra_len] ^= 0xFF
+def _damaged_deflate(data: bytearray, member: str | None = None) -> bytes:
+    """A member's compressed stream (the first one's by default) with its first byte inverted."""
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo(member) if member else zf.infolist()[0]
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26 : at + 30])
+    data[at + 30 + name_len + extra_len] ^= 0xFF
     return bytes(data)
 
 
@@ -74,6 +81,12 @@ CASES = {
     ),
     "patch file, damaged deflate": lambda t: _file_with(
         t, "p.npz", _damaged_deflate(_npz(True, **_patches())), ckn.files.load_patch_file
+    ),
+    "patch set, damaged metadata member": lambda t: _file_with(
+        t,
+        "s.npz",
+        _damaged_deflate(_npz(True, **_patches(), x=np.linspace(0, 1, 40)), "x.npy"),
+        retrieval.load_patchset,
     ),
     "array, open .npy header": lambda t: _file_with(
         t, "a.npy", _open_header_npy(), ckn.files.load_array

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ckn import InputError
-from ckn.files import atomic_path, load_patch_file
+from ckn.files import CORRUPT_FILE_ERRORS, atomic_path, load_patch_file
 from retrieval._src.data.patchset import SPLIT_NAMES, PatchSet
 
 IMAGE_EXTENSIONS = (
@@ -140,61 +140,69 @@ def load_patchset(path: str | os.PathLike, *, require_split: bool = False) -> Pa
         raise InputError(f"{path}: labels must be integers, got dtype {labels.dtype}")
     if patches.dtype != np.uint8:
         raise InputError(f"{path}: patches must be uint8, got dtype {patches.dtype}")
-    n = patches.shape[0]
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-
-        def get(key, default, dtype):
-            if key not in files:
-                return np.full(n, default, dtype)
-            a = z[key]
-            if a.shape != (n,):
-                raise InputError(f"{path}: '{key}' must be (N,) with N = {n}, got shape {a.shape}")
-            return a.astype(dtype)
-
-        if "split" in files:
-            s = z["split"]
-            if s.shape != (n,):
-                raise InputError(f"{path}: 'split' must be (N,) with N = {n}, got shape {s.shape}")
-            if s.dtype.kind in "US":
-                s = s.astype(str)
-                bad = set(np.unique(s)) - set(SPLIT_NAMES)
-                if bad:
-                    raise InputError(
-                        f"{path}: split values must be 'train' or 'test', got {sorted(bad)[:3]}"
-                    )
-                split = (s == "test").astype(np.uint8)
-            else:
-                if not np.isin(s, (0, 1)).all():
-                    raise InputError(f"{path}: split values must be 0 (train) or 1 (test)")
-                split = s.astype(np.uint8)
-        elif require_split:
-            raise InputError(f"{path}: .npz has no 'split' array (0 = train, 1 = test)")
-        else:
-            split = np.zeros(n, np.uint8)
-        scene = get("scene", 0, np.int32)
-        names = z["scene_names"].astype(str) if "scene_names" in files else None
-        info = {}
-        if "info" in files:
-            try:
-                info = json.loads(str(z["info"]))
-            except ValueError:
-                info = {}
-        ps = PatchSet(
-            patches=patches,
-            labels=labels.astype(np.int64),
-            split=split,
-            scene=scene,
-            image=get("image", -1, np.int32),
-            x=get("x", np.nan, np.float32),
-            y=get("y", np.nan, np.float32),
-            scale=get("scale", np.nan, np.float32),
-            angle=get("angle", np.nan, np.float32),
-            scene_names=names
-            if names is not None
-            else np.asarray([f"scene{i}" for i in range(int(scene.max()) + 1)]),
-            info=info,
-        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ps = _patchset_from(z, path, patches, labels, require_split)
+    except CORRUPT_FILE_ERRORS as e:
+        raise InputError(f"{path}: cannot read patch file ({type(e).__name__})") from None
     if ps.scene.min() < 0 or ps.scene.max() >= len(ps.scene_names):
         raise InputError(f"{path}: 'scene' indices out of range of 'scene_names'")
     return ps
+
+
+def _patchset_from(z, path: Path, patches, labels, require_split: bool) -> PatchSet:
+    """The :class:`PatchSet` of an open .npz whose patches and labels were read and checked."""
+    n = patches.shape[0]
+    files = set(z.files)
+
+    def get(key, default, dtype):
+        if key not in files:
+            return np.full(n, default, dtype)
+        a = z[key]
+        if a.shape != (n,):
+            raise InputError(f"{path}: '{key}' must be (N,) with N = {n}, got shape {a.shape}")
+        return a.astype(dtype)
+
+    if "split" in files:
+        s = z["split"]
+        if s.shape != (n,):
+            raise InputError(f"{path}: 'split' must be (N,) with N = {n}, got shape {s.shape}")
+        if s.dtype.kind in "US":
+            s = s.astype(str)
+            bad = set(np.unique(s)) - set(SPLIT_NAMES)
+            if bad:
+                raise InputError(
+                    f"{path}: split values must be 'train' or 'test', got {sorted(bad)[:3]}"
+                )
+            split = (s == "test").astype(np.uint8)
+        else:
+            if not np.isin(s, (0, 1)).all():
+                raise InputError(f"{path}: split values must be 0 (train) or 1 (test)")
+            split = s.astype(np.uint8)
+    elif require_split:
+        raise InputError(f"{path}: .npz has no 'split' array (0 = train, 1 = test)")
+    else:
+        split = np.zeros(n, np.uint8)
+    scene = get("scene", 0, np.int32)
+    names = z["scene_names"].astype(str) if "scene_names" in files else None
+    info = {}
+    if "info" in files:
+        try:
+            info = json.loads(str(z["info"]))
+        except ValueError:
+            info = {}
+    return PatchSet(
+        patches=patches,
+        labels=labels.astype(np.int64),
+        split=split,
+        scene=scene,
+        image=get("image", -1, np.int32),
+        x=get("x", np.nan, np.float32),
+        y=get("y", np.nan, np.float32),
+        scale=get("scale", np.nan, np.float32),
+        angle=get("angle", np.nan, np.float32),
+        scene_names=names
+        if names is not None
+        else np.asarray([f"scene{i}" for i in range(int(scene.max()) + 1)]),
+        info=info,
+    )
