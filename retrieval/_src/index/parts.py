@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+import ckn
 from ckn import InputError
 from ckn import __version__ as ckn_version
 from ckn.files import atomic_path
@@ -411,9 +412,14 @@ def load_part(folder: str | os.PathLike) -> IndexPart:
     fitted = load_fitted(folder / FITTED)
     if fitted.sha256 != doc["fitted_sha256"]:
         raise InputError(f"{folder / FITTED} differs from the part's record: the part is damaged")
-    meta = json.loads((folder / PATHS).read_text())
-    vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
-    if vectors.shape != (doc["count"], doc["dim"]) or len(meta["paths"]) != doc["count"]:
+    try:
+        meta = json.loads((folder / PATHS).read_text())
+        root, root_abs = str(meta["root"]), str(meta["root_abs"])
+        paths = tuple(str(x) for x in meta["paths"])
+        vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
+    except (TypeError, *ckn.files.CORRUPT_FILE_ERRORS) as e:
+        raise InputError(f"{folder}: damaged part ({type(e).__name__})") from None
+    if vectors.shape != (doc["count"], doc["dim"]) or len(paths) != doc["count"]:
         raise InputError(f"{folder}: {vectors.shape} vectors for {doc['count']} images: damaged")
     return IndexPart(
         fitted,
@@ -421,9 +427,9 @@ def load_part(folder: str | os.PathLike) -> IndexPart:
         doc["start"],
         doc["total"],
         doc["list_sha256"],
-        meta["root"],
-        meta["root_abs"],
-        tuple(meta["paths"]),
+        root,
+        root_abs,
+        paths,
         vectors,
         doc["record"],
         tuple(doc["left_out"]),
