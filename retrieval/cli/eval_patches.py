@@ -88,11 +88,19 @@ def _row(split: str, r: dict, rate: float | None) -> str:
     )
 
 
+def _read_split(path: Path) -> tuple[int, np.ndarray | None]:
+    """Rows of the patch file and its 'split' array (None without one)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            n = int(z["patches"].shape[0]) if "patches" in z.files else 0
+            return n, (z["split"] if "split" in z.files else None)
+    except ckn.files.CORRUPT_FILE_ERRORS as e:
+        raise InputError(f"{path}: cannot read patch file ({type(e).__name__})") from None
+
+
 def _split_sizes(path: Path, splits: list[str]) -> tuple[int, dict[str, int]]:
     """Rows of the whole file and of each split (reads the 'split' array only)."""
-    with np.load(path, allow_pickle=False) as z:
-        n = int(z["patches"].shape[0]) if "patches" in z.files else 0
-        split = z["split"] if "split" in z.files else None
+    n, split = _read_split(path)
     sizes = {}
     for name in splits:
         if name == "all" or split is None:
@@ -108,8 +116,7 @@ def _descriptor_rows(path: Path, desc: np.ndarray, splits: list[str], explicit: 
     """{split: rows of ``desc`` for it}: all rows of the file, or the one split asked for."""
     n, sizes = _split_sizes(path, splits)
     if desc.shape[0] == n:
-        with np.load(path, allow_pickle=False) as z:
-            split = z["split"] if "split" in z.files else None
+        _, split = _read_split(path)
         rows = {}
         for name in splits:
             if name == "all" or split is None:

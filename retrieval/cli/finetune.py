@@ -71,8 +71,11 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _has_split(path) -> bool:
-    with np.load(path, allow_pickle=False) as z:
-        return "split" in z.files
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "split" in z.files
+    except ckn.files.CORRUPT_FILE_ERRORS as e:
+        raise InputError(f"{path}: cannot read patch file ({type(e).__name__})") from None
 
 
 def _config(args: argparse.Namespace) -> ckn.FinetuneConfig:
