@@ -98,34 +98,26 @@ def _read_split(path: Path) -> tuple[int, np.ndarray | None]:
         raise InputError(f"{path}: cannot read patch file ({type(e).__name__})") from None
 
 
-def _split_sizes(path: Path, splits: list[str]) -> tuple[int, dict[str, int]]:
-    """Rows of the whole file and of each split (reads the 'split' array only)."""
+def _rows_by_split(path: Path, splits: list[str]) -> tuple[int, dict]:
+    """Rows of the patch file, and each split's rows in it (a slice when it is all of them)."""
     n, split = _read_split(path)
-    sizes = {}
+    rows = {}
     for name in splits:
         if name == "all" or split is None:
-            sizes[name] = n
+            rows[name] = slice(None)
         elif split.dtype.kind in "US":
-            sizes[name] = int((split == name).sum())
+            rows[name] = np.flatnonzero(split == name)
         else:
-            sizes[name] = int((split == SPLITS[name]).sum())
-    return n, sizes
+            rows[name] = np.flatnonzero(split == SPLITS[name])
+    return n, rows
 
 
 def _descriptor_rows(path: Path, desc: np.ndarray, splits: list[str], explicit: bool) -> dict:
     """{split: rows of ``desc`` for it}: all rows of the file, or the one split asked for."""
-    n, sizes = _split_sizes(path, splits)
+    n, rows = _rows_by_split(path, splits)
     if desc.shape[0] == n:
-        _, split = _read_split(path)
-        rows = {}
-        for name in splits:
-            if name == "all" or split is None:
-                rows[name] = slice(None)
-            elif split.dtype.kind in "US":
-                rows[name] = np.flatnonzero(split == name)
-            else:
-                rows[name] = np.flatnonzero(split == SPLITS[name])
         return rows
+    sizes = {k: n if isinstance(r, slice) else len(r) for k, r in rows.items()}
     if explicit and len(splits) == 1 and desc.shape[0] == sizes[splits[0]]:
         return {splits[0]: slice(None)}
     per = ", ".join(f"{k} {v}" for k, v in sizes.items() if k != "all")
