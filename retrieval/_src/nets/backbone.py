@@ -240,9 +240,6 @@ class Backbone(nnx.Module):
 
     def _run(self, images, output: str) -> jax.Array:
         images = self._images(images)
-        rows = self.rows_per_call(images)
-        if rows < images.shape[0]:
-            images = np.asarray(images)
         arrays = self.arrays()
 
         def call(x):
@@ -253,7 +250,7 @@ class Backbone(nnx.Module):
                 {"arch": self._arch, "output": output, "precision": self.precision},
             )
 
-        return run_rows(call, images, rows, jax.default_backend())
+        return run_rows(call, images, self.rows_per_call(images), jax.default_backend())
 
     def lower_features(self, images) -> jax.stages.Lowered:
         """The jitted program that :meth:`features` runs on ``images``, lowered (nothing runs):

@@ -89,7 +89,7 @@ def run_rows(fn: Callable[[np.ndarray], jax.Array], x, rows: int, platform: str)
 
     Args:
       fn: (rows, ...) -> (rows, ...) jax.Array.
-      x: (N, ...) array.
+      x: (N, ...) array (NumPy or JAX; the calls get NumPy slices).
       rows: rows per call (>= 1); rows >= N calls ``fn(x)`` once.
       platform: the backend the calls run on (``host_streams`` of them in flight).
 
@@ -99,13 +99,13 @@ def run_rows(fn: Callable[[np.ndarray], jax.Array], x, rows: int, platform: str)
     n = x.shape[0]
     if rows >= n:
         return fn(x)
+    x = np.asarray(x)  # host slices (a device array's would each dispatch a program)
 
     def chunks():
         for start in range(0, n, rows):
             chunk = x[start : start + rows]
             if chunk.shape[0] < rows:
-                fill = np.repeat(np.asarray(chunk[-1:]), rows - chunk.shape[0], axis=0)
-                chunk = np.concatenate([np.asarray(chunk), fill])
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], rows - len(chunk), axis=0)])
             yield start, chunk
 
     outs = [np.asarray(y) for _, y in run_in_order(fn, chunks(), platform)]
