@@ -7,8 +7,8 @@ caches (:func:`cache_dir`).
 """
 
 from ckn._src.compile_cache import cache_dir
+from ckn._src.errors import CORRUPT_FILE_ERRORS
 from ckn._src.fileio import (
-    CORRUPT_FILE_ERRORS,
     SPLITS,
     atomic_path,
     check_patches,

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ckn._src.errors import InputError
-from ckn._src.fileio import CORRUPT_FILE_ERRORS, atomic_path
+from ckn._src.errors import CORRUPT_FILE_ERRORS, InputError
+from ckn._src.fileio import atomic_path
 
 CHECKPOINT_FILE = "state.npz"
 

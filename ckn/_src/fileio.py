@@ -23,30 +23,16 @@ import os
 import re
 import shutil
 import socket
-import struct
 import sys
 import tempfile
 import threading
 import time
-import tokenize
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ckn._src.errors import InputError
-
-#: What reading a damaged .npy / .npz (or other binary file) can raise besides InputError: the
-#: readers turn these into one-line InputErrors naming the file. A flipped flag bit of a zip
-#: member raises NotImplementedError, a damaged deflate stream zlib.error, a header claiming an
-#: absurd shape MemoryError (numpy allocates it before reading), a damaged pickle length field
-#: OverflowError, a damaged .npy header tokenize.TokenError or SyntaxError.
-CORRUPT_FILE_ERRORS = (
-    ValueError, OSError, EOFError, KeyError, IndexError, NotImplementedError, OverflowError,
-    MemoryError, SyntaxError, struct.error, zlib.error, tokenize.TokenError, zipfile.BadZipFile,
-)  # fmt: skip
+from ckn._src.errors import CORRUPT_FILE_ERRORS, InputError
 
 
 def check_patches(

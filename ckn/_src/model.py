@@ -29,8 +29,8 @@ from flax import nnx
 
 from ckn._src import sharding
 from ckn._src.config import CKNConfig
-from ckn._src.errors import InputError
-from ckn._src.fileio import CORRUPT_FILE_ERRORS, atomic_path, check_patches, progress_bar
+from ckn._src.errors import CORRUPT_FILE_ERRORS, InputError
+from ckn._src.fileio import atomic_path, check_patches, progress_bar
 from ckn._src.layers import CKN, apply_describe, check_precision
 
 FORMAT = "ckn-model"
