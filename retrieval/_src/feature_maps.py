@@ -66,8 +66,8 @@ from retrieval._src.settings import check_settings, max_side_setting, setting
 MULTI_SCALE = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 #: Rows of a padded batch when ``batch_size`` is None, by backend. On the CPU
 #: batching buys little (EfficientNet-Lite0, 2 cores, benchmarks/results/
-#: bench_backbone_cpu.json: 24.5 vs 25.2 images/s at 512 px for batches of 1 and 4,
-#: 4.9 vs 5.3 at 1024 px; a CPU batch runs as 1-row calls in flight anyway,
+#: bench_backbone_cpu.json: 26.2 vs 27.5 images/s at 512 px for batches of 1 and 4,
+#: 4.1 vs 5.0 at 1024 px; a CPU batch runs as 1-row calls in flight anyway,
 #: nets/row_calls.py), while a fixed batch of B rows computes B images even for a
 #: bucket holding one (most buckets of the benchmark's image sets hold a few).
 DEFAULT_BATCH = {"cpu": 1}
